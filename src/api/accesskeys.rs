@@ -1,0 +1,254 @@
+//! `/v1.0/accesskeys`: list, create, get, rename and revoke access keys.
+//!
+//! Reading works with a JWT or an access key; creating, changing and
+//! deleting need a JWT, so a leaked key cannot mint more keys. Role `admin`
+//! sees and manages every user's keys; others only their own, and another
+//! user's key is answered as not found.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{Context, caller, json, read_json, rfc3339};
+use crate::auth::{AuthMethod, Identity, accesskey, unix_now};
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::store::AccessKey;
+
+/// Keys per page when `page_size` is not given, and the most allowed.
+const MAX_PAGE_SIZE: i64 = 100;
+/// Longest `name`.
+const MAX_NAME_CHARS: usize = 256;
+/// Longest `detail`.
+const MAX_DETAIL_CHARS: usize = 4096;
+/// Longest validity of a key: ten years.
+const MAX_EXPIRE_SECS: i64 = 10 * 366 * 86_400;
+
+#[derive(Deserialize)]
+struct CreateRequest {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    detail: String,
+    expire: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct UpdateRequest {
+    name: Option<String>,
+    detail: Option<String>,
+}
+
+/// The accesskey object of the contract (never the key itself).
+fn view(key: &AccessKey) -> serde_json::Value {
+    serde_json::json!({
+        "id": key.id,
+        "user": key.username,
+        "name": key.name,
+        "detail": key.detail,
+        "token_prefix": key.token_prefix,
+        "tm_expire": rfc3339(key.tm_expire),
+        "tm_create": rfc3339(key.tm_create),
+        "tm_update": rfc3339(key.tm_update),
+    })
+}
+
+/// Whose keys the caller may see: `None` for admins (everyone's).
+fn scope(identity: &Identity) -> Option<&str> {
+    (!identity.is_admin()).then_some(&*identity.user)
+}
+
+/// The caller of a write: JWTs only.
+async fn writer(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Identity, GatewayError> {
+    let identity = caller(request, ctx).await?;
+    if identity.method == AuthMethod::AccessKey {
+        return Err(GatewayError::AccessKeyNotAllowed);
+    }
+    Ok(identity)
+}
+
+fn check_id(id: &str) -> Result<(), GatewayError> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| GatewayError::InvalidId)
+}
+
+fn check_text(name: &str, detail: &str) -> Result<(), GatewayError> {
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(GatewayError::InvalidArgument(
+            "name is longer than 256 characters",
+        ));
+    }
+    if detail.chars().count() > MAX_DETAIL_CHARS {
+        return Err(GatewayError::InvalidArgument(
+            "detail is longer than 4096 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /v1.0/accesskeys?page_size=N&page_token=T`, newest first.
+pub async fn list(
+    request: Request<Incoming>,
+    ctx: &Context<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    let identity = caller(&request, ctx).await?;
+    let mut page_size = MAX_PAGE_SIZE;
+    let mut before: Option<String> = None;
+    for (name, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
+        match &*name {
+            "page_size" => {
+                page_size = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+                    .ok_or(GatewayError::InvalidArgument(
+                        "page_size must be a number from 1 to 100",
+                    ))?;
+            }
+            "page_token" if !value.is_empty() => {
+                before = Some(decode_page_token(&value)?);
+            }
+            _ => {}
+        }
+    }
+    let mut keys = ctx
+        .gateway
+        .store
+        .keys(scope(&identity), before.as_deref(), page_size + 1)
+        .await?;
+    let more = keys.len() as i64 > page_size;
+    keys.truncate(page_size as usize);
+    let next_page_token = match keys.last() {
+        Some(last) if more => URL_SAFE_NO_PAD.encode(&last.id),
+        _ => String::new(),
+    };
+    let result: Vec<_> = keys.iter().map(view).collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "result": result, "next_page_token": next_page_token }),
+    ))
+}
+
+fn decode_page_token(token: &str) -> Result<String, GatewayError> {
+    const BAD: GatewayError =
+        GatewayError::InvalidArgument("page_token is not one this gateway issued");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| BAD)?;
+    let id = String::from_utf8(bytes).map_err(|_| BAD)?;
+    uuid::Uuid::parse_str(&id).map_err(|_| BAD)?;
+    Ok(id)
+}
+
+/// `POST /v1.0/accesskeys {"name","detail","expire"}`: the only answer that
+/// carries the key itself (`token`).
+pub async fn create(
+    request: Request<Incoming>,
+    ctx: &Context<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    let identity = writer(&request, ctx).await?;
+    let body: CreateRequest = read_json(request, ctx).await?;
+    let expire = body
+        .expire
+        .as_ref()
+        .and_then(serde_json::Value::as_i64)
+        .filter(|secs| (1..=MAX_EXPIRE_SECS).contains(secs))
+        .ok_or(GatewayError::InvalidArgument(
+            "expire must be a whole number of seconds from 1 to ten years",
+        ))?;
+    check_text(&body.name, &body.detail)?;
+    let key = accesskey::generate();
+    let now = unix_now();
+    let stored = ctx
+        .gateway
+        .store
+        .create_key(
+            &identity.user,
+            &body.name,
+            &body.detail,
+            &hex::encode(accesskey::hash(&key)),
+            accesskey::token_prefix(&key),
+            now + expire,
+            now,
+        )
+        .await?;
+    ctx.gateway.metrics.keys_created();
+    let mut value = view(&stored);
+    value["token"] = serde_json::Value::String(key);
+    Ok(json(StatusCode::OK, &value))
+}
+
+/// `GET /v1.0/accesskeys/{id}`.
+pub async fn get(
+    request: Request<Incoming>,
+    ctx: &Context<'_>,
+    id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let identity = caller(&request, ctx).await?;
+    check_id(id)?;
+    let key = ctx.gateway.store.key(id, scope(&identity)).await?;
+    Ok(json(StatusCode::OK, &view(&key)))
+}
+
+/// `PUT /v1.0/accesskeys/{id} {"name","detail"}`; a field left out keeps
+/// its value.
+pub async fn update(
+    request: Request<Incoming>,
+    ctx: &Context<'_>,
+    id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let identity = writer(&request, ctx).await?;
+    check_id(id)?;
+    let body: UpdateRequest = read_json(request, ctx).await?;
+    let store = &ctx.gateway.store;
+    let current = store.key(id, scope(&identity)).await?;
+    let name = body.name.unwrap_or(current.name);
+    let detail = body.detail.unwrap_or(current.detail);
+    check_text(&name, &detail)?;
+    let key = store
+        .update_key(id, scope(&identity), &name, &detail, unix_now())
+        .await?;
+    Ok(json(StatusCode::OK, &view(&key)))
+}
+
+/// `DELETE /v1.0/accesskeys/{id}`: the key stops working at once.
+pub async fn delete(
+    request: Request<Incoming>,
+    ctx: &Context<'_>,
+    id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let identity = writer(&request, ctx).await?;
+    check_id(id)?;
+    let (key, hash_hex) = ctx
+        .gateway
+        .store
+        .delete_key(id, scope(&identity), unix_now())
+        .await?;
+    let mut hash = [0u8; 32];
+    if hex::decode_to_slice(&hash_hex, &mut hash).is_ok() {
+        ctx.gateway.cache.forget_key(&hash);
+    }
+    Ok(json(StatusCode::OK, &view(&key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let token = URL_SAFE_NO_PAD.encode(&id);
+        assert_eq!(decode_page_token(&token).unwrap(), id);
+        for bad in ["!!", "aGVsbG8", &URL_SAFE_NO_PAD.encode("' OR 1=1 --")] {
+            assert!(decode_page_token(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_must_be_uuids() {
+        assert!(check_id("0190c0de-0000-7000-8000-000000000000").is_ok());
+        assert_eq!(check_id("42").unwrap_err(), GatewayError::InvalidId);
+    }
+}

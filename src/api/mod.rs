@@ -1,0 +1,247 @@
+//! The gateway's own endpoints. Paths here are fixed by the contract and
+//! are matched before any route.
+
+mod accesskeys;
+mod login;
+mod ops;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Identity;
+use crate::auth::extract::{self, ExtractError};
+use crate::body::{self, Body};
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::proxy::ClientInfo;
+
+/// One of the gateway's own endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/auth/login`
+    Login,
+    /// `/auth/logout`
+    Logout,
+    /// `/auth/onetimekey`
+    OneTimeKey,
+    /// `/auth/onetimekey/login`
+    OneTimeKeyLogin,
+    /// `/v1.0/accesskeys`
+    AccessKeys,
+    /// `/v1.0/accesskeys/{id}`
+    AccessKey(String),
+    /// `/.well-known/jwks.json`
+    Jwks,
+    /// `/healthz`
+    Healthz,
+    /// `/readyz`
+    Readyz,
+    /// `/metrics`
+    Metrics,
+    /// `/_authgate` and everything below it.
+    Reserved,
+}
+
+impl Endpoint {
+    /// The endpoint serving `path`, if the gateway serves it itself.
+    pub fn for_path(path: &str) -> Option<Endpoint> {
+        let endpoint = match path {
+            "/auth/login" => Endpoint::Login,
+            "/auth/logout" => Endpoint::Logout,
+            "/auth/onetimekey" => Endpoint::OneTimeKey,
+            "/auth/onetimekey/login" => Endpoint::OneTimeKeyLogin,
+            "/v1.0/accesskeys" | "/v1.0/accesskeys/" => Endpoint::AccessKeys,
+            "/.well-known/jwks.json" => Endpoint::Jwks,
+            "/healthz" => Endpoint::Healthz,
+            "/readyz" => Endpoint::Readyz,
+            "/metrics" => Endpoint::Metrics,
+            "/_authgate" => Endpoint::Reserved,
+            _ => {
+                if let Some(id) = path.strip_prefix("/v1.0/accesskeys/") {
+                    Endpoint::AccessKey(id.to_owned())
+                } else if path.starts_with(crate::config::RESERVED_PREFIX) {
+                    Endpoint::Reserved
+                } else {
+                    return None;
+                }
+            }
+        };
+        Some(endpoint)
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Endpoint::Login => "login",
+            Endpoint::Logout => "logout",
+            Endpoint::OneTimeKey => "onetimekey",
+            Endpoint::OneTimeKeyLogin => "onetimekey_login",
+            Endpoint::AccessKeys | Endpoint::AccessKey(_) => "accesskeys",
+            Endpoint::Jwks => "jwks",
+            Endpoint::Healthz => "healthz",
+            Endpoint::Readyz => "readyz",
+            Endpoint::Metrics => "metrics",
+            Endpoint::Reserved => "reserved",
+        }
+    }
+}
+
+/// What an endpoint gets besides the request.
+pub struct Context<'a> {
+    /// Shared state.
+    pub gateway: &'a Gateway,
+    /// The caller's connection.
+    pub client: ClientInfo,
+}
+
+/// Serves one of the gateway's own endpoints.
+pub async fn serve(
+    endpoint: Endpoint,
+    request: Request<Incoming>,
+    ctx: Context<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    let method = request.method().clone();
+    match (endpoint, method) {
+        (Endpoint::Login, Method::POST) => login::login(request, &ctx).await,
+        (Endpoint::Logout, Method::POST) => login::logout(request, &ctx).await,
+        (Endpoint::OneTimeKey, Method::POST) => login::issue_onetime_key(request, &ctx).await,
+        (Endpoint::OneTimeKeyLogin, Method::POST) => login::onetime_key_login(request, &ctx).await,
+        (Endpoint::AccessKeys, Method::GET) => accesskeys::list(request, &ctx).await,
+        (Endpoint::AccessKeys, Method::POST) => accesskeys::create(request, &ctx).await,
+        (Endpoint::AccessKey(id), Method::GET) => accesskeys::get(request, &ctx, &id).await,
+        (Endpoint::AccessKey(id), Method::PUT) => accesskeys::update(request, &ctx, &id).await,
+        (Endpoint::AccessKey(id), Method::DELETE) => accesskeys::delete(request, &ctx, &id).await,
+        (Endpoint::Jwks, Method::GET | Method::HEAD) => Ok(ops::jwks()),
+        (Endpoint::Healthz, Method::GET | Method::HEAD) => Ok(ops::healthz()),
+        (Endpoint::Readyz, Method::GET | Method::HEAD) => ops::readyz(&ctx).await,
+        (Endpoint::Metrics, Method::GET) => Ok(ops::metrics(&ctx)),
+        (Endpoint::Reserved, _) => Err(GatewayError::NotFound),
+        _ => Err(GatewayError::MethodNotAllowed),
+    }
+}
+
+/// The caller of an own endpoint, authenticated like a proxied request.
+async fn caller(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Identity, GatewayError> {
+    let credential = extract::extract(request.headers(), request.uri().query())
+        .map_err(|err| match err {
+            ExtractError::Conflicting => GatewayError::ConflictingCredentials,
+            ExtractError::Malformed => GatewayError::invalid("the credential is malformed"),
+        })?
+        .ok_or(GatewayError::AuthenticationRequired)?;
+    ctx.gateway.auth.authenticate(&credential).await
+}
+
+/// Reads a JSON body of at most `limits.max_body_bytes`.
+async fn read_json<T: DeserializeOwned>(
+    request: Request<Incoming>,
+    ctx: &Context<'_>,
+) -> Result<T, GatewayError> {
+    let limit = ctx.gateway.config.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(GatewayError::BodyTooLarge);
+    }
+    let bytes: Bytes = Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                GatewayError::BodyTooLarge
+            } else {
+                GatewayError::InvalidJson("the body could not be read".into())
+            }
+        })?
+        .to_bytes();
+    parse_json(&bytes)
+}
+
+/// Parses JSON; the error names the position and, for missing or unknown
+/// fields, the field, but never echoes a value (it could be a password).
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
+    serde_json::from_slice(bytes).map_err(|err| {
+        let text = err.to_string();
+        let detail = if text.starts_with("missing field") || text.starts_with("unknown field") {
+            text
+        } else {
+            let what = match err.classify() {
+                serde_json::error::Category::Data => "a field has the wrong type",
+                serde_json::error::Category::Eof => "the body ends too early",
+                _ => "syntax error",
+            };
+            format!("{what} at line {} column {}", err.line(), err.column())
+        };
+        GatewayError::InvalidJson(detail)
+    })
+}
+
+/// A JSON response that is never cached.
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(body::full(value.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// RFC 3339 UTC for unix seconds.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_paths() {
+        assert_eq!(Endpoint::for_path("/auth/login"), Some(Endpoint::Login));
+        assert_eq!(
+            Endpoint::for_path("/v1.0/accesskeys/abc"),
+            Some(Endpoint::AccessKey("abc".into()))
+        );
+        assert_eq!(Endpoint::for_path("/_authgate/"), Some(Endpoint::Reserved));
+        assert_eq!(Endpoint::for_path("/_authgate"), Some(Endpoint::Reserved));
+        assert_eq!(Endpoint::for_path("/auth/login/x"), None);
+        assert_eq!(Endpoint::for_path("/api"), None);
+    }
+
+    #[test]
+    fn json_errors_never_echo_values() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Login {
+            username: String,
+            password: String,
+        }
+        let err = parse_json::<Login>(br#"{"username":"a","password":12345678}"#).unwrap_err();
+        assert!(!err.to_string().contains("12345678"), "{err}");
+        let err = parse_json::<Login>(br#"{"username":"a"}"#).unwrap_err();
+        assert!(err.to_string().contains("password"), "{err}");
+        let err = parse_json::<Login>(b"{not json").unwrap_err();
+        assert_eq!(err.reason(), "INVALID_JSON");
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_000_000), "2025-11-24T16:00:00Z");
+    }
+}

@@ -1,0 +1,47 @@
+//! Operations endpoints: health, readiness, metrics and the JWK set.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::{Context, json};
+use crate::body::{self, Body};
+use crate::error::GatewayError;
+
+/// `GET /healthz`: the process is up.
+pub fn healthz() -> Response<Body> {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the store answers.
+pub async fn readyz(ctx: &Context<'_>) -> Result<Response<Body>, GatewayError> {
+    ctx.gateway.store.ping().await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ready" }),
+    ))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics(ctx: &Context<'_>) -> Response<Body> {
+    let gateway = ctx.gateway;
+    let text = gateway
+        .metrics
+        .render(&gateway.cache.stats, gateway.cache.sizes());
+    let mut response = Response::new(body::full(text));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// `GET /.well-known/jwks.json`: the public verification keys. HS256
+/// secrets are never published, so with HS256 the set is empty.
+pub fn jwks() -> Response<Body> {
+    let mut response = json(StatusCode::OK, &serde_json::json!({ "keys": [] }));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}

@@ -1,0 +1,410 @@
+//! Which credential a request carries, and how to remove it before
+//! forwarding. Pure functions over the request head.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderValue, header};
+
+/// Query parameter and cookie carrying a JWT.
+pub const TOKEN_PARAM: &str = "token";
+/// Query parameter and cookie carrying an access key.
+pub const ACCESSKEY_PARAM: &str = "accesskey";
+
+/// What kind of secret a credential is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A JWT (Bearer header, `?token=`, cookie `token`).
+    Jwt,
+    /// An access key (`?accesskey=`, cookie `accesskey`).
+    AccessKey,
+}
+
+/// The one credential a request carries.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential<'a> {
+    /// JWT or access key.
+    pub kind: CredentialKind,
+    /// The secret itself (never log it).
+    pub secret: Cow<'a, str>,
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("kind", &self.kind)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why no single credential could be taken from a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtractError {
+    /// Two different credentials.
+    Conflicting,
+    /// A credential is present but unusable (empty, not UTF-8, or an
+    /// `Authorization` scheme other than Bearer with nothing else given).
+    Malformed,
+}
+
+/// Finds the request's credential. `Ok(None)` when there is none.
+///
+/// The same secret sent in several places is one credential; different
+/// secrets are a conflict. An `Authorization` header with another scheme
+/// (e.g. Basic) is not ours: it is ignored when another credential is
+/// present, and makes the request malformed when it is the only one.
+pub fn extract<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Result<Option<Credential<'a>>, ExtractError> {
+    let mut found: Option<Credential<'a>> = None;
+    let mut foreign_authorization = false;
+    let mut add = |candidate: Credential<'a>| -> Result<(), ExtractError> {
+        if candidate.secret.is_empty() {
+            return Err(ExtractError::Malformed);
+        }
+        match &found {
+            Some(existing) if *existing != candidate => Err(ExtractError::Conflicting),
+            Some(_) => Ok(()),
+            None => {
+                found = Some(candidate);
+                Ok(())
+            }
+        }
+    };
+
+    for value in headers.get_all(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| ExtractError::Malformed)?;
+        match bearer_token(value) {
+            Some(token) => add(Credential {
+                kind: CredentialKind::Jwt,
+                secret: Cow::Borrowed(token),
+            })?,
+            None => foreign_authorization = true,
+        }
+    }
+
+    if let Some(query) = query {
+        for piece in query.split('&') {
+            let Some((name, value)) = form_urlencoded::parse(piece.as_bytes()).next() else {
+                continue;
+            };
+            if let Some(kind) = kind_of_name(&name) {
+                add(Credential {
+                    kind,
+                    secret: value,
+                })?;
+            }
+        }
+    }
+
+    for (name, value) in request_cookies(headers) {
+        if let Some(kind) = kind_of_name(name) {
+            add(Credential {
+                kind,
+                secret: Cow::Borrowed(value),
+            })?;
+        }
+    }
+
+    match found {
+        None if foreign_authorization => Err(ExtractError::Malformed),
+        found => Ok(found),
+    }
+}
+
+fn kind_of_name(name: &str) -> Option<CredentialKind> {
+    match name {
+        TOKEN_PARAM => Some(CredentialKind::Jwt),
+        ACCESSKEY_PARAM => Some(CredentialKind::AccessKey),
+        _ => None,
+    }
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive), or `None` for
+/// another scheme. `Some("")` for a Bearer header without a token.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// `(name, value)` of every cookie in every `Cookie` header that is UTF-8.
+fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            Some((name.trim(), value))
+        })
+}
+
+/// Removes every credential of ours from the headers: Bearer
+/// `Authorization` headers and the `token`/`accesskey` cookies. Other
+/// `Authorization` schemes and other cookies are kept as they were.
+pub fn strip_credential_headers(headers: &mut HeaderMap) {
+    if headers.contains_key(header::AUTHORIZATION) {
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter(|value| {
+                value
+                    .to_str()
+                    .map(|text| bearer_token(text).is_none())
+                    .unwrap_or(false)
+            })
+            .cloned()
+            .collect();
+        headers.remove(header::AUTHORIZATION);
+        for value in kept {
+            headers.append(header::AUTHORIZATION, value);
+        }
+    }
+    if headers.contains_key(header::COOKIE) {
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(strip_cookie_value)
+            .collect();
+        headers.remove(header::COOKIE);
+        for value in kept {
+            headers.append(header::COOKIE, value);
+        }
+    }
+}
+
+/// One `Cookie` header without the credential cookies; `None` when nothing
+/// is left. A header that is not UTF-8 carries no credential of ours (see
+/// [`request_cookies`]) and is kept as it is.
+fn strip_cookie_value(value: &HeaderValue) -> Option<HeaderValue> {
+    let Ok(text) = value.to_str() else {
+        return Some(value.clone());
+    };
+    let kept: Vec<&str> = text
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(name, _)| name).trim();
+            !pair.is_empty() && kind_of_name(name).is_none()
+        })
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    if kept.len() == text.split(';').count() {
+        return Some(value.clone());
+    }
+    HeaderValue::from_str(&kept.join("; ")).ok()
+}
+
+/// The query without `token` and `accesskey` parameters, every other byte in
+/// its original order; `None` when nothing is left.
+pub fn strip_credential_query(query: &str) -> Option<Cow<'_, str>> {
+    let is_credential = |piece: &str| {
+        form_urlencoded::parse(piece.as_bytes())
+            .next()
+            .is_some_and(|(name, _)| kind_of_name(&name).is_some())
+    };
+    if !query.split('&').any(is_credential) {
+        return (!query.is_empty()).then_some(Cow::Borrowed(query));
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|piece| !is_credential(piece))
+        .collect();
+    if kept.iter().all(|piece| piece.is_empty()) {
+        None
+    } else {
+        Some(Cow::Owned(kept.join("&")))
+    }
+}
+
+/// The request target for logs: path and query, with the values of
+/// `token` and `accesskey` replaced by `REDACTED`.
+pub fn redact_target(uri: &http::Uri) -> Cow<'_, str> {
+    let Some(query) = uri.query() else {
+        return Cow::Borrowed(uri.path());
+    };
+    let mut out = String::with_capacity(uri.path().len() + 1 + query.len());
+    out.push_str(uri.path());
+    out.push('?');
+    for (i, piece) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let is_credential = form_urlencoded::parse(piece.as_bytes())
+            .next()
+            .is_some_and(|(name, _)| kind_of_name(&name).is_some());
+        match piece.split_once('=') {
+            Some((name, _)) if is_credential => {
+                out.push_str(name);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(piece),
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn jwt(secret: &str) -> Credential<'_> {
+        Credential {
+            kind: CredentialKind::Jwt,
+            secret: Cow::Borrowed(secret),
+        }
+    }
+
+    #[test]
+    fn finds_each_source() {
+        let h = headers(&[("authorization", "Bearer abc.def.ghi")]);
+        assert_eq!(extract(&h, None), Ok(Some(jwt("abc.def.ghi"))));
+        let h = headers(&[("authorization", "bearer   abc")]);
+        assert_eq!(extract(&h, None), Ok(Some(jwt("abc"))));
+        let empty = HeaderMap::new();
+        assert_eq!(
+            extract(&empty, Some("a=1&token=abc&b=2")),
+            Ok(Some(jwt("abc")))
+        );
+        let found = extract(&empty, Some("accesskey=ag_x")).unwrap().unwrap();
+        assert_eq!(found.kind, CredentialKind::AccessKey);
+        assert_eq!(found.secret, "ag_x");
+        let h = headers(&[("cookie", "theme=dark; token=abc; lang=en")]);
+        assert_eq!(extract(&h, None), Ok(Some(jwt("abc"))));
+        let h = headers(&[("cookie", "accesskey=\"ag_q\"")]);
+        assert_eq!(extract(&h, None).unwrap().unwrap().secret, "ag_q");
+    }
+
+    #[test]
+    fn nothing_is_none() {
+        let h = headers(&[("cookie", "theme=dark"), ("x-other", "1")]);
+        assert_eq!(extract(&h, Some("a=1&tokens=2&xtoken=3")), Ok(None));
+    }
+
+    #[test]
+    fn the_same_secret_twice_is_one_credential() {
+        let h = headers(&[("authorization", "Bearer abc"), ("cookie", "token=abc")]);
+        assert_eq!(extract(&h, Some("token=abc")), Ok(Some(jwt("abc"))));
+    }
+
+    #[test]
+    fn different_secrets_conflict() {
+        let h = headers(&[("authorization", "Bearer abc")]);
+        assert_eq!(
+            extract(&h, Some("token=xyz")),
+            Err(ExtractError::Conflicting)
+        );
+        assert_eq!(
+            extract(&h, Some("accesskey=abc")),
+            Err(ExtractError::Conflicting)
+        );
+        let h = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(extract(&h, None), Err(ExtractError::Conflicting));
+        let h = headers(&[("cookie", "token=a; accesskey=b")]);
+        assert_eq!(extract(&h, None), Err(ExtractError::Conflicting));
+    }
+
+    #[test]
+    fn malformed_credentials() {
+        for value in ["Bearer", "Bearer    ", "Basic dXNlcjpwYXNz", "Token abc"] {
+            let h = headers(&[("authorization", value)]);
+            assert_eq!(extract(&h, None), Err(ExtractError::Malformed), "{value}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
+        );
+        assert_eq!(extract(&h, None), Err(ExtractError::Malformed));
+        assert_eq!(
+            extract(&HeaderMap::new(), Some("token=")),
+            Err(ExtractError::Malformed)
+        );
+    }
+
+    #[test]
+    fn foreign_scheme_is_ignored_beside_our_credential() {
+        let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(extract(&h, Some("token=abc")), Ok(Some(jwt("abc"))));
+    }
+
+    #[test]
+    fn query_rewriting_keeps_the_rest_byte_for_byte() {
+        let cases = [
+            ("token=abc", None),
+            ("accesskey=ag_1", None),
+            ("b=2&token=abc&a=1&b=3", Some("b=2&a=1&b=3")),
+            ("x=%20y&token=abc", Some("x=%20y")),
+            ("token=abc&z=a+b&&w", Some("z=a+b&&w")),
+            ("to%6Ben=abc&keep=1", Some("keep=1")),
+            ("a=1&b=2", Some("a=1&b=2")),
+            ("tokenx=1", Some("tokenx=1")),
+            ("", None),
+        ];
+        for (query, expected) in cases {
+            assert_eq!(
+                strip_credential_query(query).as_deref(),
+                expected,
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_targets_are_redacted() {
+        let cases = [
+            ("/a", "/a"),
+            ("/a?x=1", "/a?x=1"),
+            (
+                "/a?x=1&token=secret.jwt.value&y=2",
+                "/a?x=1&token=REDACTED&y=2",
+            ),
+            ("/a?accesskey=ag_secret", "/a?accesskey=REDACTED"),
+            ("/a?to%6Ben=secret", "/a?to%6Ben=REDACTED"),
+        ];
+        for (target, expected) in cases {
+            let uri: http::Uri = target.parse().unwrap();
+            assert_eq!(redact_target(&uri), expected);
+        }
+    }
+
+    #[test]
+    fn header_stripping_keeps_other_cookies_and_schemes() {
+        let mut h = headers(&[
+            ("authorization", "Bearer abc"),
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("cookie", "theme=dark; token=abc; lang=en"),
+            ("cookie", "accesskey=ag_1"),
+        ]);
+        strip_credential_headers(&mut h);
+        let auth: Vec<_> = h.get_all(header::AUTHORIZATION).iter().collect();
+        assert_eq!(auth, vec!["Basic dXNlcjpwYXNz"]);
+        let cookies: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, vec!["theme=dark; lang=en"]);
+
+        let mut h = headers(&[("cookie", "token=abc")]);
+        strip_credential_headers(&mut h);
+        assert!(h.get(header::COOKIE).is_none());
+    }
+}

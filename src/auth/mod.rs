@@ -1,0 +1,339 @@
+//! Authentication and authorization: from a request's credential to an
+//! [`Identity`], and from an identity and a route to a [`Permit`].
+
+pub mod accesskey;
+pub mod digest;
+pub mod extract;
+pub mod jwt;
+pub mod password;
+pub mod throttle;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::error::GatewayError;
+use crate::routes::{Route, RouteAuth};
+use crate::store::Store;
+use crate::store::cache::{CredentialCache, KeyFacts, Lookup, UserFacts};
+use extract::{Credential, CredentialKind};
+use jwt::JwtKeys;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A JWT.
+    Jwt,
+    /// An access key.
+    AccessKey,
+}
+
+impl AuthMethod {
+    /// The `X-Auth-Method` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::AccessKey => "accesskey",
+        }
+    }
+}
+
+/// Who is calling, once a credential was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Username.
+    pub user: Arc<str>,
+    /// Roles.
+    pub roles: Arc<[String]>,
+    /// JWT or access key.
+    pub method: AuthMethod,
+    /// The access key's id, for access keys.
+    pub key_id: Option<Arc<str>>,
+    /// The token's id and expiry, for JWTs (logout needs them).
+    pub token: Option<(String, i64)>,
+}
+
+impl Identity {
+    /// Whether the caller has role `admin`.
+    pub fn is_admin(&self) -> bool {
+        self.has_role("admin")
+    }
+
+    /// Whether the caller has `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Leave to forward a request to a route: public, or authenticated and
+/// authorized. Only [`authorize`] makes one, and the forwarder takes one, so
+/// no code path can forward a request that was not checked.
+#[derive(Debug)]
+pub struct Permit {
+    identity: Option<Identity>,
+}
+
+impl Permit {
+    /// The identity to forward, `None` on public routes.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+}
+
+/// A permit for an authenticated caller on a route that needs credentials.
+pub fn authorize(route: &Route, identity: Option<Identity>) -> Result<Permit, GatewayError> {
+    match route.auth {
+        RouteAuth::Public => Ok(Permit { identity: None }),
+        RouteAuth::Required => {
+            let identity = identity.ok_or(GatewayError::AuthenticationRequired)?;
+            if !route.roles.is_empty() && !route.roles.iter().any(|role| identity.has_role(role)) {
+                return Err(GatewayError::MissingRole);
+            }
+            Ok(Permit {
+                identity: Some(identity),
+            })
+        }
+    }
+}
+
+/// Usernames: 1 to 64 of `A-Z a-z 0-9 . _ @ -` (no `:`, which HA1 uses as
+/// separator, and nothing that needs escaping in a header).
+pub fn valid_username(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+}
+
+/// Roles: 1 to 64 of `A-Z a-z 0-9 . _ : -` (no comma: roles are forwarded
+/// comma-separated).
+pub fn valid_role(role: &str) -> bool {
+    (1..=64).contains(&role.len())
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// `bytes` random bytes from the OS CSPRNG, base64url without padding.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    fill_random(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// `N` random bytes from the OS CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    fill_random(&mut buf);
+    buf
+}
+
+fn fill_random(buf: &mut [u8]) {
+    // The OS RNG failing is not recoverable: the gateway cannot mint secrets.
+    getrandom::fill(buf).expect("the operating system's random number generator failed");
+}
+
+/// Current unix time in seconds.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Checks credentials against the keys, the cache and (on a miss) the store.
+pub struct Authenticator {
+    jwt: JwtKeys,
+    store: Store,
+    cache: Arc<CredentialCache>,
+}
+
+impl Authenticator {
+    /// Ties the pieces together.
+    pub fn new(jwt: JwtKeys, store: Store, cache: Arc<CredentialCache>) -> Self {
+        Authenticator { jwt, store, cache }
+    }
+
+    /// The signing keys.
+    pub fn jwt(&self) -> &JwtKeys {
+        &self.jwt
+    }
+
+    /// The identity behind a credential, or why it is refused.
+    pub async fn authenticate(
+        &self,
+        credential: &Credential<'_>,
+    ) -> Result<Identity, GatewayError> {
+        match credential.kind {
+            CredentialKind::Jwt => self.authenticate_jwt(&credential.secret).await,
+            CredentialKind::AccessKey => self.authenticate_key(&credential.secret).await,
+        }
+    }
+
+    async fn authenticate_jwt(&self, token: &str) -> Result<Identity, GatewayError> {
+        let claims = self
+            .jwt
+            .verify(token, unix_now())
+            .map_err(|rejection| GatewayError::invalid(rejection.message()))?;
+        if self.cache.token_revoked(&claims.jti) {
+            return Err(GatewayError::invalid("the token has been revoked"));
+        }
+        match self.user_facts(&claims.sub).await? {
+            None => return Err(GatewayError::invalid("the token's user no longer exists")),
+            Some(facts) if facts.generation != claims.r#gen => {
+                return Err(GatewayError::invalid(
+                    "the token was revoked by a password change",
+                ));
+            }
+            Some(_) => {}
+        }
+        Ok(Identity {
+            user: Arc::from(claims.sub),
+            roles: Arc::from(claims.roles),
+            method: AuthMethod::Jwt,
+            key_id: None,
+            token: Some((claims.jti, claims.exp)),
+        })
+    }
+
+    async fn authenticate_key(&self, key: &str) -> Result<Identity, GatewayError> {
+        if !accesskey::well_formed(key) {
+            return Err(GatewayError::invalid("the access key is malformed"));
+        }
+        let hash = accesskey::hash(key);
+        let facts = self
+            .key_facts(&hash)
+            .await?
+            .ok_or_else(|| GatewayError::invalid("the access key is unknown or revoked"))?;
+        if facts.expires_at <= unix_now() {
+            return Err(GatewayError::invalid("the access key has expired"));
+        }
+        Ok(Identity {
+            user: facts.username,
+            roles: facts.roles,
+            method: AuthMethod::AccessKey,
+            key_id: Some(facts.key_id),
+            token: None,
+        })
+    }
+
+    /// The user's facts, from the cache or the store. A stale entry is used
+    /// when the store is unreachable, so known callers keep working.
+    pub async fn user_facts(&self, username: &str) -> Result<Option<UserFacts>, GatewayError> {
+        let stale = match self.cache.user(username, Instant::now()) {
+            Lookup::Fresh(facts) => return Ok(facts),
+            Lookup::Stale(facts) => Some(facts),
+            Lookup::Missing => None,
+        };
+        match self.store.user(username).await {
+            Ok(user) => {
+                let facts = user.map(|user| UserFacts {
+                    generation: user.generation,
+                });
+                self.cache.put_user(username, facts.clone(), Instant::now());
+                Ok(facts)
+            }
+            Err(err) => match stale {
+                Some(facts) => Ok(Some(facts)),
+                None => Err(err.into()),
+            },
+        }
+    }
+
+    async fn key_facts(&self, hash: &accesskey::KeyHash) -> Result<Option<KeyFacts>, GatewayError> {
+        let stale = match self.cache.key(hash, Instant::now()) {
+            Lookup::Fresh(facts) => return Ok(facts),
+            Lookup::Stale(facts) => Some(facts),
+            Lookup::Missing => None,
+        };
+        match self.store.key_grant(&hex::encode(hash)).await {
+            Ok(grant) => {
+                let facts = grant.map(|grant| KeyFacts {
+                    key_id: Arc::from(grant.key_id),
+                    username: Arc::from(grant.username),
+                    roles: Arc::from(grant.roles),
+                    expires_at: grant.expires_at,
+                });
+                self.cache.put_key(*hash, facts.clone(), Instant::now());
+                Ok(facts)
+            }
+            Err(err) => match stale {
+                Some(facts) => Ok(Some(facts)),
+                None => Err(err.into()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn route(auth: RouteAuth, roles: &[&str]) -> Route {
+        Route {
+            prefix: "/".into(),
+            label: "/".into(),
+            upstream: "http://127.0.0.1:1".parse().unwrap(),
+            auth,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn identity(roles: &[&str]) -> Identity {
+        Identity {
+            user: Arc::from("alice"),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            method: AuthMethod::Jwt,
+            key_id: None,
+            token: None,
+        }
+    }
+
+    #[test]
+    fn authorization_table() {
+        let public = route(RouteAuth::Public, &[]);
+        assert!(authorize(&public, None).unwrap().identity().is_none());
+        // Public routes never forward an identity, even when one was given.
+        assert!(
+            authorize(&public, Some(identity(&[])))
+                .unwrap()
+                .identity()
+                .is_none()
+        );
+
+        let open = route(RouteAuth::Required, &[]);
+        assert_eq!(
+            authorize(&open, None).unwrap_err(),
+            GatewayError::AuthenticationRequired
+        );
+        assert!(authorize(&open, Some(identity(&[]))).is_ok());
+
+        let admin = route(RouteAuth::Required, &["admin", "ops"]);
+        assert_eq!(
+            authorize(&admin, Some(identity(&["dev"]))).unwrap_err(),
+            GatewayError::MissingRole
+        );
+        assert!(authorize(&admin, Some(identity(&["ops"]))).is_ok());
+    }
+
+    #[test]
+    fn names() {
+        for good in ["alice", "a.b-c_d@example.com", "X1"] {
+            assert!(valid_username(good), "{good}");
+        }
+        for bad in ["", "a:b", "a b", "a,b", "é", &"a".repeat(65)] {
+            assert!(!valid_username(bad), "{bad}");
+        }
+        assert!(valid_role("team:ops"));
+        assert!(!valid_role("a,b"));
+        assert!(!valid_role(""));
+    }
+
+    #[test]
+    fn random_tokens_differ() {
+        let a = random_token(16);
+        assert_eq!(a.len(), 22);
+        assert_ne!(a, random_token(16));
+    }
+}

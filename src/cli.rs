@@ -1,0 +1,483 @@
+//! The command line: `serve`, `check-config`, and the operator commands on
+//! users, keys and tokens. Every command exits non-zero with one line on
+//! bad input.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::api::rfc3339;
+use crate::auth::{accesskey, digest, password, unix_now, valid_role, valid_username};
+use crate::config::{Config, StoreUrl};
+use crate::store::{Store, StoreError};
+
+/// Default config path.
+pub const DEFAULT_CONFIG: &str = "config/authgate.toml";
+/// Default access key validity for `key create`: one year.
+const DEFAULT_KEY_EXPIRE_SECS: u64 = 365 * 86_400;
+/// Longest password accepted on stdin.
+const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// authgate: an authenticating reverse proxy.
+#[derive(Debug, Parser)]
+#[command(name = "authgate", version, about)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "AUTHGATE_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Tokio worker threads (default: one per core).
+        #[arg(long, env = "AUTHGATE_WORKERS")]
+        workers: Option<usize>,
+    },
+    /// Validate the config and every file it names.
+    CheckConfig,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage access keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Mint tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print the one-time-key answer a backend holding HA1 would compute.
+    OtkToken {
+        /// The one-time key from POST /auth/onetimekey.
+        #[arg(long)]
+        key: String,
+        /// Username.
+        #[arg(long)]
+        user: String,
+        /// Read the password from stdin.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// Realm (default: onetimekey.realm of the config, or voximplant.com).
+        #[arg(long)]
+        realm: Option<String>,
+    },
+}
+
+/// `authgate user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Add {
+        /// Username.
+        name: String,
+        /// Read the password from stdin.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// A role (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Change a password; older tokens and the user's access keys stop working.
+    Passwd {
+        /// Username.
+        name: String,
+        /// Read the password from stdin.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Remove a user; their tokens and access keys stop working.
+    Remove {
+        /// Username.
+        name: String,
+    },
+}
+
+/// `authgate key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an access key; the key is shown only here.
+    Create {
+        /// Owner.
+        #[arg(long)]
+        user: String,
+        /// Name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Detail.
+        #[arg(long, default_value = "")]
+        detail: String,
+        /// Validity in seconds (default: one year).
+        #[arg(long, default_value_t = DEFAULT_KEY_EXPIRE_SECS)]
+        expire: u64,
+    },
+    /// List live access keys.
+    List {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke an access key by id.
+    Revoke {
+        /// Key id (UUID).
+        id: String,
+    },
+}
+
+/// `authgate token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a JWT for a user.
+    Issue {
+        /// Username.
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds (default: jwt.ttl).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+/// A command that failed, with a one-line reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(String);
+
+impl From<StoreError> for CliError {
+    fn from(err: StoreError) -> Self {
+        CliError(match err {
+            StoreError::NotFound => "not found".into(),
+            StoreError::AlreadyExists => "already exists".into(),
+            StoreError::Unavailable(detail) => format!("store unavailable: {detail}"),
+        })
+    }
+}
+
+fn fail(message: impl Into<String>) -> CliError {
+    CliError(message.into())
+}
+
+/// Sets up logging to stderr: `AUTHGATE_LOG` (default `info`) for `serve`,
+/// warnings only for the other commands so their output stays clean.
+pub fn init_tracing(cli: &Cli) {
+    let default = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let workers = match &cli.command {
+        Command::Serve { workers } => *workers,
+        _ => Some(1),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(workers) = workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = runtime
+        .build()
+        .map_err(|err| fail(format!("cannot start the runtime: {err}")))?;
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::CheckConfig => check_config(&cli.config),
+        Command::OtkToken {
+            key,
+            user,
+            password_stdin: _,
+            realm,
+        } => {
+            let password = read_password()?;
+            let realm = realm.unwrap_or_else(|| realm_of(&cli.config));
+            let ha1 = digest::ha1(&user, &realm, &password);
+            println!("{}", digest::onetime_answer(&key, &ha1));
+            Ok(())
+        }
+        command => {
+            let config = load(&cli.config)?;
+            match command {
+                Command::Serve { .. } => serve(config).await,
+                Command::User(command) => user(command, &config).await,
+                Command::Key(command) => key(command, &config).await,
+                Command::Token(TokenCommand::Issue { user, ttl }) => {
+                    token(&user, ttl, &config).await
+                }
+                Command::CheckConfig | Command::OtkToken { .. } => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config, CliError> {
+    Config::load(path).map_err(|err| {
+        fail(format!(
+            "invalid config {}: {}",
+            path.display(),
+            err.problems.join("; ")
+        ))
+    })
+}
+
+fn check_config(path: &Path) -> Result<(), CliError> {
+    match Config::load(path) {
+        Ok(config) => {
+            println!(
+                "config OK: {} route(s), store {}",
+                config.routes.iter().count(),
+                match &config.store.url {
+                    StoreUrl::Sqlite(path) => format!("sqlite {}", path.display()),
+                    StoreUrl::Postgres(_) => "postgres".into(),
+                }
+            );
+            Ok(())
+        }
+        Err(err) => {
+            for problem in &err.problems {
+                println!("{problem}");
+            }
+            Err(fail(format!(
+                "{} problem(s) in {}",
+                err.problems.len(),
+                path.display()
+            )))
+        }
+    }
+}
+
+/// The realm of the config at `path`, or the default when there is none.
+fn realm_of(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| {
+            table
+                .get("onetimekey")?
+                .get("realm")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "voximplant.com".into())
+}
+
+async fn serve(config: Config) -> Result<(), CliError> {
+    crate::run(config, crate::server::shutdown_signal())
+        .await
+        .map_err(|err| fail(err.to_string()))
+}
+
+/// Reads a password from stdin, one trailing newline stripped.
+fn read_password() -> Result<String, CliError> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(MAX_PASSWORD_BYTES as u64 + 2)
+        .read_to_end(&mut bytes)
+        .map_err(|err| fail(format!("cannot read the password from stdin: {err}")))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(fail("the password on stdin is empty"));
+    }
+    if bytes.len() > MAX_PASSWORD_BYTES {
+        return Err(fail(format!(
+            "the password is longer than {MAX_PASSWORD_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| fail("the password is not UTF-8"))
+}
+
+fn hash_password(password: &str) -> Result<String, CliError> {
+    password::hash_password(password)
+        .map_err(|err| fail(format!("cannot hash the password: {err}")))
+}
+
+async fn open(config: &Config) -> Result<Store, CliError> {
+    Store::open(&config.store.url)
+        .await
+        .map_err(|err| fail(format!("cannot open the store: {}", CliError::from(err))))
+}
+
+async fn user(command: UserCommand, config: &Config) -> Result<(), CliError> {
+    let realm = &config.onetimekey.realm;
+    match command {
+        UserCommand::Add {
+            name,
+            password_stdin: _,
+            roles,
+        } => {
+            if !valid_username(&name) {
+                return Err(fail(format!(
+                    "invalid username {name:?}: use 1 to 64 letters, digits, '.', '_', '@' or '-'"
+                )));
+            }
+            if let Some(role) = roles.iter().find(|role| !valid_role(role)) {
+                return Err(fail(format!(
+                    "invalid role {role:?}: use 1 to 64 letters, digits, '.', '_', ':' or '-'"
+                )));
+            }
+            let password = read_password()?;
+            let store = open(config).await?;
+            let phc = hash_password(&password)?;
+            let ha1 = digest::ha1(&name, realm, &password);
+            match store
+                .create_user(&name, &phc, &ha1, realm, &roles, unix_now())
+                .await
+            {
+                Err(StoreError::AlreadyExists) => Err(fail(format!("user {name} already exists"))),
+                other => other.map_err(CliError::from),
+            }?;
+            println!("created user {name}");
+        }
+        UserCommand::Passwd {
+            name,
+            password_stdin: _,
+        } => {
+            let password = read_password()?;
+            let store = open(config).await?;
+            let phc = hash_password(&password)?;
+            let ha1 = digest::ha1(&name, realm, &password);
+            match store
+                .set_password(&name, &phc, &ha1, realm, unix_now())
+                .await
+            {
+                Err(StoreError::NotFound) => Err(fail(format!("no user named {name}"))),
+                other => other.map_err(CliError::from),
+            }?;
+            println!("password changed for {name}; older tokens and access keys no longer work");
+        }
+        UserCommand::List => {
+            let store = open(config).await?;
+            println!("NAME\tROLES\tCREATED");
+            for user in store.users().await? {
+                println!(
+                    "{}\t{}\t{}",
+                    user.username,
+                    user.roles.join(","),
+                    rfc3339(user.created_at)
+                );
+            }
+        }
+        UserCommand::Remove { name } => {
+            let store = open(config).await?;
+            match store.remove_user(&name, unix_now()).await {
+                Err(StoreError::NotFound) => Err(fail(format!("no user named {name}"))),
+                other => other.map_err(CliError::from),
+            }?;
+            println!("removed user {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn key(command: KeyCommand, config: &Config) -> Result<(), CliError> {
+    let store = open(config).await?;
+    match command {
+        KeyCommand::Create {
+            user,
+            name,
+            detail,
+            expire,
+        } => {
+            let expire = i64::try_from(expire)
+                .ok()
+                .filter(|secs| *secs > 0 && *secs <= 10 * 366 * 86_400)
+                .ok_or_else(|| fail("--expire must be between 1 second and ten years"))?;
+            let key = accesskey::generate();
+            let now = unix_now();
+            let created = store
+                .create_key(
+                    &user,
+                    &name,
+                    &detail,
+                    &hex::encode(accesskey::hash(&key)),
+                    accesskey::token_prefix(&key),
+                    now + expire,
+                    now,
+                )
+                .await;
+            let created = match created {
+                Err(StoreError::NotFound) => return Err(fail(format!("no user named {user}"))),
+                other => other?,
+            };
+            println!("id: {}", created.id);
+            println!("key: {key}");
+        }
+        KeyCommand::List { user } => {
+            println!("ID\tUSER\tNAME\tTOKEN_PREFIX\tEXPIRES");
+            let mut before: Option<String> = None;
+            loop {
+                let page = store.keys(user.as_deref(), before.as_deref(), 500).await?;
+                for key in &page {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        key.id,
+                        key.username,
+                        key.name,
+                        key.token_prefix,
+                        rfc3339(key.tm_expire)
+                    );
+                }
+                match page.last() {
+                    Some(last) if page.len() == 500 => before = Some(last.id.clone()),
+                    _ => break,
+                }
+            }
+        }
+        KeyCommand::Revoke { id } => {
+            if uuid::Uuid::parse_str(&id).is_err() {
+                return Err(fail(format!("{id:?} is not a key id (UUID)")));
+            }
+            match store.delete_key(&id, None, unix_now()).await {
+                Err(StoreError::NotFound) => return Err(fail(format!("no live key with id {id}"))),
+                other => other?,
+            };
+            println!("revoked key {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn token(user: &str, ttl: Option<u64>, config: &Config) -> Result<(), CliError> {
+    let store = open(config).await?;
+    let found = store
+        .user(user)
+        .await?
+        .ok_or_else(|| fail(format!("no user named {user}")))?;
+    if ttl == Some(0) {
+        return Err(fail("--ttl must be at least 1 second"));
+    }
+    let keys = crate::auth::jwt::JwtKeys::new(&config.jwt);
+    let (token, _) = keys
+        .issue(
+            &found.username,
+            &found.roles,
+            found.generation,
+            ttl.map(Duration::from_secs),
+            unix_now(),
+        )
+        .map_err(|err| fail(format!("cannot sign the token: {err}")))?;
+    println!("{token}");
+    Ok(())
+}

@@ -1,0 +1,925 @@
+//! Configuration: raw TOML structs, validated into one [`Config`].
+//!
+//! Only [`Config::load`] touches the disk (the config file and the files it
+//! names); [`Config::from_toml`] does the rest so it can be tested in memory.
+//! Validation collects every problem instead of stopping at the first, so
+//! `check-config` can print them all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+
+use crate::routes::{Route, RouteAuth, RouteTable};
+
+/// Paths the gateway serves itself under this prefix; routes may not use it.
+pub const RESERVED_PREFIX: &str = "/_authgate/";
+/// Shortest HS256 secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A config that could not be loaded: every problem found, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct ConfigError {
+    /// `<key>: <problem>` lines.
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: String) -> Self {
+        ConfigError {
+            problems: vec![problem],
+        }
+    }
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners and shutdown.
+    pub server: ServerConfig,
+    /// Where users and keys live.
+    pub store: StoreConfig,
+    /// Token issuing and checking.
+    pub jwt: JwtConfig,
+    /// One-time-key login.
+    pub onetimekey: OneTimeKeyConfig,
+    /// Request limits and timeouts on the client side.
+    pub limits: Limits,
+    /// Upstream connection defaults.
+    pub upstream: UpstreamConfig,
+    /// Throttling of failed logins.
+    pub login: LoginConfig,
+    /// The credential caches.
+    pub cache: CacheConfig,
+    /// Routes, longest prefix first.
+    pub routes: RouteTable,
+}
+
+/// Listeners and shutdown behaviour.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Plain HTTP listener (HTTP/1.1 and h2c).
+    pub listen: Option<SocketAddr>,
+    /// HTTPS listener.
+    pub tls: Option<TlsConfig>,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// The HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Which store backs users and keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// An SQLite file, created on first start.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server shared by several replicas.
+    Postgres(String),
+}
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Backend and location.
+    pub url: StoreUrl,
+    /// How often the gateway looks for revocations made by other processes.
+    pub poll_interval: Duration,
+}
+
+/// JWT settings.
+#[derive(Clone)]
+pub struct JwtConfig {
+    /// `iss` of issued tokens, and the only issuer accepted.
+    pub issuer: String,
+    /// Lifetime of issued tokens.
+    pub ttl: Duration,
+    /// Clock skew accepted on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway: u64,
+    /// HS256 secret (never printed).
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("issuer", &self.issuer)
+            .field("ttl", &self.ttl)
+            .field("leeway", &self.leeway)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One-time-key login settings.
+#[derive(Debug, Clone)]
+pub struct OneTimeKeyConfig {
+    /// Realm inside HA1 = md5(user:realm:password).
+    pub realm: String,
+    /// How long an issued key stays usable.
+    pub ttl: Duration,
+}
+
+/// Client-side limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head accepted.
+    pub max_header_bytes: usize,
+    /// Largest body of the gateway's own JSON endpoints.
+    pub max_body_bytes: usize,
+    /// Time allowed to receive a request head.
+    pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may sit idle.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+/// Upstream connection defaults.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Time allowed to open a connection (→ 502).
+    pub connect_timeout: Duration,
+    /// Time allowed until the response head (→ 504).
+    pub timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per upstream.
+    pub pool_max_idle_per_host: usize,
+}
+
+/// Throttling of failed logins.
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    /// Failures per user or client address within `window` before lockout.
+    pub max_failures: u32,
+    /// Window over which failures are counted.
+    pub window: Duration,
+    /// How long a locked-out user or address is refused.
+    pub lockout: Duration,
+}
+
+/// Credential cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Most entries held per cache.
+    pub max_entries: usize,
+    /// How long a positive entry is trusted before it is checked again.
+    pub ttl: Duration,
+    /// How long a "no such key/user" answer is remembered.
+    pub negative_ttl: Duration,
+}
+
+// ---- raw TOML ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+    jwt: RawJwt,
+    #[serde(default)]
+    onetimekey: RawOneTimeKey,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    login: RawLogin,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    tls: Option<RawTls>,
+    #[serde(default = "defaults::shutdown_grace")]
+    shutdown_grace: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: String,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "defaults::store_url")]
+    url: String,
+    #[serde(default = "defaults::poll_interval_ms")]
+    poll_interval_ms: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            url: defaults::store_url(),
+            poll_interval_ms: defaults::poll_interval_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    #[serde(default = "defaults::issuer")]
+    issuer: String,
+    #[serde(default = "defaults::jwt_ttl")]
+    ttl: u64,
+    #[serde(default = "defaults::leeway")]
+    leeway: u64,
+    secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOneTimeKey {
+    #[serde(default = "defaults::realm")]
+    realm: String,
+    #[serde(default = "defaults::otk_ttl")]
+    ttl: u64,
+}
+
+impl Default for RawOneTimeKey {
+    fn default() -> Self {
+        RawOneTimeKey {
+            realm: defaults::realm(),
+            ttl: defaults::otk_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "defaults::max_header_bytes")]
+    max_header_bytes: u64,
+    #[serde(default = "defaults::max_body_bytes")]
+    max_body_bytes: u64,
+    #[serde(default = "defaults::header_read_timeout")]
+    header_read_timeout: u64,
+    #[serde(default = "defaults::idle_timeout")]
+    idle_timeout: u64,
+    #[serde(default = "defaults::max_connections")]
+    max_connections: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_header_bytes: defaults::max_header_bytes(),
+            max_body_bytes: defaults::max_body_bytes(),
+            header_read_timeout: defaults::header_read_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+            max_connections: defaults::max_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    #[serde(default = "defaults::connect_timeout")]
+    connect_timeout: u64,
+    #[serde(default = "defaults::upstream_timeout")]
+    timeout: u64,
+    #[serde(default = "defaults::pool_idle_timeout")]
+    pool_idle_timeout: u64,
+    #[serde(default = "defaults::pool_max_idle_per_host")]
+    pool_max_idle_per_host: u64,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            connect_timeout: defaults::connect_timeout(),
+            timeout: defaults::upstream_timeout(),
+            pool_idle_timeout: defaults::pool_idle_timeout(),
+            pool_max_idle_per_host: defaults::pool_max_idle_per_host(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogin {
+    #[serde(default = "defaults::max_failures")]
+    max_failures: u64,
+    #[serde(default = "defaults::login_window")]
+    window: u64,
+    #[serde(default = "defaults::lockout")]
+    lockout: u64,
+}
+
+impl Default for RawLogin {
+    fn default() -> Self {
+        RawLogin {
+            max_failures: defaults::max_failures(),
+            window: defaults::login_window(),
+            lockout: defaults::lockout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default = "defaults::cache_max_entries")]
+    max_entries: u64,
+    #[serde(default = "defaults::cache_ttl")]
+    ttl: u64,
+    #[serde(default = "defaults::cache_negative_ttl")]
+    negative_ttl: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            max_entries: defaults::cache_max_entries(),
+            ttl: defaults::cache_ttl(),
+            negative_ttl: defaults::cache_negative_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path_prefix: String,
+    upstream: String,
+    #[serde(default = "defaults::route_auth")]
+    auth: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    timeout: Option<u64>,
+}
+
+/// Default values, documented in the README's configuration reference.
+mod defaults {
+    pub fn shutdown_grace() -> u64 {
+        30
+    }
+    pub fn store_url() -> String {
+        "sqlite://data/authgate.db".into()
+    }
+    pub fn poll_interval_ms() -> u64 {
+        1000
+    }
+    pub fn issuer() -> String {
+        "authgate".into()
+    }
+    pub fn jwt_ttl() -> u64 {
+        7 * 24 * 3600
+    }
+    pub fn leeway() -> u64 {
+        30
+    }
+    pub fn realm() -> String {
+        "voximplant.com".into()
+    }
+    pub fn otk_ttl() -> u64 {
+        300
+    }
+    pub fn max_header_bytes() -> u64 {
+        16 * 1024
+    }
+    pub fn max_body_bytes() -> u64 {
+        64 * 1024
+    }
+    pub fn header_read_timeout() -> u64 {
+        10
+    }
+    pub fn idle_timeout() -> u64 {
+        60
+    }
+    pub fn max_connections() -> u64 {
+        10_000
+    }
+    pub fn connect_timeout() -> u64 {
+        5
+    }
+    pub fn upstream_timeout() -> u64 {
+        30
+    }
+    pub fn pool_idle_timeout() -> u64 {
+        90
+    }
+    pub fn pool_max_idle_per_host() -> u64 {
+        64
+    }
+    pub fn max_failures() -> u64 {
+        5
+    }
+    pub fn login_window() -> u64 {
+        300
+    }
+    pub fn lockout() -> u64 {
+        300
+    }
+    pub fn cache_max_entries() -> u64 {
+        1_000_000
+    }
+    pub fn cache_ttl() -> u64 {
+        300
+    }
+    pub fn cache_negative_ttl() -> u64 {
+        5
+    }
+    pub fn route_auth() -> String {
+        "required".into()
+    }
+}
+
+/// Collects problems while validating.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, key: &str, problem: impl std::fmt::Display) {
+        self.0.push(format!("{key}: {problem}"));
+    }
+
+    /// A number of seconds that must lie in `min..=max`.
+    fn seconds(&mut self, key: &str, value: u64, min: u64, max: u64) -> Duration {
+        if value < min || value > max {
+            self.add(
+                key,
+                format_args!("must be between {min} and {max} seconds, got {value}"),
+            );
+        }
+        Duration::from_secs(value.clamp(min, max))
+    }
+
+    /// A count that must lie in `min..=max`.
+    fn count(&mut self, key: &str, value: u64, min: u64, max: u64) -> usize {
+        if value < min || value > max {
+            self.add(
+                key,
+                format_args!("must be between {min} and {max}, got {value}"),
+            );
+        }
+        usize::try_from(value.clamp(min, max)).unwrap_or(usize::MAX)
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.add(key, format_args!("{value:?} is not an IP:port address"));
+                None
+            }
+        }
+    }
+
+    fn readable_file(&mut self, key: &str, path: &Path) {
+        if let Err(err) = std::fs::File::open(path) {
+            self.add(key, format_args!("cannot read {}: {err}", path.display()));
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config at `path`, and every file it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError::one(format!("config: cannot read {}: {err}", path.display()))
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates config text; files it names are read relative to
+    /// the working directory.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|err| ConfigError::one(format!("config: {}", err.to_string().trim_end())))?;
+        let mut problems = Problems::default();
+        let config = validate(raw, &mut problems);
+        if problems.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                problems: problems.0,
+            })
+        }
+    }
+}
+
+fn validate(raw: RawConfig, p: &mut Problems) -> Config {
+    let server = validate_server(raw.server, p);
+    let store = validate_store(raw.store, p);
+    let jwt = validate_jwt(raw.jwt, p);
+
+    let onetimekey = OneTimeKeyConfig {
+        ttl: p.seconds("onetimekey.ttl", raw.onetimekey.ttl, 10, 3600),
+        realm: raw.onetimekey.realm,
+    };
+    if onetimekey.realm.is_empty() || onetimekey.realm.contains(':') {
+        p.add("onetimekey.realm", "must be non-empty and contain no ':'");
+    }
+
+    let limits = Limits {
+        max_header_bytes: p.count(
+            "limits.max_header_bytes",
+            raw.limits.max_header_bytes,
+            1024,
+            1 << 20,
+        ),
+        max_body_bytes: p.count(
+            "limits.max_body_bytes",
+            raw.limits.max_body_bytes,
+            1024,
+            16 << 20,
+        ),
+        header_read_timeout: p.seconds(
+            "limits.header_read_timeout",
+            raw.limits.header_read_timeout,
+            1,
+            300,
+        ),
+        idle_timeout: p.seconds("limits.idle_timeout", raw.limits.idle_timeout, 1, 3600),
+        max_connections: p.count(
+            "limits.max_connections",
+            raw.limits.max_connections,
+            1,
+            1_000_000,
+        ),
+    };
+
+    let upstream = UpstreamConfig {
+        connect_timeout: p.seconds(
+            "upstream.connect_timeout",
+            raw.upstream.connect_timeout,
+            1,
+            300,
+        ),
+        timeout: p.seconds("upstream.timeout", raw.upstream.timeout, 1, 3600),
+        pool_idle_timeout: p.seconds(
+            "upstream.pool_idle_timeout",
+            raw.upstream.pool_idle_timeout,
+            1,
+            3600,
+        ),
+        pool_max_idle_per_host: p.count(
+            "upstream.pool_max_idle_per_host",
+            raw.upstream.pool_max_idle_per_host,
+            0,
+            10_000,
+        ),
+    };
+
+    let login = LoginConfig {
+        max_failures: u32::try_from(p.count("login.max_failures", raw.login.max_failures, 1, 1000))
+            .unwrap_or(u32::MAX),
+        window: p.seconds("login.window", raw.login.window, 1, 86_400),
+        lockout: p.seconds("login.lockout", raw.login.lockout, 1, 86_400),
+    };
+
+    let cache = CacheConfig {
+        max_entries: p.count("cache.max_entries", raw.cache.max_entries, 100, 100_000_000),
+        ttl: p.seconds("cache.ttl", raw.cache.ttl, 1, 86_400),
+        negative_ttl: p.seconds("cache.negative_ttl", raw.cache.negative_ttl, 1, 3600),
+    };
+
+    let routes = validate_routes(raw.route, &upstream, p);
+
+    Config {
+        server,
+        store,
+        jwt,
+        onetimekey,
+        limits,
+        upstream,
+        login,
+        cache,
+        routes,
+    }
+}
+
+fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
+    let listen = raw
+        .listen
+        .as_deref()
+        .and_then(|value| p.socket_addr("server.listen", value));
+    let tls = raw.tls.and_then(|tls| {
+        p.readable_file("server.tls.cert", &tls.cert);
+        p.readable_file("server.tls.key", &tls.key);
+        let listen = p.socket_addr("server.tls.listen", &tls.listen)?;
+        Some(TlsConfig {
+            listen,
+            cert: tls.cert,
+            key: tls.key,
+        })
+    });
+    if raw.listen.is_none() && tls.is_none() {
+        p.add(
+            "server.listen",
+            "set server.listen or [server.tls] (or both)",
+        );
+    }
+    ServerConfig {
+        listen,
+        tls,
+        shutdown_grace: p.seconds("server.shutdown_grace", raw.shutdown_grace, 0, 3600),
+    }
+}
+
+fn validate_store(raw: RawStore, p: &mut Problems) -> StoreConfig {
+    let url = match parse_store_url(&raw.url) {
+        Ok(url) => url,
+        Err(problem) => {
+            p.add("store.url", problem);
+            StoreUrl::Sqlite(PathBuf::from("data/authgate.db"))
+        }
+    };
+    let poll_ms = p.count("store.poll_interval_ms", raw.poll_interval_ms, 50, 2_000);
+    StoreConfig {
+        url,
+        poll_interval: Duration::from_millis(poll_ms as u64),
+    }
+}
+
+/// `sqlite://relative/path`, `sqlite:///absolute/path`, or `postgres://...`.
+pub fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() || path == ":memory:" {
+            return Err("an SQLite store needs a file path, e.g. sqlite://data/authgate.db".into());
+        }
+        return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(StoreUrl::Postgres(url.to_owned()));
+    }
+    Err("must start with sqlite:// or postgres://".into())
+}
+
+fn validate_jwt(raw: RawJwt, p: &mut Problems) -> JwtConfig {
+    if raw.issuer.is_empty() {
+        p.add("jwt.issuer", "must not be empty");
+    }
+    let mut secret = Vec::new();
+    match &raw.secret_file {
+        None => p.add("jwt.secret_file", "required: the HS256 signing secret"),
+        Some(path) => match std::fs::read(path) {
+            Err(err) => p.add(
+                "jwt.secret_file",
+                format_args!("cannot read {}: {err}", path.display()),
+            ),
+            Ok(mut bytes) => {
+                if bytes.last() == Some(&b'\n') {
+                    bytes.pop();
+                    if bytes.last() == Some(&b'\r') {
+                        bytes.pop();
+                    }
+                }
+                if bytes.len() < MIN_SECRET_BYTES {
+                    p.add(
+                        "jwt.secret_file",
+                        format_args!(
+                            "the secret has {} bytes; at least {MIN_SECRET_BYTES} are required",
+                            bytes.len()
+                        ),
+                    );
+                }
+                secret = bytes;
+            }
+        },
+    }
+    JwtConfig {
+        ttl: p.seconds("jwt.ttl", raw.ttl, 60, 366 * 86_400),
+        leeway: p.seconds("jwt.leeway", raw.leeway, 0, 600).as_secs(),
+        issuer: raw.issuer,
+        secret,
+    }
+}
+
+fn validate_routes(raw: Vec<RawRoute>, upstream: &UpstreamConfig, p: &mut Problems) -> RouteTable {
+    let mut routes = Vec::with_capacity(raw.len());
+    for (index, route) in raw.into_iter().enumerate() {
+        let key = format!("route[{index}]");
+        let prefix = route.path_prefix;
+        if !prefix.starts_with('/') {
+            p.add(
+                &format!("{key}.path_prefix"),
+                format_args!("{prefix:?} must start with '/'"),
+            );
+        }
+        if prefix.starts_with(RESERVED_PREFIX) || prefix == RESERVED_PREFIX.trim_end_matches('/') {
+            p.add(
+                &format!("{key}.path_prefix"),
+                format_args!("{RESERVED_PREFIX} is reserved for the gateway's own pages"),
+            );
+        }
+        if crate::routes::check_path(&prefix).is_err() {
+            p.add(
+                &format!("{key}.path_prefix"),
+                "must be a normal path (no dot segments, empty segments or encoded separators)",
+            );
+        }
+        let auth = match route.auth.as_str() {
+            "required" => RouteAuth::Required,
+            "public" => RouteAuth::Public,
+            other => {
+                p.add(
+                    &format!("{key}.auth"),
+                    format_args!("{other:?} must be \"required\" or \"public\""),
+                );
+                RouteAuth::Required
+            }
+        };
+        if auth == RouteAuth::Public && !route.roles.is_empty() {
+            p.add(
+                &format!("{key}.roles"),
+                "a public route cannot require roles",
+            );
+        }
+        for role in &route.roles {
+            if !crate::auth::valid_role(role) {
+                p.add(
+                    &format!("{key}.roles"),
+                    format_args!("{role:?} is not a valid role name"),
+                );
+            }
+        }
+        let timeout = match route.timeout {
+            Some(seconds) => p.seconds(&format!("{key}.timeout"), seconds, 1, 3600),
+            None => upstream.timeout,
+        };
+        match parse_upstream(&route.upstream) {
+            Ok(upstream) => routes.push(Route {
+                label: prefix.as_str().into(),
+                prefix,
+                upstream,
+                auth,
+                roles: route.roles,
+                timeout,
+            }),
+            Err(problem) => p.add(&format!("{key}.upstream"), problem),
+        }
+    }
+    let table = RouteTable::new(routes);
+    for duplicate in table.duplicate_prefixes() {
+        p.add(
+            "route",
+            format_args!("path_prefix {duplicate:?} appears more than once"),
+        );
+    }
+    table
+}
+
+/// An upstream base URL: `http://host:port` with an optional path prefix.
+fn parse_upstream(value: &str) -> Result<Uri, String> {
+    let uri: Uri = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("https upstreams are not supported yet; use http://".into());
+        }
+        _ => return Err(format!("{value:?} must start with http://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{value:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{value:?} must not have a query string"));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn secret_file() -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "0123456789abcdef0123456789abcdef-secret").unwrap();
+        file
+    }
+
+    fn minimal(secret: &Path, extra: &str) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[jwt]\nsecret_file = {:?}\n{extra}",
+            secret.display().to_string()
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(secret.path(), "")).unwrap();
+        assert_eq!(config.jwt.ttl, Duration::from_secs(604_800));
+        assert_eq!(config.jwt.leeway, 30);
+        assert_eq!(config.jwt.issuer, "authgate");
+        assert_eq!(config.onetimekey.realm, "voximplant.com");
+        assert_eq!(config.onetimekey.ttl, Duration::from_secs(300));
+        assert_eq!(config.limits.max_header_bytes, 16384);
+        assert_eq!(config.limits.max_body_bytes, 65536);
+        assert_eq!(config.upstream.connect_timeout, Duration::from_secs(5));
+        assert_eq!(config.upstream.timeout, Duration::from_secs(30));
+        assert_eq!(config.login.max_failures, 5);
+        assert_eq!(
+            config.store.url,
+            StoreUrl::Sqlite("data/authgate.db".into())
+        );
+        // One trailing newline stripped, the rest kept.
+        assert_eq!(
+            config.jwt.secret,
+            b"0123456789abcdef0123456789abcdef-secret"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let secret = secret_file();
+        let err = Config::from_toml(&minimal(secret.path(), "[limits]\nmax_header_byte = 1\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("max_header_byte"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let secret = secret_file();
+        let text = minimal(
+            secret.path(),
+            "[onetimekey]\nttl = 0\n[[route]]\npath_prefix = \"api\"\nupstream = \"ftp://x\"\nauth = \"maybe\"\n",
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        for key in [
+            "onetimekey.ttl",
+            "route[0].path_prefix",
+            "route[0].upstream",
+            "route[0].auth",
+        ] {
+            assert!(all.contains(key), "missing {key} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn short_or_missing_secrets_are_refused() {
+        let mut short = tempfile::NamedTempFile::new().unwrap();
+        writeln!(short, "too-short").unwrap();
+        let err = Config::from_toml(&minimal(short.path(), "")).unwrap_err();
+        assert!(err.to_string().contains("at least 32"), "{err}");
+        let err = Config::from_toml(&minimal(Path::new("/nonexistent/secret"), "")).unwrap_err();
+        assert!(err.to_string().contains("jwt.secret_file"), "{err}");
+    }
+
+    #[test]
+    fn reserved_prefix_and_duplicates_are_refused() {
+        let secret = secret_file();
+        let text = minimal(
+            secret.path(),
+            "[[route]]\npath_prefix = \"/_authgate/x\"\nupstream = \"http://127.0.0.1:1\"\n\
+             [[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n\
+             [[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(all.contains("reserved"), "{all}");
+        assert!(all.contains("more than once"), "{all}");
+    }
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            parse_store_url("sqlite:///var/lib/authgate/a.db").unwrap(),
+            StoreUrl::Sqlite("/var/lib/authgate/a.db".into())
+        );
+        assert_eq!(
+            parse_store_url("sqlite://data/a.db").unwrap(),
+            StoreUrl::Sqlite("data/a.db".into())
+        );
+        assert!(matches!(
+            parse_store_url("postgres://localhost/test").unwrap(),
+            StoreUrl::Postgres(_)
+        ));
+        assert!(parse_store_url("mysql://x").is_err());
+        assert!(parse_store_url("sqlite://").is_err());
+    }
+}

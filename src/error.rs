@@ -1,0 +1,359 @@
+//! The gateway's one error type for the request path, its HTTP status and the
+//! JSON envelope of the contract:
+//! `{"error":{"status","reason","message","request_id"}}`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, Body};
+
+/// Everything that can go wrong while the gateway answers a request.
+///
+/// Messages are fixed sentences: they never carry a token, a key, a password
+/// or an internal detail (5xx messages say only what failed, not why).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The request body is not the JSON the endpoint expects.
+    #[error("the request body is not valid JSON for this endpoint: {0}")]
+    InvalidJson(String),
+    /// A field of an otherwise valid request is out of range or malformed.
+    #[error("{0}")]
+    InvalidArgument(&'static str),
+    /// A resource id in the path is not a UUID.
+    #[error("the id is not a valid UUID")]
+    InvalidId,
+    /// The request path has dot segments, encoded separators or empty segments.
+    #[error(
+        "the request path is not in normal form (dot segments, encoded separators, backslashes and empty segments are refused)"
+    )]
+    InvalidPath,
+    /// Two different credentials came with one request.
+    #[error("the request carries two different credentials; send exactly one")]
+    ConflictingCredentials,
+    /// No credential came with a request that needs one.
+    #[error(
+        "this route requires a credential: a Bearer token, ?token=, ?accesskey= or the token/accesskey cookie"
+    )]
+    AuthenticationRequired,
+    /// A credential came but is wrong, malformed, expired, revoked or badly signed.
+    #[error("{message}")]
+    InvalidCredentials {
+        /// The fixed sentence shown to the client.
+        message: &'static str,
+        /// Whether a token was presented (adds `error="invalid_token"`).
+        token_given: bool,
+    },
+    /// The caller lacks every role the route asks for.
+    #[error("the caller has none of the roles this route requires")]
+    MissingRole,
+    /// An access key tried to create, change or delete access keys.
+    #[error("access keys cannot manage access keys; use a JWT from /auth/login")]
+    AccessKeyNotAllowed,
+    /// No route matches the path.
+    #[error("no route matches this path")]
+    NoRoute,
+    /// The addressed resource does not exist (or is not the caller's).
+    #[error("the resource does not exist")]
+    NotFound,
+    /// The method is not served on this gateway path.
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
+    /// A body of the gateway's own endpoints is over the limit.
+    #[error("the request body is larger than this endpoint accepts")]
+    BodyTooLarge,
+    /// The request head is over the limit.
+    #[error("the request headers are larger than the gateway accepts")]
+    HeadersTooLarge,
+    /// Too many failed logins for a user or client address.
+    #[error("too many failed attempts; try again later")]
+    TooManyAttempts {
+        /// Seconds until the lockout lifts.
+        retry_after: u64,
+    },
+    /// A resource already exists (e.g. a user of that name).
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// The upstream could not be reached.
+    #[error("the upstream service could not be reached")]
+    UpstreamUnreachable,
+    /// The upstream did not answer in time.
+    #[error("the upstream service did not answer in time")]
+    UpstreamTimeout,
+    /// The store is unreachable or failed.
+    #[error("the credential store is unavailable; try again shortly")]
+    StoreUnavailable,
+    /// A bug or an unexpected failure inside the gateway.
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// The HTTP status this error is answered with.
+    pub fn status_code(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            InvalidJson(_)
+            | InvalidArgument(_)
+            | InvalidId
+            | InvalidPath
+            | ConflictingCredentials => StatusCode::BAD_REQUEST,
+            AuthenticationRequired | InvalidCredentials { .. } => StatusCode::UNAUTHORIZED,
+            MissingRole | AccessKeyNotAllowed => StatusCode::FORBIDDEN,
+            NoRoute | NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Conflict(_) => StatusCode::CONFLICT,
+            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The envelope's `status` field (the seed service's canonical codes).
+    pub fn status_name(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            InvalidJson(_)
+            | InvalidArgument(_)
+            | InvalidId
+            | InvalidPath
+            | ConflictingCredentials
+            | BodyTooLarge
+            | HeadersTooLarge => "INVALID_ARGUMENT",
+            AuthenticationRequired | InvalidCredentials { .. } => "UNAUTHENTICATED",
+            MissingRole | AccessKeyNotAllowed => "PERMISSION_DENIED",
+            NoRoute | NotFound => "NOT_FOUND",
+            MethodNotAllowed => "UNIMPLEMENTED",
+            Conflict(_) => "ALREADY_EXISTS",
+            TooManyAttempts { .. } => "RESOURCE_EXHAUSTED",
+            UpstreamUnreachable | UpstreamTimeout | StoreUnavailable => "UNAVAILABLE",
+            Internal => "INTERNAL",
+        }
+    }
+
+    /// The envelope's `reason` field: a stable machine-readable cause.
+    pub fn reason(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            InvalidJson(_) => "INVALID_JSON",
+            InvalidArgument(_) => "INVALID_FIELD",
+            InvalidId => "INVALID_ID",
+            InvalidPath => "INVALID_PATH",
+            ConflictingCredentials => "CONFLICTING_CREDENTIALS",
+            AuthenticationRequired => "AUTHENTICATION_REQUIRED",
+            InvalidCredentials { .. } => "INVALID_CREDENTIALS",
+            MissingRole => "MISSING_ROLE",
+            AccessKeyNotAllowed => "ACCESSKEY_NOT_ALLOWED",
+            NoRoute => "NO_ROUTE",
+            NotFound => "RESOURCE_NOT_FOUND",
+            MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Conflict(_) => "ALREADY_EXISTS",
+            BodyTooLarge => "BODY_TOO_LARGE",
+            HeadersTooLarge => "HEADERS_TOO_LARGE",
+            TooManyAttempts { .. } => "TOO_MANY_ATTEMPTS",
+            UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
+            UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            StoreUnavailable => "STORE_UNAVAILABLE",
+            Internal => "INTERNAL_ERROR",
+        }
+    }
+
+    /// Shorthand for a wrong, malformed, expired or revoked credential.
+    pub fn invalid(message: &'static str) -> Self {
+        GatewayError::InvalidCredentials {
+            message,
+            token_given: true,
+        }
+    }
+
+    /// The JSON envelope, without the response around it.
+    pub fn envelope(&self, request_id: &str) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "status": self.status_name(),
+                "reason": self.reason(),
+                "message": self.to_string(),
+                "request_id": request_id,
+            }
+        })
+    }
+
+    /// The complete HTTP response for this error.
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let payload = Bytes::from(self.envelope(request_id).to_string());
+        let mut response = Response::new(body::full(payload));
+        *response.status_mut() = self.status_code();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match &self {
+            GatewayError::AuthenticationRequired => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="authgate""#),
+                );
+            }
+            GatewayError::InvalidCredentials { token_given, .. } => {
+                let value = if *token_given {
+                    r#"Bearer realm="authgate", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="authgate""#
+                };
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
+            }
+            GatewayError::TooManyAttempts { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<crate::store::StoreError> for GatewayError {
+    fn from(err: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match err {
+            StoreError::NotFound => GatewayError::NotFound,
+            StoreError::AlreadyExists => GatewayError::Conflict("that name is already taken"),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "store unavailable");
+                GatewayError::StoreUnavailable
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_the_contract_table() {
+        let cases = [
+            (
+                GatewayError::InvalidJson("x".into()),
+                400,
+                "INVALID_ARGUMENT",
+                "INVALID_JSON",
+            ),
+            (
+                GatewayError::InvalidId,
+                400,
+                "INVALID_ARGUMENT",
+                "INVALID_ID",
+            ),
+            (
+                GatewayError::ConflictingCredentials,
+                400,
+                "INVALID_ARGUMENT",
+                "CONFLICTING_CREDENTIALS",
+            ),
+            (
+                GatewayError::AuthenticationRequired,
+                401,
+                "UNAUTHENTICATED",
+                "AUTHENTICATION_REQUIRED",
+            ),
+            (
+                GatewayError::invalid("bad"),
+                401,
+                "UNAUTHENTICATED",
+                "INVALID_CREDENTIALS",
+            ),
+            (
+                GatewayError::MissingRole,
+                403,
+                "PERMISSION_DENIED",
+                "MISSING_ROLE",
+            ),
+            (
+                GatewayError::AccessKeyNotAllowed,
+                403,
+                "PERMISSION_DENIED",
+                "ACCESSKEY_NOT_ALLOWED",
+            ),
+            (GatewayError::NoRoute, 404, "NOT_FOUND", "NO_ROUTE"),
+            (
+                GatewayError::NotFound,
+                404,
+                "NOT_FOUND",
+                "RESOURCE_NOT_FOUND",
+            ),
+            (
+                GatewayError::BodyTooLarge,
+                413,
+                "INVALID_ARGUMENT",
+                "BODY_TOO_LARGE",
+            ),
+            (
+                GatewayError::HeadersTooLarge,
+                431,
+                "INVALID_ARGUMENT",
+                "HEADERS_TOO_LARGE",
+            ),
+            (
+                GatewayError::TooManyAttempts { retry_after: 3 },
+                429,
+                "RESOURCE_EXHAUSTED",
+                "TOO_MANY_ATTEMPTS",
+            ),
+            (
+                GatewayError::UpstreamUnreachable,
+                502,
+                "UNAVAILABLE",
+                "UPSTREAM_UNREACHABLE",
+            ),
+            (
+                GatewayError::UpstreamTimeout,
+                504,
+                "UNAVAILABLE",
+                "UPSTREAM_TIMEOUT",
+            ),
+            (
+                GatewayError::StoreUnavailable,
+                503,
+                "UNAVAILABLE",
+                "STORE_UNAVAILABLE",
+            ),
+        ];
+        for (err, status, name, reason) in cases {
+            assert_eq!(err.status_code().as_u16(), status, "{err:?}");
+            assert_eq!(err.status_name(), name, "{err:?}");
+            assert_eq!(err.reason(), reason, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn envelope_has_the_four_fields() {
+        let value = GatewayError::NoRoute.envelope("req-1");
+        let inner = &value["error"];
+        assert_eq!(inner["status"], "NOT_FOUND");
+        assert_eq!(inner["reason"], "NO_ROUTE");
+        assert_eq!(inner["request_id"], "req-1");
+        assert!(inner["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    #[test]
+    fn unauthenticated_responses_carry_www_authenticate() {
+        let response = GatewayError::AuthenticationRequired.into_response("r");
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="authgate""#
+        );
+        let response = GatewayError::invalid("expired").into_response("r");
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="authgate", error="invalid_token""#
+        );
+        let response = GatewayError::TooManyAttempts { retry_after: 7 }.into_response("r");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+    }
+}

@@ -1,0 +1,288 @@
+//! Pure header rewriting for forwarded requests and relayed responses.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::auth::Identity;
+
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Auth-User`.
+pub static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
+/// `X-Auth-Roles`.
+pub static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
+/// `X-Auth-Method`.
+pub static X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
+/// `X-Auth-Key-Id`.
+pub static X_AUTH_KEY_ID: HeaderName = HeaderName::from_static("x-auth-key-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that belong to one connection and never cross a proxy (RFC 9110
+/// 7.6.1), besides those named by `Connection`.
+const HOP_BY_HOP: [&HeaderName; 6] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &PROXY_CONNECTION,
+];
+
+/// Whether the request asks to switch protocols (e.g. WebSocket).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+}
+
+fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers: the fixed set, every name listed in
+/// `Connection`, `Upgrade` (unless this hop upgrades) and every `Proxy-*`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(&name);
+    }
+    if keep_upgrade && headers.contains_key(header::UPGRADE) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes every `X-Auth-*` header: identity comes only from the gateway.
+pub fn remove_identity_headers(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-auth-"))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(&name);
+    }
+}
+
+/// Sets the identity headers for an authenticated caller.
+pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
+    // Usernames, roles and key ids are validated to header-safe characters
+    // when they are created; a value that still fails is left out.
+    if let Ok(user) = HeaderValue::from_str(&identity.user) {
+        headers.insert(X_AUTH_USER.clone(), user);
+    }
+    if let Ok(roles) = HeaderValue::from_str(&identity.roles.join(",")) {
+        headers.insert(X_AUTH_ROLES.clone(), roles);
+    }
+    headers.insert(
+        X_AUTH_METHOD.clone(),
+        HeaderValue::from_static(identity.method.as_str()),
+    );
+    if let Some(key_id) = identity.key_id.as_deref()
+        && let Ok(value) = HeaderValue::from_str(key_id)
+    {
+        headers.insert(X_AUTH_KEY_ID.clone(), value);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (the host the client asked for).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    let prior: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    let chain = if prior.is_empty() {
+        client_ip.to_string()
+    } else {
+        format!("{}, {client_ip}", prior.join(", "))
+    };
+    headers.remove(&X_FORWARDED_FOR);
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Longest client-sent request id kept.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Whether a client-sent `X-Request-Id` is kept: 1 to 128 characters of
+/// `A-Z a-z 0-9 - _ . : /`.
+pub fn sane_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    (1..=MAX_REQUEST_ID_LEN).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthMethod;
+    use std::sync::Arc;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn names(map: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = map.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Custom-Hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-foo", "1"),
+            ("accept", "*/*"),
+            ("x-end-to-end", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), vec!["accept", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn upgrades_keep_their_upgrade_header() {
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["sec-websocket-key"], "k");
+        assert!(!is_upgrade_request(&headers(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn identity_headers_replace_spoofed_ones() {
+        let mut h = headers(&[
+            ("x-auth-user", "root"),
+            ("x-auth-roles", "admin"),
+            ("X-Auth-Anything", "1"),
+        ]);
+        remove_identity_headers(&mut h);
+        assert!(h.is_empty());
+        let identity = Identity {
+            user: Arc::from("alice"),
+            roles: Arc::from(vec!["a".to_owned(), "b".to_owned()]),
+            method: AuthMethod::AccessKey,
+            key_id: Some(Arc::from("k-1")),
+            token: None,
+        };
+        set_identity_headers(&mut h, &identity);
+        assert_eq!(h["x-auth-user"], "alice");
+        assert_eq!(h["x-auth-roles"], "a,b");
+        assert_eq!(h["x-auth-method"], "accesskey");
+        assert_eq!(h["x-auth-key-id"], "k-1");
+
+        let mut h = HeaderMap::new();
+        let no_roles = Identity {
+            roles: Arc::from(Vec::<String>::new()),
+            method: AuthMethod::Jwt,
+            key_id: None,
+            ..identity
+        };
+        set_identity_headers(&mut h, &no_roles);
+        assert_eq!(h["x-auth-roles"], "");
+        assert_eq!(h["x-auth-method"], "jwt");
+        assert!(h.get("x-auth-key-id").is_none());
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            "https",
+            Some(HeaderValue::from_static("api.example.com")),
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "::1".parse().unwrap(), "http", None);
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(sane_request_id(&HeaderValue::from_static(
+            "abc-123_x.y:z/1"
+        )));
+        assert!(!sane_request_id(&HeaderValue::from_static("")));
+        assert!(!sane_request_id(&HeaderValue::from_static("has space")));
+        assert!(!sane_request_id(
+            &HeaderValue::from_str(&"a".repeat(129)).unwrap()
+        ));
+    }
+}

@@ -1,0 +1,194 @@
+//! Forwarding to upstreams: one pooled client, built once, and the request
+//! and response rewriting around it.
+
+pub mod headers;
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::{Instrument, debug, warn};
+
+use crate::auth::Permit;
+use crate::auth::extract::{strip_credential_headers, strip_credential_query};
+use crate::body::{self, Body};
+use crate::config::UpstreamConfig;
+use crate::error::GatewayError;
+use crate::routes::Route;
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// Whether it came over TLS.
+    pub tls: bool,
+}
+
+impl ClientInfo {
+    /// `X-Forwarded-Proto` value.
+    pub fn proto(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
+/// The pooled upstream client.
+pub struct Forwarder {
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Forwarder {
+    /// Builds the client once: connect timeout, idle timeout with a pool
+    /// timer (without one idle connections are never reaped), idle cap.
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(connector);
+        Forwarder { client }
+    }
+
+    /// Forwards a checked request to `route`'s upstream and relays the
+    /// response head; bodies stream both ways.
+    pub async fn forward(
+        &self,
+        permit: Permit,
+        route: &Route,
+        mut request: Request<Incoming>,
+        client: ClientInfo,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upgrading = headers::is_upgrade_request(request.headers());
+        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, incoming) = request.into_parts();
+
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        parts.uri = upstream_uri(&route.upstream, &parts.uri)?;
+        parts.version = Version::HTTP_11;
+
+        let h = &mut parts.headers;
+        headers::strip_hop_by_hop(h, upgrading);
+        strip_credential_headers(h);
+        headers::remove_identity_headers(h);
+        if let Some(identity) = permit.identity() {
+            headers::set_identity_headers(h, identity);
+        }
+        headers::set_forwarded(h, client.addr.ip(), client.proto(), original_host);
+        h.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        if let Some(authority) = route.upstream.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            h.insert(header::HOST, host);
+        }
+
+        let outbound = Request::from_parts(parts, incoming);
+        let mut response = match tokio::time::timeout(route.timeout, self.client.request(outbound))
+            .await
+        {
+            Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
+            Ok(Err(err)) => {
+                warn!(upstream = %route.upstream, connect = err.is_connect(), error = %err, "upstream request failed");
+                return Err(GatewayError::UpstreamUnreachable);
+            }
+            Ok(Ok(response)) => response,
+        };
+
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(
+                splice(client_upgrade, upstream_upgrade).instrument(tracing::Span::current()),
+            );
+        }
+        let (mut parts, incoming) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, switching);
+        parts
+            .headers
+            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        Ok(Response::from_parts(parts, body::stream(incoming)))
+    }
+}
+
+/// Joins both sides of an upgraded connection until either closes.
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                Ok((up, down)) => debug!(
+                    bytes.up = up,
+                    bytes.down = down,
+                    "upgraded connection closed"
+                ),
+                Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
+            }
+        }
+        Err(err) => debug!(error = %err, "upgrade did not complete"),
+    }
+}
+
+/// The upstream URI: the upstream's scheme and authority, its own path
+/// prefix (if any) followed by the request path, and the query without
+/// credentials.
+fn upstream_uri(upstream: &Uri, request: &Uri) -> Result<Uri, GatewayError> {
+    let base = upstream.path().trim_end_matches('/');
+    let path = request.path();
+    let query = request.query().and_then(strip_credential_query);
+    let mut path_and_query =
+        String::with_capacity(base.len() + path.len() + 1 + query.as_ref().map_or(0, |q| q.len()));
+    path_and_query.push_str(base);
+    path_and_query.push_str(path);
+    if let Some(query) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(&query);
+    }
+    let path_and_query =
+        PathAndQuery::try_from(path_and_query).map_err(|_| GatewayError::InvalidPath)?;
+    let mut parts = upstream.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|_| GatewayError::Internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_uris() {
+        let cases = [
+            (
+                "http://127.0.0.1:9000",
+                "/a/b?x=1&token=t&y=2",
+                "http://127.0.0.1:9000/a/b?x=1&y=2",
+            ),
+            (
+                "http://127.0.0.1:9000/",
+                "/a?token=t",
+                "http://127.0.0.1:9000/a",
+            ),
+            ("http://up:80/base/", "/a/b", "http://up:80/base/a/b"),
+            ("http://up/base", "/?q=%20", "http://up/base/?q=%20"),
+            ("http://up", "/x?accesskey=k", "http://up/x"),
+        ];
+        for (upstream, request, expected) in cases {
+            let uri = upstream_uri(&upstream.parse().unwrap(), &request.parse().unwrap()).unwrap();
+            assert_eq!(uri.to_string(), expected, "{upstream} + {request}");
+        }
+    }
+}

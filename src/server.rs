@@ -1,0 +1,421 @@
+//! Listeners, TLS, connections and graceful shutdown.
+//!
+//! Each connection runs in its own task under a span with `client.addr`. On
+//! shutdown the listeners stop accepting, every connection is asked to
+//! finish its in-flight requests and close, and the process waits for them
+//! up to the grace period.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::{Limits, TlsConfig};
+use crate::gateway::Gateway;
+use crate::proxy::ClientInfo;
+
+/// Time allowed for a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Smallest read buffer hyper accepts; the header limit cannot go below it.
+const MIN_HTTP1_BUFFER: usize = 8192;
+
+/// A bound listener, plain or TLS.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    /// The bound address (the real port when the config said `:0`).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The certificate or key could not be loaded.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+}
+
+/// Binds the plain and TLS listeners the config names.
+pub async fn bind(config: &crate::config::ServerConfig) -> Result<Vec<Listener>, ServeError> {
+    let mut listeners = Vec::new();
+    if let Some(addr) = config.listen {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        listeners.push(Listener { tcp, tls: None });
+    }
+    if let Some(tls) = &config.tls {
+        let acceptor = tls_acceptor(tls)?;
+        let tcp = TcpListener::bind(tls.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: tls.listen,
+                source,
+            })?;
+        listeners.push(Listener {
+            tcp,
+            tls: Some(acceptor),
+        });
+    }
+    Ok(listeners)
+}
+
+/// rustls with TLS 1.2 and 1.3 only, ALPN h2 and http/1.1.
+fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_file_iter(&config.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| ServeError::Tls(format!("{}: {err}", config.cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "{}: no certificate found",
+            config.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&config.key)
+        .map_err(|err| ServeError::Tls(format!("{}: {err}", config.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|err| ServeError::Tls(err.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|err| ServeError::Tls(err.to_string()))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Serves on `listeners` until `shutdown` completes, then drains.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = gateway.config.limits.clone();
+    let grace = gateway.config.server.shutdown_grace;
+    let builder = Arc::new(http_builder(&limits));
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every connection task holds a clone of `drain_tx`; when all are gone
+    // the receiver sees the channel close.
+    let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+
+    for listener in listeners {
+        let ctx = AcceptContext {
+            gateway: gateway.clone(),
+            builder: builder.clone(),
+            slots: connection_slots.clone(),
+            stop: stop_rx.clone(),
+            drain: drain_tx.clone(),
+            limits: limits.clone(),
+        };
+        tokio::spawn(accept_loop(listener, ctx));
+    }
+    drop(drain_tx);
+
+    shutdown.await;
+    info!(
+        grace_seconds = grace.as_secs(),
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(grace, drain_rx.recv()).await {
+        Ok(_) => info!("all connections closed"),
+        Err(_) => warn!("grace period over; closing the remaining connections"),
+    }
+    gateway.store.close().await;
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HTTP1_BUFFER));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+struct AcceptContext {
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    slots: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+    limits: Limits,
+}
+
+async fn accept_loop(listener: Listener, ctx: AcceptContext) {
+    let mut stop = ctx.stop.clone();
+    loop {
+        // Wait for a free slot before accepting: excess connections wait in
+        // the kernel's backlog instead of exhausting file descriptors.
+        let permit = tokio::select! {
+            permit = ctx.slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.tcp.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors or a reset before accept: back off briefly.
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let span = info_span!("connection", client.addr = %peer, tls = listener.tls.is_some());
+        let task = ConnectionTask {
+            gateway: ctx.gateway.clone(),
+            builder: ctx.builder.clone(),
+            stop: ctx.stop.clone(),
+            idle_timeout: ctx.limits.idle_timeout,
+            client: ClientInfo {
+                addr: peer,
+                tls: listener.tls.is_some(),
+            },
+        };
+        let tls = listener.tls.clone();
+        let drain = ctx.drain.clone();
+        tokio::spawn(
+            async move {
+                let gateway = task.gateway.clone();
+                gateway.metrics.connections(1);
+                match tls {
+                    None => task.run(stream).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls_stream)) => task.run(tls_stream).await,
+                            Ok(Err(err)) => info!(error = %err, "TLS handshake failed"),
+                            Err(_) => info!("TLS handshake timed out"),
+                        }
+                    }
+                }
+                gateway.metrics.connections(-1);
+                drop(permit);
+                drop(drain);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+struct ConnectionTask {
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stop: watch::Receiver<bool>,
+    idle_timeout: Duration,
+    client: ClientInfo,
+}
+
+impl ConnectionTask {
+    /// Serves one connection until it closes, goes idle, or shutdown asks
+    /// it to finish.
+    async fn run<S>(mut self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(ActivityIo {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let gateway = self.gateway.clone();
+        let client = self.client;
+        let service = service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    crate::service::handle(gateway, client, request).await,
+                )
+            }
+        });
+        let mut connection = pin!(self.builder.serve_connection_with_upgrades(io, service));
+        let mut closing = false;
+        loop {
+            let idle_left = self.idle_timeout.saturating_sub(activity.idle());
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        debug!(error = %err, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stopped(&mut self.stop), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep(idle_left), if !closing => {
+                    if activity.idle() >= self.idle_timeout {
+                        debug!("closing idle connection");
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When bytes last moved on a connection.
+struct Activity {
+    origin: Instant,
+    last_millis: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            origin: Instant::now(),
+            last_millis: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let millis = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_millis.store(millis, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
+
+/// A stream that records activity, for the idle timeout.
+struct ActivityIo<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Completes once shutdown has begun.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here.
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received"),
+                    _ = int.recv() => info!("SIGINT received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

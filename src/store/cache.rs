@@ -1,0 +1,349 @@
+//! The in-memory credential cache in front of the store (dashmap), so that
+//! the hot path never waits on the store.
+//!
+//! Entries are positive (what authentication needs) or negative ("no such
+//! user/key", kept briefly so random keys cannot hammer the store). Both are
+//! bounded. Revocations evict at once in this process; other processes'
+//! revocations arrive through the store's change log (see
+//! [`crate::gateway`]'s watcher).
+
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::auth::accesskey::KeyHash;
+use crate::config::CacheConfig;
+
+/// What a JWT check needs to know about its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserFacts {
+    /// Current credential generation.
+    pub generation: i64,
+}
+
+/// What an access-key check needs to know about the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFacts {
+    /// Key id (UUID).
+    pub key_id: Arc<str>,
+    /// Owner.
+    pub username: Arc<str>,
+    /// Owner's roles.
+    pub roles: Arc<[String]>,
+    /// Expiry, unix seconds; checked on every request.
+    pub expires_at: i64,
+}
+
+/// A cache answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<T> {
+    /// The store said this recently enough: `Some` exists, `None` does not.
+    Fresh(Option<T>),
+    /// A positive entry past its time to live: ask the store, but fall back
+    /// to this when the store is down.
+    Stale(T),
+    /// Nothing known.
+    Missing,
+}
+
+#[derive(Debug, Clone)]
+struct Entry<T> {
+    value: Option<T>,
+    stored_at: Instant,
+}
+
+/// Counters exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Fresh answers.
+    pub hits: AtomicU64,
+    /// Store round-trips needed.
+    pub misses: AtomicU64,
+    /// Entries dropped for room or revocation.
+    pub evictions: AtomicU64,
+}
+
+/// A bounded map with positive and negative time to live.
+struct BoundedMap<K: Eq + Hash, T> {
+    map: DashMap<K, Entry<T>>,
+    max_entries: usize,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl<K: Eq + Hash + Clone, T: Clone> BoundedMap<K, T> {
+    fn new(config: &CacheConfig) -> Self {
+        BoundedMap {
+            map: DashMap::new(),
+            max_entries: config.max_entries,
+            ttl: config.ttl,
+            negative_ttl: config.negative_ttl,
+        }
+    }
+
+    fn get<Q>(&self, key: &Q, now: Instant) -> Lookup<T>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(entry) = self.map.get(key) else {
+            return Lookup::Missing;
+        };
+        let age = now.saturating_duration_since(entry.stored_at);
+        match &entry.value {
+            Some(value) if age < self.ttl => Lookup::Fresh(Some(value.clone())),
+            Some(value) => Lookup::Stale(value.clone()),
+            None if age < self.negative_ttl => Lookup::Fresh(None),
+            None => Lookup::Missing,
+        }
+    }
+
+    /// Inserts, making room first when full. Returns how many were evicted.
+    fn insert(&self, key: K, value: Option<T>, now: Instant) -> u64 {
+        let mut evicted = 0;
+        if self.map.len() >= self.max_entries && !self.map.contains_key(&key) {
+            evicted = self.make_room(now);
+        }
+        self.map.insert(
+            key,
+            Entry {
+                value,
+                stored_at: now,
+            },
+        );
+        evicted
+    }
+
+    /// Drops expired entries; if that frees too little, drops an arbitrary
+    /// eighth of the map (dashmap has no recency order, and a full sweep
+    /// happens rarely enough that precision is not worth a second index).
+    fn make_room(&self, now: Instant) -> u64 {
+        let before = self.map.len();
+        let (ttl, negative_ttl) = (self.ttl, self.negative_ttl);
+        self.map.retain(|_, entry| {
+            let age = now.saturating_duration_since(entry.stored_at);
+            match entry.value {
+                Some(_) => age < ttl,
+                None => age < negative_ttl,
+            }
+        });
+        let target = self.max_entries - self.max_entries / 8;
+        if self.map.len() >= target {
+            let excess = self.map.len() - target + 1;
+            let victims: Vec<K> = self
+                .map
+                .iter()
+                .take(excess)
+                .map(|entry| entry.key().clone())
+                .collect();
+            for key in victims {
+                self.map.remove(&key);
+            }
+        }
+        (before.saturating_sub(self.map.len())) as u64
+    }
+}
+
+/// Users, access keys and revoked token ids, in memory.
+pub struct CredentialCache {
+    users: BoundedMap<Arc<str>, UserFacts>,
+    keys: BoundedMap<KeyHash, KeyFacts>,
+    revoked_tokens: DashMap<String, i64>,
+    /// Hit, miss and eviction counters.
+    pub stats: CacheStats,
+}
+
+impl CredentialCache {
+    /// An empty cache with the configured bounds.
+    pub fn new(config: &CacheConfig) -> Self {
+        CredentialCache {
+            users: BoundedMap::new(config),
+            keys: BoundedMap::new(config),
+            revoked_tokens: DashMap::new(),
+            stats: CacheStats::default(),
+        }
+    }
+
+    fn count(&self, lookup: &Lookup<impl Sized>) {
+        let counter = match lookup {
+            Lookup::Fresh(_) => &self.stats.hits,
+            Lookup::Stale(_) | Lookup::Missing => &self.stats.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cached facts about a user.
+    pub fn user(&self, username: &str, now: Instant) -> Lookup<UserFacts> {
+        let lookup = self.users.get(username, now);
+        self.count(&lookup);
+        lookup
+    }
+
+    /// Remembers what the store said about a user.
+    pub fn put_user(&self, username: &str, facts: Option<UserFacts>, now: Instant) {
+        let evicted = self.users.insert(Arc::from(username), facts, now);
+        self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
+    }
+
+    /// Cached facts about an access key.
+    pub fn key(&self, hash: &KeyHash, now: Instant) -> Lookup<KeyFacts> {
+        let lookup = self.keys.get(hash, now);
+        self.count(&lookup);
+        lookup
+    }
+
+    /// Remembers what the store said about an access key.
+    pub fn put_key(&self, hash: KeyHash, facts: Option<KeyFacts>, now: Instant) {
+        let evicted = self.keys.insert(hash, facts, now);
+        self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
+    }
+
+    /// Forgets a user and every key of theirs (removal, password change).
+    pub fn forget_user(&self, username: &str) {
+        let mut evicted = u64::from(self.users.map.remove(username).is_some());
+        let before = self.keys.map.len();
+        self.keys.map.retain(|_, entry| {
+            entry
+                .value
+                .as_ref()
+                .is_none_or(|facts| &*facts.username != username)
+        });
+        evicted += before.saturating_sub(self.keys.map.len()) as u64;
+        self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
+    }
+
+    /// Forgets one key (revocation).
+    pub fn forget_key(&self, hash: &KeyHash) {
+        if self.keys.map.remove(hash).is_some() {
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a token id revoked until `expires_at`.
+    pub fn revoke_token(&self, jti: &str, expires_at: i64) {
+        self.revoked_tokens.insert(jti.to_owned(), expires_at);
+    }
+
+    /// Whether a token id was revoked.
+    pub fn token_revoked(&self, jti: &str) -> bool {
+        self.revoked_tokens.contains_key(jti)
+    }
+
+    /// Drops revocations of tokens that have expired anyway.
+    pub fn prune_revoked_tokens(&self, now_unix: i64) {
+        self.revoked_tokens
+            .retain(|_, expires_at| *expires_at > now_unix);
+    }
+
+    /// Number of cached users and keys (for metrics).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.users.map.len(), self.keys.map.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_entries: usize) -> CacheConfig {
+        CacheConfig {
+            max_entries,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+        }
+    }
+
+    fn facts(user: &str) -> KeyFacts {
+        KeyFacts {
+            key_id: Arc::from("id"),
+            username: Arc::from(user),
+            roles: Arc::from(vec![]),
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn positive_entries_go_stale_and_negative_ones_vanish() {
+        let cache = CredentialCache::new(&config(100));
+        let t0 = Instant::now();
+        cache.put_user("alice", Some(UserFacts { generation: 1 }), t0);
+        cache.put_user("ghost", None, t0);
+        assert_eq!(
+            cache.user("alice", t0 + Duration::from_secs(59)),
+            Lookup::Fresh(Some(UserFacts { generation: 1 }))
+        );
+        assert_eq!(
+            cache.user("alice", t0 + Duration::from_secs(61)),
+            Lookup::Stale(UserFacts { generation: 1 })
+        );
+        assert_eq!(
+            cache.user("ghost", t0 + Duration::from_secs(4)),
+            Lookup::Fresh(None)
+        );
+        assert_eq!(
+            cache.user("ghost", t0 + Duration::from_secs(6)),
+            Lookup::Missing
+        );
+        assert_eq!(cache.user("nobody", t0), Lookup::Missing);
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let cache = CredentialCache::new(&config(100));
+        let now = Instant::now();
+        for i in 0..1000u32 {
+            let mut hash = [0u8; 32];
+            hash[..4].copy_from_slice(&i.to_be_bytes());
+            cache.put_key(hash, Some(facts("alice")), now);
+        }
+        let (_, keys) = cache.sizes();
+        assert!(keys <= 100, "{keys}");
+        assert!(cache.stats.evictions.load(Ordering::Relaxed) >= 900);
+    }
+
+    #[test]
+    fn expired_entries_are_evicted_first() {
+        let cache = CredentialCache::new(&config(100));
+        let t0 = Instant::now();
+        for i in 0..100u8 {
+            cache.put_key([i; 32], None, t0);
+        }
+        let later = t0 + Duration::from_secs(10);
+        cache.put_key([200; 32], Some(facts("bob")), later);
+        // All negatives had expired, so they made the room.
+        assert_eq!(cache.sizes().1, 1);
+        assert!(matches!(
+            cache.key(&[200; 32], later),
+            Lookup::Fresh(Some(_))
+        ));
+    }
+
+    #[test]
+    fn forgetting_a_user_drops_their_keys() {
+        let cache = CredentialCache::new(&config(100));
+        let now = Instant::now();
+        cache.put_user("alice", Some(UserFacts { generation: 1 }), now);
+        cache.put_key([1; 32], Some(facts("alice")), now);
+        cache.put_key([2; 32], Some(facts("bob")), now);
+        cache.forget_user("alice");
+        assert_eq!(cache.user("alice", now), Lookup::Missing);
+        assert_eq!(cache.key(&[1; 32], now), Lookup::Missing);
+        assert!(matches!(cache.key(&[2; 32], now), Lookup::Fresh(Some(_))));
+        cache.forget_key(&[2; 32]);
+        assert_eq!(cache.key(&[2; 32], now), Lookup::Missing);
+    }
+
+    #[test]
+    fn revoked_tokens_are_pruned_after_expiry() {
+        let cache = CredentialCache::new(&config(100));
+        cache.revoke_token("j1", 100);
+        cache.revoke_token("j2", 300);
+        assert!(cache.token_revoked("j1"));
+        cache.prune_revoked_tokens(200);
+        assert!(!cache.token_revoked("j1"));
+        assert!(cache.token_revoked("j2"));
+    }
+}

@@ -1,0 +1,758 @@
+//! Users, access keys, one-time keys, revoked tokens and the change log,
+//! in SQLite (embedded default) or PostgreSQL, through one sqlx `Any` pool
+//! and portable SQL. The in-memory cache in front of it is [`cache`].
+
+pub mod cache;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::config::StoreUrl;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long a query may wait for a pooled connection before the store is
+/// called unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an SQLite writer waits for another writer (e.g. the CLI).
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The addressed row does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique name is already taken.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The database could not be reached or failed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists,
+            _ => StoreError::Unavailable(err.to_string()),
+        }
+    }
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// UUID.
+    pub id: String,
+    /// Login name.
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// md5hex(user:realm:password).
+    pub ha1: String,
+    /// The realm HA1 was computed with.
+    pub ha1_realm: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Credential generation; changes on password change.
+    pub generation: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// An access key as stored (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    /// UUID (v7, so ids sort by creation time).
+    pub id: String,
+    /// Owner.
+    pub username: String,
+    /// Free text.
+    pub name: String,
+    /// Free text.
+    pub detail: String,
+    /// First characters of the key.
+    pub token_prefix: String,
+    /// Expiry, unix seconds.
+    pub tm_expire: i64,
+    /// Creation, unix seconds.
+    pub tm_create: i64,
+    /// Last change, unix seconds.
+    pub tm_update: i64,
+}
+
+/// What the cache needs to know about a valid key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGrant {
+    /// Key id.
+    pub key_id: String,
+    /// Owner.
+    pub username: String,
+    /// Owner's roles.
+    pub roles: Vec<String>,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+}
+
+/// One entry of the change log that other processes follow to evict their
+/// caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A user was removed or changed password.
+    User(String),
+    /// An access key (by hex hash) was revoked.
+    Key(String),
+    /// A token (by jti) was revoked until `expires_at`.
+    Token {
+        /// Token id.
+        jti: String,
+        /// Unix seconds.
+        expires_at: i64,
+    },
+}
+
+impl Change {
+    fn encode(&self) -> (&'static str, String) {
+        match self {
+            Change::User(name) => ("user", name.clone()),
+            Change::Key(hash) => ("key", hash.clone()),
+            Change::Token { jti, expires_at } => ("token", format!("{jti} {expires_at}")),
+        }
+    }
+
+    fn decode(kind: &str, subject: String) -> Option<Change> {
+        match kind {
+            "user" => Some(Change::User(subject)),
+            "key" => Some(Change::Key(subject)),
+            "token" => {
+                let (jti, expires_at) = subject.split_once(' ')?;
+                Some(Change::Token {
+                    jti: jti.to_owned(),
+                    expires_at: expires_at.parse().ok()?,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+fn join_roles(roles: &[String]) -> String {
+    roles.join(",")
+}
+
+fn split_roles(roles: &str) -> Vec<String> {
+    roles
+        .split(',')
+        .filter(|role| !role.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        ha1: row.try_get("ha1")?,
+        ha1_realm: row.try_get("ha1_realm")?,
+        roles: split_roles(&row.try_get::<String, _>("roles")?),
+        generation: row.try_get("generation")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn key_from_row(row: &AnyRow) -> Result<AccessKey, sqlx::Error> {
+    Ok(AccessKey {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        name: row.try_get("name")?,
+        detail: row.try_get("detail")?,
+        token_prefix: row.try_get("token_prefix")?,
+        tm_expire: row.try_get("tm_expire")?,
+        tm_create: row.try_get("tm_create")?,
+        tm_update: row.try_get("tm_update")?,
+    })
+}
+
+const KEY_COLUMNS: &str =
+    "id, username, name, detail, token_prefix, tm_expire, tm_create, tm_update";
+
+/// A generation strictly newer than `previous` (microseconds since the epoch,
+/// so a removed and re-created user never gets an old generation back).
+fn next_generation(previous: i64) -> i64 {
+    let micros = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
+        .unwrap_or(i64::MAX);
+    micros.max(previous.saturating_add(1))
+}
+
+impl Store {
+    /// Opens the store (creating an SQLite file and its folder when missing)
+    /// and runs the migrations.
+    pub async fn open(url: &StoreUrl) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (url, max_connections, migrator) = match url {
+            StoreUrl::Sqlite(path) => (sqlite_url(path)?, 4, &SQLITE_MIGRATIONS),
+            StoreUrl::Postgres(url) => (url.clone(), 10, &POSTGRES_MIGRATIONS),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+                        // WAL + FULL: a write acknowledged to a client survives a
+                        // crash of the process and of the machine.
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
+                        )))
+                        .execute(conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|err| StoreError::Unavailable(err.to_string()))?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|err| StoreError::Unavailable(format!("migrations failed: {err}")))?;
+        Ok(Store { pool })
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- users ----
+
+    /// Creates a user; `AlreadyExists` when the name is taken.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        ha1: &str,
+        realm: &str,
+        roles: &[String],
+        now: i64,
+    ) -> Result<User, StoreError> {
+        let user = User {
+            id: uuid::Uuid::new_v4().to_string(),
+            username: username.to_owned(),
+            password_hash: password_hash.to_owned(),
+            ha1: ha1.to_owned(),
+            ha1_realm: realm.to_owned(),
+            roles: roles.to_vec(),
+            generation: next_generation(0),
+            created_at: now,
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, ha1, ha1_realm, roles, generation, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        )
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(&user.ha1)
+        .bind(&user.ha1_realm)
+        .bind(join_roles(&user.roles))
+        .bind(user.generation)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // A new user of a removed user's name must not revive cached state.
+        log_change(&mut tx, &Change::User(user.username.clone()), now).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    /// The user named `username`, if any.
+    pub async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT * FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    /// Every user, by name.
+    pub async fn users(&self) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM users ORDER BY username")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Sets a new password: a new generation (older tokens stop working) and
+    /// every access key of the user revoked.
+    pub async fn set_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+        ha1: &str,
+        realm: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let previous: i64 = sqlx::query("SELECT generation FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?
+            .try_get("generation")?;
+        sqlx::query(
+            "UPDATE users SET password_hash = $1, ha1 = $2, ha1_realm = $3, generation = $4, updated_at = $5 \
+             WHERE username = $6",
+        )
+        .bind(password_hash)
+        .bind(ha1)
+        .bind(realm)
+        .bind(next_generation(previous))
+        .bind(now)
+        .bind(username)
+        .execute(&mut *tx)
+        .await?;
+        revoke_user_keys(&mut tx, username, now).await?;
+        log_change(&mut tx, &Change::User(username.to_owned()), now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a user and revokes their keys.
+    pub async fn remove_user(&self, username: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let removed = sqlx::query("DELETE FROM users WHERE username = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        revoke_user_keys(&mut tx, username, now).await?;
+        sqlx::query("DELETE FROM onetime_keys WHERE username = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        log_change(&mut tx, &Change::User(username.to_owned()), now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// How many users have an HA1 made with a realm other than `realm`.
+    pub async fn users_with_other_realm(&self, realm: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE ha1_realm <> $1")
+            .bind(realm)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    // ---- access keys ----
+
+    /// Stores a new key (by hash) for `username`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_key(
+        &self,
+        username: &str,
+        name: &str,
+        detail: &str,
+        token_hash_hex: &str,
+        token_prefix: &str,
+        tm_expire: i64,
+        now: i64,
+    ) -> Result<AccessKey, StoreError> {
+        let key = AccessKey {
+            id: uuid::Uuid::now_v7().to_string(),
+            username: username.to_owned(),
+            name: name.to_owned(),
+            detail: detail.to_owned(),
+            token_prefix: token_prefix.to_owned(),
+            tm_expire,
+            tm_create: now,
+            tm_update: now,
+        };
+        let mut tx = self.pool.begin().await?;
+        // The owner must exist at commit time, not only when the request began.
+        let owner = sqlx::query("SELECT 1 FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if owner.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO accesskeys (id, username, name, detail, token_hash, token_prefix, tm_expire, tm_create, tm_update) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        )
+        .bind(&key.id)
+        .bind(&key.username)
+        .bind(&key.name)
+        .bind(&key.detail)
+        .bind(token_hash_hex)
+        .bind(&key.token_prefix)
+        .bind(tm_expire)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// The live (not deleted) key with this hash and its owner's roles.
+    pub async fn key_grant(&self, token_hash_hex: &str) -> Result<Option<KeyGrant>, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.id, k.username, k.tm_expire, u.roles FROM accesskeys k \
+             JOIN users u ON u.username = k.username \
+             WHERE k.token_hash = $1 AND k.tm_delete IS NULL",
+        )
+        .bind(token_hash_hex)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(KeyGrant {
+            key_id: row.try_get("id")?,
+            username: row.try_get("username")?,
+            roles: split_roles(&row.try_get::<String, _>("roles")?),
+            expires_at: row.try_get("tm_expire")?,
+        }))
+    }
+
+    /// A live key by id; with `owner`, only if it belongs to that user.
+    pub async fn key(&self, id: &str, owner: Option<&str>) -> Result<AccessKey, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM accesskeys WHERE id = $1 AND tm_delete IS NULL \
+             AND ($2 = '' OR username = $2)"
+        )))
+        .bind(id)
+        .bind(owner.unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Ok(key_from_row(&row)?)
+    }
+
+    /// Live keys, newest first, ids below `before` (the page token); with
+    /// `owner`, only that user's.
+    pub async fn keys(
+        &self,
+        owner: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AccessKey>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM accesskeys WHERE tm_delete IS NULL \
+             AND ($1 = '' OR username = $1) AND ($2 = '' OR id < $2) \
+             ORDER BY id DESC LIMIT $3"
+        )))
+        .bind(owner.unwrap_or(""))
+        .bind(before.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Renames a live key.
+    pub async fn update_key(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        name: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<AccessKey, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE accesskeys SET name = $1, detail = $2, tm_update = $3 \
+             WHERE id = $4 AND tm_delete IS NULL AND ($5 = '' OR username = $5)",
+        )
+        .bind(name)
+        .bind(detail)
+        .bind(now)
+        .bind(id)
+        .bind(owner.unwrap_or(""))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.key(id, owner).await
+    }
+
+    /// Revokes (soft-deletes) a live key; returns it and its hash.
+    pub async fn delete_key(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        now: i64,
+    ) -> Result<(AccessKey, String), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE accesskeys SET tm_delete = $1, tm_update = $1 \
+             WHERE id = $2 AND tm_delete IS NULL AND ($3 = '' OR username = $3) \
+             RETURNING {KEY_COLUMNS}, token_hash"
+        )))
+        .bind(now)
+        .bind(id)
+        .bind(owner.unwrap_or(""))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let key = key_from_row(&row)?;
+        let hash: String = row.try_get("token_hash")?;
+        log_change(&mut tx, &Change::Key(hash.clone()), now).await?;
+        tx.commit().await?;
+        Ok((key, hash))
+    }
+
+    // ---- one-time keys ----
+
+    /// Stores a one-time key for `username`, dropping that user's oldest
+    /// outstanding keys beyond `max_per_user`.
+    pub async fn put_onetime_key(
+        &self,
+        key_hash_hex: &str,
+        username: &str,
+        expires_at: i64,
+        max_per_user: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO onetime_keys (key_hash, username, expires_at, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(key_hash_hex)
+        .bind(username)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM onetime_keys WHERE username = $1 AND key_hash NOT IN \
+             (SELECT key_hash FROM onetime_keys WHERE username = $1 \
+              ORDER BY created_at DESC, key_hash LIMIT $2)",
+        )
+        .bind(username)
+        .bind(max_per_user)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Number of outstanding one-time keys.
+    pub async fn onetime_key_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM onetime_keys")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Consumes a one-time key atomically: of concurrent callers, at most one
+    /// gets it. Returns its user and expiry.
+    pub async fn take_onetime_key(
+        &self,
+        key_hash_hex: &str,
+    ) -> Result<Option<(String, i64)>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM onetime_keys WHERE key_hash = $1 RETURNING username, expires_at",
+        )
+        .bind(key_hash_hex)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some((row.try_get("username")?, row.try_get("expires_at")?)))
+    }
+
+    // ---- revoked tokens ----
+
+    /// Revokes a token id until it would have expired anyway.
+    pub async fn revoke_token(
+        &self,
+        jti: &str,
+        username: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, username, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(username)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        let change = Change::Token {
+            jti: jti.to_owned(),
+            expires_at,
+        };
+        log_change(&mut tx, &change, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every revoked token that has not expired yet.
+    pub async fn revoked_tokens(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("jti")?, row.try_get("expires_at")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    // ---- change log and housekeeping ----
+
+    /// The newest change id (0 when there is none).
+    pub async fn last_change_id(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS last FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("last")?)
+    }
+
+    /// Changes after `after`, oldest first.
+    pub async fn changes_since(&self, after: i64) -> Result<Vec<(i64, Change)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, subject FROM changes WHERE id > $1 ORDER BY id LIMIT 10000",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let kind: String = row.try_get("kind")?;
+            if let Some(change) = Change::decode(&kind, row.try_get("subject")?) {
+                changes.push((id, change));
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Deletes expired one-time keys and revoked tokens, and change-log
+    /// entries older than `keep_changes_since`.
+    pub async fn sweep(&self, now: i64, keep_changes_since: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM onetime_keys WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM changes WHERE created_at < $1")
+            .bind(keep_changes_since)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn revoke_user_keys(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    username: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE accesskeys SET tm_delete = $1, tm_update = $1 WHERE username = $2 AND tm_delete IS NULL",
+    )
+    .bind(now)
+    .bind(username)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn log_change(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    change: &Change,
+    now: i64,
+) -> Result<(), StoreError> {
+    let (kind, subject) = change.encode();
+    sqlx::query("INSERT INTO changes (kind, subject, created_at) VALUES ($1, $2, $3)")
+        .bind(kind)
+        .bind(subject)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// `sqlite://` URL for `path`, creating the parent folder. `mode=rwc`
+/// creates the file on first start.
+fn sqlite_url(path: &Path) -> Result<String, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|err| {
+            StoreError::Unavailable(format!("cannot create {}: {err}", parent.display()))
+        })?;
+    }
+    let path = path
+        .to_str()
+        .ok_or_else(|| StoreError::Unavailable("the store path is not UTF-8".into()))?;
+    Ok(format!("sqlite://{path}?mode=rwc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_round_trip() {
+        let cases = [
+            Change::User("alice".into()),
+            Change::Key("ab12".into()),
+            Change::Token {
+                jti: "j1".into(),
+                expires_at: 42,
+            },
+        ];
+        for change in cases {
+            let (kind, subject) = change.encode();
+            assert_eq!(Change::decode(kind, subject), Some(change));
+        }
+        assert_eq!(Change::decode("other", "x".into()), None);
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        assert_eq!(split_roles(""), Vec::<String>::new());
+        let roles = vec!["admin".to_owned(), "ops".to_owned()];
+        assert_eq!(split_roles(&join_roles(&roles)), roles);
+    }
+
+    #[test]
+    fn generations_only_grow() {
+        let first = next_generation(0);
+        assert!(next_generation(first) > first);
+        assert_eq!(next_generation(i64::MAX - 1), i64::MAX);
+    }
+}
