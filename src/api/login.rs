@@ -57,18 +57,26 @@ fn subjects(username: &str, ctx: &Context<'_>) -> [String; 2] {
     ]
 }
 
-fn check_throttle(subjects: &[String; 2], ctx: &Context<'_>) -> Result<(), GatewayError> {
-    ctx.gateway
+async fn check_throttle(subjects: &[String; 2], ctx: &Context<'_>) -> Result<(), GatewayError> {
+    match ctx
+        .gateway
         .throttle
-        .check(subjects.iter().map(String::as_str), Instant::now())
-        .map_err(|retry_after| GatewayError::TooManyAttempts { retry_after })
+        .locked_for(subjects, unix_now())
+        .await?
+    {
+        Some(retry_after) => Err(GatewayError::TooManyAttempts { retry_after }),
+        None => Ok(()),
+    }
 }
 
-fn fail(subjects: &[String; 2], ctx: &Context<'_>, kind: &'static str) {
-    ctx.gateway
-        .throttle
-        .fail(subjects.iter().map(String::as_str), Instant::now());
+async fn fail(
+    subjects: &[String; 2],
+    ctx: &Context<'_>,
+    kind: &'static str,
+) -> Result<(), GatewayError> {
     ctx.gateway.metrics.login(kind, "failure");
+    ctx.gateway.throttle.fail(subjects, unix_now()).await?;
+    Ok(())
 }
 
 /// `POST /auth/login {"username","password"}`.
@@ -78,7 +86,7 @@ pub async fn login(
 ) -> Result<Response<Body>, GatewayError> {
     let body: LoginRequest = read_json(request, ctx).await?;
     let subjects = subjects(&body.username, ctx);
-    check_throttle(&subjects, ctx)?;
+    check_throttle(&subjects, ctx).await?;
     let user = if valid_username(&body.username) {
         ctx.gateway.store.user(&body.username).await?
     } else {
@@ -96,12 +104,12 @@ pub async fn login(
         .map_err(|_| GatewayError::Internal)?;
     match user {
         Some(user) if matches => {
-            ctx.gateway.throttle.succeed(&subjects[0]);
+            ctx.gateway.throttle.succeed(&subjects[0]).await?;
             ctx.gateway.metrics.login("password", "success");
             issue_session(&user, ctx)
         }
         _ => {
-            fail(&subjects, ctx, "password");
+            fail(&subjects, ctx, "password").await?;
             Err(WRONG_LOGIN)
         }
     }
@@ -216,7 +224,7 @@ pub async fn onetime_key_login(
 ) -> Result<Response<Body>, GatewayError> {
     let body: OneTimeKeyLoginRequest = read_json(request, ctx).await?;
     let subjects = subjects(&body.username, ctx);
-    check_throttle(&subjects, ctx)?;
+    check_throttle(&subjects, ctx).await?;
     let store = &ctx.gateway.store;
     let key_hash = hex::encode(crate::auth::accesskey::hash(&body.key));
     let taken = store.take_onetime_key(&key_hash).await?;
@@ -237,12 +245,12 @@ pub async fn onetime_key_login(
     });
     match user {
         Some(user) if answered => {
-            ctx.gateway.throttle.succeed(&subjects[0]);
+            ctx.gateway.throttle.succeed(&subjects[0]).await?;
             ctx.gateway.metrics.login("onetimekey", "success");
             issue_session(&user, ctx)
         }
         _ => {
-            fail(&subjects, ctx, "onetimekey");
+            fail(&subjects, ctx, "onetimekey").await?;
             Err(WRONG_ANSWER)
         }
     }

@@ -2,169 +2,64 @@
 //!
 //! A fixed window per subject: `max_failures` failures within `window` lock
 //! the subject out for `lockout`, during which even the right password is
-//! refused. The state is bounded: when full, expired entries go first, then
-//! an arbitrary share, so rotating usernames or addresses cannot grow it.
-
-use std::time::{Duration, Instant};
-
-use dashmap::DashMap;
+//! refused; it lifts by itself. The counters live in the store, so every
+//! replica on a shared PostgreSQL counts the same attempts, and memory use
+//! does not grow with the number of usernames or addresses tried.
 
 use crate::config::LoginConfig;
+use crate::store::{Store, StoreError};
 
-/// Most subjects tracked at once.
-const MAX_SUBJECTS: usize = 100_000;
-
-#[derive(Debug, Clone, Copy)]
-struct Attempts {
-    window_start: Instant,
-    failures: u32,
-    locked_until: Option<Instant>,
-}
-
-/// Login throttle state.
+/// Login throttle, backed by the store.
 pub struct LoginThrottle {
-    subjects: DashMap<String, Attempts>,
+    store: Store,
     config: LoginConfig,
 }
 
 impl LoginThrottle {
-    /// An empty throttle.
-    pub fn new(config: &LoginConfig) -> Self {
+    /// A throttle over `store`.
+    pub fn new(store: Store, config: &LoginConfig) -> Self {
         LoginThrottle {
-            subjects: DashMap::new(),
+            store,
             config: config.clone(),
         }
     }
 
-    /// `Err(seconds)` when any of `subjects` is locked out.
-    pub fn check<'a>(
+    /// `Ok(Some(seconds))` when any of `subjects` is locked out.
+    pub async fn locked_for(
         &self,
-        subjects: impl IntoIterator<Item = &'a str>,
-        now: Instant,
-    ) -> Result<(), u64> {
-        let mut wait = Duration::ZERO;
-        for subject in subjects {
-            if let Some(attempts) = self.subjects.get(subject)
-                && let Some(until) = attempts.locked_until
-                && until > now
-            {
-                wait = wait.max(until - now);
-            }
-        }
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(wait.as_secs().max(1))
-        }
+        subjects: &[String],
+        now: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let until = self.store.throttle_locked_until(subjects, now).await?;
+        Ok(until
+            .filter(|until| *until > now)
+            .map(|until| u64::try_from(until - now).unwrap_or(1).max(1)))
     }
 
     /// Counts a failure against each subject.
-    pub fn fail<'a>(&self, subjects: impl IntoIterator<Item = &'a str>, now: Instant) {
+    pub async fn fail(&self, subjects: &[String], now: i64) -> Result<(), StoreError> {
+        let window = secs(self.config.window);
+        let lockout = secs(self.config.lockout);
         for subject in subjects {
-            if self.subjects.len() >= MAX_SUBJECTS && !self.subjects.contains_key(subject) {
-                self.make_room(now);
-            }
-            let mut entry = self.subjects.entry(subject.to_owned()).or_insert(Attempts {
-                window_start: now,
-                failures: 0,
-                locked_until: None,
-            });
-            let attempts = entry.value_mut();
-            if now.saturating_duration_since(attempts.window_start) >= self.config.window {
-                attempts.window_start = now;
-                attempts.failures = 0;
-            }
-            attempts.failures += 1;
-            if attempts.failures >= self.config.max_failures {
-                attempts.locked_until = Some(now + self.config.lockout);
-                attempts.failures = 0;
-                attempts.window_start = now;
-            }
+            self.store
+                .throttle_fail(
+                    subject,
+                    now,
+                    window,
+                    i64::from(self.config.max_failures),
+                    lockout,
+                )
+                .await?;
         }
+        Ok(())
     }
 
     /// Forgets a subject's failures (after a successful login).
-    pub fn succeed(&self, subject: &str) {
-        self.subjects.remove(subject);
-    }
-
-    fn make_room(&self, now: Instant) {
-        let window = self.config.window;
-        self.subjects.retain(|_, attempts| {
-            attempts.locked_until.is_some_and(|until| until > now)
-                || now.saturating_duration_since(attempts.window_start) < window
-        });
-        if self.subjects.len() >= MAX_SUBJECTS {
-            let victims: Vec<String> = self
-                .subjects
-                .iter()
-                .take(MAX_SUBJECTS / 8)
-                .map(|entry| entry.key().clone())
-                .collect();
-            for key in victims {
-                self.subjects.remove(&key);
-            }
-        }
+    pub async fn succeed(&self, subject: &str) -> Result<(), StoreError> {
+        self.store.throttle_clear(subject).await
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn throttle() -> LoginThrottle {
-        LoginThrottle::new(&LoginConfig {
-            max_failures: 3,
-            window: Duration::from_secs(60),
-            lockout: Duration::from_secs(30),
-        })
-    }
-
-    #[test]
-    fn locks_after_max_failures_and_lifts_by_itself() {
-        let t = throttle();
-        let t0 = Instant::now();
-        for _ in 0..2 {
-            t.fail(["user:a"], t0);
-            assert_eq!(t.check(["user:a"], t0), Ok(()));
-        }
-        t.fail(["user:a"], t0);
-        assert_eq!(t.check(["user:a"], t0), Err(30));
-        assert_eq!(
-            t.check(["user:b", "user:a"], t0 + Duration::from_secs(10)),
-            Err(20)
-        );
-        assert_eq!(t.check(["user:a"], t0 + Duration::from_secs(31)), Ok(()));
-    }
-
-    #[test]
-    fn failures_outside_the_window_do_not_add_up() {
-        let t = throttle();
-        let t0 = Instant::now();
-        t.fail(["s"], t0);
-        t.fail(["s"], t0);
-        t.fail(["s"], t0 + Duration::from_secs(61));
-        assert_eq!(t.check(["s"], t0 + Duration::from_secs(61)), Ok(()));
-    }
-
-    #[test]
-    fn success_resets() {
-        let t = throttle();
-        let t0 = Instant::now();
-        t.fail(["s"], t0);
-        t.fail(["s"], t0);
-        t.succeed("s");
-        t.fail(["s"], t0);
-        assert_eq!(t.check(["s"], t0), Ok(()));
-    }
-
-    #[test]
-    fn state_is_bounded() {
-        let t = throttle();
-        let t0 = Instant::now();
-        for i in 0..(MAX_SUBJECTS + 10) {
-            t.fail([format!("user:{i}").as_str()], t0);
-        }
-        assert!(t.subjects.len() <= MAX_SUBJECTS);
-    }
+fn secs(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }

@@ -143,10 +143,16 @@ impl Change {
     }
 }
 
+/// PostgreSQL channel on which every committed change is announced, so
+/// replicas evict at once instead of at their next poll.
+pub const CHANGES_CHANNEL: &str = "authgate_changes";
+
 /// The store handle; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The PostgreSQL URL, for `LISTEN`; `None` on SQLite.
+    postgres_url: Option<String>,
 }
 
 fn join_roles(roles: &[String]) -> String {
@@ -203,9 +209,9 @@ impl Store {
     /// and runs the migrations.
     pub async fn open(url: &StoreUrl) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let (url, max_connections, migrator) = match url {
-            StoreUrl::Sqlite(path) => (sqlite_url(path)?, 4, &SQLITE_MIGRATIONS),
-            StoreUrl::Postgres(url) => (url.clone(), 10, &POSTGRES_MIGRATIONS),
+        let (url, max_connections, migrator, postgres_url) = match url {
+            StoreUrl::Sqlite(path) => (sqlite_url(path)?, 4, &SQLITE_MIGRATIONS, None),
+            StoreUrl::Postgres(url) => (url.clone(), 10, &POSTGRES_MIGRATIONS, Some(url.clone())),
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
@@ -232,7 +238,12 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|err| StoreError::Unavailable(format!("migrations failed: {err}")))?;
-        Ok(Store { pool })
+        Ok(Store { pool, postgres_url })
+    }
+
+    /// The PostgreSQL URL to `LISTEN` on, when the store is PostgreSQL.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.postgres_url.as_deref()
     }
 
     /// Whether the database answers.
@@ -629,6 +640,80 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    // ---- login throttling ----
+
+    /// The latest lockout end among `subjects`, if any is recorded.
+    pub async fn throttle_locked_until(
+        &self,
+        subjects: &[String],
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut latest: Option<i64> = None;
+        for subject in subjects {
+            let row = sqlx::query(
+                "SELECT locked_until FROM login_failures WHERE subject = $1 AND locked_until > $2",
+            )
+            .bind(subject)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = row {
+                let until: i64 = row.try_get("locked_until")?;
+                latest = Some(latest.map_or(until, |l| l.max(until)));
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Counts one failure for `subject` in a fixed window of `window`
+    /// seconds; at `max_failures` the subject is locked for `lockout`
+    /// seconds and its count starts over.
+    pub async fn throttle_fail(
+        &self,
+        subject: &str,
+        now: i64,
+        window: i64,
+        max_failures: i64,
+        lockout: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO login_failures (subject, window_start, failures, locked_until) \
+             VALUES ($1, $2, 1, 0) \
+             ON CONFLICT (subject) DO UPDATE SET \
+               failures = CASE WHEN login_failures.window_start <= $2 - $3 THEN 1 \
+                               ELSE login_failures.failures + 1 END, \
+               window_start = CASE WHEN login_failures.window_start <= $2 - $3 THEN $2 \
+                                   ELSE login_failures.window_start END",
+        )
+        .bind(subject)
+        .bind(now)
+        .bind(window)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE login_failures SET locked_until = $2 + $3, failures = 0, window_start = $2 \
+             WHERE subject = $1 AND failures >= $4",
+        )
+        .bind(subject)
+        .bind(now)
+        .bind(lockout)
+        .bind(max_failures)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets `subject`'s failures.
+    pub async fn throttle_clear(&self, subject: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_failures WHERE subject = $1")
+            .bind(subject)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     // ---- change log and housekeeping ----
 
     /// The newest change id (0 when there is none).
@@ -639,7 +724,7 @@ impl Store {
         Ok(row.try_get("last")?)
     }
 
-    /// Changes after `after`, oldest first.
+    /// Changes with ids above `after`, oldest first (at most 10,000).
     pub async fn changes_since(&self, after: i64) -> Result<Vec<(i64, Change)>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, kind, subject FROM changes WHERE id > $1 ORDER BY id LIMIT 10000",
@@ -670,6 +755,12 @@ impl Store {
             .execute(&self.pool)
             .await?;
         sqlx::query("DELETE FROM changes WHERE created_at < $1")
+            .bind(keep_changes_since)
+            .execute(&self.pool)
+            .await?;
+        // Throttle rows whose lockout is over and whose window is a day old.
+        sqlx::query("DELETE FROM login_failures WHERE locked_until <= $1 AND window_start < $2")
+            .bind(now)
             .bind(keep_changes_since)
             .execute(&self.pool)
             .await?;
@@ -704,6 +795,12 @@ async fn log_change(
         .bind(now)
         .execute(&mut **tx)
         .await?;
+    if tx.backend_name().eq_ignore_ascii_case("postgresql") {
+        // Delivered to listeners when the transaction commits.
+        sqlx::query(sqlx::AssertSqlSafe(format!("NOTIFY {CHANGES_CHANNEL}")))
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
