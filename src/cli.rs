@@ -166,6 +166,7 @@ fn fail(message: impl Into<String>) -> CliError {
 
 /// Sets up logging to stderr: `AUTHGATE_LOG` (default `info`) for `serve`,
 /// warnings only for the other commands so their output stays clean.
+/// `AUTHGATE_LOG_FORMAT=json` writes one JSON object per line.
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
         Command::Serve { .. } => "info",
@@ -173,11 +174,19 @@ pub fn init_tracing(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUTHGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if std::env::var("AUTHGATE_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"))
+    {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 /// Runs the parsed command.
