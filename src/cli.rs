@@ -477,8 +477,9 @@ async fn token(user: &str, ttl: Option<u64>, config: &Config) -> Result<(), CliE
     if ttl == Some(0) {
         return Err(fail("--ttl must be at least 1 second"));
     }
-    let keys = crate::auth::jwt::JwtKeys::new(&config.jwt);
-    let (token, _) = keys
+    let (token, _) = config
+        .jwt
+        .keys
         .issue(
             &found.username,
             &found.roles,

@@ -12,6 +12,9 @@ use std::time::Duration;
 use http::Uri;
 use serde::Deserialize;
 
+use std::sync::Arc;
+
+use crate::auth::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
 use crate::routes::{Route, RouteAuth, RouteTable};
 
 /// Paths the gateway serves itself under this prefix; routes may not use it.
@@ -99,7 +102,7 @@ pub struct StoreConfig {
 }
 
 /// JWT settings.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct JwtConfig {
     /// `iss` of issued tokens, and the only issuer accepted.
     pub issuer: String,
@@ -107,19 +110,8 @@ pub struct JwtConfig {
     pub ttl: Duration,
     /// Clock skew accepted on `exp`, `nbf` and `iat`, in seconds.
     pub leeway: u64,
-    /// HS256 secret (never printed).
-    pub secret: Vec<u8>,
-}
-
-impl std::fmt::Debug for JwtConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtConfig")
-            .field("issuer", &self.issuer)
-            .field("ttl", &self.ttl)
-            .field("leeway", &self.leeway)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
+    /// The signing and verification keys, loaded and checked.
+    pub keys: Arc<JwtKeys>,
 }
 
 /// One-time-key login settings.
@@ -241,7 +233,18 @@ impl Default for RawStore {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawJwtKey {
+    kid: String,
+    algorithm: String,
+    private_key: Option<PathBuf>,
+    public_key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawJwt {
+    #[serde(default)]
+    keys: Vec<RawJwtKey>,
     #[serde(default = "defaults::issuer")]
     issuer: String,
     #[serde(default = "defaults::jwt_ttl")]
@@ -513,18 +516,16 @@ impl Config {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|err| ConfigError::one(format!("config: {}", err.to_string().trim_end())))?;
         let mut problems = Problems::default();
-        let config = validate(raw, &mut problems);
-        if problems.0.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError {
+        match validate(raw, &mut problems) {
+            Some(config) if problems.0.is_empty() => Ok(config),
+            _ => Err(ConfigError {
                 problems: problems.0,
-            })
+            }),
         }
     }
 }
 
-fn validate(raw: RawConfig, p: &mut Problems) -> Config {
+fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     let server = validate_server(raw.server, p);
     let store = validate_store(raw.store, p);
     let jwt = validate_jwt(raw.jwt, p);
@@ -602,17 +603,17 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Config {
 
     let routes = validate_routes(raw.route, &upstream, p);
 
-    Config {
+    Some(Config {
         server,
         store,
-        jwt,
+        jwt: jwt?,
         onetimekey,
         limits,
         upstream,
         login,
         cache,
         routes,
-    }
+    })
 }
 
 fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
@@ -676,44 +677,106 @@ pub fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
     Err("must start with sqlite:// or postgres://".into())
 }
 
-fn validate_jwt(raw: RawJwt, p: &mut Problems) -> JwtConfig {
+fn validate_jwt(raw: RawJwt, p: &mut Problems) -> Option<JwtConfig> {
+    let problems_before = p.0.len();
     if raw.issuer.is_empty() {
         p.add("jwt.issuer", "must not be empty");
     }
-    let mut secret = Vec::new();
-    match &raw.secret_file {
-        None => p.add("jwt.secret_file", "required: the HS256 signing secret"),
-        Some(path) => match std::fs::read(path) {
-            Err(err) => p.add(
+    let secret = raw
+        .secret_file
+        .as_ref()
+        .and_then(|path| read_secret(path, p));
+    if raw.secret_file.is_none() && raw.keys.is_empty() {
+        p.add("jwt.secret_file", "set secret_file (HS256) or [[jwt.keys]]");
+    }
+    let mut specs = Vec::with_capacity(raw.keys.len());
+    for (index, key) in raw.keys.iter().enumerate() {
+        let at = format!("jwt.keys[{index}]");
+        if !valid_kid(&key.kid) {
+            p.add(&format!("{at}.kid"), "must be 1 to 64 of A-Z a-z 0-9 . _ -");
+        }
+        let Some(algorithm) = parse_algorithm(&key.algorithm) else {
+            p.add(
+                &format!("{at}.algorithm"),
+                format_args!("{:?} must be RS256, ES256 or EdDSA", key.algorithm),
+            );
+            continue;
+        };
+        let read = |field: &str, path: &Path, p: &mut Problems| match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(err) => {
+                p.add(
+                    &format!("{at}.{field}"),
+                    format_args!("cannot read {}: {err}", path.display()),
+                );
+                None
+            }
+        };
+        let public_pem = read("public_key", &key.public_key, p);
+        let private_pem = match &key.private_key {
+            Some(path) => match read("private_key", path, p) {
+                Some(bytes) => Some(bytes),
+                None => continue,
+            },
+            None => None,
+        };
+        if let Some(public_pem) = public_pem {
+            specs.push(KeySpec {
+                kid: key.kid.clone(),
+                algorithm,
+                private_pem,
+                public_pem,
+            });
+        }
+    }
+    let ttl = p.seconds("jwt.ttl", raw.ttl, 60, 366 * 86_400);
+    let leeway = p.seconds("jwt.leeway", raw.leeway, 0, 600).as_secs();
+    if p.0.len() > problems_before {
+        return None;
+    }
+    match JwtKeys::try_new(&raw.issuer, ttl, leeway, secret.as_deref(), &specs) {
+        Ok(keys) => Some(JwtConfig {
+            issuer: raw.issuer,
+            ttl,
+            leeway,
+            keys: Arc::new(keys),
+        }),
+        Err(problem) => {
+            p.add("jwt.keys", problem);
+            None
+        }
+    }
+}
+
+/// The HS256 secret: the file's bytes, one trailing newline stripped.
+fn read_secret(path: &Path, p: &mut Problems) -> Option<Vec<u8>> {
+    let mut bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            p.add(
                 "jwt.secret_file",
                 format_args!("cannot read {}: {err}", path.display()),
+            );
+            return None;
+        }
+    };
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.len() < MIN_SECRET_BYTES {
+        p.add(
+            "jwt.secret_file",
+            format_args!(
+                "the secret has {} bytes; at least {MIN_SECRET_BYTES} are required",
+                bytes.len()
             ),
-            Ok(mut bytes) => {
-                if bytes.last() == Some(&b'\n') {
-                    bytes.pop();
-                    if bytes.last() == Some(&b'\r') {
-                        bytes.pop();
-                    }
-                }
-                if bytes.len() < MIN_SECRET_BYTES {
-                    p.add(
-                        "jwt.secret_file",
-                        format_args!(
-                            "the secret has {} bytes; at least {MIN_SECRET_BYTES} are required",
-                            bytes.len()
-                        ),
-                    );
-                }
-                secret = bytes;
-            }
-        },
+        );
+        return None;
     }
-    JwtConfig {
-        ttl: p.seconds("jwt.ttl", raw.ttl, 60, 366 * 86_400),
-        leeway: p.seconds("jwt.leeway", raw.leeway, 0, 600).as_secs(),
-        issuer: raw.issuer,
-        secret,
-    }
+    Some(bytes)
 }
 
 fn validate_routes(raw: Vec<RawRoute>, upstream: &UpstreamConfig, p: &mut Problems) -> RouteTable {
@@ -847,11 +910,19 @@ mod tests {
             config.store.url,
             StoreUrl::Sqlite("data/authgate.db".into())
         );
-        // One trailing newline stripped, the rest kept.
-        assert_eq!(
-            config.jwt.secret,
-            b"0123456789abcdef0123456789abcdef-secret"
-        );
+        // One trailing newline stripped, the rest kept: a token signed with
+        // exactly those bytes verifies.
+        let claims = serde_json::json!({
+            "sub": "a", "iss": "authgate", "iat": 1, "nbf": 1,
+            "exp": i64::MAX / 2, "jti": "j", "gen": 1
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef-secret"),
+        )
+        .unwrap();
+        assert!(config.jwt.keys.verify(&token, 2).is_ok());
     }
 
     #[test]

@@ -9,7 +9,6 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::auth::jwt::JwtKeys;
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::{Authenticator, unix_now};
 use crate::config::Config;
@@ -63,7 +62,7 @@ impl Gateway {
         }
         let last_change = store.last_change_id().await?;
         let gateway = Arc::new(Gateway {
-            auth: Authenticator::new(JwtKeys::new(&config.jwt), store.clone(), cache.clone()),
+            auth: Authenticator::new(config.jwt.keys.clone(), store.clone(), cache.clone()),
             throttle: LoginThrottle::new(store.clone(), &config.login),
             forwarder: Forwarder::new(&config.upstream),
             metrics: Metrics::default(),

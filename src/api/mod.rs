@@ -115,7 +115,7 @@ pub async fn serve(
         (Endpoint::AccessKey(id), Method::GET) => accesskeys::get(request, &ctx, &id).await,
         (Endpoint::AccessKey(id), Method::PUT) => accesskeys::update(request, &ctx, &id).await,
         (Endpoint::AccessKey(id), Method::DELETE) => accesskeys::delete(request, &ctx, &id).await,
-        (Endpoint::Jwks, Method::GET | Method::HEAD) => Ok(ops::jwks()),
+        (Endpoint::Jwks, Method::GET | Method::HEAD) => Ok(ops::jwks(&ctx)),
         (Endpoint::Healthz, Method::GET | Method::HEAD) => Ok(ops::healthz()),
         (Endpoint::Readyz, Method::GET | Method::HEAD) => ops::readyz(&ctx).await,
         (Endpoint::Metrics, Method::GET) => Ok(ops::metrics(&ctx)),

@@ -36,9 +36,9 @@ pub fn metrics(ctx: &Context<'_>) -> Response<Body> {
 }
 
 /// `GET /.well-known/jwks.json`: the public verification keys. HS256
-/// secrets are never published, so with HS256 the set is empty.
-pub fn jwks() -> Response<Body> {
-    let mut response = json(StatusCode::OK, &serde_json::json!({ "keys": [] }));
+/// secrets are never published, so with HS256 alone the set is empty.
+pub fn jwks(ctx: &Context<'_>) -> Response<Body> {
+    let mut response = json(StatusCode::OK, &ctx.gateway.auth.jwt().jwks());
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),

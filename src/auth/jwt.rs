@@ -1,11 +1,11 @@
 //! Issuing and checking JWTs (HS256, algorithm pinned by config).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
-
-use crate::config::JwtConfig;
 
 /// Tokens longer than this are refused before any parsing or crypto.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -56,6 +56,9 @@ pub enum TokenRejection {
     /// `iss` is not the configured issuer.
     #[error("the token was issued by another issuer")]
     WrongIssuer,
+    /// The `kid` names no configured key, or is missing where it is needed.
+    #[error("the token's signing key is unknown")]
+    UnknownKey,
 }
 
 impl TokenRejection {
@@ -68,40 +71,161 @@ impl TokenRejection {
             TokenRejection::Expired => "the token has expired",
             TokenRejection::NotYetValid => "the token is not valid yet",
             TokenRejection::WrongIssuer => "the token was issued by another issuer",
+            TokenRejection::UnknownKey => "the token's signing key is unknown",
         }
     }
 }
 
-/// Signs and verifies tokens with the configured key. Built once.
-pub struct JwtKeys {
-    encoding: EncodingKey,
+/// One asymmetric key from `[[jwt.keys]]`, as read from its PEM files.
+#[derive(Clone)]
+pub struct KeySpec {
+    /// Key id; tokens name it in their `kid` header.
+    pub kid: String,
+    /// The one algorithm tokens under this key may use.
+    pub algorithm: Algorithm,
+    /// PKCS#8 PEM private key; `None` for verify-only keys.
+    pub private_pem: Option<Vec<u8>>,
+    /// PEM public key.
+    pub public_pem: Vec<u8>,
+}
+
+/// A verification key with its pinned algorithm.
+struct VerifyKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
     decoding: DecodingKey,
     validation: Validation,
+}
+
+/// The key tokens are signed with.
+struct SignKey {
+    encoding: EncodingKey,
     header: Header,
+}
+
+/// Signs and verifies tokens with the configured keys. Built once per
+/// config.
+///
+/// A token's `kid` picks the asymmetric key, and only that key's algorithm
+/// is accepted. A token without `kid` is checked against the HS256 secret
+/// when there is one (HS256 tokens never carry a `kid`), else against the
+/// only asymmetric key; with several asymmetric keys and no secret it is
+/// refused. The HS256 secret is never tried for a token that names a key,
+/// and a public key is never used as an HMAC secret, which rules out
+/// algorithm confusion.
+pub struct JwtKeys {
+    signer: SignKey,
+    hmac: Option<VerifyKey>,
+    by_kid: HashMap<String, VerifyKey>,
     issuer: String,
     ttl: Duration,
     leeway: i64,
 }
 
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut kids: Vec<&str> = self.by_kid.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        f.debug_struct("JwtKeys")
+            .field("hs256", &self.hmac.is_some())
+            .field("kids", &kids)
+            .field("signer", &self.signer.header.kid)
+            .finish()
+    }
+}
+
+/// Algorithms accepted in `[[jwt.keys]]`.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    match name {
+        "RS256" => Some(Algorithm::RS256),
+        "ES256" => Some(Algorithm::ES256),
+        "EdDSA" => Some(Algorithm::EdDSA),
+        _ => None,
+    }
+}
+
+/// Key ids: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_kid(kid: &str) -> bool {
+    (1..=64).contains(&kid.len())
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 impl JwtKeys {
-    /// Builds the keys from validated config.
-    pub fn new(config: &JwtConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = config.leeway;
-        validation.validate_nbf = true;
-        validation.validate_exp = true;
-        validation.validate_aud = false;
-        validation.set_issuer(&[config.issuer.as_str()]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
-        JwtKeys {
-            encoding: EncodingKey::from_secret(&config.secret),
-            decoding: DecodingKey::from_secret(&config.secret),
-            validation,
-            header: Header::new(Algorithm::HS256),
-            issuer: config.issuer.clone(),
-            ttl: config.ttl,
-            leeway: i64::try_from(config.leeway).unwrap_or(i64::MAX),
+    /// Builds the keys. `secret` is the HS256 secret, `keys` the asymmetric
+    /// keys in config order; the first key with a private key signs, else
+    /// the secret does.
+    pub fn try_new(
+        issuer: &str,
+        ttl: Duration,
+        leeway: u64,
+        secret: Option<&[u8]>,
+        keys: &[KeySpec],
+    ) -> Result<Self, String> {
+        let validation = |algorithm: Algorithm| {
+            let mut validation = Validation::new(algorithm);
+            validation.leeway = leeway;
+            validation.validate_nbf = true;
+            validation.validate_exp = true;
+            validation.validate_aud = false;
+            validation.set_issuer(&[issuer]);
+            validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
+            validation
+        };
+        let mut signer = None;
+        let mut by_kid = HashMap::new();
+        for spec in keys {
+            let decoding = decoding_key(spec.algorithm, &spec.public_pem)
+                .map_err(|err| format!("key {:?}: public key: {err}", spec.kid))?;
+            if let Some(private) = &spec.private_pem {
+                let encoding = encoding_key(spec.algorithm, private)
+                    .map_err(|err| format!("key {:?}: private key: {err}", spec.kid))?;
+                check_pair(&encoding, &decoding, spec.algorithm)
+                    .map_err(|err| format!("key {:?}: {err}", spec.kid))?;
+                if signer.is_none() {
+                    let mut header = Header::new(spec.algorithm);
+                    header.kid = Some(spec.kid.clone());
+                    signer = Some(SignKey { encoding, header });
+                }
+            }
+            let key = VerifyKey {
+                kid: Some(spec.kid.clone()),
+                algorithm: spec.algorithm,
+                decoding,
+                validation: validation(spec.algorithm),
+            };
+            if by_kid.insert(spec.kid.clone(), key).is_some() {
+                return Err(format!("key id {:?} appears more than once", spec.kid));
+            }
         }
+        let hmac = secret.map(|secret| VerifyKey {
+            kid: None,
+            algorithm: Algorithm::HS256,
+            decoding: DecodingKey::from_secret(secret),
+            validation: validation(Algorithm::HS256),
+        });
+        let signer = match (signer, secret) {
+            (Some(signer), _) => signer,
+            (None, Some(secret)) => SignKey {
+                encoding: EncodingKey::from_secret(secret),
+                header: Header::new(Algorithm::HS256),
+            },
+            (None, None) => {
+                return Err(
+                    "no signing key: set secret_file or give a [[jwt.keys]] entry a private_key"
+                        .into(),
+                );
+            }
+        };
+        Ok(JwtKeys {
+            signer,
+            hmac,
+            by_kid,
+            issuer: issuer.to_owned(),
+            ttl,
+            leeway: i64::try_from(leeway).unwrap_or(i64::MAX),
+        })
     }
 
     /// The configured token lifetime.
@@ -129,17 +253,37 @@ impl JwtKeys {
             jti: uuid::Uuid::new_v4().simple().to_string(),
             r#gen: generation,
         };
-        let token = jsonwebtoken::encode(&self.header, &claims, &self.encoding)?;
+        let token = jsonwebtoken::encode(&self.signer.header, &claims, &self.signer.encoding)?;
         Ok((token, claims))
     }
 
-    /// Verifies signature, algorithm, `exp`, `nbf`, `iat` and `iss`.
+    /// Verifies key, algorithm, signature, `typ`, `exp`, `nbf`, `iat` and `iss`.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenRejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenRejection::TooLong);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|err| match err.kind() {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+        if let Some(typ) = &header.typ
+            && !typ.eq_ignore_ascii_case("JWT")
+        {
+            return Err(TokenRejection::Malformed);
+        }
+        let key = match &header.kid {
+            Some(kid) => self.by_kid.get(kid),
+            None => self.hmac.as_ref().or_else(|| {
+                let mut keys = self.by_kid.values();
+                match (keys.next(), keys.next()) {
+                    (Some(only), None) => Some(only),
+                    _ => None,
+                }
+            }),
+        }
+        .ok_or(TokenRejection::UnknownKey)?;
+        if header.alg != key.algorithm {
+            return Err(TokenRejection::BadSignature);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation).map_err(
+            |err| match err.kind() {
                 ErrorKind::ExpiredSignature => TokenRejection::Expired,
                 ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
                 ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
@@ -147,7 +291,8 @@ impl JwtKeys {
                     TokenRejection::BadSignature
                 }
                 _ => TokenRejection::Malformed,
-            })?;
+            },
+        )?;
         let claims = data.claims;
         // jsonwebtoken does not look at `iat`; a token from the future is refused.
         if claims.iat > now.saturating_add(self.leeway) {
@@ -155,6 +300,64 @@ impl JwtKeys {
         }
         Ok(claims)
     }
+
+    /// The public verification keys as an RFC 7517 JWK set (HS256 secrets
+    /// are never published).
+    pub fn jwks(&self) -> serde_json::Value {
+        let mut kids: Vec<&String> = self.by_kid.keys().collect();
+        kids.sort_unstable();
+        let keys: Vec<serde_json::Value> = kids
+            .into_iter()
+            .filter_map(|kid| {
+                let key = &self.by_kid[kid];
+                let mut jwk = Jwk::from_decoding_key(&key.decoding, Some(key.algorithm)).ok()?;
+                jwk.common.key_id = key.kid.clone();
+                jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+                serde_json::to_value(jwk).ok()
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+}
+
+fn decoding_key(
+    algorithm: Algorithm,
+    pem: &[u8],
+) -> Result<DecodingKey, jsonwebtoken::errors::Error> {
+    match algorithm {
+        Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
+        Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
+        _ => DecodingKey::from_ed_pem(pem),
+    }
+}
+
+fn encoding_key(
+    algorithm: Algorithm,
+    pem: &[u8],
+) -> Result<EncodingKey, jsonwebtoken::errors::Error> {
+    match algorithm {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(pem),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pem),
+        _ => EncodingKey::from_ed_pem(pem),
+    }
+}
+
+/// Signs a probe with the private key and checks it with the public key, so
+/// a mismatched pair is a config error instead of tokens nobody accepts.
+fn check_pair(
+    encoding: &EncodingKey,
+    decoding: &DecodingKey,
+    algorithm: Algorithm,
+) -> Result<(), String> {
+    let probe = serde_json::json!({ "sub": "probe", "exp": i64::MAX / 2 });
+    let token = jsonwebtoken::encode(&Header::new(algorithm), &probe, encoding)
+        .map_err(|err| format!("cannot sign with the private key: {err}"))?;
+    let mut validation = Validation::new(algorithm);
+    validation.validate_aud = false;
+    validation.set_required_spec_claims(&["exp"]);
+    jsonwebtoken::decode::<serde_json::Value>(&token, decoding, &validation)
+        .map(|_| ())
+        .map_err(|_| "the private key does not match the public key".into())
 }
 
 #[cfg(test)]
@@ -166,12 +369,7 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn keys() -> JwtKeys {
-        JwtKeys::new(&JwtConfig {
-            issuer: "authgate".into(),
-            ttl: Duration::from_secs(3600),
-            leeway: 30,
-            secret: SECRET.to_vec(),
-        })
+        JwtKeys::try_new("authgate", Duration::from_secs(3600), 30, Some(SECRET), &[]).unwrap()
     }
 
     fn now() -> i64 {
@@ -286,5 +484,276 @@ mod tests {
             keys.verify(&tampered, now),
             Err(TokenRejection::BadSignature)
         );
+    }
+
+    /// Key pairs made with the system's openssl, in PEM (PKCS#8 private).
+    fn openssl_pair(dir: &std::path::Path, name: &str, args: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        let private = dir.join(format!("{name}.pem"));
+        let public = dir.join(format!("{name}.pub.pem"));
+        let status = std::process::Command::new("openssl")
+            .args(["genpkey", "-out"])
+            .arg(&private)
+            .args(args)
+            .status()
+            .expect("openssl must be installed for these tests");
+        assert!(status.success());
+        let status = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        (
+            std::fs::read(private).unwrap(),
+            std::fs::read(public).unwrap(),
+        )
+    }
+
+    struct Pairs {
+        es: (Vec<u8>, Vec<u8>),
+        rs: (Vec<u8>, Vec<u8>),
+        ed: (Vec<u8>, Vec<u8>),
+    }
+
+    fn pairs() -> &'static Pairs {
+        static PAIRS: std::sync::OnceLock<Pairs> = std::sync::OnceLock::new();
+        PAIRS.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            Pairs {
+                es: openssl_pair(
+                    dir.path(),
+                    "es",
+                    &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+                ),
+                rs: openssl_pair(
+                    dir.path(),
+                    "rs",
+                    &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+                ),
+                ed: openssl_pair(dir.path(), "ed", &["-algorithm", "ed25519"]),
+            }
+        })
+    }
+
+    fn spec(kid: &str, algorithm: Algorithm, pair: &(Vec<u8>, Vec<u8>), private: bool) -> KeySpec {
+        KeySpec {
+            kid: kid.into(),
+            algorithm,
+            private_pem: private.then(|| pair.0.clone()),
+            public_pem: pair.1.clone(),
+        }
+    }
+
+    fn asymmetric(secret: Option<&[u8]>, specs: &[KeySpec]) -> JwtKeys {
+        JwtKeys::try_new("authgate", Duration::from_secs(600), 30, secret, specs).unwrap()
+    }
+
+    #[test]
+    fn each_asymmetric_algorithm_signs_and_verifies_with_its_kid() {
+        let p = pairs();
+        let now = now();
+        for (kid, algorithm, pair) in [
+            ("es", Algorithm::ES256, &p.es),
+            ("rs", Algorithm::RS256, &p.rs),
+            ("ed", Algorithm::EdDSA, &p.ed),
+        ] {
+            let keys = asymmetric(None, &[spec(kid, algorithm, pair, true)]);
+            let (token, _) = keys.issue("alice", &[], 1, None, now).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.alg, algorithm);
+            assert_eq!(header.kid.as_deref(), Some(kid));
+            assert!(keys.verify(&token, now).is_ok(), "{kid}");
+        }
+    }
+
+    #[test]
+    fn verify_only_keys_accept_tokens_of_the_key_holder() {
+        let p = pairs();
+        let now = now();
+        let old = asymmetric(None, &[spec("2026-10", Algorithm::ES256, &p.es, true)]);
+        let (token, _) = old.issue("alice", &[], 1, None, now).unwrap();
+        // Rotation: a new signer first, the old key kept to verify.
+        let rotated = asymmetric(
+            None,
+            &[
+                spec("2026-11", Algorithm::EdDSA, &p.ed, true),
+                spec("2026-10", Algorithm::ES256, &p.es, false),
+            ],
+        );
+        assert!(rotated.verify(&token, now).is_ok());
+        let (fresh, _) = rotated.issue("alice", &[], 1, None, now).unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(),
+            Some("2026-11")
+        );
+    }
+
+    #[test]
+    fn kid_and_algorithm_rules() {
+        let p = pairs();
+        let now = now();
+        let keys = asymmetric(
+            None,
+            &[
+                spec("es", Algorithm::ES256, &p.es, true),
+                spec("rs", Algorithm::RS256, &p.rs, true),
+            ],
+        );
+        let claims = claims(now);
+        let sign = |alg: Algorithm, kid: Option<&str>, pem: &[u8]| {
+            let mut header = Header::new(alg);
+            header.kid = kid.map(str::to_owned);
+            let key = match alg {
+                Algorithm::ES256 => EncodingKey::from_ec_pem(pem).unwrap(),
+                Algorithm::RS256 => EncodingKey::from_rsa_pem(pem).unwrap(),
+                _ => EncodingKey::from_secret(pem),
+            };
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        };
+        // Unknown kid, and a kid with path characters, name no key.
+        assert_eq!(
+            keys.verify(&sign(Algorithm::ES256, Some("nope"), &p.es.0), now),
+            Err(TokenRejection::UnknownKey)
+        );
+        assert_eq!(
+            keys.verify(
+                &sign(Algorithm::ES256, Some("../../etc/passwd"), &p.es.0),
+                now
+            ),
+            Err(TokenRejection::UnknownKey)
+        );
+        // Several keys: a token must say which.
+        assert_eq!(
+            keys.verify(&sign(Algorithm::ES256, None, &p.es.0), now),
+            Err(TokenRejection::UnknownKey)
+        );
+        // The RSA key's token presented under the EC key's id.
+        assert_eq!(
+            keys.verify(&sign(Algorithm::RS256, Some("es"), &p.rs.0), now),
+            Err(TokenRejection::BadSignature)
+        );
+        // HS/RS confusion: HMAC with the public key as secret.
+        assert_eq!(
+            keys.verify(&sign(Algorithm::HS256, Some("rs"), &p.rs.1), now),
+            Err(TokenRejection::BadSignature)
+        );
+        assert_eq!(
+            keys.verify(&sign(Algorithm::HS256, None, &p.rs.1), now),
+            Err(TokenRejection::UnknownKey)
+        );
+        // With an HS256 secret configured too, a kid-less HMAC token is checked
+        // against that secret only, never against a public key.
+        let mixed = asymmetric(Some(SECRET), &[spec("rs", Algorithm::RS256, &p.rs, true)]);
+        assert_eq!(
+            mixed.verify(&sign(Algorithm::HS256, None, &p.rs.1), now),
+            Err(TokenRejection::BadSignature)
+        );
+        assert!(
+            mixed
+                .verify(&sign(Algorithm::HS256, None, SECRET), now)
+                .is_ok()
+        );
+        assert_eq!(
+            mixed.verify(&sign(Algorithm::HS256, Some("rs"), SECRET), now),
+            Err(TokenRejection::BadSignature)
+        );
+        // A typ other than JWT is refused.
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("es".into());
+        header.typ = Some("secevent+jwt".into());
+        let odd = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ec_pem(&p.es.0).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(keys.verify(&odd, now), Err(TokenRejection::Malformed));
+    }
+
+    #[test]
+    fn jwks_publishes_public_keys_only() {
+        let p = pairs();
+        let keys = asymmetric(
+            Some(SECRET),
+            &[
+                spec("es", Algorithm::ES256, &p.es, true),
+                spec("ed", Algorithm::EdDSA, &p.ed, false),
+                spec("rs", Algorithm::RS256, &p.rs, false),
+            ],
+        );
+        let set = keys.jwks();
+        let list = set["keys"].as_array().unwrap();
+        assert_eq!(list.len(), 3);
+        let by_kid = |kid: &str| list.iter().find(|k| k["kid"] == kid).unwrap().clone();
+        let es = by_kid("es");
+        assert_eq!(
+            (es["kty"].as_str(), es["crv"].as_str(), es["alg"].as_str()),
+            (Some("EC"), Some("P-256"), Some("ES256"))
+        );
+        assert!(es["x"].is_string() && es["y"].is_string() && es.get("d").is_none());
+        assert_eq!(es["use"], "sig");
+        let ed = by_kid("ed");
+        assert_eq!(
+            (ed["kty"].as_str(), ed["crv"].as_str()),
+            (Some("OKP"), Some("Ed25519"))
+        );
+        let rs = by_kid("rs");
+        assert_eq!(rs["kty"], "RSA");
+        assert!(rs["n"].is_string() && rs["e"].is_string() && rs.get("d").is_none());
+        // The published key verifies tokens the gateway signs.
+        let (token, _) = keys.issue("alice", &[], 1, None, now()).unwrap();
+        let jwk: Jwk = serde_json::from_value(es).unwrap();
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&["authgate"]);
+        assert!(
+            jsonwebtoken::decode::<Claims>(
+                &token,
+                &DecodingKey::from_jwk(&jwk).unwrap(),
+                &validation
+            )
+            .is_ok()
+        );
+        // HS256 alone publishes nothing.
+        assert_eq!(
+            super::tests::keys().jwks(),
+            serde_json::json!({ "keys": [] })
+        );
+    }
+
+    #[test]
+    fn bad_key_configs_are_refused() {
+        let p = pairs();
+        let mismatched = KeySpec {
+            kid: "x".into(),
+            algorithm: Algorithm::ES256,
+            private_pem: Some(p.es.0.clone()),
+            public_pem: {
+                let dir = tempfile::tempdir().unwrap();
+                openssl_pair(
+                    dir.path(),
+                    "other",
+                    &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+                )
+                .1
+            },
+        };
+        let err =
+            JwtKeys::try_new("i", Duration::from_secs(60), 0, None, &[mismatched]).unwrap_err();
+        assert!(err.contains("does not match"), "{err}");
+        let wrong_type = spec("x", Algorithm::RS256, &p.es, false);
+        assert!(
+            JwtKeys::try_new("i", Duration::from_secs(60), 0, Some(SECRET), &[wrong_type]).is_err()
+        );
+        let verify_only = spec("x", Algorithm::ES256, &p.es, false);
+        let err =
+            JwtKeys::try_new("i", Duration::from_secs(60), 0, None, &[verify_only]).unwrap_err();
+        assert!(err.contains("no signing key"), "{err}");
+        let twice = [
+            spec("a", Algorithm::ES256, &p.es, true),
+            spec("a", Algorithm::EdDSA, &p.ed, true),
+        ];
+        assert!(JwtKeys::try_new("i", Duration::from_secs(60), 0, None, &twice).is_err());
     }
 }

@@ -142,14 +142,14 @@ pub fn unix_now() -> i64 {
 
 /// Checks credentials against the keys, the cache and (on a miss) the store.
 pub struct Authenticator {
-    jwt: JwtKeys,
+    jwt: Arc<JwtKeys>,
     store: Store,
     cache: Arc<CredentialCache>,
 }
 
 impl Authenticator {
     /// Ties the pieces together.
-    pub fn new(jwt: JwtKeys, store: Store, cache: Arc<CredentialCache>) -> Self {
+    pub fn new(jwt: Arc<JwtKeys>, store: Store, cache: Arc<CredentialCache>) -> Self {
         Authenticator { jwt, store, cache }
     }
 
