@@ -224,7 +224,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         command => {
             let config = load(&cli.config)?;
             match command {
-                Command::Serve { .. } => serve(config).await,
+                Command::Serve { .. } => serve(config, cli.config.clone()).await,
                 Command::User(command) => user(command, &config).await,
                 Command::Key(command) => key(command, &config).await,
                 Command::Token(TokenCommand::Issue { user, ttl }) => {
@@ -287,8 +287,8 @@ fn realm_of(path: &Path) -> String {
         .unwrap_or_else(|| "voximplant.com".into())
 }
 
-async fn serve(config: Config) -> Result<(), CliError> {
-    crate::run(config, crate::server::shutdown_signal())
+async fn serve(config: Config, path: PathBuf) -> Result<(), CliError> {
+    crate::run(config, Some(path), crate::server::shutdown_signal())
         .await
         .map_err(|err| fail(err.to_string()))
 }

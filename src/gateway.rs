@@ -9,13 +9,16 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::RunError;
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::{Authenticator, unix_now};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
+use crate::server::{ServeError, tls_acceptor};
 use crate::store::cache::CredentialCache;
-use crate::store::{CHANGES_CHANNEL, Change, Store, StoreError};
+use crate::store::{CHANGES_CHANNEL, Store};
+use tokio_rustls::TlsAcceptor;
 
 /// How long change-log entries are kept for other processes to read.
 pub const CHANGE_LOG_KEEP_SECS: i64 = 24 * 3600;
@@ -24,7 +27,10 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Pause before the change listener reconnects.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
-/// Everything a request needs, shared by all connections.
+/// Everything a request needs: one snapshot of the configuration and what
+/// is built from it, plus the long-lived parts (store, cache, metrics)
+/// that every snapshot shares. A reload makes a new snapshot; requests
+/// finish on the snapshot they started with.
 pub struct Gateway {
     /// The validated config.
     pub config: Config,
@@ -38,13 +44,29 @@ pub struct Gateway {
     pub throttle: LoginThrottle,
     /// The pooled upstream client.
     pub forwarder: Forwarder,
+    /// TLS for the HTTPS listener, when configured.
+    pub tls: Option<TlsAcceptor>,
     /// Counters for `/metrics`.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a new config was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The change needs a restart (listeners or store).
+    #[error("{0} cannot change without a restart")]
+    NeedsRestart(&'static str),
+    /// The certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] ServeError),
 }
 
 impl Gateway {
     /// Opens the store, loads revocations and starts the background tasks.
-    pub async fn start(config: Config) -> Result<Arc<Gateway>, StoreError> {
+    pub async fn start(config: Config) -> Result<Arc<Gateway>, RunError> {
         let store = Store::open(&config.store.url).await?;
         let cache = Arc::new(CredentialCache::new(&config.cache));
         for (jti, expires_at) in store.revoked_tokens(unix_now()).await? {
@@ -61,65 +83,92 @@ impl Gateway {
             );
         }
         let last_change = store.last_change_id().await?;
-        let gateway = Arc::new(Gateway {
-            auth: Authenticator::new(config.jwt.keys.clone(), store.clone(), cache.clone()),
-            throttle: LoginThrottle::new(store.clone(), &config.login),
-            forwarder: Forwarder::new(&config.upstream),
-            metrics: Metrics::default(),
-            store,
-            cache,
-            config,
-        });
         let wake = Arc::new(Notify::new());
-        if let Some(url) = gateway.store.postgres_url() {
+        if let Some(url) = store.postgres_url() {
             tokio::spawn(listen_for_changes(
                 url.to_owned(),
-                Arc::downgrade(&gateway),
+                Arc::downgrade(&cache),
                 wake.clone(),
             ));
         }
-        tokio::spawn(follow_changes(Arc::downgrade(&gateway), last_change, wake));
-        tokio::spawn(sweep(Arc::downgrade(&gateway)));
-        Ok(gateway)
+        tokio::spawn(follow_changes(
+            store.clone(),
+            Arc::downgrade(&cache),
+            config.store.poll_interval,
+            last_change,
+            wake,
+        ));
+        tokio::spawn(sweep(store.clone(), Arc::downgrade(&cache)));
+        let gateway = Gateway::assemble(config, store, cache, Arc::new(Metrics::default()))?;
+        Ok(Arc::new(gateway))
     }
 
-    /// Applies one change to the cache.
-    pub fn apply(&self, change: &Change) {
-        match change {
-            Change::User(name) => self.cache.forget_user(name),
-            Change::Key(hash_hex) => {
-                let mut hash = [0u8; 32];
-                if hex::decode_to_slice(hash_hex, &mut hash).is_ok() {
-                    self.cache.forget_key(&hash);
-                }
-            }
-            Change::Token { jti, expires_at } => self.cache.revoke_token(jti, *expires_at),
+    fn assemble(
+        config: Config,
+        store: Store,
+        cache: Arc<CredentialCache>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gateway, ServeError> {
+        let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
+        Ok(Gateway {
+            auth: Authenticator::new(config.jwt.keys.clone(), store.clone(), cache.clone()),
+            throttle: LoginThrottle::new(store.clone(), &config.login),
+            forwarder: Forwarder::new(&config.upstream),
+            tls,
+            metrics,
+            store,
+            cache,
+            config,
+        })
+    }
+
+    /// A snapshot with `config` that shares this one's store, cache and
+    /// metrics. Listeners and the store cannot change this way.
+    pub fn reconfigure(&self, config: Config) -> Result<Gateway, ReloadError> {
+        let old = &self.config.server;
+        let new = &config.server;
+        if old.listen != new.listen
+            || old.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen)
+        {
+            return Err(ReloadError::NeedsRestart("the listen addresses"));
         }
+        if self.config.store.url != config.store.url {
+            return Err(ReloadError::NeedsRestart("store.url"));
+        }
+        Ok(Gateway::assemble(
+            config,
+            self.store.clone(),
+            self.cache.clone(),
+            self.metrics.clone(),
+        )?)
     }
 }
 
 /// Reads the change log so revocations made by other processes (the CLI,
 /// other replicas) reach this cache: at every `store.poll_interval_ms`, and
 /// at once when PostgreSQL announces a change.
-async fn follow_changes(gateway: Weak<Gateway>, last: i64, wake: Arc<Notify>) {
+async fn follow_changes(
+    store: Store,
+    cache: Weak<CredentialCache>,
+    interval: Duration,
+    last: i64,
+    wake: Arc<Notify>,
+) {
     let mut cursor = ChangeCursor::new(last);
     loop {
-        let Some(interval) = gateway.upgrade().map(|g| g.config.store.poll_interval) else {
-            return;
-        };
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = wake.notified() => {}
         }
-        let Some(gateway) = gateway.upgrade() else {
+        let Some(cache) = cache.upgrade() else {
             return;
         };
-        match gateway.store.changes_since(cursor.query_from()).await {
+        match store.changes_since(cursor.query_from()).await {
             Ok(changes) => {
                 for (id, change) in changes {
                     if cursor.first_sight(id) {
                         debug!(?change, "applying change from the store");
-                        gateway.apply(&change);
+                        cache.apply(&change);
                     }
                 }
             }
@@ -172,9 +221,9 @@ impl ChangeCursor {
 /// Wakes [`follow_changes`] whenever PostgreSQL announces a change.
 /// Reconnects by itself; announcements missed meanwhile are covered by the
 /// poll.
-async fn listen_for_changes(url: String, gateway: Weak<Gateway>, wake: Arc<Notify>) {
+async fn listen_for_changes(url: String, cache: Weak<CredentialCache>, wake: Arc<Notify>) {
     loop {
-        if gateway.upgrade().is_none() {
+        if cache.upgrade().is_none() {
             return;
         }
         match PgListener::connect(&url).await {
@@ -192,7 +241,7 @@ async fn listen_for_changes(url: String, gateway: Weak<Gateway>, wake: Arc<Notif
                                 break;
                             }
                         }
-                        if gateway.upgrade().is_none() {
+                        if cache.upgrade().is_none() {
                             return;
                         }
                     }
@@ -205,15 +254,15 @@ async fn listen_for_changes(url: String, gateway: Weak<Gateway>, wake: Arc<Notif
 }
 
 /// Sweeps expired rows and cache entries.
-async fn sweep(gateway: Weak<Gateway>) {
+async fn sweep(store: Store, cache: Weak<CredentialCache>) {
     loop {
         tokio::time::sleep(SWEEP_INTERVAL).await;
-        let Some(gateway) = gateway.upgrade() else {
+        let Some(cache) = cache.upgrade() else {
             return;
         };
         let now = unix_now();
-        gateway.cache.prune_revoked_tokens(now);
-        match gateway.store.sweep(now, now - CHANGE_LOG_KEEP_SECS).await {
+        cache.prune_revoked_tokens(now);
+        match store.sweep(now, now - CHANGE_LOG_KEEP_SECS).await {
             Ok(()) => debug!("swept expired one-time keys and revocations"),
             Err(err) => info!(error = %err, "sweep failed; will retry"),
         }

@@ -23,6 +23,10 @@ pub mod service;
 pub mod store;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwap;
 
 pub use config::Config;
 pub use error::GatewayError;
@@ -40,15 +44,61 @@ pub enum RunError {
 }
 
 /// Runs the gateway with `config` until `shutdown` completes, then drains.
-/// Logs `listening on <scheme>://<addr>` for every listener once bound.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+/// Logs `listening on <scheme>://<addr>` for every listener once bound. With
+/// `config_path`, SIGHUP reloads the config from there: a valid new config
+/// takes effect for new requests, an invalid one is logged and ignored.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let listeners = server::bind(&config.server).await?;
     let gateway = Gateway::start(config).await?;
+    let shared: server::SharedGateway = Arc::new(ArcSwap::new(gateway));
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_hangup(path, Arc::downgrade(&shared)));
+    }
     for listener in &listeners {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("listening on {}://{addr}", listener.scheme());
         }
     }
-    server::serve(gateway, listeners, shutdown).await;
+    server::serve(shared, listeners, shutdown).await;
+    Ok(())
+}
+
+/// Reloads the config on every SIGHUP.
+async fn reload_on_hangup(path: PathBuf, shared: Weak<ArcSwap<Gateway>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            match reload(&path, &shared) {
+                Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+                Err(err) => tracing::error!(
+                    config = %path.display(),
+                    error = %err,
+                    "reload refused; the previous configuration stays in force"
+                ),
+            }
+        }
+    }
+}
+
+/// Validates the config at `path` and swaps it in.
+pub fn reload(path: &Path, shared: &server::SharedGateway) -> Result<(), gateway::ReloadError> {
+    let config =
+        Config::load(path).map_err(|err| gateway::ReloadError::Invalid(err.problems.join("; ")))?;
+    let current = shared.load_full();
+    let next = current.reconfigure(config)?;
+    shared.store(Arc::new(next));
+    current.metrics.reloads();
     Ok(())
 }

@@ -56,6 +56,7 @@ pub struct Metrics {
     logins: DashMap<(&'static str, &'static str), AtomicU64>,
     upstream_errors: DashMap<&'static str, AtomicU64>,
     keys_created: AtomicU64,
+    reloads: AtomicU64,
     request_latency: Histogram,
     upstream_latency: Histogram,
     open_connections: AtomicI64,
@@ -115,6 +116,11 @@ impl Metrics {
     /// An access key was created.
     pub fn keys_created(&self) {
         self.keys_created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The config was reloaded.
+    pub fn reloads(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection opened (`+1`) or closed (`-1`).
@@ -199,6 +205,11 @@ impl Metrics {
                 "Access keys created.",
                 self.keys_created.load(Ordering::Relaxed),
             ),
+            (
+                "authgate_config_reloads_total",
+                "Successful configuration reloads.",
+                self.reloads.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -252,6 +263,7 @@ mod tests {
         );
         metrics.login("password", "failure");
         metrics.connections(1);
+        metrics.reloads();
         let text = metrics.render(&Default::default(), (0, 0));
         assert!(
             text.contains(
@@ -275,5 +287,6 @@ mod tests {
             text.contains(r#"authgate_login_attempts_total{kind="password",result="failure"} 1"#)
         );
         assert!(text.contains("authgate_open_connections 1"));
+        assert!(text.contains("authgate_config_reloads_total 1"));
     }
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -35,7 +36,7 @@ const MIN_HTTP1_BUFFER: usize = 8192;
 /// A bound listener, plain or TLS.
 pub struct Listener {
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: bool,
 }
 
 impl Listener {
@@ -46,7 +47,7 @@ impl Listener {
 
     /// `http` or `https`.
     pub fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
+        if self.tls { "https" } else { "http" }
     }
 }
 
@@ -73,26 +74,22 @@ pub async fn bind(config: &crate::config::ServerConfig) -> Result<Vec<Listener>,
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
-        listeners.push(Listener { tcp, tls: None });
+        listeners.push(Listener { tcp, tls: false });
     }
     if let Some(tls) = &config.tls {
-        let acceptor = tls_acceptor(tls)?;
         let tcp = TcpListener::bind(tls.listen)
             .await
             .map_err(|source| ServeError::Bind {
                 addr: tls.listen,
                 source,
             })?;
-        listeners.push(Listener {
-            tcp,
-            tls: Some(acceptor),
-        });
+        listeners.push(Listener { tcp, tls: true });
     }
     Ok(listeners)
 }
 
 /// rustls with TLS 1.2 and 1.3 only, ALPN h2 and http/1.1.
-fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, ServeError> {
+pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, ServeError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -118,12 +115,17 @@ fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, ServeError> {
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
+/// The current gateway snapshot; a reload swaps it.
+pub type SharedGateway = Arc<ArcSwap<Gateway>>;
+
 /// Serves on `listeners` until `shutdown` completes, then drains.
+/// Connection limits and timeouts are those in force at start.
 pub async fn serve(
-    gateway: Arc<Gateway>,
+    shared: SharedGateway,
     listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let gateway = shared.load_full();
     let limits = gateway.config.limits.clone();
     let grace = gateway.config.server.shutdown_grace;
     let builder = Arc::new(http_builder(&limits));
@@ -135,7 +137,7 @@ pub async fn serve(
 
     for listener in listeners {
         let ctx = AcceptContext {
-            gateway: gateway.clone(),
+            shared: shared.clone(),
             builder: builder.clone(),
             slots: connection_slots.clone(),
             stop: stop_rx.clone(),
@@ -176,7 +178,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 struct AcceptContext {
-    gateway: Arc<Gateway>,
+    shared: SharedGateway,
     builder: Arc<auto::Builder<TokioExecutor>>,
     slots: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
@@ -209,23 +211,32 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
             _ = stopped(&mut stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let span = info_span!("connection", client.addr = %peer, tls = listener.tls.is_some());
+        let span = info_span!("connection", client.addr = %peer, tls = listener.tls);
+        let current = ctx.shared.load_full();
+        let tls = if listener.tls {
+            match current.tls.clone() {
+                Some(acceptor) => Some(acceptor),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        let metrics = current.metrics.clone();
+        drop(current);
         let task = ConnectionTask {
-            gateway: ctx.gateway.clone(),
+            shared: ctx.shared.clone(),
             builder: ctx.builder.clone(),
             stop: ctx.stop.clone(),
             idle_timeout: ctx.limits.idle_timeout,
             client: ClientInfo {
                 addr: peer,
-                tls: listener.tls.is_some(),
+                tls: listener.tls,
             },
         };
-        let tls = listener.tls.clone();
         let drain = ctx.drain.clone();
         tokio::spawn(
             async move {
-                let gateway = task.gateway.clone();
-                gateway.metrics.connections(1);
+                metrics.connections(1);
                 match tls {
                     None => task.run(stream).await,
                     Some(acceptor) => {
@@ -238,7 +249,7 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                         }
                     }
                 }
-                gateway.metrics.connections(-1);
+                metrics.connections(-1);
                 drop(permit);
                 drop(drain);
             }
@@ -248,7 +259,7 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
 }
 
 struct ConnectionTask {
-    gateway: Arc<Gateway>,
+    shared: SharedGateway,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
     idle_timeout: Duration,
@@ -267,10 +278,11 @@ impl ConnectionTask {
             inner: stream,
             activity: activity.clone(),
         });
-        let gateway = self.gateway.clone();
+        let shared = self.shared.clone();
         let client = self.client;
         let service = service_fn(move |request| {
-            let gateway = gateway.clone();
+            // Each request runs on the snapshot current when it arrived.
+            let gateway = shared.load_full();
             async move {
                 Ok::<_, std::convert::Infallible>(
                     crate::service::handle(gateway, client, request).await,

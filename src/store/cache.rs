@@ -16,6 +16,7 @@ use dashmap::DashMap;
 
 use crate::auth::accesskey::KeyHash;
 use crate::config::CacheConfig;
+use crate::store::Change;
 
 /// What a JWT check needs to know about its user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +237,20 @@ impl CredentialCache {
     pub fn prune_revoked_tokens(&self, now_unix: i64) {
         self.revoked_tokens
             .retain(|_, expires_at| *expires_at > now_unix);
+    }
+
+    /// Applies a change read from the store's change log.
+    pub fn apply(&self, change: &Change) {
+        match change {
+            Change::User(name) => self.forget_user(name),
+            Change::Key(hash_hex) => {
+                let mut hash = [0u8; 32];
+                if hex::decode_to_slice(hash_hex, &mut hash).is_ok() {
+                    self.forget_key(&hash);
+                }
+            }
+            Change::Token { jti, expires_at } => self.revoke_token(jti, *expires_at),
+        }
     }
 
     /// Number of cached users and keys (for metrics).
