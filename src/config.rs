@@ -149,6 +149,12 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per upstream.
     pub pool_max_idle_per_host: usize,
+    /// Extra CA certificates (PEM) trusted for `https://` upstreams, besides
+    /// the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) presented to `https://`
+    /// upstreams that ask for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// Throttling of failed logins.
@@ -310,6 +316,9 @@ struct RawUpstream {
     pool_idle_timeout: u64,
     #[serde(default = "defaults::pool_max_idle_per_host")]
     pool_max_idle_per_host: u64,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 impl Default for RawUpstream {
@@ -319,6 +328,9 @@ impl Default for RawUpstream {
             timeout: defaults::upstream_timeout(),
             pool_idle_timeout: defaults::pool_idle_timeout(),
             pool_max_idle_per_host: defaults::pool_max_idle_per_host(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -567,6 +579,18 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     };
 
     let upstream = UpstreamConfig {
+        ca_file: raw.upstream.ca_file.clone(),
+        client_cert: match (&raw.upstream.client_cert, &raw.upstream.client_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => {
+                p.add(
+                    "upstream.client_cert",
+                    "client_cert and client_key go together",
+                );
+                None
+            }
+        },
         connect_timeout: p.seconds(
             "upstream.connect_timeout",
             raw.upstream.connect_timeout,
@@ -587,6 +611,15 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             10_000,
         ),
     };
+    for (key, path) in [
+        ("upstream.ca_file", &raw.upstream.ca_file),
+        ("upstream.client_cert", &raw.upstream.client_cert),
+        ("upstream.client_key", &raw.upstream.client_key),
+    ] {
+        if let Some(path) = path {
+            p.readable_file(key, path);
+        }
+    }
 
     let login = LoginConfig {
         max_failures: u32::try_from(p.count("login.max_failures", raw.login.max_failures, 1, 1000))
@@ -860,10 +893,8 @@ fn parse_upstream(value: &str) -> Result<Uri, String> {
         .map_err(|_| format!("{value:?} is not a URL"))?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => {
-            return Err("https upstreams are not supported yet; use http://".into());
-        }
-        _ => return Err(format!("{value:?} must start with http://")),
+        Some("https") => {}
+        _ => return Err(format!("{value:?} must start with http:// or https://")),
     }
     if uri.authority().is_none() {
         return Err(format!("{value:?} has no host"));

@@ -113,7 +113,7 @@ impl Gateway {
         Ok(Gateway {
             auth: Authenticator::new(config.jwt.keys.clone(), store.clone(), cache.clone()),
             throttle: LoginThrottle::new(store.clone(), &config.login),
-            forwarder: Forwarder::new(&config.upstream),
+            forwarder: Forwarder::try_new(&config.upstream)?,
             tls,
             metrics,
             store,

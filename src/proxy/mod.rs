@@ -9,6 +9,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +21,7 @@ use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::routes::Route;
+use crate::server::ServeError;
 
 /// Where a request came from.
 #[derive(Debug, Clone, Copy)]
@@ -37,25 +39,32 @@ impl ClientInfo {
     }
 }
 
-/// The pooled upstream client.
+/// The pooled upstream client, for `http://` and `https://` upstreams.
 pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
 }
 
 impl Forwarder {
     /// Builds the client once: connect timeout, idle timeout with a pool
-    /// timer (without one idle connections are never reaped), idle cap.
-    pub fn new(config: &UpstreamConfig) -> Self {
+    /// timer (without one idle connections are never reaped), idle cap, and
+    /// rustls for `https://` upstreams with the system's CA roots plus
+    /// `upstream.ca_file`, and `upstream.client_cert` when set.
+    pub fn try_new(config: &UpstreamConfig) -> Result<Self, ServeError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        connector.enforce_http(false);
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(upstream_tls(config)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(connector);
-        Forwarder { client }
+            .build(https);
+        Ok(Forwarder { client })
     }
 
     /// Forwards a checked request to `route`'s upstream and relays the
@@ -121,6 +130,49 @@ impl Forwarder {
             .headers
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
         Ok(Response::from_parts(parts, body::stream(incoming)))
+    }
+}
+
+/// rustls client config for `https://` upstreams.
+fn upstream_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let tls_error = |what: &std::path::Path, err: &dyn std::fmt::Display| {
+        ServeError::Tls(format!("{}: {err}", what.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    debug!(
+        system_roots = added,
+        "loaded the system's CA roots for https upstreams"
+    );
+    if let Some(path) = &config.ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| tls_error(path, &err))?;
+        for cert in certs {
+            roots.add(cert).map_err(|err| tls_error(path, &err))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|err| ServeError::Tls(err.to_string()))?
+        .with_root_certificates(roots);
+    match &config.client_cert {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert_path, key_path)) => {
+            let chain = CertificateDer::pem_file_iter(cert_path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|err| tls_error(cert_path, &err))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key_path).map_err(|err| tls_error(key_path, &err))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|err| tls_error(cert_path, &err))
+        }
     }
 }
 
