@@ -81,6 +81,11 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required (`true`) or only checked
+    /// when one is sent.
+    pub client_cert_required: bool,
 }
 
 /// Which store backs users and keys.
@@ -217,6 +222,8 @@ struct RawTls {
     listen: String,
     cert: PathBuf,
     key: PathBuf,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -657,11 +664,30 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
     let tls = raw.tls.and_then(|tls| {
         p.readable_file("server.tls.cert", &tls.cert);
         p.readable_file("server.tls.key", &tls.key);
+        if let Some(ca) = &tls.client_ca {
+            p.readable_file("server.tls.client_ca", ca);
+        }
+        let client_cert_required = match (tls.client_auth.as_deref(), &tls.client_ca) {
+            (None | Some("required"), _) => true,
+            (Some("optional"), _) => false,
+            (Some(other), _) => {
+                p.add(
+                    "server.tls.client_auth",
+                    format_args!("{other:?} must be \"required\" or \"optional\""),
+                );
+                true
+            }
+        };
+        if tls.client_auth.is_some() && tls.client_ca.is_none() {
+            p.add("server.tls.client_auth", "needs server.tls.client_ca");
+        }
         let listen = p.socket_addr("server.tls.listen", &tls.listen)?;
         Some(TlsConfig {
             listen,
             cert: tls.cert,
             key: tls.key,
+            client_ca: tls.client_ca,
+            client_cert_required,
         })
     });
     if raw.listen.is_none() && tls.is_none() {

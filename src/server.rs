@@ -105,10 +105,37 @@ pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, ServeError> {
     let key = PrivateKeyDer::from_pem_file(&config.key)
         .map_err(|err| ServeError::Tls(format!("{}: {err}", config.key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|err| ServeError::Tls(err.to_string()))?
-        .with_no_client_auth()
+        .map_err(|err| ServeError::Tls(err.to_string()))?;
+    let builder = match &config.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|err| ServeError::Tls(format!("{}: {err}", path.display())))?;
+            for ca in cas {
+                roots
+                    .add(ca)
+                    .map_err(|err| ServeError::Tls(format!("{}: {err}", path.display())))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if config.client_cert_required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|err| ServeError::Tls(format!("{}: {err}", path.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder
         .with_single_cert(certs, key)
         .map_err(|err| ServeError::Tls(err.to_string()))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -223,7 +250,7 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
         };
         let metrics = current.metrics.clone();
         drop(current);
-        let task = ConnectionTask {
+        let mut task = ConnectionTask {
             shared: ctx.shared.clone(),
             builder: ctx.builder.clone(),
             stop: ctx.stop.clone(),
@@ -231,6 +258,7 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
             client: ClientInfo {
                 addr: peer,
                 tls: listener.tls,
+                cert_subject: None,
             },
         };
         let drain = ctx.drain.clone();
@@ -243,7 +271,18 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                             .await
                         {
-                            Ok(Ok(tls_stream)) => task.run(tls_stream).await,
+                            Ok(Ok(tls_stream)) => {
+                                let subject = tls_stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                    .and_then(|cert| {
+                                        crate::proxy::headers::certificate_subject(cert)
+                                    });
+                                task.client.cert_subject = subject.map(Arc::from);
+                                task.run(tls_stream).await
+                            }
                             Ok(Err(err)) => info!(error = %err, "TLS handshake failed"),
                             Err(_) => info!("TLS handshake timed out"),
                         }
@@ -279,10 +318,11 @@ impl ConnectionTask {
             activity: activity.clone(),
         });
         let shared = self.shared.clone();
-        let client = self.client;
+        let client = self.client.clone();
         let service = service_fn(move |request| {
             // Each request runs on the snapshot current when it arrived.
             let gateway = shared.load_full();
+            let client = client.clone();
             async move {
                 Ok::<_, std::convert::Infallible>(
                     crate::service::handle(gateway, client, request).await,

@@ -16,6 +16,8 @@ pub static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 pub static X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 /// `X-Auth-Key-Id`.
 pub static X_AUTH_KEY_ID: HeaderName = HeaderName::from_static("x-auth-key-id");
+/// `X-Client-Cert-Subject`: the verified client certificate's subject.
+pub static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -144,6 +146,21 @@ pub fn set_forwarded(
             headers.remove(&X_FORWARDED_HOST);
         }
     }
+}
+
+/// Sets `X-Client-Cert-Subject` from the TLS layer, removing any value the
+/// client sent itself.
+pub fn set_client_cert_subject(headers: &mut HeaderMap, subject: Option<&str>) {
+    headers.remove(&X_CLIENT_CERT_SUBJECT);
+    if let Some(value) = subject.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(X_CLIENT_CERT_SUBJECT.clone(), value);
+    }
+}
+
+/// The subject of a DER certificate as an RFC 4514 string.
+pub fn certificate_subject(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.subject().to_string())
 }
 
 /// Longest client-sent request id kept.

@@ -24,12 +24,14 @@ use crate::routes::Route;
 use crate::server::ServeError;
 
 /// Where a request came from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// The peer's address.
     pub addr: SocketAddr,
     /// Whether it came over TLS.
     pub tls: bool,
+    /// Subject of the verified client certificate (mTLS), if one was sent.
+    pub cert_subject: Option<std::sync::Arc<str>>,
 }
 
 impl ClientInfo {
@@ -98,6 +100,7 @@ impl Forwarder {
             headers::set_identity_headers(h, identity);
         }
         headers::set_forwarded(h, client.addr.ip(), client.proto(), original_host);
+        headers::set_client_cert_subject(h, client.cert_subject.as_deref());
         h.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
         if let Some(authority) = route.upstream.authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
