@@ -3,4 +3,7 @@
 # Extra arguments go to cargo test, e.g. `bash scripts/test.sh login`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-exec cargo test --locked --workspace "$@"
+cargo test --locked --workspace "$@"
+# The admin page's end-to-end test in real Chromium (installs chromium and
+# playwright-core when missing); skipped when arguments select tests.
+if [ "$#" -eq 0 ]; then bash tests/browser/run.sh; fi

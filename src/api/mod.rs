@@ -2,6 +2,7 @@
 //! are matched before any route.
 
 mod accesskeys;
+mod admin;
 mod login;
 mod ops;
 
@@ -119,7 +120,7 @@ pub async fn serve(
         (Endpoint::Healthz, Method::GET | Method::HEAD) => Ok(ops::healthz()),
         (Endpoint::Readyz, Method::GET | Method::HEAD) => ops::readyz(&ctx).await,
         (Endpoint::Metrics, Method::GET) => Ok(ops::metrics(&ctx)),
-        (Endpoint::Reserved, _) => Err(GatewayError::NotFound),
+        (Endpoint::Reserved, _) => admin::serve(request, &ctx).await,
         _ => Err(GatewayError::MethodNotAllowed),
     }
 }
