@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
+use crate::auth::jwks::JwksSource;
 use crate::auth::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
 use crate::routes::{Route, RouteAuth, RouteTable};
 
@@ -117,6 +118,8 @@ pub struct JwtConfig {
     pub leeway: u64,
     /// The signing and verification keys, loaded and checked.
     pub keys: Arc<JwtKeys>,
+    /// External identity providers whose JWK sets verify their tokens.
+    pub external: Vec<JwksSource>,
 }
 
 /// One-time-key login settings.
@@ -255,9 +258,25 @@ struct RawJwtKey {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawJwks {
+    url: String,
+    issuer: String,
+    audience: Option<String>,
+    #[serde(default = "defaults::roles_claim")]
+    roles_claim: String,
+    #[serde(default = "defaults::jwks_refresh")]
+    refresh: u64,
+    #[serde(default = "defaults::jwks_min_refresh")]
+    min_refresh: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawJwt {
     #[serde(default)]
     keys: Vec<RawJwtKey>,
+    #[serde(default)]
+    jwks: Vec<RawJwks>,
     #[serde(default = "defaults::issuer")]
     issuer: String,
     #[serde(default = "defaults::jwt_ttl")]
@@ -466,6 +485,15 @@ mod defaults {
     }
     pub fn cache_negative_ttl() -> u64 {
         5
+    }
+    pub fn roles_claim() -> String {
+        "roles".into()
+    }
+    pub fn jwks_refresh() -> u64 {
+        300
+    }
+    pub fn jwks_min_refresh() -> u64 {
+        30
     }
     pub fn route_auth() -> String {
         "required".into()
@@ -788,6 +816,48 @@ fn validate_jwt(raw: RawJwt, p: &mut Problems) -> Option<JwtConfig> {
             });
         }
     }
+    let mut external = Vec::with_capacity(raw.jwks.len());
+    for (index, source) in raw.jwks.into_iter().enumerate() {
+        let at = format!("jwt.jwks[{index}]");
+        let url = match source.url.parse::<Uri>() {
+            Ok(url)
+                if matches!(url.scheme_str(), Some("http" | "https"))
+                    && url.authority().is_some() =>
+            {
+                url
+            }
+            _ => {
+                p.add(
+                    &format!("{at}.url"),
+                    format_args!("{:?} is not an http(s) URL", source.url),
+                );
+                continue;
+            }
+        };
+        if source.issuer.is_empty() || source.issuer == raw.issuer {
+            p.add(
+                &format!("{at}.issuer"),
+                "must be set and differ from jwt.issuer",
+            );
+        }
+        if external
+            .iter()
+            .any(|e: &JwksSource| e.issuer == source.issuer)
+        {
+            p.add(
+                &format!("{at}.issuer"),
+                "two providers with the same issuer",
+            );
+        }
+        external.push(JwksSource {
+            url,
+            issuer: source.issuer,
+            audience: source.audience,
+            roles_claim: source.roles_claim,
+            refresh: p.seconds(&format!("{at}.refresh"), source.refresh, 10, 86_400),
+            min_refresh: p.seconds(&format!("{at}.min_refresh"), source.min_refresh, 1, 3600),
+        });
+    }
     let ttl = p.seconds("jwt.ttl", raw.ttl, 60, 366 * 86_400);
     let leeway = p.seconds("jwt.leeway", raw.leeway, 0, 600).as_secs();
     if p.0.len() > problems_before {
@@ -799,6 +869,7 @@ fn validate_jwt(raw: RawJwt, p: &mut Problems) -> Option<JwtConfig> {
             ttl,
             leeway,
             keys: Arc::new(keys),
+            external,
         }),
         Err(problem) => {
             p.add("jwt.keys", problem);

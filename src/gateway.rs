@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::RunError;
+use crate::auth::jwks::JwksProvider;
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::{Authenticator, unix_now};
 use crate::config::Config;
@@ -110,8 +111,20 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Result<Gateway, ServeError> {
         let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
+        let mut providers = Vec::with_capacity(config.jwt.external.len());
+        for source in &config.jwt.external {
+            let client = crate::proxy::pooled_client(&config.upstream)?;
+            let provider = JwksProvider::new(source.clone(), client, config.jwt.leeway);
+            provider.spawn_refresh();
+            providers.push(provider);
+        }
         Ok(Gateway {
-            auth: Authenticator::new(config.jwt.keys.clone(), store.clone(), cache.clone()),
+            auth: Authenticator::new(
+                config.jwt.keys.clone(),
+                providers,
+                store.clone(),
+                cache.clone(),
+            ),
             throttle: LoginThrottle::new(store.clone(), &config.login),
             forwarder: Forwarder::try_new(&config.upstream)?,
             tls,

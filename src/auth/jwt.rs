@@ -59,6 +59,9 @@ pub enum TokenRejection {
     /// The `kid` names no configured key, or is missing where it is needed.
     #[error("the token's signing key is unknown")]
     UnknownKey,
+    /// `aud` is not the configured audience.
+    #[error("the token is meant for another audience")]
+    WrongAudience,
 }
 
 impl TokenRejection {
@@ -72,6 +75,7 @@ impl TokenRejection {
             TokenRejection::NotYetValid => "the token is not valid yet",
             TokenRejection::WrongIssuer => "the token was issued by another issuer",
             TokenRejection::UnknownKey => "the token's signing key is unknown",
+            TokenRejection::WrongAudience => "the token is meant for another audience",
         }
     }
 }
@@ -228,6 +232,11 @@ impl JwtKeys {
         })
     }
 
+    /// The issuer of the tokens these keys sign.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     /// The configured token lifetime.
     pub fn default_ttl(&self) -> Duration {
         self.ttl
@@ -282,17 +291,8 @@ impl JwtKeys {
         if header.alg != key.algorithm {
             return Err(TokenRejection::BadSignature);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation).map_err(
-            |err| match err.kind() {
-                ErrorKind::ExpiredSignature => TokenRejection::Expired,
-                ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
-                ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                    TokenRejection::BadSignature
-                }
-                _ => TokenRejection::Malformed,
-            },
-        )?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation)
+            .map_err(|err| rejection_of(&err))?;
         let claims = data.claims;
         // jsonwebtoken does not look at `iat`; a token from the future is refused.
         if claims.iat > now.saturating_add(self.leeway) {
@@ -317,6 +317,18 @@ impl JwtKeys {
             })
             .collect();
         serde_json::json!({ "keys": keys })
+    }
+}
+
+/// The rejection for a jsonwebtoken error.
+pub fn rejection_of(err: &jsonwebtoken::errors::Error) -> TokenRejection {
+    match err.kind() {
+        ErrorKind::ExpiredSignature => TokenRejection::Expired,
+        ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
+        ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
+        ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
+        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => TokenRejection::BadSignature,
+        _ => TokenRejection::Malformed,
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod accesskey;
 pub mod digest;
 pub mod extract;
+pub mod jwks;
 pub mod jwt;
 pub mod password;
 pub mod throttle;
@@ -143,14 +144,25 @@ pub fn unix_now() -> i64 {
 /// Checks credentials against the keys, the cache and (on a miss) the store.
 pub struct Authenticator {
     jwt: Arc<JwtKeys>,
+    external: Vec<Arc<jwks::JwksProvider>>,
     store: Store,
     cache: Arc<CredentialCache>,
 }
 
 impl Authenticator {
     /// Ties the pieces together.
-    pub fn new(jwt: Arc<JwtKeys>, store: Store, cache: Arc<CredentialCache>) -> Self {
-        Authenticator { jwt, store, cache }
+    pub fn new(
+        jwt: Arc<JwtKeys>,
+        external: Vec<Arc<jwks::JwksProvider>>,
+        store: Store,
+        cache: Arc<CredentialCache>,
+    ) -> Self {
+        Authenticator {
+            jwt,
+            external,
+            store,
+            cache,
+        }
     }
 
     /// The signing keys.
@@ -170,6 +182,12 @@ impl Authenticator {
     }
 
     async fn authenticate_jwt(&self, token: &str) -> Result<Identity, GatewayError> {
+        if !self.external.is_empty()
+            && let Some(issuer) = jwks::unverified_issuer(token)
+            && issuer != self.jwt.issuer()
+        {
+            return self.authenticate_external(token, &issuer).await;
+        }
         let claims = self
             .jwt
             .verify(token, unix_now())
@@ -192,6 +210,44 @@ impl Authenticator {
             method: AuthMethod::Jwt,
             key_id: None,
             token: Some((claims.jti, claims.exp)),
+        })
+    }
+
+    /// A token of an external identity provider: its user is not in the
+    /// store, so only the provider's signature, claims and revocations
+    /// (logout) decide.
+    async fn authenticate_external(
+        &self,
+        token: &str,
+        issuer: &str,
+    ) -> Result<Identity, GatewayError> {
+        let provider = self
+            .external
+            .iter()
+            .find(|provider| provider.issuer() == issuer)
+            .ok_or_else(|| GatewayError::invalid(jwt::TokenRejection::WrongIssuer.message()))?;
+        let claims = provider
+            .verify(token, unix_now())
+            .await
+            .map_err(|rejection| GatewayError::invalid(rejection.message()))?;
+        if http::HeaderValue::from_str(&claims.subject).is_err() || claims.subject.contains(',') {
+            return Err(GatewayError::invalid(
+                "the token's subject cannot be forwarded",
+            ));
+        }
+        if claims
+            .jti
+            .as_deref()
+            .is_some_and(|jti| self.cache.token_revoked(jti))
+        {
+            return Err(GatewayError::invalid("the token has been revoked"));
+        }
+        Ok(Identity {
+            user: Arc::from(claims.subject),
+            roles: Arc::from(claims.roles),
+            method: AuthMethod::Jwt,
+            key_id: None,
+            token: claims.jti.map(|jti| (jti, claims.exp)),
         })
     }
 

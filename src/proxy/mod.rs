@@ -52,21 +52,9 @@ impl Forwarder {
     /// rustls for `https://` upstreams with the system's CA roots plus
     /// `upstream.ca_file`, and `upstream.client_cert` when set.
     pub fn try_new(config: &UpstreamConfig) -> Result<Self, ServeError> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(upstream_tls(config)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(https);
-        Ok(Forwarder { client })
+        Ok(Forwarder {
+            client: pooled_client(config)?,
+        })
     }
 
     /// Forwards a checked request to `route`'s upstream and relays the
@@ -134,6 +122,30 @@ impl Forwarder {
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
         Ok(Response::from_parts(parts, body::stream(incoming)))
     }
+}
+
+/// A pooled HTTP(S) client with the upstream settings, for any body type.
+pub fn pooled_client<B>(
+    config: &UpstreamConfig,
+) -> Result<Client<HttpsConnector<HttpConnector>, B>, ServeError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(upstream_tls(config)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        .build(https))
 }
 
 /// rustls client config for `https://` upstreams.
