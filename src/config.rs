@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use std::sync::Arc;
@@ -71,6 +72,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed when finding the client
+    /// address (for login throttling).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The HTTPS listener.
@@ -217,6 +221,8 @@ struct RawServer {
     tls: Option<RawTls>,
     #[serde(default = "defaults::shutdown_grace")]
     shutdown_grace: u64,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -724,7 +730,21 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
             "set server.listen or [server.tls] (or both)",
         );
     }
+    let mut trusted_proxies = Vec::with_capacity(raw.trusted_proxies.len());
+    for entry in &raw.trusted_proxies {
+        let parsed = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => p.add(
+                "server.trusted_proxies",
+                format_args!("{entry:?} is not an IP address or CIDR range"),
+            ),
+        }
+    }
     ServerConfig {
+        trusted_proxies,
         listen,
         tls,
         shutdown_grace: p.seconds("server.shutdown_grace", raw.shutdown_grace, 0, 3600),

@@ -12,6 +12,7 @@ use super::{Context, caller, json, read_json};
 use crate::auth::{AuthMethod, digest, password, unix_now, valid_username};
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::proxy::headers::client_ip;
 use crate::store::User;
 use crate::store::cache::UserFacts;
 
@@ -50,11 +51,13 @@ struct OneTimeKeyLoginRequest {
 }
 
 /// Throttle subjects for a login attempt: the user and the client address.
-fn subjects(username: &str, ctx: &Context<'_>) -> [String; 2] {
-    [
-        format!("user:{username}"),
-        format!("addr:{}", ctx.client.addr.ip()),
-    ]
+fn subjects(username: &str, headers: &http::HeaderMap, ctx: &Context<'_>) -> [String; 2] {
+    let ip = client_ip(
+        ctx.client.addr.ip(),
+        headers,
+        &ctx.gateway.config.server.trusted_proxies,
+    );
+    [format!("user:{username}"), format!("addr:{ip}")]
 }
 
 async fn check_throttle(subjects: &[String; 2], ctx: &Context<'_>) -> Result<(), GatewayError> {
@@ -84,8 +87,9 @@ pub async fn login(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
+    let headers = request.headers().clone();
     let body: LoginRequest = read_json(request, ctx).await?;
-    let subjects = subjects(&body.username, ctx);
+    let subjects = subjects(&body.username, &headers, ctx);
     check_throttle(&subjects, ctx).await?;
     let user = if valid_username(&body.username) {
         ctx.gateway.store.user(&body.username).await?
@@ -222,8 +226,9 @@ pub async fn onetime_key_login(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
+    let headers = request.headers().clone();
     let body: OneTimeKeyLoginRequest = read_json(request, ctx).await?;
-    let subjects = subjects(&body.username, ctx);
+    let subjects = subjects(&body.username, &headers, ctx);
     check_throttle(&subjects, ctx).await?;
     let store = &ctx.gateway.store;
     let key_hash = hex::encode(crate::auth::accesskey::hash(&body.key));
