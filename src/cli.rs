@@ -374,7 +374,7 @@ async fn user(command: UserCommand, config: &Config) -> Result<(), CliError> {
                 Err(StoreError::NotFound) => Err(fail(format!("no user named {name}"))),
                 other => other.map_err(CliError::from),
             }?;
-            println!("password changed for {name}; older tokens and access keys no longer work");
+            println!("password changed for {name}");
         }
         UserCommand::List => {
             let store = open(config).await?;
