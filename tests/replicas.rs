@@ -1,0 +1,389 @@
+//! Two gateway processes on one PostgreSQL database: keys, revocations,
+//! user removal and one-time keys are shared, and a database outage leaves
+//! cached credentials working.
+//!
+//! Needs the PostgreSQL server of the machine (127.0.0.1:5432, trust auth);
+//! `AUTHGATE_TEST_PG` overrides the admin URL. Each test makes its own
+//! database, so the tests run in parallel.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use sqlx::Connection;
+
+/// Revocations must reach the other replica within this.
+const ACROSS_REPLICAS: Duration = Duration::from_secs(1);
+
+fn admin_url() -> String {
+    std::env::var("AUTHGATE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A fresh database, dropped at the end of the test.
+struct TestDatabase {
+    name: String,
+}
+
+impl TestDatabase {
+    async fn create() -> TestDatabase {
+        let name = format!("authgate_{}", unique("t").replace('-', "_")).to_lowercase();
+        let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect(
+            "PostgreSQL must be running on 127.0.0.1:5432 (see README: running several replicas)",
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        TestDatabase { name }
+    }
+
+    fn url(&self) -> String {
+        let base = admin_url();
+        let (server, _db) = base.rsplit_once('/').expect("admin URL has a database");
+        format!("{server}/{}", self.name)
+    }
+
+    async fn admin(&self, sql: String) {
+        let mut admin = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .expect("connect admin");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .expect("admin statement");
+    }
+
+    /// New connections refused and the gateway's connections cut.
+    async fn go_down(&self) {
+        self.admin(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            self.name
+        ))
+        .await;
+        self.admin(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            self.name
+        ))
+        .await;
+    }
+
+    async fn come_back(&self) {
+        self.admin(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        ))
+        .await;
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Best effort, off the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async move {
+                    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut admin)
+                        .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Two gateways on one database and one secret, in front of one upstream.
+async fn pair(upstream: &Upstream, db: &TestDatabase) -> (Gateway, Gateway) {
+    let secret = random_secret_text();
+    let options = || {
+        let mut opts = GatewayOptions::new(&upstream.url());
+        opts.store_url = Some(db.url());
+        opts.secret_text = Some(secret.clone());
+        opts
+    };
+    let a = Gateway::start_with(options()).await;
+    let b = Gateway::start_with(options()).await;
+    (a, b)
+}
+
+async fn status_of(url: String) -> u16 {
+    get(&url, None, &[]).await.status
+}
+
+/// Polls until `url` answers `expected`; returns how long it took.
+async fn time_until_status(
+    url: &str,
+    bearer: Option<&str>,
+    expected: u16,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() <= limit {
+        if get(url, bearer, &[]).await.status == expected {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_key_created_on_one_replica_works_on_the_other_and_its_revocation_follows() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("alice", "alice-password", &[]).await;
+    let token = login_ok(&a, "alice", "alice-password").await;
+
+    let created = post_json(
+        &a.url("/v1.0/accesskeys"),
+        Some(&token),
+        &json!({"name": "k", "expire": 3600}),
+    )
+    .await;
+    created.expect_status(200);
+    let key = created.json()["token"].as_str().unwrap().to_string();
+    let id = created.json()["id"].as_str().unwrap().to_string();
+
+    // Used on B: cached there from now on.
+    assert_eq!(
+        status_of(b.url(&format!("/data?accesskey={key}"))).await,
+        200
+    );
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-auth-method").as_deref(), Some("accesskey"));
+    assert_eq!(seen.header("x-auth-key-id").as_deref(), Some(id.as_str()));
+
+    let bearer = format!("Bearer {token}");
+    let deleted = request(
+        "DELETE",
+        &a.url(&format!("/v1.0/accesskeys/{id}")),
+        &[("authorization", bearer.as_str())],
+        None,
+    )
+    .await;
+    deleted.expect_status(200);
+    let took = time_until_status(
+        &b.url(&format!("/data?accesskey={key}")),
+        None,
+        401,
+        ACROSS_REPLICAS,
+    )
+    .await;
+    assert!(
+        took.is_some(),
+        "replica B still accepted the revoked key after {ACROSS_REPLICAS:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_user_removed_on_one_replica_loses_its_tokens_on_the_other() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("bob", "bob-password", &[]).await;
+    let token = login_ok(&a, "bob", "bob-password").await;
+    // B has seen and cached the user.
+    assert_eq!(get(&b.url("/data"), Some(&token), &[]).await.status, 200);
+
+    a.cli_ok(&["user", "remove", "bob"], None).await;
+    let took = time_until_status(&b.url("/data"), Some(&token), 401, ACROSS_REPLICAS).await;
+    assert!(
+        took.is_some(),
+        "replica B still accepted a removed user's token after {ACROSS_REPLICAS:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_password_change_and_a_logout_reach_the_other_replica() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("carol", "carol-password", &[]).await;
+    let first = login_ok(&a, "carol", "carol-password").await;
+    let second = login_ok(&a, "carol", "carol-password").await;
+    assert_eq!(get(&b.url("/data"), Some(&first), &[]).await.status, 200);
+    assert_eq!(get(&b.url("/data"), Some(&second), &[]).await.status, 200);
+
+    let bearer = format!("Bearer {first}");
+    let logout = request(
+        "POST",
+        &a.url("/auth/logout"),
+        &[("authorization", bearer.as_str())],
+        None,
+    )
+    .await;
+    logout.expect_status(200);
+    assert!(
+        time_until_status(&b.url("/data"), Some(&first), 401, ACROSS_REPLICAS)
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        get(&b.url("/data"), Some(&second), &[]).await.status,
+        200,
+        "logout revokes only that token"
+    );
+
+    a.cli_ok(
+        &["user", "passwd", "carol", "--password-stdin"],
+        Some("new-password\n"),
+    )
+    .await;
+    assert!(
+        time_until_status(&b.url("/data"), Some(&second), 401, ACROSS_REPLICAS)
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_one_time_key_issued_on_one_replica_is_answered_on_the_other() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("dave", "dave-password", &[]).await;
+    let issued = post_json(
+        &a.url("/auth/onetimekey"),
+        None,
+        &json!({"username": "dave"}),
+    )
+    .await;
+    issued.expect_status(200);
+    let key = issued.json()["key"].as_str().unwrap().to_string();
+    let answer = otk_answer(&key, "dave", "voximplant.com", "dave-password");
+    let login = post_json(
+        &b.url("/auth/onetimekey/login"),
+        None,
+        &json!({"username": "dave", "key": key, "token": answer}),
+    )
+    .await;
+    login.expect_status(200);
+    assert_eq!(login.json()["username"], "dave");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_answers_to_one_key_across_replicas_win_exactly_once() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("erin", "erin-password", &[]).await;
+    let issued = post_json(
+        &a.url("/auth/onetimekey"),
+        None,
+        &json!({"username": "erin"}),
+    )
+    .await;
+    let key = issued.json()["key"].as_str().unwrap().to_string();
+    let body = json!({
+        "username": "erin",
+        "key": key,
+        "token": otk_answer(&key, "erin", "voximplant.com", "erin-password"),
+    });
+    let mut attempts = Vec::new();
+    for i in 0..50 {
+        let url = if i % 2 == 0 {
+            a.url("/auth/onetimekey/login")
+        } else {
+            b.url("/auth/onetimekey/login")
+        };
+        let body = body.clone();
+        attempts.push(tokio::spawn(async move {
+            post_json(&url, None, &body).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for attempt in attempts {
+        statuses.push(attempt.await.unwrap());
+    }
+    let wins = statuses.iter().filter(|s| **s == 200).count();
+    let refusals = statuses.iter().filter(|s| **s == 401).count();
+    assert_eq!(wins, 1, "statuses: {statuses:?}");
+    assert_eq!(refusals, 49, "statuses: {statuses:?}");
+}
+
+#[tokio::test]
+async fn a_database_outage_keeps_cached_credentials_working_and_recovers() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("frank", "frank-password", &[]).await;
+    let token = login_ok(&a, "frank", "frank-password").await;
+    let (_id, key) = a.create_key_cli("frank", &[]).await;
+    // Warm both caches.
+    for gw in [&a, &b] {
+        assert_eq!(status_of(gw.url(&format!("/x?accesskey={key}"))).await, 200);
+        assert_eq!(get(&gw.url("/x"), Some(&token), &[]).await.status, 200);
+    }
+
+    db.go_down().await;
+    for gw in [&a, &b] {
+        assert_eq!(
+            status_of(gw.url(&format!("/x?accesskey={key}"))).await,
+            200,
+            "cached key during outage"
+        );
+        assert_eq!(
+            get(&gw.url("/x"), Some(&token), &[]).await.status,
+            200,
+            "cached JWT user during outage"
+        );
+        let login = login(gw, "frank", "frank-password").await;
+        login.expect_error(503, "UNAVAILABLE", "STORE_UNAVAILABLE");
+        let listing = get(&gw.url("/v1.0/accesskeys"), Some(&token), &[]).await;
+        listing.expect_error(503, "UNAVAILABLE", "STORE_UNAVAILABLE");
+        assert_eq!(status_of(gw.url("/readyz")).await, 503);
+        assert_eq!(status_of(gw.url("/healthz")).await, 200);
+    }
+
+    db.come_back().await;
+    for gw in [&a, &b] {
+        let recovered = poll_until(Duration::from_secs(15), || async {
+            login(gw, "frank", "frank-password").await.status == 200
+        })
+        .await;
+        assert!(
+            recovered,
+            "login did not recover after the database came back"
+        );
+        assert_eq!(status_of(gw.url("/readyz")).await, 200);
+    }
+}
+
+#[tokio::test]
+async fn failed_logins_are_counted_across_replicas() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let secret = random_secret_text();
+    let options = || {
+        let mut opts = GatewayOptions::new(&upstream.url());
+        opts.store_url = Some(db.url());
+        opts.secret_text = Some(secret.clone());
+        opts.login_max_failures = 4;
+        opts.login_lockout = 60;
+        opts
+    };
+    let a = Gateway::start_with(options()).await;
+    let b = Gateway::start_with(options()).await;
+    a.add_user("gina", "gina-password", &[]).await;
+    for gw in [&a, &b, &a, &b] {
+        login(gw, "gina", "wrong").await.expect_status(401);
+    }
+    // Locked on both, even with the right password.
+    for gw in [&a, &b] {
+        let refused = login(gw, "gina", "gina-password").await;
+        refused.expect_error(429, "RESOURCE_EXHAUSTED", "TOO_MANY_ATTEMPTS");
+        assert!(refused.header("retry-after").is_some());
+    }
+}
