@@ -427,11 +427,7 @@ async fn user_passwd_stops_old_password_and_tokens_within_3s() {
             Some(&format!("{new}\n")),
         )
         .await;
-    assert!(
-        out.trim()
-            .starts_with(&format!("password changed for {user}")),
-        "`user passwd` output: {out:?}"
-    );
+    assert_eq!(out.trim(), format!("password changed for {user}"));
     let url = gw.url("/p");
     let refused = poll_until(PROPAGATION, || {
         let url = url.clone();
