@@ -6,4 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo test --locked --workspace "$@"
 # The admin page's end-to-end test in real Chromium (installs chromium and
 # playwright-core when missing); skipped when arguments select tests.
-if [ "$#" -eq 0 ]; then bash tests/browser/run.sh; fi
+# `cargo test` has just built target/debug/authgate; reuse it.
+if [ "$#" -eq 0 ]; then
+  AUTHGATE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/authgate" bash tests/browser/run.sh
+fi

@@ -48,9 +48,11 @@ echo "== npm ci (tests/browser)"
 cd "$here"
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
 
-echo "== cargo build --locked --bin authgate"
 cd "$root"
-cargo build --locked --bin authgate
+if [ -z "${AUTHGATE_BIN:-}" ]; then
+  echo "== cargo build --locked --bin authgate"
+  cargo build --locked --bin authgate
+fi
 
 echo "== browser test"
 target_dir="${CARGO_TARGET_DIR:-target}"
