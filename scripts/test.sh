@@ -8,5 +8,7 @@ cargo test --locked --workspace "$@"
 # playwright-core when missing); skipped when arguments select tests.
 # `cargo test` has just built target/debug/authgate; reuse it.
 if [ "$#" -eq 0 ]; then
-  AUTHGATE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/authgate" bash tests/browser/run.sh
+  target_dir="${CARGO_TARGET_DIR:-target}"
+  case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+  AUTHGATE_BIN="$target_dir/debug/authgate" bash tests/browser/run.sh
 fi
