@@ -1,0 +1,706 @@
+#!/usr/bin/env bash
+# authgate benchmark: authgate next to nginx and HAProxy on one machine.
+#
+#   bash bench/run.sh                                   # full run (about 15 min on 2 cores)
+#   BENCH_ROUNDS=1 BENCH_DURATION=3 BENCH_KEYS_COUNT=20000 bash bench/run.sh   # quick look
+#
+# Everything listens on 127.0.0.1 (free ports), every process started here is
+# stopped on exit, and the results go to bench/results/YYYY-MM-DD-<machine>.md
+# plus a .png chart. See bench/README.md for what is measured and the knobs.
+
+# PID_<name> variables are set by start() through printf -v.
+# shellcheck disable=SC2154
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+LIB=$BENCH/lib
+
+ROUNDS=${BENCH_ROUNDS:-3}                       # interleaved rounds over all targets
+DURATION=${BENCH_DURATION:-10}                  # seconds per wrk run
+WARMUP=${BENCH_WARMUP:-2}                       # seconds of unrecorded warm-up per target
+CONNS=${BENCH_CONNECTIONS:-32}                  # keep-alive connections, same for every target
+THREADS=${BENCH_THREADS:-1}                     # wrk threads (all on the load core)
+PROXY_CPU=${BENCH_PROXY_CPU:-1}                 # core for the proxy under test
+LOAD_CPU=${BENCH_LOAD_CPU:-0}                   # core for wrk and the upstream
+RUN_THROUGHPUT=${BENCH_THROUGHPUT:-1}
+RUN_IDLE=${BENCH_IDLE:-1}                       # RSS with idle keep-alive connections
+IDLE_CONNS=${BENCH_IDLE_CONNECTIONS:-10000}
+RUN_KEYS=${BENCH_KEYS:-1}                       # RSS and lookups with many cached access keys
+KEYS_COUNT=${BENCH_KEYS_COUNT:-1000000}         # keys put in the store
+KEYS_WARM=${BENCH_KEYS_WARM:-$KEYS_COUNT}       # distinct keys requested once (cache fill)
+KEYS_FILL_LIMIT=${BENCH_KEYS_FILL_LIMIT:-900}   # seconds at most for the cache fill
+RUN_LOGIN=${BENCH_LOGIN:-1}                     # POST /auth/login throughput
+LOGIN_CONNS=${BENCH_LOGIN_CONNECTIONS:-8}
+INSTALL=${BENCH_INSTALL:-1}                     # apt-get install what is missing
+BUILD=${BENCH_BUILD:-1}                         # cargo build --release first
+MACHINE=${BENCH_MACHINE:-$(hostname -s)-$(nproc)cpu}
+NOTE=${BENCH_NOTE:-}
+OUT_DIR=${BENCH_OUT_DIR:-$BENCH/results}
+AUTHGATE=${AUTHGATE_BIN:-$ROOT/target/release/authgate}
+PASSWORD=bench-password-$$
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- installs
+apt_updated=0
+apt_install() {
+    [ "$INSTALL" = 1 ] || die "missing $*; install it or run with BENCH_INSTALL=1"
+    [ "$(id -u)" = 0 ] || die "missing $*; run as root or install it: apt-get install -y $*"
+    if [ $apt_updated = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        apt_updated=1
+    fi
+    log "apt-get install -y $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+command -v nginx >/dev/null || PATH=$PATH:/usr/sbin:/sbin
+command -v nginx >/dev/null || apt_install nginx-light || apt_install nginx
+command -v haproxy >/dev/null || apt_install haproxy
+command -v wrk >/dev/null || apt_install wrk
+command -v curl >/dev/null || apt_install curl
+command -v openssl >/dev/null || apt_install openssl
+command -v taskset >/dev/null || apt_install util-linux
+command -v python3 >/dev/null || apt_install python3
+
+PY=python3
+PLOTPY=
+for candidate in python3 /usr/bin/python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import matplotlib' 2>/dev/null; then
+        PLOTPY=$candidate
+        break
+    fi
+done
+if [ -z "$PLOTPY" ]; then
+    if apt_install python3-matplotlib && /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+        PLOTPY=/usr/bin/python3
+    elif python3 -m pip install --quiet matplotlib >&2 && python3 -c 'import matplotlib'; then
+        PLOTPY=python3
+    else
+        log "warning: no matplotlib; the chart is skipped"
+    fi
+fi
+
+HAPROXY_VERSION=$(haproxy -v | sed -n 1p | awk '{print $3}')
+case $HAPROXY_VERSION in
+    2.[5-9]* | [3-9].*) ;;
+    *) die "HAProxy $HAPROXY_VERSION has no jwt_verify (needs 2.5 or newer)" ;;
+esac
+
+if [ "$BUILD" = 1 ]; then
+    log "cargo build --release --locked --bin authgate (several minutes on a small machine)"
+    (cd "$ROOT" && cargo build --release --locked --bin authgate >&2)
+fi
+[ -x "$AUTHGATE" ] || die "no $AUTHGATE; build it or set AUTHGATE_BIN"
+
+# ---------------------------------------------------------------- processes
+ulimit -Hn 65536 2>/dev/null || true # needs CAP_SYS_RESOURCE; otherwise the hard limit stays
+NOFILE=$(ulimit -Hn)
+[ "$NOFILE" = unlimited ] && NOFILE=65536
+[ "$NOFILE" -le 65536 ] || NOFILE=65536
+ulimit -n "$NOFILE"
+[ "$NOFILE" -ge $((IDLE_CONNS + 2000)) ] || die "open files limit $NOFILE is too low for $IDLE_CONNS idle connections (set BENCH_IDLE_CONNECTIONS lower)"
+MAXCONN=$((IDLE_CONNS + 1000))
+# HAProxy reserves two descriptors per connection (client and server side) and refuses to
+# start when maxconn does not fit the open files limit.
+HAP_MAXCONN=$(( (NOFILE - 200) / 2 < MAXCONN ? (NOFILE - 200) / 2 : MAXCONN ))
+HAP_IDLE=$(( IDLE_CONNS < HAP_MAXCONN - 100 ? IDLE_CONNS : HAP_MAXCONN - 100 ))
+
+W=$(mktemp -d /tmp/authgate-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 30); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    if [ "${BENCH_KEEP_WORKDIR:-0}" = 1 ]; then log "work dir kept: $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CPU COMMAND...: runs COMMAND pinned to CPU, logs to $W/NAME.log, sets PID_NAME.
+start() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$W/$name.log" 2>&1 &
+    PIDS+=("$!")
+    printf -v "PID_${name//-/_}" '%s' $!
+}
+# stop NAME: SIGTERM and wait (bounded).
+stop() {
+    local var="PID_${1//-/_}" pid
+    pid=${!var}
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+# wait_up URL NAME: until something answers HTTP there (10 s at most).
+wait_up() {
+    for _ in $(seq 100); do
+        curl -s -o /dev/null --max-time 1 "$1" && return 0
+        sleep 0.1
+    done
+    log "--- $W/$2.log:"
+    tail -20 "$W/$2.log" >&2 || true
+    die "$2 did not come up at $1"
+}
+# rss_kib PID: VmRSS of the process and its child processes.
+rss_kib() {
+    local total=0 p r
+    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        r=$(awk '/^VmRSS:/ {print $2}' /proc/"$p"/status 2>/dev/null || true)
+        total=$((total + ${r:-0}))
+    done
+    echo "$total"
+}
+# cpu_ticks PID: user+system clock ticks of the process and its child processes.
+cpu_ticks() {
+    local total=0 p t
+    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        t=$(sed 's/.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12 + $13}' || true)
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+# core_busy_ticks CPU: non-idle clock ticks of one core so far (/proc/stat).
+core_busy_ticks() {
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+
+read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS < <($PY -c '
+import socket
+socks = [socket.socket() for _ in range(8)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
+
+# ---------------------------------------------------------------- configs
+mkdir -p "$W/tmp"
+nginx_common="
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+daemon off;
+events { worker_connections $((NOFILE - 100)); }
+"
+nginx_http="
+    access_log off;
+    default_type text/plain;
+    client_body_temp_path $W/tmp/body;
+    proxy_temp_path $W/tmp/proxy;
+    fastcgi_temp_path $W/tmp/fastcgi;
+    uwsgi_temp_path $W/tmp/uwsgi;
+    scgi_temp_path $W/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+"
+cat >"$W/upstream.conf" <<EOF
+pid $W/upstream.pid;
+error_log $W/upstream.err warn;
+$nginx_common
+http {
+$nginx_http
+    server {
+        listen 127.0.0.1:$P_UP backlog=4096;
+        location / { return 200 "ok"; }
+    }
+}
+EOF
+cat >"$W/nginx-proxy.conf" <<EOF
+pid $W/nginx-proxy.pid;
+error_log $W/nginx-proxy.err warn;
+$nginx_common
+http {
+$nginx_http
+    upstream up {
+        server 127.0.0.1:$P_UP;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$P_NGX backlog=4096;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
+openssl rand -hex 32 >"$W/jwt.secret"
+SECRET=$(cat "$W/jwt.secret")
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$W/es256.pem" 2>/dev/null
+openssl pkey -in "$W/es256.pem" -pubout -out "$W/es256.pub.pem" 2>/dev/null
+
+# HAProxy: alg pinned, signature and exp checked, Authorization removed.
+haproxy_jwt_rules() { # ALG KEY
+    cat <<EOF
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request deny deny_status 401 unless { var(txn.alg) -m str $1 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$2") -m int 1 }
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+    http-request del-header Authorization
+    default_backend up
+EOF
+}
+cat >"$W/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    ulimit-n $NOFILE
+    maxconn $HAP_MAXCONN
+    pidfile $W/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 600s
+    timeout server 30s
+    timeout http-keep-alive 600s
+    maxconn $HAP_MAXCONN
+
+frontend jwt_hs256
+    bind 127.0.0.1:$P_HAP_HS
+$(haproxy_jwt_rules HS256 "$SECRET")
+
+frontend jwt_es256
+    bind 127.0.0.1:$P_HAP_ES
+$(haproxy_jwt_rules ES256 "$W/es256.pub.pem")
+
+backend up
+    server up 127.0.0.1:$P_UP
+EOF
+haproxy -c -q -f "$W/haproxy.cfg" >&2 || die "HAProxy rejects $W/haproxy.cfg"
+
+authgate_config() { # PORT STORE JWT-SECTION
+    cat <<EOF
+[server]
+listen = "127.0.0.1:$1"
+shutdown_grace = 1
+
+[store]
+url = "sqlite://$W/$2.db"
+
+[jwt]
+issuer = "authgate"
+ttl = 86400
+leeway = 30
+$3
+
+[limits]
+max_connections = $MAXCONN
+idle_timeout = 600
+
+[upstream]
+connect_timeout = 5
+timeout = 30
+
+[cache]
+max_entries = $((KEYS_COUNT * 2 > 100 ? KEYS_COUNT * 2 : 100))
+ttl = 3600
+
+[[route]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:$P_UP"
+auth = "required"
+roles = []
+
+[[route]]
+path_prefix = "/public"
+upstream = "http://127.0.0.1:$P_UP"
+auth = "public"
+EOF
+}
+HS_JWT="secret_file = \"$W/jwt.secret\""
+ES_JWT="
+[[jwt.keys]]
+kid = \"bench-es256\"
+algorithm = \"ES256\"
+private_key = \"$W/es256.pem\"
+public_key = \"$W/es256.pub.pem\""
+authgate_config "$P_AG_HS" ag-hs "$HS_JWT" >"$W/ag-hs.toml"
+authgate_config "$P_AG_ES" ag-es "$ES_JWT" >"$W/ag-es.toml"
+authgate_config "$P_AG_IDLE" ag-idle "$HS_JWT" >"$W/ag-idle.toml"
+authgate_config "$P_AG_KEYS" ag-keys "$HS_JWT" >"$W/ag-keys.toml"
+
+ag() { "$AUTHGATE" "$@"; }
+for cfg in ag-hs ag-es ag-idle; do
+    ag check-config --config "$W/$cfg.toml" >/dev/null || die "authgate rejects $W/$cfg.toml"
+    printf '%s\n' "$PASSWORD" | ag user add bench --password-stdin --config "$W/$cfg.toml" >/dev/null
+done
+HS_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-hs.toml")
+ES_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-es.toml")
+IDLE_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-idle.toml")
+ACCESS_KEY=$(ag key create --user bench --name bench --config "$W/ag-hs.toml" | sed -n 's/^key: //p')
+[ -n "$ACCESS_KEY" ] || die "authgate key create printed no key"
+
+# ---------------------------------------------------------------- start
+export AUTHGATE_LOG=warn
+start upstream "$LOAD_CPU" nginx -p "$W" -e "$W/upstream.err" -c "$W/upstream.conf"
+start nginx-proxy "$PROXY_CPU" nginx -p "$W" -e "$W/nginx-proxy.err" -c "$W/nginx-proxy.conf"
+start haproxy "$PROXY_CPU" haproxy -db -f "$W/haproxy.cfg"
+start ag-hs "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hs.toml"
+start ag-es "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-es.toml"
+wait_up "http://127.0.0.1:$P_UP/" upstream
+wait_up "http://127.0.0.1:$P_NGX/" nginx-proxy
+wait_up "http://127.0.0.1:$P_HAP_HS/" haproxy
+wait_up "http://127.0.0.1:$P_AG_HS/healthz" ag-hs
+wait_up "http://127.0.0.1:$P_AG_ES/healthz" ag-es
+
+# ---------------------------------------------------------------- meta
+DATE=$(date +%F)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+mkdir -p "$OUT_DIR"
+OUT=$OUT_DIR/$DATE-$MACHINE
+CPU_MODEL=$(lscpu | sed -n 's/^Model name: *//p' | sed -n 1p)
+{
+    printf 'date\t%s\n' "$(date '+%F %H:%M %Z')"
+    printf 'machine\t%s\n' "$MACHINE"
+    printf 'cpu\t%s\n' "$CPU_MODEL"
+    printf 'cpus\t%s%s\n' "$(nproc)" "$(lscpu | sed -n 's/^Hypervisor vendor: */, virtual (hypervisor /p' | sed 's/$/)/' | sed -n 1p)"
+    printf 'kernel\t%s\n' "$(uname -sr)"
+    printf 'authgate\t%s (release build, commit %s%s)\n' "$(ag --version 2>/dev/null | sed -n 1p || echo '?')" \
+        "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+        "$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', src has uncommitted changes')"
+    printf 'nginx\t%s\n' "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
+    printf 'haproxy\t%s\n' "$(haproxy -v | sed -n 1p | sed 's/ - https.*//')"
+    printf 'wrk\t%s\n' "$(wrk -v 2>&1 | sed -n 1p | awk '{print $1, $2}')"
+    printf 'settings\t%s\n' "wrk -t$THREADS -c$CONNS -d${DURATION}s --latency, HTTP/1.1 keep-alive; $ROUNDS interleaved rounds (order rotated each round), ${WARMUP}s warm-up per target first; medians reported"
+    printf 'pinning\t%s\n' "every proxy one worker on core $PROXY_CPU (taskset; nginx worker_processes 1, haproxy nbthread 1, authgate --workers 1, AUTHGATE_LOG=warn); wrk and the upstream nginx (return 200 \"ok\") on core $LOAD_CPU"
+    [ -z "$NOTE" ] || printf 'note\t%s\n' "$NOTE"
+    printf 'command\t%s\n' "$(env | grep -E '^BENCH_' | grep -vE '^BENCH_(NOTE|KEEP_WORKDIR|OUT_DIR|BUILD|INSTALL)=' | sort | while IFS= read -r kv; do printf '%s=%q ' "${kv%%=*}" "${kv#*=}"; done)bash bench/run.sh"
+} >"$W/meta.tsv"
+
+# ---------------------------------------------------------------- wrk helpers
+# wrk_run OUTFILE DURATION CONNS [wrk args...] URL
+wrk_run() {
+    local out=$1 dur=$2 conns=$3
+    shift 3
+    timeout $((dur + 60)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$conns" -d"${dur}s" --latency "$@" >"$out" 2>&1 || true
+}
+# wrk_parse FILE: "rps p50_ms p99_ms non2xx sockerr requests"
+wrk_parse() {
+    awk '
+    function ms(v) {
+        if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+        if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+        if (v ~ /m$/) return substr(v, 1, length(v) - 1) * 60000
+        if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
+        return v + 0
+    }
+    /^ +50%/ { p50 = ms($2) }
+    /^ +99%/ { p99 = ms($2) }
+    /requests in/ { reqs = $1 }
+    /Non-2xx or 3xx responses:/ { non = $NF }
+    /Socket errors:/ { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
+    /^Requests\/sec:/ { rps = $2 }
+    END { printf "%s %s %s %d %d %s\n", (rps == "" ? "-" : rps), (p50 == "" ? "-" : p50), (p99 == "" ? "-" : p99), non, err, (reqs == "" ? 0 : reqs) }
+    ' "$1"
+}
+# preflight URL HEADER...: HTTP code of one GET
+preflight() {
+    local url=$1
+    shift
+    curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "$url" || true
+}
+
+# ---------------------------------------------------------------- targets
+T_NAMES=(upstream-direct nginx-proxy-noauth haproxy-jwt-hs256 haproxy-jwt-es256
+    authgate-jwt-hs256 authgate-jwt-es256 authgate-accesskey authgate-public)
+declare -A T_URL T_HDR T_PID T_DESC
+T_URL[upstream-direct]="http://127.0.0.1:$P_UP/bench"
+T_URL[nginx-proxy-noauth]="http://127.0.0.1:$P_NGX/bench"
+T_URL[haproxy-jwt-hs256]="http://127.0.0.1:$P_HAP_HS/bench"
+T_URL[haproxy-jwt-es256]="http://127.0.0.1:$P_HAP_ES/bench"
+T_URL[authgate-jwt-hs256]="http://127.0.0.1:$P_AG_HS/bench"
+T_URL[authgate-jwt-es256]="http://127.0.0.1:$P_AG_ES/bench"
+T_URL[authgate-accesskey]="http://127.0.0.1:$P_AG_HS/bench?accesskey=$ACCESS_KEY"
+T_URL[authgate-public]="http://127.0.0.1:$P_AG_HS/public/bench"
+T_HDR[haproxy-jwt-hs256]="Authorization: Bearer $HS_TOKEN"
+T_HDR[haproxy-jwt-es256]="Authorization: Bearer $ES_TOKEN"
+T_HDR[authgate-jwt-hs256]="Authorization: Bearer $HS_TOKEN"
+T_HDR[authgate-jwt-es256]="Authorization: Bearer $ES_TOKEN"
+T_PID[upstream-direct]=$PID_upstream
+T_PID[nginx-proxy-noauth]=$PID_nginx_proxy
+T_PID[haproxy-jwt-hs256]=$PID_haproxy
+T_PID[haproxy-jwt-es256]=$PID_haproxy
+T_PID[authgate-jwt-hs256]=$PID_ag_hs
+T_PID[authgate-jwt-es256]=$PID_ag_es
+T_PID[authgate-accesskey]=$PID_ag_hs
+T_PID[authgate-public]=$PID_ag_hs
+T_DESC[upstream-direct]="the upstream itself (the limit; runs on the load core)"
+T_DESC[nginx-proxy-noauth]="nginx proxy_pass, upstream keep-alive, no auth"
+T_DESC[haproxy-jwt-hs256]="HAProxy jwt_verify HS256: alg, signature, exp; Authorization removed"
+T_DESC[haproxy-jwt-es256]="HAProxy jwt_verify ES256: alg, signature, exp; Authorization removed"
+T_DESC[authgate-jwt-hs256]="Bearer HS256 JWT"
+T_DESC[authgate-jwt-es256]="Bearer ES256 JWT ([[jwt.keys]])"
+T_DESC[authgate-accesskey]="?accesskey= (one key, repeated)"
+T_DESC[authgate-public]="public route, no credential"
+[ "$RUN_THROUGHPUT" != 1 ] || for t in "${T_NAMES[@]}"; do printf '%s\t%s\n' "$t" "${T_DESC[$t]}"; done >"$W/targets.tsv"
+
+# A credential with one signature/key character changed: must be refused.
+tamper() {
+    local s=$1 i c
+    i=$((${#s} - 10))
+    c=${s:$i:1}
+    [ "$c" = A ] && c=B || c=A
+    printf '%s' "${s:0:$i}$c${s:$((i + 1))}"
+}
+declare -A T_BAD_URL T_BAD_HDR
+for t in haproxy-jwt-hs256 haproxy-jwt-es256 authgate-jwt-hs256 authgate-jwt-es256; do
+    T_BAD_URL[$t]=${T_URL[$t]}
+    T_BAD_HDR[$t]=$(tamper "${T_HDR[$t]}")
+done
+T_BAD_URL[authgate-accesskey]=$(tamper "${T_URL[authgate-accesskey]}")
+T_BAD_HDR[authgate-accesskey]=
+
+hdr_args() { # TARGET -> curl/wrk header arguments, one per line
+    [ -z "${T_HDR[$1]:-}" ] || printf '%s\n%s\n' -H "${T_HDR[$1]}"
+}
+
+# measure TARGET ROUND DURATION RECORD(0/1)
+measure() {
+    local t=$1 round=$2 dur=$3 record=$4 code args=() before after file
+    mapfile -t args < <(hdr_args "$t")
+    code=$(preflight "${T_URL[$t]}" "${args[@]}")
+    if [ "$code" = 200 ] && [ -n "${T_BAD_URL[$t]:-}" ]; then
+        local bad_code bad_args=()
+        [ -z "${T_BAD_HDR[$t]}" ] || bad_args=(-H "${T_BAD_HDR[$t]}")
+        bad_code=$(preflight "${T_BAD_URL[$t]}" "${bad_args[@]}")
+        case $bad_code in
+            401 | 403) ;;
+            *) code="tampered-credential-got-$bad_code" ;;
+        esac
+    fi
+    [ "$record" = 1 ] && printf '%s\t%s\t%s\n' "$t" "$round" "$code" >>"$W/preflight.tsv"
+    if [ "$code" != 200 ]; then
+        log "$t: pre-check answered HTTP $code, not measured (round $round)"
+        return 0
+    fi
+    file=$W/wrk-$t-$round.txt
+    local core_before core_after others t0 wall
+    core_before=$(core_busy_ticks "$PROXY_CPU")
+    before=$(cpu_ticks "${T_PID[$t]}")
+    t0=$(date +%s%N)
+    wrk_run "$file" "$dur" "$CONNS" "${args[@]}" "${T_URL[$t]}"
+    wall=$(awk -v ns=$(($(date +%s%N) - t0)) 'BEGIN { printf "%.3f", ns / 1e9 }')
+    after=$(cpu_ticks "${T_PID[$t]}")
+    core_after=$(core_busy_ticks "$PROXY_CPU")
+    [ "$record" = 1 ] || return 0
+    read -r rps p50 p99 non err reqs < <(wrk_parse "$file")
+    local cpu_us busy
+    cpu_us=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print "-" }')
+    busy=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v s="$wall" 'BEGIN { printf "%.1f", d / hz / s * 100 }')
+    # What else ran on the proxy core meanwhile (other processes; for upstream-direct, everything).
+    if [ "$t" = upstream-direct ]; then
+        others=$(awk -v d=$((core_after - core_before)) -v hz="$CLK_TCK" -v s="$wall" 'BEGIN { printf "%.1f", d / hz / s * 100 }')
+    else
+        others=$(awk -v d=$((core_after - core_before - after + before)) -v hz="$CLK_TCK" -v s="$wall" 'BEGIN { v = d / hz / s * 100; printf "%.1f", (v < 0 ? 0 : v) }')
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$round" "$rps" "$p50" "$p99" "$non" "$err" "$reqs" "$cpu_us" "$busy" "$others" >>"$W/raw.tsv"
+    log "$t round $round: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, non-2xx $non, socket errors $err, ${cpu_us} µs CPU/req, core busy ${busy}%, others ${others}%"
+    [ "$non" = 0 ] || log "$t: $non non-2xx answers: this target's run is INVALID"
+}
+
+# ---------------------------------------------------------------- idle connections
+if [ "$RUN_IDLE" = 1 ]; then
+    log "idle connections: $IDLE_CONNS per target"
+    start ag-idle "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-idle.toml"
+    wait_up "http://127.0.0.1:$P_AG_IDLE/healthz" ag-idle
+    idle_one() { # NAME PORT PID COUNT [HEADER]
+        local name=$1 port=$2 pid=$3 count=$4 hdr=() out
+        [ -z "${5:-}" ] || hdr=(--header "$5")
+        out=$(timeout 300 taskset -c "$LOAD_CPU" $PY "$LIB/idle_conns.py" --port "$port" --path /bench \
+            "${hdr[@]}" --count "$count" --pid "$pid") || out=
+        if [ -n "$out" ]; then
+            printf '%s\t%s\n' "$name" "$out" >>"$W/idle.tsv"
+            log "idle $name: $out"
+        else
+            log "idle $name: the client failed"
+        fi
+    }
+    idle_one authgate-jwt-hs256 "$P_AG_IDLE" "$PID_ag_idle" "$IDLE_CONNS" "Authorization: Bearer $IDLE_TOKEN"
+    stop ag-idle
+    if [ "$HAP_IDLE" != "$IDLE_CONNS" ]; then
+        echo "HAProxy gets $HAP_IDLE connections, not $IDLE_CONNS: it reserves two file descriptors per connection and will not start with a maxconn ($HAP_MAXCONN here) that does not fit the open files limit ($NOFILE, the hard limit on this machine)." >"$W/idle_note.md"
+        log "$(cat "$W/idle_note.md")"
+    fi
+    idle_one haproxy-jwt-hs256 "$P_HAP_HS" "$PID_haproxy" "$HAP_IDLE" "Authorization: Bearer $HS_TOKEN"
+    idle_one nginx-proxy-noauth "$P_NGX" "$PID_nginx_proxy" "$IDLE_CONNS"
+fi
+
+# ---------------------------------------------------------------- throughput
+if [ "$RUN_THROUGHPUT" = 1 ]; then
+    if [ "$WARMUP" -gt 0 ]; then
+        log "warm-up: ${WARMUP}s per target"
+        for t in "${T_NAMES[@]}"; do measure "$t" 0 "$WARMUP" 0; done
+    fi
+    n=${#T_NAMES[@]}
+    for round in $(seq 1 "$ROUNDS"); do
+        log "round $round of $ROUNDS"
+        for i in $(seq 0 $((n - 1))); do
+            measure "${T_NAMES[$(((i + round - 1) % n))]}" "$round" "$DURATION" 1
+        done
+    done
+    {
+        printf 'nginx-proxy-noauth\t%s\n' "$(rss_kib "$PID_nginx_proxy")"
+        printf 'haproxy (both frontends)\t%s\n' "$(rss_kib "$PID_haproxy")"
+        printf 'authgate-hs256\t%s\n' "$(rss_kib "$PID_ag_hs")"
+        printf 'authgate-es256\t%s\n' "$(rss_kib "$PID_ag_es")"
+    } >"$W/rss_load.tsv"
+fi
+
+# ---------------------------------------------------------------- login
+if [ "$RUN_LOGIN" = 1 ]; then
+    log "POST /auth/login: ${DURATION}s, $LOGIN_CONNS connections"
+    login_url="http://127.0.0.1:$P_AG_HS/auth/login"
+    body="{\"username\":\"bench\",\"password\":\"$PASSWORD\"}"
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' -d "$body" "$login_url" || true)
+    params=$($PY -c '
+import sqlite3, sys
+h = sqlite3.connect(sys.argv[1]).execute("SELECT password_hash FROM users WHERE username = ?", ("bench",)).fetchone()[0]
+print("$".join(h.split("$")[:4]))' "$W/ag-hs.db")
+    singles=()
+    for _ in $(seq 10); do
+        singles+=("$(curl -s -o /dev/null -w '%{time_total}' --max-time 10 -H 'Content-Type: application/json' -d "$body" "$login_url")")
+    done
+    single_ms=$(printf '%s\n' "${singles[@]}" | sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) * 1000 }')
+    before=$(cpu_ticks "$PID_ag_hs")
+    BENCH_LOGIN_USER=bench BENCH_LOGIN_PASSWORD=$PASSWORD \
+        wrk_run "$W/wrk-login.txt" "$DURATION" "$LOGIN_CONNS" -s "$LIB/login.lua" "$login_url"
+    after=$(cpu_ticks "$PID_ag_hs")
+    read -r rps p50 p99 non err reqs < <(wrk_parse "$W/wrk-login.txt")
+    cpu_ms=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.1f", d / hz * 1e3 / n; else print "-" }')
+    log "login: pre-check HTTP $code, $rps logins/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non, ${cpu_ms} ms CPU/login"
+    {
+        echo "## Cost of \`POST /auth/login\`"
+        echo ""
+        echo "Password hashes are argon2id with the parameters stored in the hash: \`$params\` (memory in KiB, iterations, lanes)."
+        echo "The gateway is the HS256 instance above (one worker thread, core $PROXY_CPU); wrk posts"
+        echo "\`{\"username\",\"password\"}\` with the right password on $LOGIN_CONNS keep-alive connections for ${DURATION}s."
+        echo ""
+        echo "| measure | value |"
+        echo "| --- | ---: |"
+        echo "| pre-check (one curl login) | HTTP $code |"
+        echo "| single login, one at a time (median of 10 curl requests, incl. connection) | $single_ms ms |"
+        echo "| logins/s under load | $rps |"
+        echo "| p50 / p99 under load | $p50 / $p99 ms |"
+        echo "| CPU per login (all gateway threads, /proc) | $cpu_ms ms |"
+        echo "| non-2xx / socket errors | $non / $err |"
+        [ "$non" = 0 ] || echo "| **INVALID** | $non logins were refused |"
+    } >"$W/login.md"
+fi
+
+# ---------------------------------------------------------------- many access keys
+if [ "$RUN_KEYS" = 1 ]; then
+    log "access keys: seeding $KEYS_COUNT keys into a fresh store"
+    printf '%s\n' "$PASSWORD" | ag user add bench --password-stdin --config "$W/ag-keys.toml" >/dev/null
+    # What one key costs through the CLI (a process, store open, insert): why 1M are seeded directly.
+    cli_start=$(date +%s%N)
+    for i in $(seq 10); do ag key create --user bench --name "cli-$i" --config "$W/ag-keys.toml" >/dev/null; done
+    cli_ms=$(( ($(date +%s%N) - cli_start) / 10000000 ))
+    seed_out=$($PY "$LIB/seed_keys.py" "$W/ag-keys.db" bench "$KEYS_COUNT" "$W/keys.txt")
+    log "$seed_out"
+    start ag-keys "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-keys.toml"
+    wait_up "http://127.0.0.1:$P_AG_KEYS/healthz" ag-keys
+    keys_url="http://127.0.0.1:$P_AG_KEYS/bench"
+    first_key=$(head -1 "$W/keys.txt")
+    code=$(preflight "$keys_url?accesskey=$first_key")
+    rss0=$(rss_kib "$PID_ag_keys")
+    cached() { curl -s --max-time 5 "http://127.0.0.1:$P_AG_KEYS/metrics" | awk '/^authgate_cache_accesskeys / {print $2}' || true; }
+    log "access keys: requesting $KEYS_WARM distinct keys once each (cache fill, at most ${KEYS_FILL_LIMIT}s)"
+    fill_start=$(date +%s%N)
+    BENCH_KEYS_FILE=$W/keys.txt BENCH_KEYS_MODE=seq BENCH_KEYS_LIMIT=$KEYS_WARM \
+        timeout $((KEYS_FILL_LIMIT + 30)) taskset -c "$LOAD_CPU" \
+        wrk -t1 -c"$CONNS" -d"${KEYS_FILL_LIMIT}s" --latency -s "$LIB/keys.lua" "$keys_url" >"$W/wrk-keys-fill.txt" 2>&1 &
+    fill_pid=$!
+    PIDS+=("$fill_pid")
+    # wrk keeps running until -d even when the script has stopped its thread: watch the cache instead.
+    while kill -0 "$fill_pid" 2>/dev/null; do
+        sleep 2
+        n_cached=$(cached)
+        if [ "${n_cached:-0}" -ge "$KEYS_WARM" ]; then
+            sleep 1
+            kill -TERM "$fill_pid" 2>/dev/null || true
+            break
+        fi
+    done
+    wait "$fill_pid" 2>/dev/null || true
+    fill_s=$(awk -v ns=$(($(date +%s%N) - fill_start)) 'BEGIN { printf "%.1f", ns / 1e9 }')
+    n_cached=$(cached)
+    rss1=$(rss_kib "$PID_ag_keys")
+    fill_rate=$(awk -v n="${n_cached:-0}" -v s="$fill_s" 'BEGIN { printf "%.0f", n / s }')
+    log "access keys: $n_cached cached in ${fill_s}s; RSS $rss0 -> $rss1 KiB"
+    log "access keys: ${DURATION}s of random cached keys"
+    before=$(cpu_ticks "$PID_ag_keys")
+    BENCH_KEYS_FILE=$W/keys.txt BENCH_KEYS_MODE=random BENCH_KEYS_LIMIT=$KEYS_WARM \
+        wrk_run "$W/wrk-keys-hot.txt" "$DURATION" "$CONNS" -s "$LIB/keys.lua" "$keys_url"
+    after=$(cpu_ticks "$PID_ag_keys")
+    read -r rps p50 p99 non err reqs < <(wrk_parse "$W/wrk-keys-hot.txt")
+    cpu_us=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print "-" }')
+    rss2=$(rss_kib "$PID_ag_keys")
+    # The same script with one key: wrk's Lua request() costs the load core time too, so this,
+    # not the plain authgate-accesskey run, is the like-for-like baseline.
+    log "access keys: ${DURATION}s of one cached key through the same script"
+    before=$(cpu_ticks "$PID_ag_keys")
+    BENCH_KEYS_FILE=$W/keys.txt BENCH_KEYS_MODE=random BENCH_KEYS_LIMIT=1 \
+        wrk_run "$W/wrk-keys-one.txt" "$DURATION" "$CONNS" -s "$LIB/keys.lua" "$keys_url"
+    after=$(cpu_ticks "$PID_ag_keys")
+    read -r rps1 p501 p991 non1 err1 reqs1 < <(wrk_parse "$W/wrk-keys-one.txt")
+    cpu_us1=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs1" 'BEGIN { if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print "-" }')
+    stop ag-keys
+    log "access keys hot: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non"
+    single=$(awk -F'\t' '$1 == "authgate-accesskey" { print $3 }' "$W/raw.tsv" 2>/dev/null | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }' || true)
+    {
+        echo "## Access keys: memory and lookup time with $KEYS_WARM keys cached"
+        echo ""
+        echo "$KEYS_COUNT keys of one user are written straight into a fresh SQLite store (\`bench/lib/seed_keys.py\`, the rows the gateway itself writes: SHA-256 hex of the key, first 11 characters);"
+        echo "through the CLI one \`authgate key create\` took $cli_ms ms here (a process, store open and insert each), so $KEYS_COUNT keys that way would take about $(awk -v ms="$cli_ms" -v n="$KEYS_COUNT" 'BEGIN { printf "%.1f", ms * n / 3.6e6 }') h."
+        echo "A fresh gateway (\`[cache] max_entries = $((KEYS_COUNT * 2)), ttl = 3600\`) then gets one request per key for $KEYS_WARM distinct keys ($CONNS connections, each key a cache miss and a store lookup),"
+        echo "and then ${DURATION}s of requests with keys drawn at random from those (cache hits), and ${DURATION}s with one key through the same Lua script."
+        echo "The Lua \`request()\` hook makes wrk slower on the shared load core, so compare CPU per request (gateway process, /proc) rather than req/s."
+        echo ""
+        echo "| measure | value |"
+        echo "| --- | ---: |"
+        echo "| pre-check (first key) | HTTP $code |"
+        echo "| keys in the store | $KEYS_COUNT (+ 10 from the CLI) |"
+        echo "| keys in the cache after the fill (\`authgate_cache_accesskeys\`) | ${n_cached:-?} |"
+        echo "| RSS before the fill | $(awk -v k="$rss0" 'BEGIN { printf "%.1f", k / 1024 }') MiB |"
+        echo "| RSS with the keys cached | $(awk -v k="$rss1" 'BEGIN { printf "%.1f", k / 1024 }') MiB |"
+        echo "| RSS after the random-key run | $(awk -v k="$rss2" 'BEGIN { printf "%.1f", k / 1024 }') MiB |"
+        echo "| cache fill: time / rate (misses, store lookups) | ${fill_s} s / $fill_rate keys/s |"
+        echo "| cached random keys: req/s | $rps |"
+        echo "| cached random keys: p50 / p99 | $p50 / $p99 ms |"
+        echo "| cached random keys: CPU per request | $cpu_us µs |"
+        echo "| one cached key, same script: req/s | $rps1 |"
+        echo "| one cached key, same script: p50 / p99 | $p501 / $p991 ms |"
+        echo "| one cached key, same script: CPU per request | $cpu_us1 µs |"
+        echo "| one repeated key without a script (\`authgate-accesskey\` above): req/s | ${single:-not measured} |"
+        echo "| non-2xx / socket errors (random keys; one key) | $non / $err; $non1 / $err1 |"
+        [ "$non" = 0 ] && [ "$non1" = 0 ] || echo "| **INVALID** | $((non + non1)) requests were refused |"
+        [ "${n_cached:-0}" -ge "$KEYS_WARM" ] || echo "| **incomplete** | the fill stopped after ${KEYS_FILL_LIMIT}s with ${n_cached:-0} of $KEYS_WARM keys cached |"
+    } >"$W/keys.md"
+fi
+
+# ---------------------------------------------------------------- report
+printf 'load\t%s\n' "load average (1, 5, 15 min) at start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared; anything else running competes for both cores)" >>"$W/meta.tsv"
+$PY "$LIB/report.py" "$W" "$OUT.md" "$W/chart.tsv"
+if [ -s "$W/chart.tsv" ] && [ -n "$PLOTPY" ]; then
+    $PLOTPY "$LIB/chart.py" "$W/chart.tsv" "$OUT.png" \
+        "authgate bench $DATE, $MACHINE ($CPU_MODEL): wrk -c$CONNS -d${DURATION}s x $ROUNDS rounds, each proxy 1 worker on core $PROXY_CPU"
+    sed -i "0,/^## Throughput and latency/s||![chart]($(basename "$OUT").png)\n\n## Throughput and latency|" "$OUT.md"
+fi
+cat "$OUT.md"
+log "results: $OUT.md${PLOTPY:+ and $OUT.png}"
+if grep -q 'INVALID' "$OUT.md"; then
+    log "the run is INVALID for some targets (see the table)"
+    exit 2
+fi
