@@ -325,7 +325,7 @@ fn hash_password(password: &str) -> Result<String, CliError> {
 async fn open(config: &Config) -> Result<Store, CliError> {
     Store::open(&config.store.url)
         .await
-        .map_err(|err| fail(format!("cannot open the store: {}", CliError::from(err))))
+        .map_err(|err| fail(format!("cannot open the store: {}", err.detail())))
 }
 
 async fn user(command: UserCommand, config: &Config) -> Result<(), CliError> {

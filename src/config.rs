@@ -23,6 +23,13 @@ use crate::routes::{Route, RouteAuth, RouteTable};
 pub const RESERVED_PREFIX: &str = "/_authgate/";
 /// Shortest HS256 secret accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
+/// Default most header fields per request (hyper's own default, which keeps
+/// its parser's header array on the stack).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Largest `limits.max_headers` accepted.
+const MAX_MAX_HEADERS: u64 = 1000;
+/// Largest `limits.max_proxy_body_bytes` accepted (1 TiB).
+const MAX_PROXY_BODY_BYTES: u64 = 1 << 40;
 
 /// A config that could not be loaded: every problem found, one line each.
 #[derive(Debug, thiserror::Error)]
@@ -140,8 +147,12 @@ pub struct OneTimeKeyConfig {
 pub struct Limits {
     /// Largest request head accepted.
     pub max_header_bytes: usize,
+    /// Most header fields in one request head.
+    pub max_headers: usize,
     /// Largest body of the gateway's own JSON endpoints.
     pub max_body_bytes: usize,
+    /// Largest body forwarded to an upstream; `None`: unlimited (streamed).
+    pub max_proxy_body_bytes: Option<u64>,
     /// Time allowed to receive a request head.
     pub header_read_timeout: Duration,
     /// Time a keep-alive connection may sit idle.
@@ -315,8 +326,11 @@ impl Default for RawOneTimeKey {
 struct RawLimits {
     #[serde(default = "defaults::max_header_bytes")]
     max_header_bytes: u64,
+    #[serde(default = "defaults::max_headers")]
+    max_headers: u64,
     #[serde(default = "defaults::max_body_bytes")]
     max_body_bytes: u64,
+    max_proxy_body_bytes: Option<u64>,
     #[serde(default = "defaults::header_read_timeout")]
     header_read_timeout: u64,
     #[serde(default = "defaults::idle_timeout")]
@@ -329,7 +343,9 @@ impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
             max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
             max_body_bytes: defaults::max_body_bytes(),
+            max_proxy_body_bytes: None,
             header_read_timeout: defaults::header_read_timeout(),
             idle_timeout: defaults::idle_timeout(),
             max_connections: defaults::max_connections(),
@@ -449,6 +465,9 @@ mod defaults {
     }
     pub fn max_header_bytes() -> u64 {
         16 * 1024
+    }
+    pub fn max_headers() -> u64 {
+        crate::config::DEFAULT_MAX_HEADERS as u64
     }
     pub fn max_body_bytes() -> u64 {
         64 * 1024
@@ -598,12 +617,29 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             1024,
             1 << 20,
         ),
+        max_headers: p.count(
+            "limits.max_headers",
+            raw.limits.max_headers,
+            8,
+            MAX_MAX_HEADERS,
+        ),
         max_body_bytes: p.count(
             "limits.max_body_bytes",
             raw.limits.max_body_bytes,
             1024,
             16 << 20,
         ),
+        max_proxy_body_bytes: raw.limits.max_proxy_body_bytes.map(|bytes| {
+            if !(1..=MAX_PROXY_BODY_BYTES).contains(&bytes) {
+                p.add(
+                    "limits.max_proxy_body_bytes",
+                    format_args!(
+                        "must be between 1 and {MAX_PROXY_BODY_BYTES} (leave it out for no limit), got {bytes}"
+                    ),
+                );
+            }
+            bytes.clamp(1, MAX_PROXY_BODY_BYTES)
+        }),
         header_read_timeout: p.seconds(
             "limits.header_read_timeout",
             raw.limits.header_read_timeout,
@@ -951,6 +987,11 @@ fn validate_routes(raw: Vec<RawRoute>, upstream: &UpstreamConfig, p: &mut Proble
                 &format!("{key}.path_prefix"),
                 "must be a normal path (no dot segments, empty segments or encoded separators)",
             );
+        } else if !crate::routes::valid_prefix(&prefix) {
+            p.add(
+                &format!("{key}.path_prefix"),
+                "may contain only A-Z a-z 0-9 - . _ ~ and /, so that no escaped spelling of a path routes elsewhere",
+            );
         }
         let auth = match route.auth.as_str() {
             "required" => RouteAuth::Required,
@@ -1122,6 +1163,49 @@ mod tests {
         let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
         assert!(all.contains("reserved"), "{all}");
         assert!(all.contains("more than once"), "{all}");
+    }
+
+    #[test]
+    fn request_limits() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(secret.path(), "")).unwrap();
+        assert_eq!(config.limits.max_headers, 100);
+        assert_eq!(config.limits.max_proxy_body_bytes, None);
+        let config = Config::from_toml(&minimal(
+            secret.path(),
+            "[limits]\nmax_headers = 50\nmax_proxy_body_bytes = 1048576\n",
+        ))
+        .unwrap();
+        assert_eq!(config.limits.max_headers, 50);
+        assert_eq!(config.limits.max_proxy_body_bytes, Some(1 << 20));
+        let err = Config::from_toml(&minimal(
+            secret.path(),
+            "[limits]\nmax_headers = 2\nmax_proxy_body_bytes = 0\n",
+        ))
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("limits.max_headers"), "{all}");
+        assert!(all.contains("limits.max_proxy_body_bytes"), "{all}");
+    }
+
+    #[test]
+    fn route_prefixes_have_one_spelling() {
+        let secret = secret_file();
+        for good in ["/", "/api", "/v1.0/x_y-z~/"] {
+            let text = minimal(
+                secret.path(),
+                &format!("[[route]]\npath_prefix = {good:?}\nupstream = \"http://127.0.0.1:1\"\n"),
+            );
+            assert!(Config::from_toml(&text).is_ok(), "{good}");
+        }
+        for bad in ["/a:b", "/a%20b", "/a;b", "/a@b"] {
+            let text = minimal(
+                secret.path(),
+                &format!("[[route]]\npath_prefix = {bad:?}\nupstream = \"http://127.0.0.1:1\"\n"),
+            );
+            let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+            assert!(all.contains("route[0].path_prefix"), "{bad}: {all}");
+        }
     }
 
     #[test]

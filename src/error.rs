@@ -28,6 +28,9 @@ pub enum GatewayError {
         "the request path is not in normal form (dot segments, encoded separators, backslashes and empty segments are refused)"
     )]
     InvalidPath,
+    /// The `Host` header is repeated or is not a `host[:port]`.
+    #[error("the Host header is repeated or is not a valid host[:port]")]
+    InvalidHost,
     /// Two different credentials came with one request.
     #[error("the request carries two different credentials; send exactly one")]
     ConflictingCredentials,
@@ -97,6 +100,7 @@ impl GatewayError {
             | InvalidArgument(_)
             | InvalidId
             | InvalidPath
+            | InvalidHost
             | ConflictingCredentials => StatusCode::BAD_REQUEST,
             AuthenticationRequired | InvalidCredentials { .. } => StatusCode::UNAUTHORIZED,
             MissingRole | AccessKeyNotAllowed => StatusCode::FORBIDDEN,
@@ -121,6 +125,7 @@ impl GatewayError {
             | InvalidArgument(_)
             | InvalidId
             | InvalidPath
+            | InvalidHost
             | ConflictingCredentials
             | BodyTooLarge
             | HeadersTooLarge => "INVALID_ARGUMENT",
@@ -143,6 +148,7 @@ impl GatewayError {
             InvalidArgument(_) => "INVALID_FIELD",
             InvalidId => "INVALID_ID",
             InvalidPath => "INVALID_PATH",
+            InvalidHost => "INVALID_HOST",
             ConflictingCredentials => "CONFLICTING_CREDENTIALS",
             AuthenticationRequired => "AUTHENTICATION_REQUIRED",
             InvalidCredentials { .. } => "INVALID_CREDENTIALS",
@@ -249,6 +255,18 @@ mod tests {
                 400,
                 "INVALID_ARGUMENT",
                 "INVALID_ID",
+            ),
+            (
+                GatewayError::InvalidPath,
+                400,
+                "INVALID_ARGUMENT",
+                "INVALID_PATH",
+            ),
+            (
+                GatewayError::InvalidHost,
+                400,
+                "INVALID_ARGUMENT",
+                "INVALID_HOST",
             ),
             (
                 GatewayError::ConflictingCredentials,

@@ -126,7 +126,7 @@ impl Gateway {
                 cache.clone(),
             ),
             throttle: LoginThrottle::new(store.clone(), &config.login),
-            forwarder: Forwarder::try_new(&config.upstream)?,
+            forwarder: Forwarder::try_new(&config.upstream, &config.limits)?,
             tls,
             metrics,
             store,

@@ -36,7 +36,7 @@ pub use gateway::Gateway;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The store could not be opened or migrated.
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store: {}", .0.detail())]
     Store(#[from] store::StoreError),
     /// A listener or TLS could not be set up.
     #[error(transparent)]

@@ -10,7 +10,14 @@ fn main() -> ExitCode {
     match authgate::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            // One line, whatever the cause's text holds.
+            let message = err.to_string();
+            let line: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("error: {}", line.join("; "));
             ExitCode::FAILURE
         }
     }

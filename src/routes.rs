@@ -1,9 +1,10 @@
 //! Route table and path policy (pure).
 //!
 //! Routing and forwarding must see the same path, so paths that could be
-//! read two ways (dot segments, encoded separators, backslashes, empty
-//! segments) are refused instead of normalised: the path that was routed is
-//! byte-for-byte the path that is forwarded.
+//! read two ways (dot segments, encoded separators or unreserved
+//! characters, backslashes, empty segments) are refused instead of
+//! normalised: the path that was routed is byte-for-byte the path that is
+//! forwarded, and means the same to the upstream.
 
 use std::time::Duration;
 
@@ -92,26 +93,106 @@ impl RouteTable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AbnormalPath;
 
-/// Accepts only paths in normal form: absolute, no `.`/`..` segments (raw or
-/// percent-encoded), no empty segments, no backslash, no encoded `/` or `\`.
+/// Accepts only paths that every server reads the same way, so that the
+/// path that was routed is the path the upstream acts on:
+///
+/// - absolute, without empty segments (`//`; a trailing `/` is fine);
+/// - no raw backslash;
+/// - percent-escapes well formed, and none of them encoding an unreserved
+///   character (`%41`, `%2e`: RFC 3986 says these equal the plain character,
+///   so `/%61dmin` would be routed as something other than `/admin` and
+///   served as `/admin`), a `/` or `\` (`%2f`, `%5c`), a control character
+///   (`%00`, which C servers read as the end of the path) or an overlong
+///   UTF-8 form (`%c0%ae`), nor a `%25` that decodes to another escape
+///   (`%252e`, read as `.` by servers that decode twice);
+/// - no segment that is `.` or `..`, also when followed by `;parameters`
+///   (`/..;/`, which servlet containers read as `..`).
 pub fn check_path(path: &str) -> Result<(), AbnormalPath> {
-    if !path.starts_with('/') {
-        return Err(AbnormalPath);
+    let rest = path.strip_prefix('/').ok_or(AbnormalPath)?;
+    if rest.is_empty() {
+        return Ok(());
     }
-    if path.len() > 1 && path.contains("//") {
-        return Err(AbnormalPath);
-    }
-    let lower = path.to_ascii_lowercase();
-    if path.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
-        return Err(AbnormalPath);
-    }
-    for segment in lower.split('/').skip(1) {
-        let decoded_dots = segment.replace("%2e", ".");
-        if decoded_dots == "." || decoded_dots == ".." {
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if segment.is_empty() && !last {
             return Err(AbnormalPath);
         }
+        check_segment(segment)?;
     }
     Ok(())
+}
+
+/// Whether a route prefix is made only of characters that have a single
+/// spelling in a checked path (unreserved characters and `/`); then no
+/// escaped form of a path can route differently from the plain one.
+pub fn valid_prefix(prefix: &str) -> bool {
+    prefix.starts_with('/') && prefix.bytes().all(|b| is_unreserved(b) || b == b'/')
+}
+
+/// RFC 3986 unreserved characters.
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+fn check_segment(segment: &str) -> Result<(), AbnormalPath> {
+    let bytes = segment.as_bytes();
+    // The segment's name: what comes before `;parameters`, decoded.
+    let mut name_end: Option<usize> = None;
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = match bytes[i] {
+            b'\\' => return Err(AbnormalPath),
+            b'%' => {
+                let high = bytes.get(i + 1).and_then(|b| hex_value(*b));
+                let low = bytes.get(i + 2).and_then(|b| hex_value(*b));
+                let (Some(high), Some(low)) = (high, low) else {
+                    return Err(AbnormalPath);
+                };
+                let byte = high << 4 | low;
+                if is_unreserved(byte) || matches!(byte, b'/' | b'\\') || byte.is_ascii_control() {
+                    return Err(AbnormalPath);
+                }
+                // `%25` followed by hex digits decodes to another escape:
+                // a server that decodes twice would see a different path.
+                let escapes_again = byte == b'%'
+                    && bytes.get(i + 3).and_then(|b| hex_value(*b)).is_some()
+                    && bytes.get(i + 4).and_then(|b| hex_value(*b)).is_some();
+                if escapes_again {
+                    return Err(AbnormalPath);
+                }
+                i += 3;
+                byte
+            }
+            byte => {
+                i += 1;
+                byte
+            }
+        };
+        // 0xC0 and 0xC1 only ever start overlong (invalid) UTF-8 forms.
+        if matches!(decoded.last(), Some(0xC0 | 0xC1)) && (0x80..=0xBF).contains(&byte) {
+            return Err(AbnormalPath);
+        }
+        if byte == b';' && name_end.is_none() {
+            name_end = Some(decoded.len());
+        }
+        decoded.push(byte);
+    }
+    let name = &decoded[..name_end.unwrap_or(decoded.len())];
+    if name == b"." || name == b".." {
+        return Err(AbnormalPath);
+    }
+    Ok(())
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -171,9 +252,14 @@ mod tests {
             "/a/b",
             "/a/b/",
             "/a.b/..c/d..",
-            "/%41",
             "/a%20b",
             "/.well-known/x",
+            "/caf%C3%A9",
+            "/a;b=c/d",
+            "/a%3Bb",
+            "/...",
+            "/%25",
+            "/100%25zz",
         ];
         for path in good {
             assert_eq!(check_path(path), Ok(()), "{path}");
@@ -193,9 +279,158 @@ mod tests {
             "/public%5cadmin",
             "//admin",
             "/public//admin",
+            "/%41",
+            "/%61dmin",
+            "/public/..;/admin",
+            "/public/..;x=1/admin",
+            "/public/.%3b/admin",
+            "/public/..%3B/admin",
+            "/admin%00",
+            "/admin%0a",
+            "/admin%7F",
+            "/public/%c0%ae%c0%ae/admin",
+            "/public/%C1%9C",
+            "/a%",
+            "/a%2",
+            "/a%zz",
+            "/a%2e",
+            "/a%7e",
+            "/public/%252e%252e/admin",
+            "/a%2525",
         ];
         for path in bad {
             assert_eq!(check_path(path), Err(AbnormalPath), "{path}");
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Lenient percent-decoding, independent of the code under test: an
+        /// escape that is not well formed is kept as it is.
+        fn decode(bytes: &[u8]) -> Vec<u8> {
+            let mut out = Vec::with_capacity(bytes.len());
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'%'
+                    && i + 2 < bytes.len()
+                    && let Ok(text) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    && let Ok(byte) = u8::from_str_radix(text, 16)
+                {
+                    out.push(byte);
+                    i += 3;
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            out
+        }
+
+        fn is_dot_segment(decoded: &[u8]) -> bool {
+            let name = decoded.split(|b| *b == b';').next().unwrap_or_default();
+            name == b"." || name == b".."
+        }
+
+        /// Paths built from the pieces attacks are made of.
+        fn hostile_path() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("a"),
+                Just("admin"),
+                Just("."),
+                Just(".."),
+                Just("%2e"),
+                Just("%2E"),
+                Just("%2f"),
+                Just("%2F"),
+                Just("%5c"),
+                Just("%5C"),
+                Just("\\"),
+                Just(";"),
+                Just("%3b"),
+                Just("%3B"),
+                Just("%41"),
+                Just("%"),
+                Just("%2"),
+                Just("%zz"),
+                Just("%00"),
+                Just("%0a"),
+                Just("%20"),
+                Just("%25"),
+                Just("%252e"),
+                Just("%c0"),
+                Just("%ae"),
+                Just("%c3%a9"),
+                Just("~"),
+                Just("-"),
+                Just("x=1"),
+                Just("/"),
+            ];
+            prop_oneof![
+                prop::collection::vec(piece, 0..12)
+                    .prop_map(|pieces| format!("/{}", pieces.concat())),
+                "/[a-zA-Z0-9%./\\\\;~=-]{0,40}",
+            ]
+        }
+
+        /// Paths a well-behaved client sends.
+        fn normal_path() -> impl Strategy<Value = String> {
+            let segment = "[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,8}(%20|%C3%A9|;v=1)?";
+            (prop::collection::vec(segment, 0..6), any::<bool>()).prop_map(|(segments, slash)| {
+                let mut path = format!("/{}", segments.join("/"));
+                if slash && !segments.is_empty() {
+                    path.push('/');
+                }
+                path
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn accepted_paths_have_no_dot_segments_or_decoded_separators(path in hostile_path()) {
+                if check_path(&path).is_ok() {
+                    let rest = path.strip_prefix('/').expect("accepted paths are absolute");
+                    prop_assert!(!path.contains("//"), "{}", path);
+                    for segment in rest.split('/') {
+                        // Once and twice decoded: a server decoding twice
+                        // must not find a dot segment or a separator either.
+                        let once = decode(segment.as_bytes());
+                        let twice = decode(&once);
+                        for decoded in [&once, &twice] {
+                            prop_assert!(!is_dot_segment(decoded), "{} has a dot segment", path);
+                            prop_assert!(
+                                !decoded.iter().any(|b| matches!(b, b'/' | b'\\' | 0)),
+                                "{} hides a separator", path
+                            );
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn normal_paths_are_accepted(path in normal_path()) {
+                prop_assume!(path.split('/').all(|s| s != "." && s != ".."));
+                prop_assert_eq!(check_path(&path), Ok(()), "{}", path);
+            }
+
+            #[test]
+            fn routing_on_the_raw_path_agrees_with_the_decoded_path(
+                prefix in "(/[a-z.]{1,4}){1,3}/?",
+                path in hostile_path(),
+            ) {
+                prop_assume!(valid_prefix(&prefix));
+                if check_path(&path).is_ok() {
+                    let decoded = String::from_utf8_lossy(&decode(path.as_bytes())).into_owned();
+                    prop_assert_eq!(
+                        prefix_matches(&prefix, &path),
+                        prefix_matches(&prefix, &decoded),
+                        "{} vs {} (decoded {})", prefix, path, decoded
+                    );
+                }
+            }
         }
     }
 }

@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{Limits, TlsConfig};
 use crate::gateway::Gateway;
-use crate::proxy::ClientInfo;
+use crate::proxy::{ClientInfo, ConnectionSlot};
 
 /// Time allowed for a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,8 +158,9 @@ pub async fn serve(
     let builder = Arc::new(http_builder(&limits));
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Every connection task holds a clone of `drain_tx`; when all are gone
-    // the receiver sees the channel close.
+    // Every connection holds a clone of `drain_tx` in its slot (an upgraded
+    // connection until the upgraded stream closes); when all are gone the
+    // receiver sees the channel close.
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
 
     for listener in listeners {
@@ -195,6 +196,11 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HTTP1_BUFFER));
+    // hyper keeps the default number of header slots on the stack and
+    // allocates for any other; set it only when it differs.
+    if limits.max_headers != crate::config::DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -250,6 +256,9 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
         };
         let metrics = current.metrics.clone();
         drop(current);
+        // Shared with the requests of this connection, so that an upgraded
+        // connection keeps its slot after hyper lets go of it.
+        let slot = ConnectionSlot::new(permit, Some(ctx.drain.clone()));
         let mut task = ConnectionTask {
             shared: ctx.shared.clone(),
             builder: ctx.builder.clone(),
@@ -259,9 +268,9 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                 addr: peer,
                 tls: listener.tls,
                 cert_subject: None,
+                slot: Some(slot),
             },
         };
-        let drain = ctx.drain.clone();
         tokio::spawn(
             async move {
                 metrics.connections(1);
@@ -289,8 +298,6 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                     }
                 }
                 metrics.connections(-1);
-                drop(permit);
-                drop(drain);
             }
             .instrument(span),
         );
@@ -313,10 +320,7 @@ impl ConnectionTask {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(ActivityIo {
-            inner: stream,
-            activity: activity.clone(),
-        });
+        let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
         let shared = self.shared.clone();
         let client = self.client.clone();
         let service = service_fn(move |request| {
@@ -357,13 +361,13 @@ impl ConnectionTask {
 }
 
 /// When bytes last moved on a connection.
-struct Activity {
+pub(crate) struct Activity {
     origin: Instant,
     last_millis: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Activity {
             origin: Instant::now(),
             last_millis: AtomicU64::new(0),
@@ -375,16 +379,22 @@ impl Activity {
         self.last_millis.store(millis, Ordering::Relaxed);
     }
 
-    fn idle(&self) -> Duration {
+    pub(crate) fn idle(&self) -> Duration {
         let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
         self.origin.elapsed().saturating_sub(last)
     }
 }
 
 /// A stream that records activity, for the idle timeout.
-struct ActivityIo<S> {
+pub(crate) struct ActivityIo<S> {
     inner: S,
     activity: Arc<Activity>,
+}
+
+impl<S> ActivityIo<S> {
+    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
+        ActivityIo { inner, activity }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {

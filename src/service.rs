@@ -77,6 +77,11 @@ async fn handle_inner(
     request_id: &HeaderValue,
     route_name: &mut Option<Arc<str>>,
 ) -> Result<(Response<Body>, Outcome), GatewayError> {
+    // HTTP/1 heads with more fields are refused by the parser already (a
+    // bare 431); HTTP/2 has no count limit of its own.
+    if request.headers().len() > gateway.config.limits.max_headers {
+        return Err(GatewayError::HeadersTooLarge);
+    }
     let path = request.uri().path();
     check_path(path).map_err(|_| GatewayError::InvalidPath)?;
 

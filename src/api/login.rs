@@ -57,7 +57,39 @@ fn subjects(username: &str, headers: &http::HeaderMap, ctx: &Context<'_>) -> [St
         headers,
         &ctx.gateway.config.server.trusted_proxies,
     );
-    [format!("user:{username}"), format!("addr:{ip}")]
+    throttle_subjects(username, ip)
+}
+
+/// The throttle rows an attempt counts against. Names that cannot be users
+/// share one row, so long or random names cannot grow the table, and an
+/// IPv6 client counts as its /64, which one host usually has whole.
+fn throttle_subjects(username: &str, ip: std::net::IpAddr) -> [String; 2] {
+    let user = if valid_username(username) {
+        format!("user:{username}")
+    } else {
+        "user:*invalid*".to_owned()
+    };
+    let addr = match ip {
+        std::net::IpAddr::V4(v4) => format!("addr:{v4}"),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("addr:{v4}"),
+            None => {
+                let segments = v6.segments();
+                let prefix = std::net::Ipv6Addr::new(
+                    segments[0],
+                    segments[1],
+                    segments[2],
+                    segments[3],
+                    0,
+                    0,
+                    0,
+                    0,
+                );
+                format!("addr:{prefix}/64")
+            }
+        },
+    };
+    [user, addr]
 }
 
 async fn check_throttle(subjects: &[String; 2], ctx: &Context<'_>) -> Result<(), GatewayError> {
@@ -258,5 +290,29 @@ pub async fn onetime_key_login(
             fail(&subjects, ctx, "onetimekey").await?;
             Err(WRONG_ANSWER)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_subjects_are_bounded() {
+        let v4: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(
+            throttle_subjects("alice", v4),
+            ["user:alice".to_owned(), "addr:203.0.113.7".to_owned()]
+        );
+        let long = "x".repeat(60_000);
+        for name in [long.as_str(), "", "a b", "a:b"] {
+            assert_eq!(throttle_subjects(name, v4)[0], "user:*invalid*");
+        }
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(throttle_subjects("u", a)[1], "addr:2001:db8:1:2::/64");
+        assert_eq!(throttle_subjects("u", a)[1], throttle_subjects("u", b)[1]);
+        let mapped: std::net::IpAddr = "::ffff:198.51.100.4".parse().unwrap();
+        assert_eq!(throttle_subjects("u", mapped)[1], "addr:198.51.100.4");
     }
 }

@@ -407,4 +407,176 @@ mod tests {
         strip_credential_headers(&mut h);
         assert!(h.get(header::COOKIE).is_none());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Where a credential can be placed.
+        #[derive(Debug, Clone, Copy)]
+        enum Place {
+            Bearer,
+            QueryToken,
+            QueryAccessKey,
+            CookieToken,
+            CookieAccessKey,
+        }
+
+        fn place() -> impl Strategy<Value = Place> {
+            prop_oneof![
+                Just(Place::Bearer),
+                Just(Place::QueryToken),
+                Just(Place::QueryAccessKey),
+                Just(Place::CookieToken),
+                Just(Place::CookieAccessKey),
+            ]
+        }
+
+        /// Secrets that need no escaping anywhere.
+        fn secret() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9._-]{1,12}"
+        }
+
+        /// Query pieces and cookies that are not credentials.
+        fn noise() -> impl Strategy<Value = (Vec<String>, Vec<String>)> {
+            let piece = "[a-z0-9=%+._~-]{1,10}".prop_filter("not a credential name", |piece| {
+                form_urlencoded::parse(piece.as_bytes())
+                    .next()
+                    .is_none_or(|(name, _)| kind_of_name(&name).is_none())
+            });
+            let cookie = "[a-z]{1,6}=[a-z0-9]{0,6}".prop_filter("not a credential cookie", |c| {
+                !c.starts_with("token=") && !c.starts_with("accesskey=")
+            });
+            (
+                prop::collection::vec(piece, 0..5),
+                prop::collection::vec(cookie, 0..4),
+            )
+        }
+
+        fn build(
+            placed: &[(Place, String)],
+            noise_query: &[String],
+            noise_cookies: &[String],
+        ) -> (HeaderMap, String) {
+            let mut headers = HeaderMap::new();
+            let mut query: Vec<String> = noise_query.to_vec();
+            let mut cookies: Vec<String> = noise_cookies.to_vec();
+            for (place, secret) in placed {
+                match place {
+                    Place::Bearer => {
+                        headers.append(
+                            header::AUTHORIZATION,
+                            HeaderValue::from_str(&format!("Bearer {secret}")).unwrap(),
+                        );
+                    }
+                    Place::QueryToken => query.push(format!("token={secret}")),
+                    Place::QueryAccessKey => query.push(format!("accesskey={secret}")),
+                    Place::CookieToken => cookies.push(format!("token={secret}")),
+                    Place::CookieAccessKey => cookies.push(format!("accesskey={secret}")),
+                }
+            }
+            if !cookies.is_empty() {
+                headers.append(
+                    header::COOKIE,
+                    HeaderValue::from_str(&cookies.join("; ")).unwrap(),
+                );
+            }
+            headers.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+            (headers, query.join("&"))
+        }
+
+        fn kind_of(place: Place) -> CredentialKind {
+            match place {
+                Place::Bearer | Place::QueryToken | Place::CookieToken => CredentialKind::Jwt,
+                Place::QueryAccessKey | Place::CookieAccessKey => CredentialKind::AccessKey,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn extraction_never_panics_on_arbitrary_input(
+                values in prop::collection::vec(
+                    (prop_oneof![Just("authorization"), Just("cookie"), Just("x-other")],
+                     prop::collection::vec(any::<u8>(), 0..40)),
+                    0..6,
+                ),
+                query in any::<String>(),
+            ) {
+                let mut headers = HeaderMap::new();
+                for (name, bytes) in values {
+                    if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                        headers.append(name, value);
+                    }
+                }
+                let found = extract(&headers, Some(&query));
+                if let Ok(Some(credential)) = found {
+                    prop_assert!(!credential.secret.is_empty());
+                }
+                let _ = strip_credential_query(&query);
+                strip_credential_headers(&mut headers);
+                prop_assert!(extract(&headers, None).is_ok_and(|c| c.is_none())
+                    || headers.get_all(header::AUTHORIZATION).iter().next().is_some());
+            }
+
+            #[test]
+            fn extraction_finds_exactly_what_is_there(
+                placed in prop::collection::vec((place(), secret()), 0..4),
+                (noise_query, noise_cookies) in noise(),
+            ) {
+                let (headers, query) = build(&placed, &noise_query, &noise_cookies);
+                let query = (!query.is_empty()).then_some(query.as_str());
+                let mut distinct: Vec<(CredentialKind, &str)> = placed
+                    .iter()
+                    .map(|(place, secret)| (kind_of(*place), secret.as_str()))
+                    .collect();
+                distinct.sort_by_key(|(kind, secret)| (*kind == CredentialKind::Jwt, *secret));
+                distinct.dedup();
+                let found = extract(&headers, query);
+                match distinct.as_slice() {
+                    [] => prop_assert_eq!(found, Ok(None)),
+                    [(kind, secret)] => {
+                        let credential = found.expect("one credential").expect("found");
+                        prop_assert_eq!(credential.kind, *kind);
+                        prop_assert_eq!(credential.secret.as_ref(), *secret);
+                    }
+                    _ => prop_assert_eq!(found, Err(ExtractError::Conflicting)),
+                }
+            }
+
+            #[test]
+            fn stripping_removes_every_credential_and_keeps_the_rest_in_order(
+                placed in prop::collection::vec((place(), secret()), 0..4),
+                (noise_query, noise_cookies) in noise(),
+                order in any::<u64>(),
+            ) {
+                // Credentials interleaved with the other pieces.
+                let (mut headers, _) = build(&placed, &[], &noise_cookies);
+                let mut pieces: Vec<(bool, String)> =
+                    noise_query.iter().map(|p| (false, p.clone())).collect();
+                for (i, (place, secret)) in placed.iter().enumerate() {
+                    let piece = match place {
+                        Place::QueryToken => format!("token={secret}"),
+                        Place::QueryAccessKey => format!("accesskey={secret}"),
+                        _ => continue,
+                    };
+                    let at = usize::try_from(order.rotate_left(i as u32 * 7) % (pieces.len() as u64 + 1)).unwrap();
+                    pieces.insert(at, (true, piece));
+                }
+                let query = pieces.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join("&");
+                let kept: Vec<&str> = pieces.iter().filter(|(c, _)| !c).map(|(_, p)| p.as_str()).collect();
+                let expected = (!kept.is_empty()).then(|| kept.join("&"));
+                prop_assert_eq!(strip_credential_query(&query).map(Cow::into_owned), expected);
+
+                strip_credential_headers(&mut headers);
+                prop_assert_eq!(extract(&headers, None), Ok(None));
+                let cookies: Vec<String> = request_cookies(&headers)
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect();
+                prop_assert_eq!(cookies, noise_cookies);
+                prop_assert_eq!(&headers[header::ACCEPT], "*/*");
+            }
+        }
+    }
 }

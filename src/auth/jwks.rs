@@ -178,11 +178,18 @@ impl JwksProvider {
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
         validation.set_issuer(&[self.source.issuer.as_str()]);
+        // jsonwebtoken checks `aud` only when the token has one: a
+        // configured audience must also make the claim required.
         match &self.source.audience {
-            Some(audience) => validation.set_audience(&[audience.as_str()]),
-            None => validation.validate_aud = false,
+            Some(audience) => {
+                validation.set_audience(&[audience.as_str()]);
+                validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+            }
+            None => {
+                validation.validate_aud = false;
+                validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+            }
         }
-        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
             .map_err(|err| super::jwt::rejection_of(&err))?;
         let claims = data.claims;

@@ -327,6 +327,7 @@ pub fn rejection_of(err: &jsonwebtoken::errors::Error) -> TokenRejection {
         ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
         ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
         ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => TokenRejection::WrongAudience,
         ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => TokenRejection::BadSignature,
         _ => TokenRejection::Malformed,
     }

@@ -82,6 +82,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Joins several `Cookie` fields into one, separated by `; `: HTTP/2
+/// clients may send one field per cookie (RFC 9113 section 8.2.3), while an
+/// HTTP/1.1 server expects a single `Cookie` header (RFC 6265 section 5.4).
+/// Values that are not UTF-8 are kept as they are.
+pub fn join_cookie_headers(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.nth(1).is_none() {
+        return;
+    }
+    let parts: Option<Vec<&str>> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|value| value.to_str().ok())
+        .collect();
+    let Some(joined) = parts.and_then(|parts| HeaderValue::from_str(&parts.join("; ")).ok()) else {
+        return;
+    };
+    headers.insert(header::COOKIE, joined);
+}
+
 /// Removes every `X-Auth-*` header: identity comes only from the gateway.
 pub fn remove_identity_headers(headers: &mut HeaderMap) {
     let spoofed: Vec<HeaderName> = headers
@@ -112,6 +132,46 @@ pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
         && let Ok(value) = HeaderValue::from_str(key_id)
     {
         headers.insert(X_AUTH_KEY_ID.clone(), value);
+    }
+}
+
+/// A `Host` header that is repeated or not a `host[:port]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidHost;
+
+/// The authority the client addressed, for `X-Forwarded-Host`: the request
+/// target's (absolute form, or HTTP/2 `:authority`), which wins over `Host`
+/// as RFC 9112 section 3.2.2 says, without any user info; else the `Host`
+/// header. Routing never depends on it (routes match the path only, and the
+/// upstream gets its own authority as `Host`), but an upstream that builds
+/// links from `X-Forwarded-Host` must not get a repeated or malformed one.
+pub fn requested_authority(
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, InvalidHost> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(InvalidHost);
+    }
+    if let Some(authority) = uri.authority() {
+        let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+        return Ok(HeaderValue::from_str(host_port)
+            .ok()
+            .filter(|value| !value.is_empty()));
+    }
+    match host {
+        None => Ok(None),
+        Some(value) if value.is_empty() => Ok(None),
+        Some(value) => {
+            let valid = !value.as_bytes().contains(&b'@')
+                && http::uri::Authority::try_from(value.as_bytes()).is_ok();
+            if valid {
+                Ok(Some(value.clone()))
+            } else {
+                Err(InvalidHost)
+            }
+        }
     }
 }
 
@@ -157,10 +217,66 @@ pub fn set_client_cert_subject(headers: &mut HeaderMap, subject: Option<&str>) {
     }
 }
 
-/// The subject of a DER certificate as an RFC 4514 string.
+/// The subject of a DER certificate as an RFC 4514 string: the last RDN
+/// first, special characters escaped, so a value cannot pose as another
+/// attribute. Non-ASCII bytes are escaped as `\XX`, keeping the header
+/// ASCII; values that are not strings are given as `#` and their DER in hex.
 pub fn certificate_subject(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    Some(cert.subject().to_string())
+    let rdns: Vec<String> = cert
+        .subject()
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attribute| {
+                    let name = attribute_name(&attribute.attr_type().to_id_string());
+                    let value = match attribute.as_str() {
+                        Ok(text) => escape_dn_value(text),
+                        Err(_) => format!("#{}", hex::encode(attribute.attr_value().as_bytes())),
+                    };
+                    format!("{name}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    Some(rdns.into_iter().rev().collect::<Vec<_>>().join(","))
+}
+
+/// RFC 4514 short names of the usual attribute types; others by OID.
+fn attribute_name(oid: &str) -> String {
+    match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "STREET",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        other => return other.to_owned(),
+    }
+    .to_owned()
+}
+
+/// Escapes an attribute value per RFC 4514 section 2.4.
+fn escape_dn_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    let last = value.len().saturating_sub(1);
+    for (index, byte) in value.bytes().enumerate() {
+        match byte {
+            b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\' => {
+                out.push('\\');
+                out.push(byte as char);
+            }
+            b'#' if index == 0 => out.push_str("\\#"),
+            b' ' if index == 0 || index == last => out.push_str("\\ "),
+            0x20..=0x7e => out.push(byte as char),
+            _ => out.push_str(&format!("\\{byte:02X}")),
+        }
+    }
+    out
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in
@@ -264,6 +380,17 @@ mod tests {
     }
 
     #[test]
+    fn cookie_crumbs_become_one_header() {
+        let mut h = headers(&[("cookie", "a=1"), ("cookie", "b=2; c=3")]);
+        join_cookie_headers(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, vec!["a=1; b=2; c=3"]);
+        let mut h = headers(&[("cookie", "a=1")]);
+        join_cookie_headers(&mut h);
+        assert_eq!(h["cookie"], "a=1");
+    }
+
+    #[test]
     fn identity_headers_replace_spoofed_ones() {
         let mut h = headers(&[
             ("x-auth-user", "root"),
@@ -321,6 +448,49 @@ mod tests {
     }
 
     #[test]
+    fn requested_authority_prefers_the_target_and_refuses_bad_hosts() {
+        let origin: http::Uri = "/admin".parse().unwrap();
+        let absolute: http::Uri = "http://evil.example:81/admin".parse().unwrap();
+        let with_user: http::Uri = "http://user:pw@evil.example/admin".parse().unwrap();
+        let host = headers(&[("host", "api.example.com:8080")]);
+        assert_eq!(
+            requested_authority(&origin, &host).unwrap().unwrap(),
+            "api.example.com:8080"
+        );
+        assert_eq!(
+            requested_authority(&absolute, &host).unwrap().unwrap(),
+            "evil.example:81"
+        );
+        assert_eq!(
+            requested_authority(&with_user, &HeaderMap::new())
+                .unwrap()
+                .unwrap(),
+            "evil.example"
+        );
+        assert_eq!(requested_authority(&origin, &HeaderMap::new()), Ok(None));
+        assert_eq!(
+            requested_authority(&origin, &headers(&[("host", "")])),
+            Ok(None)
+        );
+        let twice = headers(&[("host", "a"), ("host", "b")]);
+        assert_eq!(requested_authority(&origin, &twice), Err(InvalidHost));
+        assert_eq!(requested_authority(&absolute, &twice), Err(InvalidHost));
+        for bad in ["a b", "evil/x", "user@evil", "evil?x", "[::1"] {
+            assert_eq!(
+                requested_authority(&origin, &headers(&[("host", bad)])),
+                Err(InvalidHost),
+                "{bad}"
+            );
+        }
+        for good in ["localhost", "127.0.0.1:8080", "[::1]:443", "a.b-c.example"] {
+            assert!(
+                requested_authority(&origin, &headers(&[("host", good)])).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
     fn client_address_honours_only_trusted_proxies() {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let xff = headers(&[("x-forwarded-for", "1.2.3.4, 6.6.6.6, 10.0.0.7")]);
@@ -335,6 +505,21 @@ mod tests {
         let garbage = headers(&[("x-forwarded-for", "not-an-ip")]);
         assert_eq!(client_ip(proxy, &garbage, &trusted), proxy);
         assert_eq!(client_ip(proxy, &xff, &[]), proxy);
+    }
+
+    #[test]
+    fn distinguished_name_values_are_escaped() {
+        assert_eq!(escape_dn_value("mallory, O=admins"), "mallory\\, O=admins");
+        assert_eq!(
+            escape_dn_value("a+b;c<d>e\"f\\g"),
+            "a\\+b\\;c\\<d\\>e\\\"f\\\\g"
+        );
+        assert_eq!(escape_dn_value("#lead"), "\\#lead");
+        assert_eq!(escape_dn_value(" both "), "\\ both\\ ");
+        assert_eq!(escape_dn_value("Zoë"), "Zo\\C3\\AB");
+        assert_eq!(escape_dn_value("nul\0"), "nul\\00");
+        assert_eq!(attribute_name("2.5.4.3"), "CN");
+        assert_eq!(attribute_name("1.2.3"), "1.2.3");
     }
 
     #[test]

@@ -4,24 +4,31 @@
 pub mod headers;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{Instrument, debug, warn};
 
-use crate::auth::Permit;
 use crate::auth::extract::{strip_credential_headers, strip_credential_query};
+use crate::auth::{Identity, Permit};
 use crate::body::{self, Body};
-use crate::config::UpstreamConfig;
+use crate::config::{Limits, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::routes::Route;
-use crate::server::ServeError;
+use crate::server::{Activity, ActivityIo, ServeError};
 
 /// Where a request came from.
 #[derive(Debug, Clone)]
@@ -32,6 +39,33 @@ pub struct ClientInfo {
     pub tls: bool,
     /// Subject of the verified client certificate (mTLS), if one was sent.
     pub cert_subject: Option<std::sync::Arc<str>>,
+    /// The connection's place under `limits.max_connections`; an upgraded
+    /// connection keeps it until the upgraded stream closes.
+    pub slot: Option<ConnectionSlot>,
+}
+
+/// A share of a connection's slot under `limits.max_connections`, and of
+/// its place in the shutdown drain: both are given back when the last share
+/// is dropped, so an upgraded connection counts until it closes.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlot {
+    _held: Arc<(
+        tokio::sync::OwnedSemaphorePermit,
+        Option<tokio::sync::mpsc::Sender<()>>,
+    )>,
+}
+
+impl ConnectionSlot {
+    /// Wraps the permit a connection was accepted with and the sender the
+    /// shutdown drain waits on.
+    pub fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        drain: Option<tokio::sync::mpsc::Sender<()>>,
+    ) -> Self {
+        ConnectionSlot {
+            _held: Arc::new((permit, drain)),
+        }
+    }
 }
 
 impl ClientInfo {
@@ -43,22 +77,34 @@ impl ClientInfo {
 
 /// The pooled upstream client, for `http://` and `https://` upstreams.
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, CappedBody>,
+    max_body_bytes: Option<u64>,
+    idle_timeout: Duration,
 }
 
 impl Forwarder {
     /// Builds the client once: connect timeout, idle timeout with a pool
     /// timer (without one idle connections are never reaped), idle cap, and
     /// rustls for `https://` upstreams with the system's CA roots plus
-    /// `upstream.ca_file`, and `upstream.client_cert` when set.
-    pub fn try_new(config: &UpstreamConfig) -> Result<Self, ServeError> {
+    /// `upstream.ca_file`, and `upstream.client_cert` when set. Request
+    /// bodies are capped at `limits.max_proxy_body_bytes`, and upgraded
+    /// connections close after `limits.idle_timeout` without traffic.
+    pub fn try_new(config: &UpstreamConfig, limits: &Limits) -> Result<Self, ServeError> {
         Ok(Forwarder {
             client: pooled_client(config)?,
+            max_body_bytes: limits.max_proxy_body_bytes,
+            idle_timeout: limits.idle_timeout,
         })
     }
 
     /// Forwards a checked request to `route`'s upstream and relays the
     /// response head; bodies stream both ways.
+    ///
+    /// A body over `limits.max_proxy_body_bytes` is refused with 413: at
+    /// once when its `Content-Length` says so (the upstream sees nothing),
+    /// else when the limit is crossed while streaming (the upstream sees the
+    /// head and a truncated body, then the connection closes, so it never
+    /// gets a complete request).
     pub async fn forward(
         &self,
         permit: Permit,
@@ -70,37 +116,28 @@ impl Forwarder {
         let upgrading = headers::is_upgrade_request(request.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, incoming) = request.into_parts();
-
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        parts.uri = upstream_uri(&route.upstream, &parts.uri)?;
-        parts.version = Version::HTTP_11;
-
-        let h = &mut parts.headers;
-        headers::strip_hop_by_hop(h, upgrading);
-        strip_credential_headers(h);
-        headers::remove_identity_headers(h);
-        if let Some(identity) = permit.identity() {
-            headers::set_identity_headers(h, identity);
-        }
-        headers::set_forwarded(h, client.addr.ip(), client.proto(), original_host);
-        headers::set_client_cert_subject(h, client.cert_subject.as_deref());
-        h.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-        if let Some(authority) = route.upstream.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        if let Some(limit) = self.max_body_bytes
+            && declared_length(&parts.headers).is_some_and(|length| length > limit)
         {
-            h.insert(header::HOST, host);
+            return Err(GatewayError::BodyTooLarge);
         }
+        rewrite_head(
+            &mut parts,
+            &route.upstream,
+            permit.identity(),
+            &client,
+            request_id,
+        )?;
 
-        let outbound = Request::from_parts(parts, incoming);
+        let (body, overflowed) = CappedBody::new(incoming, self.max_body_bytes);
+        let outbound = Request::from_parts(parts, body);
         let mut response = match tokio::time::timeout(route.timeout, self.client.request(outbound))
             .await
         {
             Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
+            Ok(Err(_)) if overflowed.load(Ordering::Relaxed) => {
+                return Err(GatewayError::BodyTooLarge);
+            }
             Ok(Err(err)) => {
                 warn!(upstream = %route.upstream, connect = err.is_connect(), error = %err, "upstream request failed");
                 return Err(GatewayError::UpstreamUnreachable);
@@ -112,7 +149,13 @@ impl Forwarder {
         if switching && let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(
-                splice(client_upgrade, upstream_upgrade).instrument(tracing::Span::current()),
+                splice(
+                    client_upgrade,
+                    upstream_upgrade,
+                    self.idle_timeout,
+                    client.slot,
+                )
+                .instrument(tracing::Span::current()),
             );
         }
         let (mut parts, incoming) = response.into_parts();
@@ -121,6 +164,121 @@ impl Forwarder {
             .headers
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
         Ok(Response::from_parts(parts, body::stream(incoming)))
+    }
+}
+
+/// Rewrites a request head for the upstream, in place: the upstream URI
+/// (its authority, its path prefix, the request path unchanged and the
+/// query without credentials), HTTP/1.1, no hop-by-hop headers, no
+/// credential, one `Cookie` header, no client-sent identity headers, the identity of
+/// `identity` (none on public routes), `X-Forwarded-*`, the client
+/// certificate subject, the request id, and `Host` set to the upstream's
+/// authority. Pure: no I/O, so it can be tested and fuzzed on its own.
+pub fn rewrite_head(
+    parts: &mut Parts,
+    upstream: &Uri,
+    identity: Option<&Identity>,
+    client: &ClientInfo,
+    request_id: &HeaderValue,
+) -> Result<(), GatewayError> {
+    let upgrading = headers::is_upgrade_request(&parts.headers);
+    let original_host = headers::requested_authority(&parts.uri, &parts.headers)
+        .map_err(|_| GatewayError::InvalidHost)?;
+    parts.uri = upstream_uri(upstream, &parts.uri)?;
+    parts.version = Version::HTTP_11;
+
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h, upgrading);
+    strip_credential_headers(h);
+    headers::join_cookie_headers(h);
+    headers::remove_identity_headers(h);
+    if let Some(identity) = identity {
+        headers::set_identity_headers(h, identity);
+    }
+    headers::set_forwarded(h, client.addr.ip(), client.proto(), original_host);
+    headers::set_client_cert_subject(h, client.cert_subject.as_deref());
+    h.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    match upstream
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    {
+        Some(host) => {
+            h.insert(header::HOST, host);
+        }
+        None => {
+            h.remove(header::HOST);
+        }
+    }
+    Ok(())
+}
+
+/// The `Content-Length` the client declared (hyper has already refused
+/// conflicting or malformed ones).
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// A request body streamed to the upstream that fails, and flags it, once
+/// more than its limit has passed; nothing is buffered.
+pub struct CappedBody {
+    inner: Incoming,
+    remaining: u64,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// The body went over `limits.max_proxy_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is over limits.max_proxy_body_bytes")]
+pub struct BodyOverLimit;
+
+impl CappedBody {
+    /// `inner` capped at `limit` bytes (`None`: no cap), and the flag that
+    /// tells whether the cap was hit.
+    pub fn new(inner: Incoming, limit: Option<u64>) -> (Self, Arc<AtomicBool>) {
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let body = CappedBody {
+            inner,
+            remaining: limit.unwrap_or(u64::MAX),
+            overflowed: overflowed.clone(),
+        };
+        (body, overflowed)
+    }
+}
+
+impl HttpBody for CappedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            let length = u64::try_from(data.len()).unwrap_or(u64::MAX);
+            if length > self.remaining {
+                self.overflowed.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(BodyOverLimit.into())));
+            }
+            self.remaining -= length;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -191,19 +349,44 @@ fn upstream_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig, ServeEr
     }
 }
 
-/// Joins both sides of an upgraded connection until either closes.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Joins both sides of an upgraded connection until either closes or no
+/// byte has moved for `idle_timeout`. Holds the client connection's slot
+/// under `limits.max_connections` until then.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle_timeout: Duration,
+    slot: Option<ConnectionSlot>,
+) {
+    let _slot = slot;
     match tokio::try_join!(client, upstream) {
         Ok((client, upstream)) => {
-            let mut client = TokioIo::new(client);
+            let activity = Arc::new(Activity::new());
+            let mut client = ActivityIo::new(TokioIo::new(client), activity.clone());
             let mut upstream = TokioIo::new(upstream);
-            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok((up, down)) => debug!(
-                    bytes.up = up,
-                    bytes.down = down,
-                    "upgraded connection closed"
-                ),
-                Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
+            let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+            tokio::pin!(copy);
+            loop {
+                let idle_left = idle_timeout.saturating_sub(activity.idle());
+                tokio::select! {
+                    result = &mut copy => {
+                        match result {
+                            Ok((up, down)) => debug!(
+                                bytes.up = up,
+                                bytes.down = down,
+                                "upgraded connection closed"
+                            ),
+                            Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep(idle_left) => {
+                        if activity.idle() >= idle_timeout {
+                            debug!("closing idle upgraded connection");
+                            return;
+                        }
+                    }
+                }
             }
         }
         Err(err) => debug!(error = %err, "upgrade did not complete"),
@@ -257,5 +440,55 @@ mod tests {
             let uri = upstream_uri(&upstream.parse().unwrap(), &request.parse().unwrap()).unwrap();
             assert_eq!(uri.to_string(), expected, "{upstream} + {request}");
         }
+    }
+
+    #[test]
+    fn rewritten_heads_carry_no_credential_and_the_upstream_host() {
+        let request = Request::builder()
+            .uri("http://evil.example/admin/x?a=1&token=secret&b=2")
+            .header("host", "other.example")
+            .header("authorization", "Bearer secret")
+            .header("cookie", "token=secret; theme=dark")
+            .header("x-auth-user", "root")
+            .header("connection", "x-hop")
+            .header("x-hop", "1")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        let client = ClientInfo {
+            addr: "192.0.2.1:5000".parse().unwrap(),
+            tls: true,
+            cert_subject: None,
+            slot: None,
+        };
+        let upstream: Uri = "http://127.0.0.1:9000/base".parse().unwrap();
+        let id = HeaderValue::from_static("req-1");
+        rewrite_head(&mut parts, &upstream, None, &client, &id).unwrap();
+        assert_eq!(
+            parts.uri.to_string(),
+            "http://127.0.0.1:9000/base/admin/x?a=1&b=2"
+        );
+        let h = &parts.headers;
+        assert_eq!(h["host"], "127.0.0.1:9000");
+        assert_eq!(h["x-forwarded-host"], "evil.example");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["cookie"], "theme=dark");
+        assert_eq!(h["x-request-id"], "req-1");
+        for gone in ["authorization", "x-auth-user", "connection", "x-hop"] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
+
+        let request = Request::builder()
+            .uri("/x")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        assert_eq!(
+            rewrite_head(&mut parts, &upstream, None, &client, &id),
+            Err(GatewayError::InvalidHost)
+        );
     }
 }

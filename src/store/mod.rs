@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, Connection, Row};
 
 use crate::config::StoreUrl;
 
@@ -34,6 +34,17 @@ pub enum StoreError {
     /// The database could not be reached or failed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+}
+
+impl StoreError {
+    /// What went wrong, without the "store unavailable" prefix.
+    pub fn detail(&self) -> &str {
+        match self {
+            StoreError::NotFound => "not found",
+            StoreError::AlreadyExists => "already exists",
+            StoreError::Unavailable(detail) => detail,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -206,38 +217,51 @@ fn next_generation(previous: i64) -> i64 {
 
 impl Store {
     /// Opens the store (creating an SQLite file and its folder when missing)
-    /// and runs the migrations.
+    /// and runs the migrations. A store that cannot be opened (an
+    /// unreachable server, a file that is not a database, a folder that
+    /// cannot be written) fails at once with the cause in one line.
     pub async fn open(url: &StoreUrl) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let (url, max_connections, migrator, postgres_url) = match url {
-            StoreUrl::Sqlite(path) => (sqlite_url(path)?, 4, &SQLITE_MIGRATIONS, None),
-            StoreUrl::Postgres(url) => (url.clone(), 10, &POSTGRES_MIGRATIONS, Some(url.clone())),
+        let (url, max_connections, migrator, postgres_url, label) = match url {
+            StoreUrl::Sqlite(path) => (
+                sqlite_url(path)?,
+                4,
+                &SQLITE_MIGRATIONS,
+                None,
+                path.display().to_string(),
+            ),
+            // Never the URL itself: it may hold a password.
+            StoreUrl::Postgres(url) => (
+                url.clone(),
+                10,
+                &POSTGRES_MIGRATIONS,
+                Some(url.clone()),
+                "PostgreSQL".to_owned(),
+            ),
         };
+        let unavailable =
+            |err: sqlx::Error| StoreError::Unavailable(format!("{label}: {}", describe(&err)));
+        // One connection first: the pool would only retry until its timeout
+        // and then report the timeout instead of the cause.
+        let mut probe = sqlx::AnyConnection::connect(&url)
+            .await
+            .map_err(unavailable)?;
+        prepare_connection(&mut probe).await.map_err(unavailable)?;
+        let _ = probe.close().await;
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-                        // WAL + FULL: a write acknowledged to a client survives a
-                        // crash of the process and of the machine.
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
-                        )))
-                        .execute(conn)
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
+            .after_connect(|conn, _meta| Box::pin(prepare_connection(conn)))
             .connect(&url)
             .await
-            .map_err(|err| StoreError::Unavailable(err.to_string()))?;
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|err| StoreError::Unavailable(format!("migrations failed: {err}")))?;
+            .map_err(unavailable)?;
+        migrator.run(&pool).await.map_err(|err| {
+            let detail = match &err {
+                sqlx::migrate::MigrateError::Execute(inner) => describe(inner),
+                other => other.to_string(),
+            };
+            StoreError::Unavailable(format!("{label}: migrations failed: {detail}"))
+        })?;
         Ok(Store { pool, postgres_url })
     }
 
@@ -806,6 +830,33 @@ async fn log_change(
 
 /// `sqlite://` URL for `path`, creating the parent folder. `mode=rwc`
 /// creates the file on first start.
+/// Per-connection settings. SQLite: WAL + `synchronous = FULL`, so that a
+/// write acknowledged to a client survives a crash of the process and of
+/// the machine, and a busy timeout for writers in other processes.
+async fn prepare_connection(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
+        )))
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A database error as one readable line: the database's own message and
+/// code rather than sqlx's wrapping.
+fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (code {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
 fn sqlite_url(path: &Path) -> Result<String, StoreError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|err| {
@@ -851,5 +902,47 @@ mod tests {
         let first = next_generation(0);
         assert!(next_generation(first) > first);
         assert_eq!(next_generation(i64::MAX - 1), i64::MAX);
+    }
+
+    #[tokio::test]
+    async fn sqlite_runs_in_wal_mode_with_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreUrl::Sqlite(dir.path().join("a.db")))
+            .await
+            .unwrap();
+        // Every pooled connection: the settings are per connection.
+        for _ in 0..4 {
+            let mut conn = store.pool.acquire().await.unwrap();
+            let mode: String = sqlx::query("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap()
+                .try_get(0)
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = sqlx::query("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap()
+                .try_get(0)
+                .unwrap();
+            assert_eq!(sync, 2, "synchronous = FULL");
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_refused_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        std::fs::write(&path, [0x5a_u8; 8192]).unwrap();
+        let err = match Store::open(&StoreUrl::Sqlite(path.clone())).await {
+            Err(err) => err,
+            Ok(_) => panic!("opened garbage"),
+        };
+        let detail = err.detail();
+        assert!(detail.contains("not a database"), "{detail}");
+        assert!(detail.contains(&path.display().to_string()), "{detail}");
+        assert!(!detail.contains('\n'), "{detail}");
     }
 }

@@ -30,6 +30,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub mod tls;
+
 /// The gateway binary built by cargo for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_authgate");
 
@@ -143,6 +145,24 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream on 127.0.0.1:0");
+        Upstream::serve(listener, delay)
+    }
+
+    /// A new upstream on `addr` (e.g. the address of one that was stopped:
+    /// an upstream restart); retries the bind for a few seconds.
+    pub async fn start_at(addr: SocketAddr) -> Upstream {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(err) if Instant::now() > deadline => panic!("bind upstream on {addr}: {err}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        Upstream::serve(listener, Duration::ZERO)
+    }
+
+    fn serve(listener: TcpListener, delay: Duration) -> Upstream {
         let addr = listener.local_addr().expect("upstream local addr");
         let records = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = watch::channel(false);
@@ -398,6 +418,12 @@ pub struct GatewayOptions {
     pub store_url: Option<String>,
     /// The JWT secret text; `None`: a fresh random one. Replicas share one.
     pub secret_text: Option<String>,
+    /// Lines added inside `[upstream]` (e.g. `ca_file = "..."`), each ending
+    /// with a newline.
+    pub upstream_extra_toml: String,
+    /// Leaves `jwt.secret_file` out of the config (asymmetric keys only).
+    /// The secret file is still written.
+    pub omit_secret_file: bool,
 }
 
 impl GatewayOptions {
@@ -425,6 +451,8 @@ impl GatewayOptions {
             extra_toml: String::new(),
             store_url: None,
             secret_text: None,
+            upstream_extra_toml: String::new(),
+            omit_secret_file: false,
         }
     }
 
@@ -441,8 +469,7 @@ url = "{db_url}"
 issuer = "{issuer}"
 ttl = {ttl}
 leeway = {leeway}
-secret_file = "{secret}"
-
+{secret_line}
 [onetimekey]
 realm = "{realm}"
 ttl = {otk_ttl}
@@ -450,7 +477,7 @@ ttl = {otk_ttl}
 [upstream]
 connect_timeout = {ct}
 timeout = {ut}
-
+{upstream_extra}
 [login]
 max_failures = {mf}
 window = {lw}
@@ -460,7 +487,12 @@ lockout = {ll}
             issuer = self.issuer,
             ttl = self.jwt_ttl,
             leeway = self.jwt_leeway,
-            secret = secret_path.display(),
+            secret_line = if self.omit_secret_file {
+                String::new()
+            } else {
+                format!("secret_file = \"{}\"\n", secret_path.display())
+            },
+            upstream_extra = self.upstream_extra_toml,
             realm = self.realm,
             otk_ttl = self.otk_ttl,
             ct = self.connect_timeout,
@@ -549,13 +581,32 @@ impl Gateway {
 
     /// Starts `authgate serve` and waits for its `listening on http://` line.
     pub async fn spawn(&mut self) {
-        assert!(self.child.is_none(), "gateway already running");
-        let start_offset = {
-            let mut log = self.log.lock().unwrap();
-            log.push_str("=== authgate serve starting ===\n");
-            log.len()
+        let command = self.serve_command(None);
+        self.spawn_command(command).await;
+    }
+
+    /// Like [`Gateway::spawn`], but through `bash -c "<prelude>; exec ..."`,
+    /// e.g. to set resource limits or drop privileges first.
+    pub async fn spawn_with_prelude(&mut self, prelude: &str) {
+        let command = self.serve_command(Some(prelude));
+        self.spawn_command(command).await;
+    }
+
+    /// `authgate serve --config <this config>` in the gateway's directory,
+    /// with debug logs; through `bash -c "<prelude>; exec ..."` when given.
+    pub fn serve_command(&self, prelude: Option<&str>) -> Command {
+        let mut command = match prelude {
+            None => Command::new(BIN),
+            Some(prelude) => {
+                let mut command = Command::new("bash");
+                command
+                    .arg("-c")
+                    .arg(format!("{prelude}\nexec \"$0\" \"$@\""))
+                    .arg(BIN);
+                command
+            }
         };
-        let mut child = Command::new(BIN)
+        command
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -565,9 +616,18 @@ impl Gateway {
             .env_remove("AUTHGATE_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn authgate serve");
+            .stderr(Stdio::piped());
+        command
+    }
+
+    async fn spawn_command(&mut self, mut command: Command) {
+        assert!(self.child.is_none(), "gateway already running");
+        let start_offset = {
+            let mut log = self.log.lock().unwrap();
+            log.push_str("=== authgate serve starting ===\n");
+            log.len()
+        };
+        let mut child = command.spawn().expect("spawn authgate serve");
         pump_lines(child.stderr.take().expect("stderr"), self.log.clone());
         pump_lines(child.stdout.take().expect("stdout"), self.log.clone());
         self.child = Some(child);
@@ -761,6 +821,109 @@ impl Gateway {
     /// Everything CLI invocations wrote to stderr so far.
     pub fn cli_logs(&self) -> String {
         self.cli_log.lock().unwrap().clone()
+    }
+
+    /// How often `needle` occurs in the gateway's log so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().matches(needle).count()
+    }
+
+    /// Waits until `needle` occurs at least `n` times in the log.
+    pub async fn wait_for_log(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_count(needle) >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `https://` listener of the running process, from its
+    /// `listening on https://` line (waits for the line to be logged).
+    pub async fn https_addr(&self) -> SocketAddr {
+        const MARK: &str = "listening on https://";
+        const START: &str = "=== authgate serve starting ===";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = {
+                let log = self.log.lock().unwrap();
+                let from = log.rfind(START).unwrap_or(0);
+                let log = &log[from..];
+                log.find(MARK).and_then(|at| {
+                    let rest = &log[at + MARK.len()..];
+                    let end = rest
+                        .find(|c: char| {
+                            !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+                        })
+                        .unwrap_or(rest.len());
+                    rest[..end].parse::<SocketAddr>().ok()
+                })
+            };
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `listening on https://` line; log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The process id of the running gateway.
+    pub fn pid(&self) -> libc::pid_t {
+        let child = self.child.as_ref().expect("gateway not running");
+        libc::pid_t::try_from(child.id()).expect("pid fits pid_t")
+    }
+
+    /// Sends SIGHUP (reload the config).
+    pub fn sighup(&self) {
+        let pid = self.pid();
+        // SAFETY: sending a signal to our own child process, which we have not reaped.
+        let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
+        assert_eq!(rc, 0, "kill(SIGHUP) failed");
+    }
+
+    /// `store.url` as written into the config.
+    pub fn db_url(&self) -> String {
+        self.opts.store_url.clone().unwrap_or_else(|| {
+            let root = self
+                .dir
+                .path()
+                .canonicalize()
+                .expect("canonicalize temp dir");
+            format!("sqlite://{}", root.join("authgate.db").display())
+        })
+    }
+
+    /// The config `opts` would give, with this gateway's store and secret file.
+    pub fn render_config(&self, opts: &GatewayOptions) -> String {
+        let root = self
+            .dir
+            .path()
+            .canonicalize()
+            .expect("canonicalize temp dir");
+        opts.render(&self.db_url(), &root.join("jwt.secret"))
+    }
+
+    /// Rewrites the config file from `opts` (store and secret unchanged);
+    /// takes effect on `restart` or `sighup`.
+    pub fn set_options(&mut self, opts: GatewayOptions) {
+        let text = self.render_config(&opts);
+        self.write_config(&text);
+        self.opts = opts;
+    }
+
+    /// Replaces the config file with `text` at once (write, then rename).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.config_path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("replace config");
     }
 }
 
