@@ -1,0 +1,156 @@
+//! `/metrics` in the Prometheus text format, and JSON access logs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The value of the first sample line that starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_outcome_logins_upstream_errors_cache_and_reloads() {
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.routes
+        .push(RouteSpec::required("/down", &closed_port_url()));
+    let gw = Gateway::start_with(opts).await;
+    gw.add_user("alice", "alice-password", &[]).await;
+
+    let token = login_ok(&gw, "alice", "alice-password").await;
+    login(&gw, "alice", "wrong-password")
+        .await
+        .expect_status(401);
+    for _ in 0..3 {
+        get(&gw.url("/data"), Some(&token), &[])
+            .await
+            .expect_status(200);
+    }
+    get(&gw.url("/data"), None, &[]).await.expect_status(401);
+    // A key the cache has never seen: a miss, then a negative entry.
+    let unknown_key = format!("ag_{}", "A".repeat(43));
+    get(
+        &gw.url(&format!("/data?accesskey={unknown_key}")),
+        None,
+        &[],
+    )
+    .await
+    .expect_status(401);
+    get(&gw.url("/public/x"), None, &[])
+        .await
+        .expect_status(200);
+    get(&gw.url("/down/x"), Some(&token), &[])
+        .await
+        .expect_status(502);
+    gw.sighup();
+    let reloaded = poll_until(Duration::from_secs(10), || async {
+        gw.logs().contains("configuration reloaded")
+    })
+    .await;
+    assert!(reloaded, "no reload logged:\n{}", gw.logs());
+
+    let response = get(&gw.url("/metrics"), None, &[]).await;
+    response.expect_status(200);
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "content type"
+    );
+    let text = response.text();
+    let at_least = |prefix: &str, min: f64| {
+        let value = sample(&text, prefix).unwrap_or_else(|| panic!("no sample {prefix}\n{text}"));
+        assert!(
+            value >= min,
+            "{prefix} = {value}, expected at least {min}\n{text}"
+        );
+    };
+    at_least(
+        r#"authgate_requests_total{route="/",outcome="authenticated",reason=""}"#,
+        3.0,
+    );
+    at_least(
+        r#"authgate_requests_total{route="/",outcome="rejected",reason="AUTHENTICATION_REQUIRED"}"#,
+        1.0,
+    );
+    at_least(
+        r#"authgate_requests_total{route="/public",outcome="public",reason=""}"#,
+        1.0,
+    );
+    at_least(
+        r#"authgate_requests_total{route="/down",outcome="rejected",reason="UPSTREAM_UNREACHABLE"}"#,
+        1.0,
+    );
+    at_least(r#"authgate_upstream_errors_total{kind="unreachable"}"#, 1.0);
+    at_least(
+        r#"authgate_login_attempts_total{kind="password",result="success"}"#,
+        1.0,
+    );
+    at_least(
+        r#"authgate_login_attempts_total{kind="password",result="failure"}"#,
+        1.0,
+    );
+    at_least("authgate_request_duration_seconds_count", 7.0);
+    at_least(
+        r#"authgate_request_duration_seconds_bucket{le="+Inf"}"#,
+        7.0,
+    );
+    at_least("authgate_upstream_duration_seconds_count", 4.0);
+    // Login filled the user cache, so every JWT request hits it; the
+    // unknown key missed.
+    at_least("authgate_cache_hits_total", 4.0);
+    at_least("authgate_cache_misses_total", 1.0);
+    at_least("authgate_open_connections", 1.0);
+    at_least("authgate_config_reloads_total", 1.0);
+    assert!(!text.contains(&token), "metrics never carry credentials");
+}
+
+#[tokio::test]
+async fn json_logs_have_one_access_line_per_request_without_secrets() {
+    let upstream = Upstream::start().await;
+    let mut gw = Gateway::prepare(GatewayOptions::new(&upstream.url()));
+    gw.spawn_with_prelude("export AUTHGATE_LOG_FORMAT=json AUTHGATE_LOG=info")
+        .await;
+    gw.add_user("bob", "bob-password", &["ops"]).await;
+    let token = login_ok(&gw, "bob", "bob-password").await;
+    get(
+        &gw.url(&format!("/data?token={token}&x=1")),
+        None,
+        &[("x-request-id", "req-json-1")],
+    )
+    .await
+    .expect_status(200);
+
+    let found = poll_until(Duration::from_secs(5), || async {
+        gw.logs().contains("req-json-1")
+    })
+    .await;
+    assert!(found, "no access line:\n{}", gw.logs());
+    let logs = gw.logs();
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .filter(|entry: &serde_json::Value| entry["fields"]["message"] == "access")
+        .filter(|entry| entry["span"]["request.id"] == "req-json-1")
+        .collect();
+    assert_eq!(access.len(), 1, "one access line per request:\n{logs}");
+    let line = &access[0];
+    assert_eq!(line["fields"]["http.status"], 200);
+    assert!(line["fields"]["latency_ms"].is_number());
+    assert_eq!(line["span"]["route"], "/");
+    assert_eq!(line["span"]["auth.method"], "jwt");
+    assert_eq!(line["span"]["auth.user"], "bob");
+    assert_eq!(line["span"]["http.target"], "/data?token=REDACTED&x=1");
+    assert!(!logs.contains(&token), "the token reached the log");
+    assert!(
+        !logs.contains("bob-password"),
+        "the password reached the log"
+    );
+}
