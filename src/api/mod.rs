@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 
 use crate::auth::Identity;
-use crate::auth::extract::{self, ExtractError};
+
 use crate::body::{self, Body};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -127,13 +127,10 @@ pub async fn serve(
 
 /// The caller of an own endpoint, authenticated like a proxied request.
 async fn caller(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Identity, GatewayError> {
-    let credential = extract::extract(request.headers(), request.uri().query())
-        .map_err(|err| match err {
-            ExtractError::Conflicting => GatewayError::ConflictingCredentials,
-            ExtractError::Malformed => GatewayError::invalid("the credential is malformed"),
-        })?
-        .ok_or(GatewayError::AuthenticationRequired)?;
-    ctx.gateway.auth.authenticate(&credential).await
+    ctx.gateway
+        .auth
+        .authenticate_request(request.headers(), request.uri().query())
+        .await
 }
 
 /// Reads a JSON body of at most `limits.max_body_bytes`.

@@ -170,6 +170,24 @@ impl Authenticator {
         &self.jwt
     }
 
+    /// The identity behind the one credential of a request head: 400 for
+    /// two different credentials, 401 for none or a malformed one.
+    pub async fn authenticate_request(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Identity, GatewayError> {
+        let credential = extract::extract(headers, query)
+            .map_err(|err| match err {
+                extract::ExtractError::Conflicting => GatewayError::ConflictingCredentials,
+                extract::ExtractError::Malformed => {
+                    GatewayError::invalid("the credential is malformed")
+                }
+            })?
+            .ok_or(GatewayError::AuthenticationRequired)?;
+        self.authenticate(&credential).await
+    }
+
     /// The identity behind a credential, or why it is refused.
     pub async fn authenticate(
         &self,
