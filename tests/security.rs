@@ -1298,8 +1298,10 @@ async fn full_disk_at_write_time_gives_503_and_cached_credentials_keep_working()
         .len();
     // No file may grow past the store's size plus a few pages: the write-
     // ahead log fills up after a handful of writes, like a full disk.
-    // SIGXFSZ is ignored so that the write fails instead of killing.
-    let limit_kib = db_size / 1024 + 24;
+    // SIGXFSZ is ignored so that the write fails instead of killing. The
+    // shared-memory index SQLite creates at start is 32 KiB, so the limit
+    // must leave room for it or start-up itself fails.
+    let limit_kib = db_size / 1024 + 64;
     gw.spawn_with_prelude(&format!("trap '' XFSZ\nulimit -f {limit_kib}"))
         .await;
     let jwt = login_ok(&gw, &user, &password).await;

@@ -1,6 +1,8 @@
 //! Issuing and checking JWTs (HS256, algorithm pinned by config).
 
 use std::collections::HashMap;
+
+use dashmap::DashMap;
 use std::time::Duration;
 
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
@@ -124,7 +126,16 @@ pub struct JwtKeys {
     issuer: String,
     ttl: Duration,
     leeway: i64,
+    /// Tokens whose signature and claims were checked, by their exact
+    /// bytes: a repeated token skips the signature (ES256 and RS256 cost
+    /// far more than the rest of a request). Entries go with their `exp`;
+    /// revocation is still checked on every request by the caller (`jti`,
+    /// user generation). A reload builds new keys and so a new cache.
+    verified: DashMap<Box<str>, Claims>,
 }
+
+/// Most tokens kept in the verified-token cache.
+const MAX_VERIFIED_TOKENS: usize = 20_000;
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -229,6 +240,7 @@ impl JwtKeys {
             issuer: issuer.to_owned(),
             ttl,
             leeway: i64::try_from(leeway).unwrap_or(i64::MAX),
+            verified: DashMap::new(),
         })
     }
 
@@ -266,11 +278,35 @@ impl JwtKeys {
         Ok((token, claims))
     }
 
-    /// Verifies key, algorithm, signature, `typ`, `exp`, `nbf`, `iat` and `iss`.
+    /// Verifies key, algorithm, signature, `typ`, `exp`, `nbf`, `iat` and
+    /// `iss`; a token verified before is only checked for expiry.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenRejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenRejection::TooLong);
         }
+        if let Some(claims) = self.verified.get(token) {
+            if now <= claims.exp.saturating_add(self.leeway) {
+                return Ok(claims.clone());
+            }
+            drop(claims);
+            self.verified.remove(token);
+            return Err(TokenRejection::Expired);
+        }
+        let claims = self.verify_signed(token, now)?;
+        if self.verified.len() >= MAX_VERIFIED_TOKENS {
+            let leeway = self.leeway;
+            self.verified
+                .retain(|_, claims| now <= claims.exp.saturating_add(leeway));
+            if self.verified.len() >= MAX_VERIFIED_TOKENS {
+                self.verified.clear();
+            }
+        }
+        self.verified.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    /// The full check: key, algorithm, signature and claims.
+    fn verify_signed(&self, token: &str, now: i64) -> Result<Claims, TokenRejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
         if let Some(typ) = &header.typ
             && !typ.eq_ignore_ascii_case("JWT")
@@ -768,5 +804,26 @@ mod tests {
             spec("a", Algorithm::EdDSA, &p.ed, true),
         ];
         assert!(JwtKeys::try_new("i", Duration::from_secs(60), 0, None, &twice).is_err());
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_until_they_expire() {
+        let keys = keys();
+        let now = now();
+        let (token, issued) = keys
+            .issue("alice", &[], 1, Some(Duration::from_secs(60)), now)
+            .unwrap();
+        assert_eq!(keys.verify(&token, now).unwrap(), issued);
+        assert_eq!(keys.verified.len(), 1);
+        assert_eq!(keys.verify(&token, now + 10).unwrap(), issued);
+        // Past exp + leeway the cached entry answers Expired and goes.
+        assert_eq!(
+            keys.verify(&token, now + 60 + 31),
+            Err(TokenRejection::Expired)
+        );
+        assert!(keys.verified.is_empty());
+        // Refused tokens are never remembered.
+        assert!(keys.verify("a.b.c", now).is_err());
+        assert!(keys.verified.is_empty());
     }
 }
