@@ -15,7 +15,7 @@ use super::{Context, caller, json, read_json, rfc3339};
 use crate::auth::{AuthMethod, Identity, accesskey, unix_now};
 use crate::body::Body;
 use crate::error::GatewayError;
-use crate::store::AccessKey;
+use crate::store::{AccessKey, Change};
 
 /// Keys per page when `page_size` is not given, and the most allowed.
 const MAX_PAGE_SIZE: i64 = 100;
@@ -225,10 +225,8 @@ pub async fn delete(
         .store
         .delete_key(id, scope(&identity), unix_now())
         .await?;
-    let mut hash = [0u8; 32];
-    if hex::decode_to_slice(&hash_hex, &mut hash).is_ok() {
-        ctx.gateway.cache.forget_key(&hash);
-    }
+    // The same eviction other processes apply when they read the change log.
+    ctx.gateway.cache.apply(&Change::Key(hash_hex));
     Ok(json(StatusCode::OK, &view(&key)))
 }
 
