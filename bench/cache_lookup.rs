@@ -5,12 +5,12 @@
 //! authentication does (SHA-256 of a key → key facts), then times lookups of
 //! present and absent keys and prints the process's resident memory.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use authgate::auth::accesskey;
 use authgate::config::CacheConfig;
 use authgate::store::cache::{CredentialCache, KeyFacts, Lookup};
+use uuid::Uuid;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -35,7 +35,6 @@ fn main() {
         ttl: Duration::from_secs(3600),
         negative_ttl: Duration::from_secs(5),
     });
-    let roles: Arc<[String]> = Arc::from(vec!["reader".to_owned()]);
     let before = rss_kib();
     let now = Instant::now();
     let hashes: Vec<accesskey::KeyHash> = (0..keys)
@@ -44,10 +43,10 @@ fn main() {
     let hashes_kib = rss_kib().saturating_sub(before);
     let started = Instant::now();
     for (i, hash) in hashes.iter().enumerate() {
+        // As authentication builds them: owners shared through the cache.
         let facts = KeyFacts {
-            key_id: Arc::from(format!("01900000-0000-7000-8000-{i:012}")),
-            username: Arc::from(format!("user{}", i % 1000)),
-            roles: roles.clone(),
+            key_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | i as u128),
+            owner: cache.key_owner(&format!("user{}", i % 1000), vec!["reader".to_owned()]),
             expires_at: i64::MAX,
         };
         cache.put_key(*hash, Some(facts), now);

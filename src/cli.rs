@@ -195,11 +195,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve { workers } => *workers,
         _ => Some(1),
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker runs on a current-thread runtime: the same event loop
+    // without the work-stealing scheduler's queues and cross-thread wakeups.
+    let mut runtime = match workers {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(workers);
+            runtime
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if let Some(workers) = workers {
-        runtime.worker_threads(workers.max(1));
-    }
     let runtime = runtime
         .build()
         .map_err(|err| fail(format!("cannot start the runtime: {err}")))?;

@@ -22,11 +22,15 @@ struct Histogram {
 
 impl Histogram {
     fn observe(&self, elapsed: Duration) {
+        // One bucket per observation; `render` adds them up into the
+        // cumulative counts Prometheus expects.
         let seconds = elapsed.as_secs_f64();
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(bucket) = BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .find_map(|(bound, bucket)| (seconds <= *bound).then_some(bucket))
+        {
+            bucket.fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -35,12 +39,10 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
@@ -60,6 +62,17 @@ pub struct Metrics {
     request_latency: Histogram,
     upstream_latency: Histogram,
     open_connections: AtomicI64,
+}
+
+/// Entries in the caches, for the `authgate_cache_*` gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheSizes {
+    /// Users.
+    pub users: usize,
+    /// Access keys.
+    pub keys: usize,
+    /// Verified tokens (the current config's keys).
+    pub tokens: usize,
 }
 
 /// How a request ended, for `authgate_requests_total`.
@@ -85,10 +98,16 @@ impl Metrics {
             Outcome::Own => ("own", ""),
             Outcome::Rejected(reason) => ("rejected", reason),
         };
-        self.requests
-            .entry((route, outcome, reason))
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+        let key = (route, outcome, reason);
+        // A shared lock for the counters that exist, nearly all of them.
+        match self.requests.get(&key) {
+            Some(counter) => counter.fetch_add(1, Ordering::Relaxed),
+            None => self
+                .requests
+                .entry(key)
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed),
+        };
         self.request_latency.observe(elapsed);
     }
 
@@ -129,11 +148,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the cache counters passed in.
-    pub fn render(
-        &self,
-        cache: &crate::store::cache::CacheStats,
-        cache_sizes: (usize, usize),
-    ) -> String {
+    pub fn render(&self, cache: &crate::store::cache::CacheStats, sizes: CacheSizes) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -226,12 +241,17 @@ impl Metrics {
             (
                 "authgate_cache_users",
                 "Users in the cache.",
-                cache_sizes.0 as i64,
+                sizes.users as i64,
             ),
             (
                 "authgate_cache_accesskeys",
                 "Access keys in the cache.",
-                cache_sizes.1 as i64,
+                sizes.keys as i64,
+            ),
+            (
+                "authgate_cache_tokens",
+                "Verified tokens in the cache.",
+                sizes.tokens as i64,
             ),
         ];
         for (name, help, value) in gauges {
@@ -264,7 +284,7 @@ mod tests {
         metrics.login("password", "failure");
         metrics.connections(1);
         metrics.reloads();
-        let text = metrics.render(&Default::default(), (0, 0));
+        let text = metrics.render(&Default::default(), CacheSizes::default());
         assert!(
             text.contains(
                 r#"authgate_requests_total{route="/",outcome="authenticated",reason=""} 1"#
@@ -275,10 +295,13 @@ mod tests {
             text.contains(r#"reason="INVALID_CREDENTIALS"} 1"#),
             "{text}"
         );
-        assert!(
-            text.contains(r#"authgate_request_duration_seconds_bucket{le="0.005"} 2"#),
-            "{text}"
-        );
+        // Buckets are cumulative: 1 ms falls in every bucket from 0.001 up,
+        // 3 ms from 0.005 up.
+        for (bucket, count) in [("0.001", 1), ("0.0025", 1), ("0.005", 2), ("+Inf", 2)] {
+            let line =
+                format!(r#"authgate_request_duration_seconds_bucket{{le="{bucket}"}} {count}"#);
+            assert!(text.contains(&line), "{line} in {text}");
+        }
         assert!(
             text.contains("authgate_request_duration_seconds_count 2"),
             "{text}"

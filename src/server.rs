@@ -12,7 +12,7 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
@@ -265,10 +265,8 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
             stop: ctx.stop.clone(),
             idle_timeout: ctx.limits.idle_timeout,
             client: ClientInfo {
-                addr: peer,
-                tls: listener.tls,
-                cert_subject: None,
                 slot: Some(slot),
+                ..ClientInfo::new(peer, listener.tls)
             },
         };
         tokio::spawn(
@@ -334,10 +332,12 @@ impl ConnectionTask {
             }
         });
         let mut connection = pin!(self.builder.serve_connection_with_upgrades(io, service));
+        let mut idle = pin!(idle_for(&activity, self.idle_timeout));
         let mut closing = false;
         loop {
-            let idle_left = self.idle_timeout.saturating_sub(activity.idle());
             tokio::select! {
+                // The connection first: it is what wakes this task nearly always.
+                biased;
                 result = connection.as_mut() => {
                     if let Err(err) = result {
                         debug!(error = %err, "connection ended with an error");
@@ -348,40 +348,61 @@ impl ConnectionTask {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                _ = tokio::time::sleep(idle_left), if !closing => {
-                    if activity.idle() >= self.idle_timeout {
-                        debug!("closing idle connection");
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
+                _ = idle.as_mut(), if !closing => {
+                    debug!("closing idle connection");
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
                 }
             }
         }
     }
 }
 
-/// When bytes last moved on a connection.
+/// Counts reads and writes that moved bytes on a connection. A counter, not
+/// a timestamp: bumping it costs no clock read on the hot path, and
+/// [`idle_for`] samples it a few times per timeout instead.
 pub(crate) struct Activity {
-    origin: Instant,
-    last_millis: AtomicU64,
+    moves: AtomicU64,
 }
 
 impl Activity {
     pub(crate) fn new() -> Self {
         Activity {
-            origin: Instant::now(),
-            last_millis: AtomicU64::new(0),
+            moves: AtomicU64::new(0),
         }
     }
 
     fn touch(&self) {
-        let millis = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_millis.store(millis, Ordering::Relaxed);
+        // One task does the I/O: a plain load and store, no locked add.
+        let moves = self.moves.load(Ordering::Relaxed);
+        self.moves.store(moves.wrapping_add(1), Ordering::Relaxed);
     }
 
-    pub(crate) fn idle(&self) -> Duration {
-        let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
-        self.origin.elapsed().saturating_sub(last)
+    fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
+    }
+}
+
+/// Completes once no byte has moved for `timeout`, give or take a quarter
+/// of it: the counter is sampled every `timeout / 4`.
+pub(crate) async fn idle_for(activity: &Activity, timeout: Duration) {
+    let period = (timeout / 4).max(Duration::from_millis(10));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = activity.moves();
+    let mut quiet = Duration::ZERO;
+    loop {
+        ticks.tick().await;
+        let moves = activity.moves();
+        if moves == seen {
+            quiet += period;
+            if quiet >= timeout {
+                return;
+            }
+        } else {
+            seen = moves;
+            quiet = Duration::ZERO;
+        }
     }
 }
 

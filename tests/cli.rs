@@ -407,6 +407,78 @@ async fn bad_input_exits_nonzero_with_one_line() {
     assert_one_line_error(&out, "revoke an unknown key");
 }
 
+/// `authgate_cache_tokens` from `/metrics`.
+async fn cached_tokens(gw: &Gateway) -> u64 {
+    let text = get(&gw.url("/metrics"), None, &[]).await.text();
+    text.lines()
+        .find_map(|line| line.strip_prefix("authgate_cache_tokens "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("authgate_cache_tokens in /metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_empty_the_verified_token_cache_for_their_user_or_token() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&upstream).await;
+    let (leaving, staying) = (unique("leaving"), unique("staying"));
+    let password = random_password();
+    gw.add_user(&leaving, &password, &[]).await;
+    gw.add_user(&staying, &password, &[]).await;
+    // Adding a user is a change in the log too (it clears negative cache
+    // entries); let those arrive before filling the cache.
+    tokio::time::sleep(PROPAGATION).await;
+    let leaving_tokens = [
+        login_ok(&gw, &leaving, &password).await,
+        login_ok(&gw, &leaving, &password).await,
+    ];
+    let staying_tokens = [
+        login_ok(&gw, &staying, &password).await,
+        login_ok(&gw, &staying, &password).await,
+    ];
+    for token in leaving_tokens.iter().chain(&staying_tokens) {
+        get(&gw.url("/p"), Some(token), &[])
+            .await
+            .expect_status(200);
+    }
+    assert_eq!(cached_tokens(&gw).await, 4);
+
+    // A password change made by another process arrives through the change
+    // log and takes all of that user's tokens out of the cache.
+    gw.cli_ok(
+        &["user", "passwd", &leaving, "--password-stdin"],
+        Some(&format!("{}\n", random_password())),
+    )
+    .await;
+    let emptied = poll_until(PROPAGATION, || async { cached_tokens(&gw).await == 2 }).await;
+    assert!(
+        emptied,
+        "the user's tokens are still cached after `user passwd`"
+    );
+    for token in &leaving_tokens {
+        get(&gw.url("/p"), Some(token), &[])
+            .await
+            .expect_invalid_token();
+    }
+    for token in &staying_tokens {
+        get(&gw.url("/p"), Some(token), &[])
+            .await
+            .expect_status(200);
+    }
+
+    // A logout takes out that one token.
+    post_json(
+        &gw.url("/auth/logout"),
+        Some(&staying_tokens[0]),
+        &json!({}),
+    )
+    .await
+    .expect_status(200);
+    assert_eq!(cached_tokens(&gw).await, 1);
+    get(&gw.url("/p"), Some(&staying_tokens[1]), &[])
+        .await
+        .expect_status(200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_passwd_stops_old_password_and_tokens_within_3s() {
     let upstream = Upstream::start().await;

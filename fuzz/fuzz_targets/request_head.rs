@@ -60,12 +60,10 @@ fuzz_target!(|data: &[u8]| {
         key_id: None,
         token: None,
     });
-    let client = ClientInfo {
-        addr: "192.0.2.1:4000".parse().unwrap(),
-        tls: data.first().is_some_and(|b| b & 1 == 1),
-        cert_subject: None,
-        slot: None,
-    };
+    let client = ClientInfo::new(
+        "192.0.2.1:4000".parse().unwrap(),
+        data.first().is_some_and(|b| b & 1 == 1),
+    );
     let upstream: Uri = UPSTREAM.parse().unwrap();
     let id = HeaderValue::from_static("fuzz-request");
     if rewrite_head(&mut parts, &upstream, identity.as_ref(), &client, &id).is_err() {

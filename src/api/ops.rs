@@ -24,9 +24,13 @@ pub async fn readyz(ctx: &Context<'_>) -> Result<Response<Body>, GatewayError> {
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(ctx: &Context<'_>) -> Response<Body> {
     let gateway = ctx.gateway;
-    let text = gateway
-        .metrics
-        .render(&gateway.cache.stats, gateway.cache.sizes());
+    let (users, keys) = gateway.cache.sizes();
+    let sizes = crate::metrics::CacheSizes {
+        users,
+        keys,
+        tokens: gateway.auth.jwt().cached_tokens(),
+    };
+    let text = gateway.metrics.render(&gateway.cache.stats, sizes);
     let mut response = Response::new(body::full(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

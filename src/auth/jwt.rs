@@ -1,9 +1,10 @@
 //! Issuing and checking JWTs (HS256, algorithm pinned by config).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
-use std::time::Duration;
 
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -34,6 +35,29 @@ pub struct Claims {
     /// The user's credential generation: a password change or removal makes
     /// every token of an older generation invalid.
     pub r#gen: i64,
+}
+
+/// A token that passed the full check, as the verified-token cache keeps
+/// it: the claims, and the identity parts that every request presenting
+/// the token shares instead of copying them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// The token's claims.
+    pub claims: Claims,
+    /// `sub`, shared.
+    pub user: Arc<str>,
+    /// `roles`, shared.
+    pub roles: Arc<[String]>,
+}
+
+impl VerifiedToken {
+    fn new(claims: Claims) -> Self {
+        VerifiedToken {
+            user: Arc::from(claims.sub.as_str()),
+            roles: Arc::from(claims.roles.as_slice()),
+            claims,
+        }
+    }
 }
 
 /// Why a token was refused. The variants become fixed 401 messages.
@@ -128,10 +152,14 @@ pub struct JwtKeys {
     leeway: i64,
     /// Tokens whose signature and claims were checked, by their exact
     /// bytes: a repeated token skips the signature (ES256 and RS256 cost
-    /// far more than the rest of a request). Entries go with their `exp`;
-    /// revocation is still checked on every request by the caller (`jti`,
-    /// user generation). A reload builds new keys and so a new cache.
-    verified: DashMap<Box<str>, Claims>,
+    /// far more than the rest of a request). Entries go with their `exp`,
+    /// and with their user's revocation ([`Self::forget_user`], called
+    /// through the credential cache); the caller still checks `jti` and the
+    /// user's generation on every request, which covers the moment between
+    /// a revocation and its arrival here. A reload builds new keys and so a
+    /// new cache. Only tokens with a valid signature get in, so the faster
+    /// foldhash (randomly seeded) stands in for SipHash.
+    verified: DashMap<Box<str>, Arc<VerifiedToken>, foldhash::fast::RandomState>,
 }
 
 /// Most tokens kept in the verified-token cache.
@@ -240,7 +268,7 @@ impl JwtKeys {
             issuer: issuer.to_owned(),
             ttl,
             leeway: i64::try_from(leeway).unwrap_or(i64::MAX),
-            verified: DashMap::new(),
+            verified: DashMap::default(),
         })
     }
 
@@ -280,29 +308,53 @@ impl JwtKeys {
 
     /// Verifies key, algorithm, signature, `typ`, `exp`, `nbf`, `iat` and
     /// `iss`; a token verified before is only checked for expiry.
-    pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenRejection> {
+    pub fn verify(&self, token: &str, now: i64) -> Result<Arc<VerifiedToken>, TokenRejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenRejection::TooLong);
         }
-        if let Some(claims) = self.verified.get(token) {
-            if now <= claims.exp.saturating_add(self.leeway) {
-                return Ok(claims.clone());
+        if let Some(verified) = self.verified.get(token) {
+            if now <= verified.claims.exp.saturating_add(self.leeway) {
+                return Ok(verified.clone());
             }
-            drop(claims);
+            drop(verified);
             self.verified.remove(token);
             return Err(TokenRejection::Expired);
         }
-        let claims = self.verify_signed(token, now)?;
+        let verified = Arc::new(VerifiedToken::new(self.verify_signed(token, now)?));
         if self.verified.len() >= MAX_VERIFIED_TOKENS {
             let leeway = self.leeway;
             self.verified
-                .retain(|_, claims| now <= claims.exp.saturating_add(leeway));
+                .retain(|_, verified| now <= verified.claims.exp.saturating_add(leeway));
             if self.verified.len() >= MAX_VERIFIED_TOKENS {
                 self.verified.clear();
             }
         }
-        self.verified.insert(token.into(), claims.clone());
-        Ok(claims)
+        self.verified.insert(token.into(), verified.clone());
+        Ok(verified)
+    }
+
+    /// Tokens in the verified-token cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.verified.len()
+    }
+
+    /// Empties the verified-token cache of `username`'s tokens (password
+    /// change, removal).
+    pub fn forget_user(&self, username: &str) {
+        self.verified
+            .retain(|_, verified| verified.claims.sub != username);
+    }
+
+    /// Drops one token from the verified-token cache: the caller found it
+    /// revoked, and a revoked token must not keep a place there.
+    pub fn forget_token(&self, token: &str) {
+        self.verified.remove(token);
+    }
+
+    /// Drops the cached token with id `jti` (logout).
+    pub fn forget_token_id(&self, jti: &str) {
+        self.verified
+            .retain(|_, verified| verified.claims.jti != jti);
     }
 
     /// The full check: key, algorithm, signature and claims.
@@ -449,7 +501,10 @@ mod tests {
             .issue("alice", &["admin".into()], 7, None, now)
             .unwrap();
         let verified = keys.verify(&token, now).unwrap();
-        assert_eq!(verified, issued);
+        assert_eq!(*verified.user, *"alice");
+        assert_eq!(*verified.roles, ["admin".to_owned()]);
+        let verified = &verified.claims;
+        assert_eq!(*verified, issued);
         assert_eq!(verified.exp - verified.iat, 3600);
         assert_eq!(verified.roles, vec!["admin"]);
         assert_eq!(verified.r#gen, 7);
@@ -813,9 +868,9 @@ mod tests {
         let (token, issued) = keys
             .issue("alice", &[], 1, Some(Duration::from_secs(60)), now)
             .unwrap();
-        assert_eq!(keys.verify(&token, now).unwrap(), issued);
+        assert_eq!(keys.verify(&token, now).unwrap().claims, issued);
         assert_eq!(keys.verified.len(), 1);
-        assert_eq!(keys.verify(&token, now + 10).unwrap(), issued);
+        assert_eq!(keys.verify(&token, now + 10).unwrap().claims, issued);
         // Past exp + leeway the cached entry answers Expired and goes.
         assert_eq!(
             keys.verify(&token, now + 60 + 31),
@@ -825,5 +880,25 @@ mod tests {
         // Refused tokens are never remembered.
         assert!(keys.verify("a.b.c", now).is_err());
         assert!(keys.verified.is_empty());
+    }
+
+    #[test]
+    fn revocations_empty_the_cache_for_their_user_or_token() {
+        let keys = keys();
+        let now = now();
+        let (alice_1, _) = keys.issue("alice", &[], 1, None, now).unwrap();
+        let (alice_2, _) = keys.issue("alice", &[], 1, None, now).unwrap();
+        let (bob, bob_claims) = keys.issue("bob", &[], 1, None, now).unwrap();
+        for token in [&alice_1, &alice_2, &bob] {
+            keys.verify(token, now).unwrap();
+        }
+        assert_eq!(keys.verified.len(), 3);
+        keys.forget_user("alice");
+        assert_eq!(keys.verified.len(), 1);
+        assert!(keys.verified.contains_key(bob.as_str()));
+        keys.forget_token_id(&bob_claims.jti);
+        assert!(keys.verified.is_empty());
+        // Forgotten tokens are still good: the next request checks them in full.
+        assert!(keys.verify(&alice_1, now).is_ok());
     }
 }

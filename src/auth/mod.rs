@@ -51,7 +51,7 @@ pub struct Identity {
     /// JWT or access key.
     pub method: AuthMethod,
     /// The access key's id, for access keys.
-    pub key_id: Option<Arc<str>>,
+    pub key_id: Option<uuid::Uuid>,
     /// The token's id and expiry, for JWTs (logout needs them).
     pub token: Option<(String, i64)>,
 }
@@ -206,28 +206,32 @@ impl Authenticator {
         {
             return self.authenticate_external(token, &issuer).await;
         }
-        let claims = self
+        let verified = self
             .jwt
             .verify(token, unix_now())
             .map_err(|rejection| GatewayError::invalid(rejection.message()))?;
-        if self.cache.token_revoked(&claims.jti) {
-            return Err(GatewayError::invalid("the token has been revoked"));
-        }
-        match self.user_facts(&claims.sub).await? {
-            None => return Err(GatewayError::invalid("the token's user no longer exists")),
-            Some(facts) if facts.generation != claims.r#gen => {
-                return Err(GatewayError::invalid(
-                    "the token was revoked by a password change",
-                ));
+        let claims = &verified.claims;
+        let revoked = if self.cache.token_revoked(&claims.jti) {
+            Some("the token has been revoked")
+        } else {
+            match self.user_facts(&claims.sub).await? {
+                None => Some("the token's user no longer exists"),
+                Some(facts) if facts.generation != claims.r#gen => {
+                    Some("the token was revoked by a password change")
+                }
+                Some(_) => None,
             }
-            Some(_) => {}
+        };
+        if let Some(reason) = revoked {
+            self.jwt.forget_token(token);
+            return Err(GatewayError::invalid(reason));
         }
         Ok(Identity {
-            user: Arc::from(claims.sub),
-            roles: Arc::from(claims.roles),
+            user: verified.user.clone(),
+            roles: verified.roles.clone(),
             method: AuthMethod::Jwt,
             key_id: None,
-            token: Some((claims.jti, claims.exp)),
+            token: Some((claims.jti.clone(), claims.exp)),
         })
     }
 
@@ -282,8 +286,8 @@ impl Authenticator {
             return Err(GatewayError::invalid("the access key has expired"));
         }
         Ok(Identity {
-            user: facts.username,
-            roles: facts.roles,
+            user: facts.owner.username.clone(),
+            roles: facts.owner.roles.clone(),
             method: AuthMethod::AccessKey,
             key_id: Some(facts.key_id),
             token: None,
@@ -322,9 +326,8 @@ impl Authenticator {
         match self.store.key_grant(&hex::encode(hash)).await {
             Ok(grant) => {
                 let facts = grant.map(|grant| KeyFacts {
-                    key_id: Arc::from(grant.key_id),
-                    username: Arc::from(grant.username),
-                    roles: Arc::from(grant.roles),
+                    key_id: grant.key_id,
+                    owner: self.cache.key_owner(&grant.username, grant.roles),
                     expires_at: grant.expires_at,
                 });
                 self.cache.put_key(*hash, facts.clone(), Instant::now());

@@ -52,6 +52,14 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers: the fixed set, every name listed in
 /// `Connection`, `Upgrade` (unless this hop upgrades) and every `Proxy-*`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most heads carry none of these: one pass over the names instead of a
+    // hash lookup per hop-by-hop name.
+    let any = headers.keys().any(|name| {
+        HOP_BY_HOP.contains(&name) || name == header::UPGRADE || name.as_str().starts_with("proxy-")
+    });
+    if !any {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -128,8 +136,12 @@ pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
         X_AUTH_METHOD.clone(),
         HeaderValue::from_static(identity.method.as_str()),
     );
-    if let Some(key_id) = identity.key_id.as_deref()
-        && let Ok(value) = HeaderValue::from_str(key_id)
+    if let Some(key_id) = identity.key_id
+        && let Ok(value) = HeaderValue::from_str(
+            key_id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        )
     {
         headers.insert(X_AUTH_KEY_ID.clone(), value);
     }
@@ -179,23 +191,30 @@ pub fn requested_authority(
 /// `X-Forwarded-Host` (the host the client asked for).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    client_ip: &HeaderValue,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let prior: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect();
-    let chain = if prior.is_empty() {
-        client_ip.to_string()
-    } else {
-        format!("{}, {client_ip}", prior.join(", "))
+    let chain = match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(vacant) => {
+            vacant.insert(client_ip.clone());
+            None
+        }
+        header::Entry::Occupied(occupied) => {
+            let mut chain: Vec<&[u8]> = occupied
+                .iter()
+                .filter(|value| value.to_str().is_ok())
+                .map(HeaderValue::as_bytes)
+                .collect();
+            chain.push(client_ip.as_bytes());
+            Some(chain.join(&b", "[..]))
+        }
     };
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    if let Some(chain) = chain {
+        headers.remove(&X_FORWARDED_FOR);
+        if let Ok(value) = HeaderValue::from_bytes(&chain) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
@@ -403,14 +422,16 @@ mod tests {
             user: Arc::from("alice"),
             roles: Arc::from(vec!["a".to_owned(), "b".to_owned()]),
             method: AuthMethod::AccessKey,
-            key_id: Some(Arc::from("k-1")),
+            key_id: Some(uuid::Uuid::from_u128(
+                0x0190_0000_0000_7000_8000_0000_0000_002a,
+            )),
             token: None,
         };
         set_identity_headers(&mut h, &identity);
         assert_eq!(h["x-auth-user"], "alice");
         assert_eq!(h["x-auth-roles"], "a,b");
         assert_eq!(h["x-auth-method"], "accesskey");
-        assert_eq!(h["x-auth-key-id"], "k-1");
+        assert_eq!(h["x-auth-key-id"], "01900000-0000-7000-8000-00000000002a");
 
         let mut h = HeaderMap::new();
         let no_roles = Identity {
@@ -433,7 +454,7 @@ mod tests {
         ]);
         set_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &HeaderValue::from_static("127.0.0.1"),
             "https",
             Some(HeaderValue::from_static("api.example.com")),
         );
@@ -442,7 +463,7 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "api.example.com");
 
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "::1".parse().unwrap(), "http", None);
+        set_forwarded(&mut h, &HeaderValue::from_static("::1"), "http", None);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert!(h.get("x-forwarded-host").is_none());
     }

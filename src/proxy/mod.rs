@@ -28,13 +28,16 @@ use crate::body::{self, Body};
 use crate::config::{Limits, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::routes::Route;
-use crate::server::{Activity, ActivityIo, ServeError};
+use crate::server::{Activity, ActivityIo, ServeError, idle_for};
 
 /// Where a request came from.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// The peer's address.
     pub addr: SocketAddr,
+    /// The peer's IP as a header value, for `X-Forwarded-For`: formatted
+    /// once per connection rather than on every request.
+    pub ip: HeaderValue,
     /// Whether it came over TLS.
     pub tls: bool,
     /// Subject of the verified client certificate (mTLS), if one was sent.
@@ -69,6 +72,19 @@ impl ConnectionSlot {
 }
 
 impl ClientInfo {
+    /// A client at `addr`, without a certificate or a connection slot.
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ClientInfo {
+            addr,
+            ip,
+            tls,
+            cert_subject: None,
+            slot: None,
+        }
+    }
+
     /// `X-Forwarded-Proto` value.
     pub fn proto(&self) -> &'static str {
         if self.tls { "https" } else { "http" }
@@ -195,7 +211,7 @@ pub fn rewrite_head(
     if let Some(identity) = identity {
         headers::set_identity_headers(h, identity);
     }
-    headers::set_forwarded(h, client.addr.ip(), client.proto(), original_host);
+    headers::set_forwarded(h, &client.ip, client.proto(), original_host);
     headers::set_client_cert_subject(h, client.cert_subject.as_deref());
     h.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     match upstream
@@ -365,28 +381,16 @@ async fn splice(
             let mut client = ActivityIo::new(TokioIo::new(client), activity.clone());
             let mut upstream = TokioIo::new(upstream);
             let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-            tokio::pin!(copy);
-            loop {
-                let idle_left = idle_timeout.saturating_sub(activity.idle());
-                tokio::select! {
-                    result = &mut copy => {
-                        match result {
-                            Ok((up, down)) => debug!(
-                                bytes.up = up,
-                                bytes.down = down,
-                                "upgraded connection closed"
-                            ),
-                            Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
-                        }
-                        return;
-                    }
-                    _ = tokio::time::sleep(idle_left) => {
-                        if activity.idle() >= idle_timeout {
-                            debug!("closing idle upgraded connection");
-                            return;
-                        }
-                    }
-                }
+            tokio::select! {
+                result = copy => match result {
+                    Ok((up, down)) => debug!(
+                        bytes.up = up,
+                        bytes.down = down,
+                        "upgraded connection closed"
+                    ),
+                    Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
+                },
+                _ = idle_for(&activity, idle_timeout) => debug!("closing idle upgraded connection"),
             }
         }
         Err(err) => debug!(error = %err, "upgrade did not complete"),
@@ -455,12 +459,7 @@ mod tests {
             .body(())
             .unwrap();
         let (mut parts, ()) = request.into_parts();
-        let client = ClientInfo {
-            addr: "192.0.2.1:5000".parse().unwrap(),
-            tls: true,
-            cert_subject: None,
-            slot: None,
-        };
+        let client = ClientInfo::new("192.0.2.1:5000".parse().unwrap(), true);
         let upstream: Uri = "http://127.0.0.1:9000/base".parse().unwrap();
         let id = HeaderValue::from_static("req-1");
         rewrite_head(&mut parts, &upstream, None, &client, &id).unwrap();

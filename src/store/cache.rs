@@ -8,11 +8,14 @@
 //! [`crate::gateway`]'s watcher).
 
 use std::hash::Hash;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use uuid::Uuid;
+
+use crate::auth::jwt::JwtKeys;
 
 use crate::auth::accesskey::KeyHash;
 use crate::config::CacheConfig;
@@ -28,14 +31,22 @@ pub struct UserFacts {
 /// What an access-key check needs to know about the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyFacts {
-    /// Key id (UUID).
-    pub key_id: Arc<str>,
-    /// Owner.
-    pub username: Arc<str>,
-    /// Owner's roles.
-    pub roles: Arc<[String]>,
+    /// Key id, 16 bytes in place rather than a 36-character string.
+    pub key_id: Uuid,
+    /// Owner, shared by all of the owner's cached keys.
+    pub owner: Arc<KeyOwner>,
     /// Expiry, unix seconds; checked on every request.
     pub expires_at: i64,
+}
+
+/// Who owns an access key. One per user in the cache, however many of the
+/// user's keys are cached (see [`CredentialCache::key_owner`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeyOwner {
+    /// Username.
+    pub username: Arc<str>,
+    /// The user's roles.
+    pub roles: Arc<[String]>,
 }
 
 /// A cache answer.
@@ -152,7 +163,14 @@ impl<K: Eq + Hash + Clone, T: Clone> BoundedMap<K, T> {
 pub struct CredentialCache {
     users: BoundedMap<Arc<str>, UserFacts>,
     keys: BoundedMap<KeyHash, KeyFacts>,
+    /// The owners of cached keys, one per user.
+    owners: DashMap<Arc<str>, Arc<KeyOwner>>,
+    /// Bound of `owners`: the cache's entry bound.
+    max_owners: usize,
     revoked_tokens: DashMap<String, i64>,
+    /// The verified-token caches of the config snapshots still alive, to
+    /// empty for a user or a token on revocation.
+    token_caches: Mutex<Vec<Weak<JwtKeys>>>,
     /// Hit, miss and eviction counters.
     pub stats: CacheStats,
 }
@@ -163,7 +181,10 @@ impl CredentialCache {
         CredentialCache {
             users: BoundedMap::new(config),
             keys: BoundedMap::new(config),
+            owners: DashMap::new(),
+            max_owners: config.max_entries,
             revoked_tokens: DashMap::new(),
+            token_caches: Mutex::new(Vec::new()),
             stats: CacheStats::default(),
         }
     }
@@ -189,6 +210,27 @@ impl CredentialCache {
         self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
     }
 
+    /// The owner record for a key of `username` with `roles`: the one the
+    /// user's other cached keys share when the roles are the same, so a
+    /// million keys of one user hold one copy of the name and the roles.
+    pub fn key_owner(&self, username: &str, roles: Vec<String>) -> Arc<KeyOwner> {
+        if let Some(owner) = self.owners.get(username)
+            && *owner.roles == *roles
+        {
+            return owner.clone();
+        }
+        let owner = Arc::new(KeyOwner {
+            username: Arc::from(username),
+            roles: Arc::from(roles),
+        });
+        if self.owners.len() >= self.max_owners {
+            // Cached keys keep their own owners alive; only sharing is lost.
+            self.owners.clear();
+        }
+        self.owners.insert(owner.username.clone(), owner.clone());
+        owner
+    }
+
     /// Cached facts about an access key.
     pub fn key(&self, hash: &KeyHash, now: Instant) -> Lookup<KeyFacts> {
         let lookup = self.keys.get(hash, now);
@@ -202,15 +244,39 @@ impl CredentialCache {
         self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
     }
 
-    /// Forgets a user and every key of theirs (removal, password change).
+    /// Revocations reach `keys`' verified-token cache from now on (a new
+    /// config snapshot's keys; those of dropped snapshots are let go).
+    pub fn watch_token_cache(&self, keys: &Arc<JwtKeys>) {
+        let mut caches = self
+            .token_caches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        caches.retain(|cache| cache.strong_count() > 0);
+        caches.push(Arc::downgrade(keys));
+    }
+
+    fn each_token_cache(&self, forget: impl Fn(&JwtKeys)) {
+        let caches = self
+            .token_caches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for keys in caches.iter().filter_map(Weak::upgrade) {
+            forget(&keys);
+        }
+    }
+
+    /// Forgets a user, every key of theirs and their verified tokens
+    /// (removal, password change).
     pub fn forget_user(&self, username: &str) {
+        self.each_token_cache(|keys| keys.forget_user(username));
         let mut evicted = u64::from(self.users.map.remove(username).is_some());
+        self.owners.remove(username);
         let before = self.keys.map.len();
         self.keys.map.retain(|_, entry| {
             entry
                 .value
                 .as_ref()
-                .is_none_or(|facts| &*facts.username != username)
+                .is_none_or(|facts| &*facts.owner.username != username)
         });
         evicted += before.saturating_sub(self.keys.map.len()) as u64;
         self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
@@ -223,9 +289,11 @@ impl CredentialCache {
         }
     }
 
-    /// Marks a token id revoked until `expires_at`.
+    /// Marks a token id revoked until `expires_at`, and drops the token
+    /// from the verified-token caches.
     pub fn revoke_token(&self, jti: &str, expires_at: i64) {
         self.revoked_tokens.insert(jti.to_owned(), expires_at);
+        self.each_token_cache(|keys| keys.forget_token_id(jti));
     }
 
     /// Whether a token id was revoked.
@@ -273,9 +341,11 @@ mod tests {
 
     fn facts(user: &str) -> KeyFacts {
         KeyFacts {
-            key_id: Arc::from("id"),
-            username: Arc::from(user),
-            roles: Arc::from(vec![]),
+            key_id: Uuid::nil(),
+            owner: Arc::new(KeyOwner {
+                username: Arc::from(user),
+                roles: Arc::from(vec![]),
+            }),
             expires_at: 0,
         }
     }

@@ -103,7 +103,7 @@ pub struct AccessKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyGrant {
     /// Key id.
-    pub key_id: String,
+    pub key_id: uuid::Uuid,
     /// Owner.
     pub username: String,
     /// Owner's roles.
@@ -468,8 +468,11 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get("id")?;
+        let key_id = uuid::Uuid::parse_str(&id)
+            .map_err(|_| StoreError::Unavailable(format!("access key id {id:?} is not a UUID")))?;
         Ok(Some(KeyGrant {
-            key_id: row.try_get("id")?,
+            key_id,
             username: row.try_get("username")?,
             roles: split_roles(&row.try_get::<String, _>("roles")?),
             expires_at: row.try_get("tm_expire")?,
