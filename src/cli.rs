@@ -230,15 +230,18 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         command => {
             let config = load(&cli.config)?;
-            match command {
-                Command::Serve { .. } => serve(config, cli.config.clone()).await,
-                Command::User(command) => user(command, &config).await,
-                Command::Key(command) => key(command, &config).await,
+            let mut store = LazyStore::new(&config);
+            let result = match command {
+                Command::Serve { .. } => serve(config.clone(), cli.config.clone()).await,
+                Command::User(command) => user(command, &config, &mut store).await,
+                Command::Key(command) => key(command, &mut store).await,
                 Command::Token(TokenCommand::Issue { user, ttl }) => {
-                    token(&user, ttl, &config).await
+                    token(&user, ttl, &config, &mut store).await
                 }
                 Command::CheckConfig | Command::OtkToken { .. } => unreachable!("handled above"),
-            }
+            };
+            store.close().await;
+            result
         }
     }
 }
@@ -329,13 +332,46 @@ fn hash_password(password: &str) -> Result<String, CliError> {
         .map_err(|err| fail(format!("cannot hash the password: {err}")))
 }
 
-async fn open(config: &Config) -> Result<Store, CliError> {
-    Store::open(&config.store.url)
-        .await
-        .map_err(|err| fail(format!("cannot open the store: {}", err.detail())))
+/// The store of a command, opened when first needed (bad input is refused
+/// before any file is created) and closed when the command ends, so that
+/// SQLite folds its write-ahead log back into the database file instead of
+/// leaving it beside it.
+struct LazyStore<'a> {
+    config: &'a Config,
+    opened: Option<Store>,
 }
 
-async fn user(command: UserCommand, config: &Config) -> Result<(), CliError> {
+impl<'a> LazyStore<'a> {
+    fn new(config: &'a Config) -> Self {
+        LazyStore {
+            config,
+            opened: None,
+        }
+    }
+
+    async fn open(&mut self) -> Result<Store, CliError> {
+        if let Some(store) = &self.opened {
+            return Ok(store.clone());
+        }
+        let store = Store::open(&self.config.store.url)
+            .await
+            .map_err(|err| fail(format!("cannot open the store: {}", err.detail())))?;
+        self.opened = Some(store.clone());
+        Ok(store)
+    }
+
+    async fn close(self) {
+        if let Some(store) = self.opened {
+            store.close().await;
+        }
+    }
+}
+
+async fn user(
+    command: UserCommand,
+    config: &Config,
+    store: &mut LazyStore<'_>,
+) -> Result<(), CliError> {
     let realm = &config.onetimekey.realm;
     match command {
         UserCommand::Add {
@@ -354,7 +390,7 @@ async fn user(command: UserCommand, config: &Config) -> Result<(), CliError> {
                 )));
             }
             let password = read_password()?;
-            let store = open(config).await?;
+            let store = store.open().await?;
             let phc = hash_password(&password)?;
             let ha1 = digest::ha1(&name, realm, &password);
             match store
@@ -371,7 +407,7 @@ async fn user(command: UserCommand, config: &Config) -> Result<(), CliError> {
             password_stdin: _,
         } => {
             let password = read_password()?;
-            let store = open(config).await?;
+            let store = store.open().await?;
             let phc = hash_password(&password)?;
             let ha1 = digest::ha1(&name, realm, &password);
             match store
@@ -384,7 +420,7 @@ async fn user(command: UserCommand, config: &Config) -> Result<(), CliError> {
             println!("password changed for {name}");
         }
         UserCommand::List => {
-            let store = open(config).await?;
+            let store = store.open().await?;
             println!("NAME\tROLES\tCREATED");
             for user in store.users().await? {
                 println!(
@@ -396,7 +432,7 @@ async fn user(command: UserCommand, config: &Config) -> Result<(), CliError> {
             }
         }
         UserCommand::Remove { name } => {
-            let store = open(config).await?;
+            let store = store.open().await?;
             match store.remove_user(&name, unix_now()).await {
                 Err(StoreError::NotFound) => Err(fail(format!("no user named {name}"))),
                 other => other.map_err(CliError::from),
@@ -407,8 +443,8 @@ async fn user(command: UserCommand, config: &Config) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn key(command: KeyCommand, config: &Config) -> Result<(), CliError> {
-    let store = open(config).await?;
+async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliError> {
+    let store = store.open().await?;
     match command {
         KeyCommand::Create {
             user,
@@ -475,8 +511,13 @@ async fn key(command: KeyCommand, config: &Config) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn token(user: &str, ttl: Option<u64>, config: &Config) -> Result<(), CliError> {
-    let store = open(config).await?;
+async fn token(
+    user: &str,
+    ttl: Option<u64>,
+    config: &Config,
+    store: &mut LazyStore<'_>,
+) -> Result<(), CliError> {
+    let store = store.open().await?;
     let found = store
         .user(user)
         .await?

@@ -325,11 +325,14 @@ impl ConnectionTask {
             // Each request runs on the snapshot current when it arrived.
             let gateway = shared.load_full();
             let client = client.clone();
-            async move {
+            // Boxed: hyper keeps a slot the size of this future for every
+            // connection, idle or not; a box puts the large request state
+            // on the heap only while a request is in flight.
+            Box::pin(async move {
                 Ok::<_, std::convert::Infallible>(
                     crate::service::handle(gateway, client, request).await,
                 )
-            }
+            })
         });
         let mut connection = pin!(self.builder.serve_connection_with_upgrades(io, service));
         let mut idle = pin!(idle_for(&activity, self.idle_timeout));

@@ -1186,14 +1186,16 @@ async fn acknowledged_users_keys_and_logouts_survive_kill_9() {
 /// exit by itself, non-zero, with one readable `error:` line and no panic.
 async fn assert_clean_startup_failure(gw: &Gateway, prelude: Option<&str>, expect: &str) {
     let mut command = gw.serve_command(prelude);
-    let output = tokio::task::spawn_blocking(move || {
-        let child = command.spawn().expect("spawn authgate serve");
-        child.wait_with_output().expect("wait")
-    });
-    let output = tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .expect("serve gives up within 30 s instead of hanging")
-        .expect("task");
+    let child = command.spawn().expect("spawn authgate serve");
+    let pid = i32::try_from(child.id()).expect("pid");
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait"));
+    let Ok(output) = tokio::time::timeout(Duration::from_secs(30), output).await else {
+        // Kill it, or the runtime would wait for the blocked task forever.
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("serve gives up within 30 s instead of hanging");
+    };
+    let output = output.expect("task");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "exit status: {}", output.status);
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -52,41 +52,34 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers: the fixed set, every name listed in
 /// `Connection`, `Upgrade` (unless this hop upgrades) and every `Proxy-*`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most heads carry none of these: one pass over the names instead of a
-    // hash lookup per hop-by-hop name.
-    let any = headers.keys().any(|name| {
-        HOP_BY_HOP.contains(&name) || name == header::UPGRADE || name.as_str().starts_with("proxy-")
-    });
-    if !any {
-        return;
-    }
+    // One pass over the names instead of a hash lookup per hop-by-hop name;
+    // most heads carry none, and responses usually just `Connection`.
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || name.as_str().starts_with("proxy-")
+                || (!keep_upgrade && *name == header::UPGRADE)
+        })
+        .cloned()
+        .collect();
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        // `keep-alive` is in the fixed set already.
+        .filter(|token| !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE) && headers.contains_key(name))
         .collect();
-    for name in listed {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(&name);
-        }
-    }
-    for name in HOP_BY_HOP {
+    doomed.extend(listed);
+    for name in &doomed {
         headers.remove(name);
-    }
-    let proxy_headers: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy_headers {
-        headers.remove(&name);
     }
     if keep_upgrade && headers.contains_key(header::UPGRADE) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
