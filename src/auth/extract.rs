@@ -85,7 +85,7 @@ pub fn extract<'a>(
     }
 
     if let Some(query) = query {
-        for piece in query.split('&') {
+        for piece in query.split('&').filter(|piece| names_credential(piece)) {
             let Some((name, value)) = form_urlencoded::parse(piece.as_bytes()).next() else {
                 continue;
             };
@@ -111,6 +111,19 @@ pub fn extract<'a>(
         None if foreign_authorization => Err(ExtractError::Malformed),
         found => Ok(found),
     }
+}
+
+/// Whether a `name=value` query piece names a credential, by its decoded
+/// name; the value is not decoded, and a name without `%` or `+` is not
+/// decoded either.
+fn names_credential(piece: &str) -> bool {
+    let name = piece.split_once('=').map_or(piece, |(name, _)| name);
+    if !name.contains(['%', '+']) {
+        return kind_of_name(name).is_some();
+    }
+    form_urlencoded::parse(name.as_bytes())
+        .next()
+        .is_some_and(|(name, _)| kind_of_name(&name).is_some())
 }
 
 fn kind_of_name(name: &str) -> Option<CredentialKind> {
@@ -208,12 +221,8 @@ fn strip_cookie_value(value: &HeaderValue) -> Option<HeaderValue> {
 /// The query without `token` and `accesskey` parameters, every other byte in
 /// its original order; `None` when nothing is left.
 pub fn strip_credential_query(query: &str) -> Option<Cow<'_, str>> {
-    let is_credential = |piece: &str| {
-        form_urlencoded::parse(piece.as_bytes())
-            .next()
-            .is_some_and(|(name, _)| kind_of_name(&name).is_some())
-    };
-    if !query.split('&').any(is_credential) {
+    let is_credential = |piece: &&str| names_credential(piece);
+    if !query.split('&').any(|piece| is_credential(&piece)) {
         return (!query.is_empty()).then_some(Cow::Borrowed(query));
     }
     let kept: Vec<&str> = query
@@ -240,9 +249,7 @@ pub fn redact_target(uri: &http::Uri) -> Cow<'_, str> {
         if i > 0 {
             out.push('&');
         }
-        let is_credential = form_urlencoded::parse(piece.as_bytes())
-            .next()
-            .is_some_and(|(name, _)| kind_of_name(&name).is_some());
+        let is_credential = names_credential(piece);
         match piece.split_once('=') {
             Some((name, _)) if is_credential => {
                 out.push_str(name);
@@ -494,6 +501,19 @@ mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// The shortcut that decodes only names agrees with decoding the
+            /// whole piece (`%74oken`, `+token`, `token%3D`...).
+            #[test]
+            fn credential_names_match_a_full_decode(
+                piece in "\\+?(t|%74)(o|%6[fF])ken(=|%3[dD]|\\+)?[a-z0-9=]{0,3}\
+                    |(a|%61)ccesskey(=|%3[dD]|\\+)?[a-z=]{0,3}|[a-z0-9=%+]{0,8}",
+            ) {
+                let full = form_urlencoded::parse(piece.as_bytes())
+                    .next()
+                    .is_some_and(|(name, _)| kind_of_name(&name).is_some());
+                prop_assert_eq!(names_credential(&piece), full);
+            }
 
             #[test]
             fn extraction_never_panics_on_arbitrary_input(

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Instructions per request on authgate's hot path, under valgrind's callgrind:
+# a figure that barely moves on a noisy machine, unlike req/s, so a change to
+# the hot path can be judged before and after on any box.
+#
+#   bash bench/callgrind.sh                  # all three paths, 10 s of load each
+#   bash bench/callgrind.sh hs256 public     # some of them
+#   CALLGRIND_SECONDS=5 bash bench/callgrind.sh
+#
+# Paths: public (a public route, no credential), hs256 (Bearer HS256 JWT),
+# accesskey (?accesskey=). For each it prints the instructions per request
+# (user space only; system calls are not counted) and the heaviest functions
+# by inclusive cost. The callgrind files stay in the printed folder for
+# `callgrind_annotate` or kcachegrind.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+AUTHGATE=${AUTHGATE_BIN:-$ROOT/target/release/authgate}
+SECONDS_PER_PATH=${CALLGRIND_SECONDS:-10}
+PATHS=("$@")
+[ ${#PATHS[@]} -gt 0 ] || PATHS=(public hs256 accesskey)
+
+log() { printf '[callgrind %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+PATH=$PATH:/usr/sbin:/sbin
+for tool in valgrind callgrind_annotate callgrind_control wrk nginx curl python3; do
+    command -v "$tool" >/dev/null || die "missing $tool (Debian: apt-get install -y valgrind wrk nginx-light curl python3)"
+done
+if [ -z "${AUTHGATE_BIN:-}" ]; then
+    log "cargo build --release --locked --bin authgate"
+    (cd "$ROOT" && cargo build --release --locked --bin authgate >&2)
+fi
+
+W=$(mktemp -d /tmp/authgate-callgrind.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+read -r P_UP P_AG < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
+
+mkdir -p "$W/tmp"
+cat >"$W/upstream.conf" <<EOF
+pid $W/upstream.pid;
+worker_processes 1;
+daemon off;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $W/tmp/body;
+    proxy_temp_path $W/tmp/proxy;
+    fastcgi_temp_path $W/tmp/fastcgi;
+    uwsgi_temp_path $W/tmp/uwsgi;
+    scgi_temp_path $W/tmp/scgi;
+    keepalive_requests 100000000;
+    server {
+        listen 127.0.0.1:$P_UP;
+        location / { return 200 "ok"; }
+    }
+}
+EOF
+nginx -p "$W" -e "$W/upstream.err" -c "$W/upstream.conf" >"$W/upstream.log" 2>&1 &
+PIDS+=("$!")
+
+openssl rand -hex 32 >"$W/jwt.secret"
+cat >"$W/authgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:$P_AG"
+shutdown_grace = 1
+
+[store]
+url = "sqlite://$W/authgate.db"
+
+[jwt]
+secret_file = "$W/jwt.secret"
+
+[[route]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:$P_UP"
+auth = "required"
+
+[[route]]
+path_prefix = "/public"
+upstream = "http://127.0.0.1:$P_UP"
+auth = "public"
+EOF
+ag() { "$AUTHGATE" --config "$W/authgate.toml" "$@"; }
+echo "callgrind-password-$$" | ag user add bench --password-stdin >/dev/null
+TOKEN=$(ag token issue --user bench)
+ACCESS_KEY=$(ag key create --user bench | awk '/^key:/ {print $2}')
+
+AUTHGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$W/callgrind.%p" \
+    "$AUTHGATE" serve --config "$W/authgate.toml" --workers 1 >"$W/authgate.log" 2>&1 &
+GW=$!
+PIDS+=("$GW")
+for _ in $(seq 300); do
+    curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$P_AG/healthz" && break
+    sleep 0.2
+done
+curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$P_AG/healthz" || die "authgate did not start under valgrind (see $W/authgate.log)"
+
+printf '%-10s %12s %14s\n' path requests "instr/request"
+for path in "${PATHS[@]}"; do
+    case $path in
+        public) args=("http://127.0.0.1:$P_AG/public/x") ;;
+        hs256) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/x") ;;
+        accesskey) args=("http://127.0.0.1:$P_AG/x?accesskey=$ACCESS_KEY") ;;
+        *) die "unknown path $path (public, hs256, accesskey)" ;;
+    esac
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "${args[@]}")" = 200 ] || die "$path does not answer 200"
+    # Warm caches and pools, then count only the measured window.
+    wrk -t1 -c8 -d2s "${args[@]}" >/dev/null
+    callgrind_control -z "$GW" >/dev/null 2>&1
+    out=$(wrk -t1 -c8 -d"${SECONDS_PER_PATH}s" "${args[@]}")
+    callgrind_control --dump="$path" "$GW" >/dev/null 2>&1
+    grep -q "Non-2xx" <<<"$out" && die "$path: non-2xx answers under load"
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    file=$(ls -t "$W"/callgrind.*.[0-9]* | head -1)
+    cp "$file" "$W/$path.callgrind"
+    total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    printf '%-10s %12s %14s\n' "$path" "$requests" "$(( total / requests ))"
+    callgrind_annotate --inclusive=yes "$file" 2>/dev/null \
+        | grep -E '^ *[0-9,]+ +\( *[0-9.]+%\)  \?\?\?:authgate::' \
+        | grep -vE 'authgate::(main|cli::run) ' | head -8 | sed 's/^/    /' || true
+done
+log "callgrind files: $W/*.callgrind (callgrind_annotate --inclusive=yes FILE)"
+trap - EXIT
+cleanup
