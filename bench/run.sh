@@ -367,9 +367,14 @@ CPU_MODEL=$(lscpu | sed -n 's/^Model name: *//p' | sed -n 1p)
     printf 'cpu\t%s\n' "$CPU_MODEL"
     printf 'cpus\t%s%s\n' "$(nproc)" "$(lscpu | sed -n 's/^Hypervisor vendor: */, virtual (hypervisor /p' | sed 's/$/)/' | sed -n 1p)"
     printf 'kernel\t%s\n' "$(uname -sr)"
-    printf 'authgate\t%s (release build, commit %s%s)\n' "$(ag --version 2>/dev/null | sed -n 1p || echo '?')" \
-        "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
-        "$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', src has uncommitted changes')"
+    if [ -n "${AUTHGATE_BIN:-}" ]; then
+        # Another build: the checkout's commit says nothing about it.
+        printf 'authgate\t%s (AUTHGATE_BIN=%s)\n' "$(ag --version 2>/dev/null | sed -n 1p || echo '?')" "$AUTHGATE_BIN"
+    else
+        printf 'authgate\t%s (release build, commit %s%s)\n' "$(ag --version 2>/dev/null | sed -n 1p || echo '?')" \
+            "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+            "$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', src has uncommitted changes')"
+    fi
     printf 'nginx\t%s\n' "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
     printf 'haproxy\t%s\n' "$(haproxy -v | sed -n 1p | sed 's/ - https.*//')"
     printf 'wrk\t%s\n' "$(wrk -v 2>&1 | sed -n 1p | awk '{print $1, $2}')"
