@@ -221,13 +221,12 @@ fn strip_cookie_value(value: &HeaderValue) -> Option<HeaderValue> {
 /// The query without `token` and `accesskey` parameters, every other byte in
 /// its original order; `None` when nothing is left.
 pub fn strip_credential_query(query: &str) -> Option<Cow<'_, str>> {
-    let is_credential = |piece: &&str| names_credential(piece);
-    if !query.split('&').any(|piece| is_credential(&piece)) {
+    if !query.split('&').any(names_credential) {
         return (!query.is_empty()).then_some(Cow::Borrowed(query));
     }
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|piece| !is_credential(piece))
+        .filter(|piece| !names_credential(piece))
         .collect();
     if kept.iter().all(|piece| piece.is_empty()) {
         None

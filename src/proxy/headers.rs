@@ -188,25 +188,26 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let chain = match headers.entry(&X_FORWARDED_FOR) {
+    match headers.entry(&X_FORWARDED_FOR) {
         header::Entry::Vacant(vacant) => {
             vacant.insert(client_ip.clone());
-            None
         }
-        header::Entry::Occupied(occupied) => {
+        header::Entry::Occupied(mut occupied) => {
             let mut chain: Vec<&[u8]> = occupied
                 .iter()
                 .filter(|value| value.to_str().is_ok())
                 .map(HeaderValue::as_bytes)
                 .collect();
             chain.push(client_ip.as_bytes());
-            Some(chain.join(&b", "[..]))
-        }
-    };
-    if let Some(chain) = chain {
-        headers.remove(&X_FORWARDED_FOR);
-        if let Ok(value) = HeaderValue::from_bytes(&chain) {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
+            // Replaces every earlier field with the one joined chain.
+            match HeaderValue::from_bytes(&chain.join(&b", "[..])) {
+                Ok(value) => {
+                    occupied.insert(value);
+                }
+                Err(_) => {
+                    occupied.remove_entry_mult();
+                }
+            }
         }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));

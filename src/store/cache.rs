@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use uuid::Uuid;
 
-use crate::auth::jwt::JwtKeys;
-
 use crate::auth::accesskey::KeyHash;
+use crate::auth::jwt::JwtKeys;
 use crate::config::CacheConfig;
 use crate::store::Change;
 
@@ -292,8 +291,15 @@ impl CredentialCache {
     /// Marks a token id revoked until `expires_at`, and drops the token
     /// from the verified-token caches.
     pub fn revoke_token(&self, jti: &str, expires_at: i64) {
-        self.revoked_tokens.insert(jti.to_owned(), expires_at);
-        self.each_token_cache(|keys| keys.forget_token_id(jti));
+        // A logout here comes back through the change log: the second time
+        // the token is already out of the caches, so skip their sweep.
+        if self
+            .revoked_tokens
+            .insert(jti.to_owned(), expires_at)
+            .is_none()
+        {
+            self.each_token_cache(|keys| keys.forget_token_id(jti));
+        }
     }
 
     /// Whether a token id was revoked.
