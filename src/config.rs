@@ -993,6 +993,12 @@ fn validate_routes(raw: Vec<RawRoute>, upstream: &UpstreamConfig, p: &mut Proble
                 "may contain only A-Z a-z 0-9 - . _ ~ and /, so that no escaped spelling of a path routes elsewhere",
             );
         }
+        if !crate::routes::prefix_reads_one_way(&prefix) {
+            p.add(
+                &format!("{key}.path_prefix"),
+                "no segment may end in '.' or '~': servers that trim them would read another path",
+            );
+        }
         let auth = match route.auth.as_str() {
             "required" => RouteAuth::Required,
             "public" => RouteAuth::Public,
@@ -1038,7 +1044,7 @@ fn validate_routes(raw: Vec<RawRoute>, upstream: &UpstreamConfig, p: &mut Proble
     for duplicate in table.duplicate_prefixes() {
         p.add(
             "route",
-            format_args!("path_prefix {duplicate:?} appears more than once"),
+            format_args!("path_prefix {duplicate:?} appears more than once (prefixes compare ignoring ASCII case)"),
         );
     }
     table

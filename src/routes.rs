@@ -44,11 +44,118 @@ impl Route {
 }
 
 /// `/api` matches `/api` and `/api/...` but not `/apix`; `/api/` matches
-/// everything below it.
+/// everything below it. Bytes compare exactly.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        Some(rest) => on_boundary(prefix, rest),
+    }
+}
+
+/// As [`prefix_matches`], with ASCII letters compared case-insensitively
+/// (Express, IIS and others route `/ADMIN` to `/admin`).
+pub fn prefix_matches_folded(prefix: &str, path: &str) -> bool {
+    match path.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => {
+            on_boundary(prefix, &path[prefix.len()..])
+        }
+        _ => false,
+    }
+}
+
+fn on_boundary(prefix: &str, rest: &str) -> bool {
+    prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
+}
+
+/// What an upstream may drop from a path before routing it: `;parameters`
+/// inside a segment (servlet containers), and trailing dots, spaces and
+/// tildes of a segment (IIS and Windows file names). Each is one way of
+/// reading the same bytes; the route table considers every combination.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    params: bool,
+    trailing: bool,
+}
+
+/// Trailing characters of a segment that Windows-style servers ignore:
+/// `.`, `~` and an encoded space.
+fn trim_trailing(mut segment: &str) -> &str {
+    loop {
+        if let Some(rest) = segment.strip_suffix(['.', '~']) {
+            segment = rest;
+        } else if let Some(rest) = segment.strip_suffix("%20") {
+            segment = rest;
+        } else {
+            return segment;
+        }
+    }
+}
+
+/// `path` as an upstream reading it that way would see it; a segment that
+/// ends up empty is dropped (such servers collapse `//`).
+fn read_as(path: &str, reading: Reading) -> String {
+    let mut out = String::with_capacity(path.len());
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        let mut name = segment;
+        if reading.params {
+            name = name.split(';').next().unwrap_or_default();
+        }
+        if reading.trailing {
+            name = trim_trailing(name);
+        }
+        if name.is_empty() && !segment.is_empty() && !last {
+            continue;
+        }
+        out.push('/');
+        out.push_str(name);
+    }
+    out
+}
+
+/// Whether some segment, or its name before `;parameters`, ends in a
+/// character [`trim_trailing`] removes.
+fn has_trailing_ignorable(path: &str) -> bool {
+    let trims = |part: &str| trim_trailing(part).len() != part.len();
+    path.split('/')
+        .any(|segment| trims(segment) || segment.split(';').next().is_some_and(trims))
+}
+
+/// The route a request is forwarded by, and the other routes an upstream
+/// could read its path as lying under. The rules of all of them apply:
+/// a path that one server reads as `/admin/...` is held to `/admin`'s
+/// rules even where the gateway's own match is a laxer route.
+#[derive(Debug)]
+pub struct RouteMatch<'a> {
+    /// The route whose upstream, timeout and label the request takes: the
+    /// longest prefix matching with ASCII case ignored.
+    pub route: &'a Route,
+    /// Other routes that another reading of the path falls under (usually
+    /// none; no allocation then).
+    pub also: Vec<&'a Route>,
+}
+
+impl<'a> RouteMatch<'a> {
+    /// Every route whose rules the request must satisfy, the forwarding
+    /// route first.
+    pub fn routes(&self) -> impl Iterator<Item = &'a Route> + '_ {
+        std::iter::once(self.route).chain(self.also.iter().copied())
+    }
+
+    /// Whether any of them needs a credential.
+    pub fn needs_credential(&self) -> bool {
+        self.routes().any(|route| route.auth == RouteAuth::Required)
+    }
+
+    fn add(&mut self, route: Option<&'a Route>) {
+        if let Some(route) = route
+            && !std::ptr::eq(route, self.route)
+            && !self.also.iter().any(|seen| std::ptr::eq(*seen, route))
+        {
+            self.also.push(route);
+        }
     }
 }
 
@@ -56,27 +163,83 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// No prefix has an upper-case letter: then a path without one matches
+    /// the same way with and without case folding (the usual case; one
+    /// lookup instead of two).
+    lowercase_prefixes: bool,
 }
 
 impl RouteTable {
     /// Sorts `routes` so that the longest prefix is tried first.
     pub fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
-        RouteTable { routes }
+        let lowercase_prefixes = routes
+            .iter()
+            .all(|route| !route.prefix.bytes().any(|b| b.is_ascii_uppercase()));
+        RouteTable {
+            routes,
+            lowercase_prefixes,
+        }
     }
 
-    /// The route with the longest prefix matching `path`.
+    /// The route with the longest prefix matching `path` byte for byte.
     pub fn find(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|route| route.matches(path))
     }
 
-    /// Prefixes that appear more than once.
+    fn find_folded(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|route| prefix_matches_folded(&route.prefix, path))
+    }
+
+    /// The route for `path` (longest prefix, ASCII case ignored) and every
+    /// route that a reading of `path` by an upstream could fall under:
+    /// byte for byte (case-sensitive servers), case-folded, without
+    /// `;parameters`, without trailing `.`, `~` or `%20`, and each
+    /// combination. `None` when no route takes the path as the gateway
+    /// reads it; then nothing is forwarded.
+    pub fn route_for(&self, path: &str) -> Option<RouteMatch<'_>> {
+        let route = self.find_folded(path)?;
+        let mut matched = RouteMatch {
+            route,
+            also: Vec::new(),
+        };
+        let has_upper = path.bytes().any(|b| b.is_ascii_uppercase());
+        if has_upper || !self.lowercase_prefixes {
+            matched.add(self.find(path));
+        }
+        let params = path.contains(';');
+        let trailing = has_trailing_ignorable(path);
+        if !params && !trailing {
+            return Some(matched);
+        }
+        let readings = [(true, false), (false, true), (true, true)];
+        for (params_read, trailing_read) in readings {
+            if (params_read && !params) || (trailing_read && !trailing) {
+                continue;
+            }
+            let read = read_as(
+                path,
+                Reading {
+                    params: params_read,
+                    trailing: trailing_read,
+                },
+            );
+            matched.add(self.find_folded(&read));
+            matched.add(self.find(&read));
+        }
+        Some(matched)
+    }
+
+    /// Prefixes that appear more than once, compared ASCII case-insensitively
+    /// (they would take the same paths).
     pub fn duplicate_prefixes(&self) -> Vec<&str> {
         let mut seen = std::collections::HashSet::new();
         let mut duplicates: Vec<&str> = self
             .routes
             .iter()
-            .filter(|route| !seen.insert(route.prefix.as_str()))
+            .filter(|route| !seen.insert(route.prefix.to_ascii_lowercase()))
             .map(|route| route.prefix.as_str())
             .collect();
         duplicates.dedup();
@@ -128,6 +291,12 @@ pub fn check_path(path: &str) -> Result<(), AbnormalPath> {
 /// escaped form of a path can route differently from the plain one.
 pub fn valid_prefix(prefix: &str) -> bool {
     prefix.starts_with('/') && prefix.bytes().all(|b| is_unreserved(b) || b == b'/')
+}
+
+/// Whether no segment of a prefix ends in `.`, `~` (or an encoded space):
+/// servers that trim those would take the prefix for a shorter one.
+pub fn prefix_reads_one_way(prefix: &str) -> bool {
+    !has_trailing_ignorable(prefix)
 }
 
 /// RFC 3986 unreserved characters.
@@ -242,6 +411,93 @@ mod tests {
     fn duplicates_are_found() {
         let table = RouteTable::new(vec![route("/a"), route("/b"), route("/a")]);
         assert_eq!(table.duplicate_prefixes(), vec!["/a"]);
+        let table = RouteTable::new(vec![route("/Admin"), route("/admin")]);
+        assert_eq!(table.duplicate_prefixes().len(), 1);
+    }
+
+    fn public(prefix: &str) -> Route {
+        Route {
+            auth: RouteAuth::Public,
+            ..route(prefix)
+        }
+    }
+
+    fn admin(prefix: &str) -> Route {
+        Route {
+            roles: vec!["admin".into()],
+            ..route(prefix)
+        }
+    }
+
+    /// The prefixes whose rules apply to `path`, forwarding route first.
+    fn held_to(table: &RouteTable, path: &str) -> Vec<String> {
+        match table.route_for(path) {
+            None => vec![],
+            Some(matched) => matched.routes().map(|r| r.prefix.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn other_readings_of_a_path_hold_it_to_their_routes() {
+        let table = RouteTable::new(vec![public("/"), admin("/admin")]);
+        let cases: &[(&str, &[&str])] = &[
+            ("/admin/stats", &["/admin"]),
+            ("/public/x", &["/"]),
+            ("/adminx/stats", &["/"]),
+            // Express and IIS fold case: the route is /admin, and so is the rule.
+            ("/ADMIN/stats", &["/admin", "/"]),
+            ("/Admin", &["/admin", "/"]),
+            // Tomcat drops `;x`, IIS trailing dots and spaces.
+            ("/admin;x/stats", &["/", "/admin"]),
+            ("/admin;/stats", &["/", "/admin"]),
+            ("/admin./stats", &["/", "/admin"]),
+            ("/admin.../stats", &["/", "/admin"]),
+            ("/admin%20/stats", &["/", "/admin"]),
+            ("/admin~/stats", &["/", "/admin"]),
+            ("/admin.;x/stats", &["/", "/admin"]),
+            ("/ADMIN;x./stats", &["/", "/admin"]),
+            // An emptied segment collapses: `/%20/admin` is `/admin` to IIS.
+            ("/%20/admin/x", &["/", "/admin"]),
+            // Not a reading of /admin: a different name.
+            ("/admin.json", &["/"]),
+            ("/admin%3Bx/stats", &["/"]),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(held_to(&table, path), *expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn case_sensitive_upstreams_keep_a_protected_catch_all() {
+        // `/PUBLIC/x` is the public route to Express, but Flask routes it to
+        // its catch-all, which `/` protects: both rules apply.
+        let table = RouteTable::new(vec![route("/"), public("/public")]);
+        assert_eq!(held_to(&table, "/PUBLIC/x"), ["/public", "/"]);
+        assert!(table.route_for("/PUBLIC/x").unwrap().needs_credential());
+        assert!(!table.route_for("/public/x").unwrap().needs_credential());
+        // Partial readings count: without trimming, Tomcat reads this as
+        // /admin/public./y, under /admin, not under /admin/public.
+        let table = RouteTable::new(vec![public("/"), admin("/admin"), public("/admin/public")]);
+        assert_eq!(
+            held_to(&table, "/admin;a/public./y"),
+            ["/", "/admin", "/admin/public"]
+        );
+    }
+
+    #[test]
+    fn a_path_no_reading_routes_is_not_routed() {
+        let table = RouteTable::new(vec![admin("/admin")]);
+        assert!(table.route_for("/other").is_none());
+        assert!(table.route_for("/admin;x/stats").is_none());
+        assert_eq!(held_to(&table, "/ADMIN/x"), ["/admin"]);
+    }
+
+    #[test]
+    fn prefixes_must_read_one_way() {
+        assert!(prefix_reads_one_way("/api/v1.0"));
+        assert!(prefix_reads_one_way("/~user/x"));
+        assert!(!prefix_reads_one_way("/api."));
+        assert!(!prefix_reads_one_way("/files~/x"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::metrics::Outcome;
 use crate::proxy::{ClientInfo, headers};
-use crate::routes::{RouteAuth, check_path};
+use crate::routes::check_path;
 
 /// Answers one request. Never fails: errors become JSON responses.
 pub async fn handle(
@@ -93,24 +93,26 @@ async fn handle_inner(
         return Ok((response, Outcome::Own));
     }
 
-    let route = gateway
+    let matched = gateway
         .config
         .routes
-        .find(path)
+        .route_for(path)
         .ok_or(GatewayError::NoRoute)?;
+    let route = matched.route;
     *route_name = Some(route.label.clone());
     tracing::Span::current().record("route", route.prefix.as_str());
 
-    let identity = match route.auth {
-        RouteAuth::Public => None,
-        RouteAuth::Required => Some(authenticate(gateway, &request).await?),
+    let identity = if matched.needs_credential() {
+        Some(authenticate(gateway, &request).await?)
+    } else {
+        None
     };
     let outcome = if identity.is_some() {
         Outcome::Authenticated
     } else {
         Outcome::Public
     };
-    let permit = authorize(route, identity)?;
+    let permit = authorize(&matched, identity)?;
 
     let upstream_started = Instant::now();
     let result = gateway

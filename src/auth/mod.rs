@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::error::GatewayError;
-use crate::routes::{Route, RouteAuth};
+use crate::routes::{RouteAuth, RouteMatch};
 use crate::store::Store;
 use crate::store::cache::{CredentialCache, KeyFacts, Lookup, UserFacts};
 use extract::{Credential, CredentialKind};
@@ -83,20 +83,28 @@ impl Permit {
     }
 }
 
-/// A permit for an authenticated caller on a route that needs credentials.
-pub fn authorize(route: &Route, identity: Option<Identity>) -> Result<Permit, GatewayError> {
-    match route.auth {
-        RouteAuth::Public => Ok(Permit { identity: None }),
-        RouteAuth::Required => {
-            let identity = identity.ok_or(GatewayError::AuthenticationRequired)?;
-            if !route.roles.is_empty() && !route.roles.iter().any(|role| identity.has_role(role)) {
-                return Err(GatewayError::MissingRole);
-            }
-            Ok(Permit {
-                identity: Some(identity),
-            })
-        }
+/// A permit for the routes a request falls under: every one of them public,
+/// or an authenticated caller holding, for each route that lists roles, at
+/// least one of them.
+pub fn authorize(
+    matched: &RouteMatch<'_>,
+    identity: Option<Identity>,
+) -> Result<Permit, GatewayError> {
+    if !matched.needs_credential() {
+        return Ok(Permit { identity: None });
     }
+    let identity = identity.ok_or(GatewayError::AuthenticationRequired)?;
+    let lacks_role = matched.routes().any(|route| {
+        route.auth == RouteAuth::Required
+            && !route.roles.is_empty()
+            && !route.roles.iter().any(|role| identity.has_role(role))
+    });
+    if lacks_role {
+        return Err(GatewayError::MissingRole);
+    }
+    Ok(Permit {
+        identity: Some(identity),
+    })
 }
 
 /// Usernames: 1 to 64 of `A-Z a-z 0-9 . _ @ -` (no `:`, which HA1 uses as
@@ -344,6 +352,7 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::Route;
     use std::time::Duration;
 
     fn route(auth: RouteAuth, roles: &[&str]) -> Route {
@@ -367,13 +376,22 @@ mod tests {
         }
     }
 
+    /// Authorizes against `routes`, the first being the forwarding one.
+    fn authorize_on(routes: &[&Route], identity: Option<Identity>) -> Result<Permit, GatewayError> {
+        let matched = RouteMatch {
+            route: routes[0],
+            also: routes[1..].to_vec(),
+        };
+        authorize(&matched, identity)
+    }
+
     #[test]
     fn authorization_table() {
         let public = route(RouteAuth::Public, &[]);
-        assert!(authorize(&public, None).unwrap().identity().is_none());
+        assert!(authorize_on(&[&public], None).unwrap().identity().is_none());
         // Public routes never forward an identity, even when one was given.
         assert!(
-            authorize(&public, Some(identity(&[])))
+            authorize_on(&[&public], Some(identity(&[])))
                 .unwrap()
                 .identity()
                 .is_none()
@@ -381,17 +399,41 @@ mod tests {
 
         let open = route(RouteAuth::Required, &[]);
         assert_eq!(
-            authorize(&open, None).unwrap_err(),
+            authorize_on(&[&open], None).unwrap_err(),
             GatewayError::AuthenticationRequired
         );
-        assert!(authorize(&open, Some(identity(&[]))).is_ok());
+        assert!(authorize_on(&[&open], Some(identity(&[]))).is_ok());
 
         let admin = route(RouteAuth::Required, &["admin", "ops"]);
         assert_eq!(
-            authorize(&admin, Some(identity(&["dev"]))).unwrap_err(),
+            authorize_on(&[&admin], Some(identity(&["dev"]))).unwrap_err(),
             GatewayError::MissingRole
         );
-        assert!(authorize(&admin, Some(identity(&["ops"]))).is_ok());
+        assert!(authorize_on(&[&admin], Some(identity(&["ops"]))).is_ok());
+    }
+
+    #[test]
+    fn every_route_a_path_can_be_read_under_must_allow_it() {
+        let public = route(RouteAuth::Public, &[]);
+        let admin = route(RouteAuth::Required, &["admin"]);
+        let ops = route(RouteAuth::Required, &["ops"]);
+        // Forwarded by the public route, but another reading is /admin's.
+        assert_eq!(
+            authorize_on(&[&public, &admin], None).unwrap_err(),
+            GatewayError::AuthenticationRequired
+        );
+        assert_eq!(
+            authorize_on(&[&public, &admin], Some(identity(&["dev"]))).unwrap_err(),
+            GatewayError::MissingRole
+        );
+        let permit = authorize_on(&[&public, &admin], Some(identity(&["admin"]))).unwrap();
+        assert_eq!(permit.identity().map(|i| &*i.user), Some("alice"));
+        // Two role lists: one role of each is needed.
+        assert_eq!(
+            authorize_on(&[&admin, &ops], Some(identity(&["admin"]))).unwrap_err(),
+            GatewayError::MissingRole
+        );
+        assert!(authorize_on(&[&admin, &ops], Some(identity(&["admin", "ops"]))).is_ok());
     }
 
     #[test]
