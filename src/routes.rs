@@ -630,6 +630,47 @@ mod tests {
             ]
         }
 
+        /// Paths made of prefix-like names and the pieces servers drop.
+        fn routable_path() -> impl Strategy<Value = String> {
+            let name = prop_oneof![
+                Just("a"),
+                Just("A"),
+                Just("ad"),
+                Just("admin"),
+                Just("ADMIN"),
+                Just("Admin"),
+                Just("pub"),
+                Just("x-y"),
+                Just("v1.0"),
+                Just("stats"),
+            ];
+            let tail = prop_oneof![
+                Just(""),
+                Just(""),
+                Just(";x"),
+                Just(";"),
+                Just("."),
+                Just(".."),
+                Just("%20"),
+                Just("~"),
+                Just(".;x"),
+                Just(";x."),
+                Just(".%20~"),
+            ];
+            (prop::collection::vec((name, tail), 1..5), any::<bool>()).prop_map(
+                |(segments, slash)| {
+                    let mut path: String = segments
+                        .iter()
+                        .map(|(name, tail)| format!("/{name}{tail}"))
+                        .collect();
+                    if slash {
+                        path.push('/');
+                    }
+                    path
+                },
+            )
+        }
+
         /// Paths a well-behaved client sends.
         fn normal_path() -> impl Strategy<Value = String> {
             let segment = "[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,8}(%20|%C3%A9|;v=1)?";
@@ -640,6 +681,57 @@ mod tests {
                 }
                 path
             })
+        }
+
+        /// How some real servers read a path before routing it, written
+        /// independently of the code under test: Express and IIS fold ASCII
+        /// case, Tomcat cuts `;parameters` from each segment, IIS trims
+        /// trailing dots, spaces and tildes and collapses what empties.
+        fn server_reading(path: &str, fold: bool, params: bool, trim: bool) -> String {
+            let decoded_spaces = path.replace("%20", " ");
+            let mut segments: Vec<String> = Vec::new();
+            let parts: Vec<&str> = decoded_spaces.split('/').skip(1).collect();
+            for (index, part) in parts.iter().enumerate() {
+                let mut name = part.to_string();
+                if params && let Some(cut) = name.find(';') {
+                    name.truncate(cut);
+                }
+                if trim {
+                    while name.ends_with(['.', ' ', '~']) {
+                        name.pop();
+                    }
+                    if name.is_empty() && !part.is_empty() && index + 1 < parts.len() {
+                        continue;
+                    }
+                }
+                if fold {
+                    name = name.to_ascii_lowercase();
+                }
+                segments.push(name);
+            }
+            format!("/{}", segments.join("/")).replace(' ', "%20")
+        }
+
+        /// The route a server reading paths that way would pick: the
+        /// longest prefix whose own reading starts the path's reading on a
+        /// segment boundary.
+        fn server_route<'a>(
+            table: &'a [Route],
+            path: &str,
+            fold: bool,
+            params: bool,
+            trim: bool,
+        ) -> Option<&'a Route> {
+            let read = server_reading(path, fold, params, trim);
+            table
+                .iter()
+                .filter(|route| {
+                    let prefix = server_reading(&route.prefix, fold, params, trim);
+                    read == prefix
+                        || (read.starts_with(&prefix)
+                            && (prefix.ends_with('/') || read[prefix.len()..].starts_with('/')))
+                })
+                .max_by_key(|route| route.prefix.len())
         }
 
         proptest! {
@@ -685,6 +777,40 @@ mod tests {
                         prefix_matches(&prefix, &decoded),
                         "{} vs {} (decoded {})", prefix, path, decoded
                     );
+                }
+            }
+
+            #[test]
+            fn every_server_reading_is_held_to_its_route(
+                prefixes in prop::collection::vec("(/(a|A|ad|admin|Admin|pub|x-y|v1.0)){1,3}/?", 1..5),
+                path in routable_path(),
+            ) {
+                prop_assume!(check_path(&path).is_ok());
+                let mut routes: Vec<Route> = vec![route("/")];
+                for prefix in &prefixes {
+                    if prefix_reads_one_way(prefix)
+                        && !routes.iter().any(|r| r.prefix.eq_ignore_ascii_case(prefix))
+                    {
+                        routes.push(route(prefix));
+                    }
+                }
+                let table = RouteTable::new(routes.clone());
+                let held: Vec<&str> = table
+                    .route_for(&path)
+                    .map(|matched| matched.routes().map(|r| r.prefix.as_str()).collect())
+                    .unwrap_or_default();
+                for fold in [false, true] {
+                    for params in [false, true] {
+                        for trim in [false, true] {
+                            if let Some(server) = server_route(&routes, &path, fold, params, trim) {
+                                prop_assert!(
+                                    held.contains(&server.prefix.as_str()),
+                                    "{} read (fold {}, params {}, trim {}) as under {}, held only to {:?}",
+                                    path, fold, params, trim, server.prefix, held
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }
