@@ -3,6 +3,9 @@
 # Extra arguments go to cargo test, e.g. `bash scripts/test.sh login`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Real upstream servers some integration tests run (pinned, into
+# target/upstreams/; quick when already installed).
+bash tests/upstreams/setup.sh
 cargo test --locked --workspace "$@"
 # The admin page's end-to-end test in real Chromium (installs chromium and
 # playwright-core when missing); skipped when arguments select tests.
