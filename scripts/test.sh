@@ -3,8 +3,8 @@
 # Extra arguments go to cargo test, e.g. `bash scripts/test.sh login`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# Real upstream servers (Express, Flask, Tomcat, ...) for the tests that put
-# the gateway in front of them; quick when already installed.
+# Real upstream servers some integration tests run (pinned, into
+# target/upstreams/; quick when already installed).
 bash tests/upstreams/setup.sh
 cargo test --locked --workspace "$@"
 # The admin page's end-to-end test in real Chromium (installs chromium and

@@ -28,9 +28,14 @@ pub enum GatewayError {
         "the request path is not in normal form (dot segments, encoded separators, backslashes and empty segments are refused)"
     )]
     InvalidPath,
-    /// The `Host` header is repeated or is not a `host[:port]`.
-    #[error("the Host header is repeated or is not a valid host[:port]")]
+    /// The `Host` header is missing from an HTTP/1.1 request (RFC 9112
+    /// section 3.2), repeated, or not a `host[:port]`.
+    #[error("the Host header is missing, repeated or not a valid host[:port]")]
     InvalidHost,
+    /// A proxied request's body could not be read: a malformed chunked
+    /// encoding (e.g. a bad chunk-size line) or a body cut short.
+    #[error("the request body is malformed (bad chunked encoding) or ended early")]
+    InvalidBody,
     /// Two different credentials came with one request.
     #[error("the request carries two different credentials; send exactly one")]
     ConflictingCredentials,
@@ -80,6 +85,11 @@ pub enum GatewayError {
     /// The upstream could not be reached.
     #[error("the upstream service could not be reached")]
     UpstreamUnreachable,
+    /// The upstream sent a response the gateway refuses to relay: a 101
+    /// switching protocols that the gateway did not ask for, or to anything
+    /// other than WebSocket.
+    #[error("the upstream service sent a response the gateway does not relay")]
+    UpstreamInvalidResponse,
     /// The upstream did not answer in time.
     #[error("the upstream service did not answer in time")]
     UpstreamTimeout,
@@ -101,6 +111,7 @@ impl GatewayError {
             | InvalidId
             | InvalidPath
             | InvalidHost
+            | InvalidBody
             | ConflictingCredentials => StatusCode::BAD_REQUEST,
             AuthenticationRequired | InvalidCredentials { .. } => StatusCode::UNAUTHORIZED,
             MissingRole | AccessKeyNotAllowed => StatusCode::FORBIDDEN,
@@ -110,7 +121,7 @@ impl GatewayError {
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-            UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            UpstreamUnreachable | UpstreamInvalidResponse => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,6 +137,7 @@ impl GatewayError {
             | InvalidId
             | InvalidPath
             | InvalidHost
+            | InvalidBody
             | ConflictingCredentials
             | BodyTooLarge
             | HeadersTooLarge => "INVALID_ARGUMENT",
@@ -135,7 +147,9 @@ impl GatewayError {
             MethodNotAllowed => "UNIMPLEMENTED",
             Conflict(_) => "ALREADY_EXISTS",
             TooManyAttempts { .. } => "RESOURCE_EXHAUSTED",
-            UpstreamUnreachable | UpstreamTimeout | StoreUnavailable => "UNAVAILABLE",
+            UpstreamUnreachable | UpstreamInvalidResponse | UpstreamTimeout | StoreUnavailable => {
+                "UNAVAILABLE"
+            }
             Internal => "INTERNAL",
         }
     }
@@ -149,6 +163,7 @@ impl GatewayError {
             InvalidId => "INVALID_ID",
             InvalidPath => "INVALID_PATH",
             InvalidHost => "INVALID_HOST",
+            InvalidBody => "INVALID_BODY",
             ConflictingCredentials => "CONFLICTING_CREDENTIALS",
             AuthenticationRequired => "AUTHENTICATION_REQUIRED",
             InvalidCredentials { .. } => "INVALID_CREDENTIALS",
@@ -162,6 +177,7 @@ impl GatewayError {
             HeadersTooLarge => "HEADERS_TOO_LARGE",
             TooManyAttempts { .. } => "TOO_MANY_ATTEMPTS",
             UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
+            UpstreamInvalidResponse => "UPSTREAM_INVALID_RESPONSE",
             UpstreamTimeout => "UPSTREAM_TIMEOUT",
             StoreUnavailable => "STORE_UNAVAILABLE",
             Internal => "INTERNAL_ERROR",
@@ -269,6 +285,12 @@ mod tests {
                 "INVALID_HOST",
             ),
             (
+                GatewayError::InvalidBody,
+                400,
+                "INVALID_ARGUMENT",
+                "INVALID_BODY",
+            ),
+            (
                 GatewayError::ConflictingCredentials,
                 400,
                 "INVALID_ARGUMENT",
@@ -328,6 +350,12 @@ mod tests {
                 502,
                 "UNAVAILABLE",
                 "UPSTREAM_UNREACHABLE",
+            ),
+            (
+                GatewayError::UpstreamInvalidResponse,
+                502,
+                "UNAVAILABLE",
+                "UPSTREAM_INVALID_RESPONSE",
             ),
             (
                 GatewayError::UpstreamTimeout,

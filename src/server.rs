@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,8 +28,6 @@ use crate::config::{Limits, TlsConfig};
 use crate::gateway::Gateway;
 use crate::proxy::{ClientInfo, ConnectionSlot};
 
-/// Time allowed for a TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Smallest read buffer hyper accepts; the header limit cannot go below it.
 const MIN_HTTP1_BUFFER: usize = 8192;
 
@@ -243,6 +241,12 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
             },
             _ = stopped(&mut stop) => return,
         };
+        // The first request head is due `header_read_timeout` after accept,
+        // TLS handshake and protocol detection included: hyper's own header
+        // timer starts only once hyper-util has read enough to tell HTTP/1
+        // from HTTP/2, so a silent socket would otherwise hold its slot
+        // until `idle_timeout`.
+        let head_deadline = tokio::time::Instant::now() + ctx.limits.header_read_timeout;
         let _ = stream.set_nodelay(true);
         let span = info_span!("connection", client.addr = %peer, tls = listener.tls);
         let current = ctx.shared.load_full();
@@ -264,6 +268,7 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
             builder: ctx.builder.clone(),
             stop: ctx.stop.clone(),
             idle_timeout: ctx.limits.idle_timeout,
+            head_deadline,
             client: ClientInfo {
                 slot: Some(slot),
                 ..ClientInfo::new(peer, listener.tls)
@@ -275,8 +280,7 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                 match tls {
                     None => task.run(stream).await,
                     Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
+                        match tokio::time::timeout_at(head_deadline, acceptor.accept(stream)).await
                         {
                             Ok(Ok(tls_stream)) => {
                                 let subject = tls_stream
@@ -307,12 +311,14 @@ struct ConnectionTask {
     builder: Arc<auto::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
     idle_timeout: Duration,
+    /// When the first request head must be complete.
+    head_deadline: tokio::time::Instant,
     client: ClientInfo,
 }
 
 impl ConnectionTask {
-    /// Serves one connection until it closes, goes idle, or shutdown asks
-    /// it to finish.
+    /// Serves one connection until it closes, goes idle, misses its first
+    /// request head's deadline, or shutdown asks it to finish.
     async fn run<S>(mut self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -321,7 +327,11 @@ impl ConnectionTask {
         let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
         let shared = self.shared.clone();
         let client = self.client.clone();
+        // Set when hyper hands over the first complete request head.
+        let first_head = Arc::new(AtomicBool::new(false));
+        let head_seen = first_head.clone();
         let service = service_fn(move |request| {
+            head_seen.store(true, Ordering::Relaxed);
             // Each request runs on the snapshot current when it arrived.
             let gateway = shared.load_full();
             let client = client.clone();
@@ -336,6 +346,8 @@ impl ConnectionTask {
         });
         let mut connection = pin!(self.builder.serve_connection_with_upgrades(io, service));
         let mut idle = pin!(idle_for(&activity, self.idle_timeout));
+        let mut head_due = pin!(tokio::time::sleep_until(self.head_deadline));
+        let mut awaiting_head = true;
         let mut closing = false;
         loop {
             tokio::select! {
@@ -350,6 +362,16 @@ impl ConnectionTask {
                 _ = stopped(&mut self.stop), if !closing => {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
+                }
+                _ = head_due.as_mut(), if awaiting_head => {
+                    if !first_head.load(Ordering::Relaxed) {
+                        // Nothing is in flight: drop the connection rather
+                        // than wait for a head that is still trickling in.
+                        debug!("no request head within header_read_timeout; closing");
+                        return;
+                    }
+                    // Later heads: hyper's header timer and the idle timeout.
+                    awaiting_head = false;
                 }
                 _ = idle.as_mut(), if !closing => {
                     debug!("closing idle connection");

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::HeaderValue;
-use http::{Request, Response};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tracing::{Instrument, field, info, info_span};
 
@@ -77,6 +77,11 @@ async fn handle_inner(
     request_id: &HeaderValue,
     route_name: &mut Option<Arc<str>>,
 ) -> Result<(Response<Body>, Outcome), GatewayError> {
+    // RFC 9112 section 3.2: a server must answer 400 to an HTTP/1.1 request
+    // without `Host`. HTTP/1.0 may omit it; HTTP/2 carries `:authority`.
+    if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
+        return Err(GatewayError::InvalidHost);
+    }
     // HTTP/1 heads with more fields are refused by the parser already (a
     // bare 431); HTTP/2 has no count limit of its own.
     if request.headers().len() > gateway.config.limits.max_headers {
@@ -123,6 +128,9 @@ async fn handle_inner(
     match &result {
         Err(GatewayError::UpstreamTimeout) => gateway.metrics.upstream_error("timeout"),
         Err(GatewayError::UpstreamUnreachable) => gateway.metrics.upstream_error("unreachable"),
+        Err(GatewayError::UpstreamInvalidResponse) => {
+            gateway.metrics.upstream_error("invalid_response")
+        }
         _ => {}
     }
     Ok((result?, outcome))

@@ -5,16 +5,17 @@
 //! request to the rules the operator set for that handler's prefix.
 //!
 //! The servers come from `tests/upstreams/setup.sh` (run by
-//! `scripts/test.sh`); without them this test fails and says so.
+//! `scripts/test.sh`); without them this test fails and says how to get
+//! them.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::pyserver::upstreams_dir;
 use common::*;
 
 /// One real upstream server, killed on drop.
@@ -29,12 +30,6 @@ impl Drop for RealUpstream {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn upstreams_dir() -> PathBuf {
-    std::env::var_os("AUTHGATE_TEST_UPSTREAMS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-upstreams"))
 }
 
 fn app_file(name: &str) -> String {

@@ -80,6 +80,18 @@ fuzz_target!(|data: &[u8]| {
         !matches!(left, Ok(Some(_))),
         "a credential survived rewriting"
     );
+    // Under any `_`/`-` folding an upstream may apply, only the gateway's
+    // own identity headers are left, and no upgrade but WebSocket.
+    let folded = |name: &str| name.replace('_', "-");
+    assert!(h.keys().all(|name| {
+        let f = folded(name.as_str());
+        !(f.starts_with("x-auth-") || f == "x-client-cert-subject") || !name.as_str().contains('_')
+    }));
+    assert!(
+        h.get_all(http::header::UPGRADE)
+            .iter()
+            .all(|v| v == "websocket")
+    );
     let spoofed = h
         .keys()
         .filter(|name| name.as_str().starts_with("x-auth-"))

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
 
 use crate::auth::Identity;
 
@@ -23,26 +24,73 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 
 /// Headers that belong to one connection and never cross a proxy (RFC 9110
-/// 7.6.1), besides those named by `Connection`.
-const HOP_BY_HOP: [&HeaderName; 6] = [
+/// 7.6.1), besides those named by `Connection`. `HTTP2-Settings` belongs to
+/// an `h2c` upgrade of one connection (RFC 7540 section 3.2.1), which the
+/// gateway never performs.
+const HOP_BY_HOP: [&HeaderName; 7] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &header::TE,
     &header::TRAILER,
     &header::TRANSFER_ENCODING,
     &PROXY_CONNECTION,
+    &HTTP2_SETTINGS,
 ];
 
-/// Whether the request asks to switch protocols (e.g. WebSocket).
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+/// The one protocol the gateway tunnels after a 101.
+const WEBSOCKET: &str = "websocket";
+
+/// Whether the request is a WebSocket opening handshake (RFC 6455 section
+/// 4.1), the only upgrade the gateway lets through: an HTTP/1.1 `GET` whose
+/// `Upgrade` lists `websocket`, whose `Connection` lists `upgrade`, with one
+/// `Sec-WebSocket-Key` that is the base64 of a 16-byte nonce and
+/// `Sec-WebSocket-Version: 13`. Every other upgrade (`h2c`, `TLS/1.0`, ...)
+/// would open a tunnel in which later requests are never authenticated, so
+/// its `Upgrade` header is stripped instead.
+pub fn is_websocket_handshake(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+    method == Method::GET
+        && version == Version::HTTP_11
+        && lists_token(headers, &header::UPGRADE, WEBSOCKET)
+        && lists_token(headers, &header::CONNECTION, "upgrade")
+        && single(headers, &SEC_WEBSOCKET_KEY).is_some_and(is_websocket_key)
+        && single(headers, &SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13")
 }
 
-fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+/// Whether a 101 response switches to WebSocket and nothing else: one
+/// `Upgrade` field holding exactly the token `websocket`.
+pub fn switches_to_websocket(headers: &HeaderMap) -> bool {
+    single(headers, &header::UPGRADE).is_some_and(|value| {
+        value
+            .to_str()
+            .is_ok_and(|text| text.trim().eq_ignore_ascii_case(WEBSOCKET))
+    })
+}
+
+/// The field's value when it occurs exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
+}
+
+/// A `Sec-WebSocket-Key`: base64 (with padding) of exactly 16 bytes.
+fn is_websocket_key(value: &HeaderValue) -> bool {
+    use base64::Engine;
+    let mut nonce = [0u8; 18];
+    base64::engine::general_purpose::STANDARD
+        .decode_slice(value.as_bytes(), &mut nonce)
+        .is_ok_and(|length| length == 16)
+}
+
+/// Whether a comma-separated field lists `token`, ASCII case-insensitively.
+fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
@@ -50,8 +98,11 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers: the fixed set, every name listed in
-/// `Connection`, `Upgrade` (unless this hop upgrades) and every `Proxy-*`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// `Connection`, every `Proxy-*`, and `Upgrade`. With `websocket` (a
+/// checked WebSocket handshake, or its 101), the head then carries exactly
+/// `Upgrade: websocket` and `Connection: upgrade`, whatever other protocols
+/// the client or upstream listed.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
     // One pass over the names instead of a hash lookup per hop-by-hop name;
     // most heads carry none, and responses usually just `Connection`.
     let mut doomed: Vec<HeaderName> = headers
@@ -59,7 +110,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter(|name| {
             HOP_BY_HOP.contains(name)
                 || name.as_str().starts_with("proxy-")
-                || (!keep_upgrade && *name == header::UPGRADE)
+                || *name == header::UPGRADE
         })
         .cloned()
         .collect();
@@ -69,16 +120,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .map(str::trim)
-        // `keep-alive` is in the fixed set already.
-        .filter(|token| !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive"))
+        // `keep-alive` and `upgrade` are in the set above already.
+        .filter(|token| {
+            !token.is_empty()
+                && !token.eq_ignore_ascii_case("keep-alive")
+                && !token.eq_ignore_ascii_case("upgrade")
+        })
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && name == header::UPGRADE) && headers.contains_key(name))
+        .filter(|name| headers.contains_key(name))
         .collect();
     doomed.extend(listed);
     for name in &doomed {
         headers.remove(name);
     }
-    if keep_upgrade && headers.contains_key(header::UPGRADE) {
+    if websocket {
+        headers.insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
@@ -103,16 +159,66 @@ pub fn join_cookie_headers(headers: &mut HeaderMap) {
     headers.insert(header::COOKIE, joined);
 }
 
-/// Removes every `X-Auth-*` header: identity comes only from the gateway.
+/// Removes every client-sent header that an upstream could take for one
+/// the gateway vouches for, under any spelling an upstream folds into the
+/// same name: header names are case-insensitive, and WSGI, CGI, PHP-FPM and
+/// older Puma turn both `-` and `_` into `_` (`X_Auth_User` and
+/// `X-Auth-User` both become `HTTP_X_AUTH_USER`). Removed, with `_` read as
+/// `-`:
+/// - every `X-Auth-*` and `X-Client-Cert-Subject`: identity comes only from
+///   the gateway;
+/// - `Forwarded`, `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL`: the
+///   gateway does not set them, and upstreams that read them would trust
+///   the client's word for its address or for the path it asked for;
+/// - the underscore spellings of `X-Forwarded-*` and `X-Request-Id`: the
+///   gateway sets (or appends to) the real ones, and after folding an
+///   upstream would see two candidates, one chosen by the client. The
+///   hyphenated names stay: the gateway rewrites them itself.
+///
+/// One pass over the names; nothing is allocated when nothing matches.
 pub fn remove_identity_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-auth-"))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(&name);
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_reserved_request_header(name.as_str().as_bytes()) {
+            doomed.push(name.clone());
+        }
     }
+    for name in &doomed {
+        headers.remove(name);
+    }
+}
+
+/// Whether a (lower-case) request header name is one that
+/// [`remove_identity_headers`] removes.
+fn is_reserved_request_header(name: &[u8]) -> bool {
+    match name.first() {
+        Some(b'x') => {
+            folded_starts_with(name, b"x-auth-")
+                || folded_eq(name, b"x-client-cert-subject")
+                || folded_eq(name, b"x-real-ip")
+                || folded_eq(name, b"x-original-url")
+                || folded_eq(name, b"x-rewrite-url")
+                || (name.contains(&b'_')
+                    && (folded_starts_with(name, b"x-forwarded-")
+                        || folded_eq(name, b"x-request-id")))
+        }
+        Some(b'f') => name == b"forwarded",
+        _ => false,
+    }
+}
+
+/// `name` equals `ours` with each `_` in `name` read as `-`.
+fn folded_eq(name: &[u8], ours: &[u8]) -> bool {
+    name.len() == ours.len() && folded_starts_with(name, ours)
+}
+
+/// `name` starts with `ours` with each `_` in `name` read as `-`.
+fn folded_starts_with(name: &[u8], ours: &[u8]) -> bool {
+    name.len() >= ours.len()
+        && name
+            .iter()
+            .zip(ours)
+            .all(|(&have, &want)| have == want || (have == b'_' && want == b'-'))
 }
 
 /// Sets the identity headers for an authenticated caller.
@@ -377,19 +483,117 @@ mod tests {
         assert_eq!(names(&h), vec!["accept", "x-end-to-end"]);
     }
 
-    #[test]
-    fn upgrades_keep_their_upgrade_header() {
-        let mut h = headers(&[
-            ("connection", "Upgrade"),
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn websocket_request() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("connection", "keep-alive, Upgrade"),
             ("upgrade", "websocket"),
-            ("sec-websocket-key", "k"),
+            ("sec-websocket-key", KEY),
+            ("sec-websocket-version", "13"),
+        ]
+    }
+
+    #[test]
+    fn only_rfc_6455_handshakes_are_websocket_upgrades() {
+        let get = Method::GET;
+        let h11 = Version::HTTP_11;
+        assert!(is_websocket_handshake(
+            &get,
+            h11,
+            &headers(&websocket_request())
+        ));
+        let with = |name: &'static str, value: &'static str| {
+            let mut pairs = websocket_request();
+            pairs.retain(|(n, _)| *n != name);
+            if !value.is_empty() {
+                pairs.push((name, value));
+            }
+            headers(&pairs)
+        };
+        for (name, value, upgrades) in [
+            ("upgrade", "WebSocket", true),
+            ("upgrade", "h2c, websocket", true),
+            ("connection", "upgrade", true),
+            ("upgrade", "h2c", false),
+            ("upgrade", "TLS/1.0", false),
+            ("upgrade", "websocket/13", false),
+            ("upgrade", "", false),
+            ("connection", "keep-alive", false),
+            ("connection", "", false),
+            ("sec-websocket-key", "", false),
+            ("sec-websocket-key", "short", false),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ", false),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZSEh", false),
+            ("sec-websocket-key", "not base64 at all!!!!!==", false),
+            ("sec-websocket-version", "8", false),
+            ("sec-websocket-version", "13, 8", false),
+            ("sec-websocket-version", "", false),
+        ] {
+            assert_eq!(
+                is_websocket_handshake(&get, h11, &with(name, value)),
+                upgrades,
+                "{name}: {value:?}"
+            );
+        }
+        let mut twice = headers(&websocket_request());
+        twice.append("sec-websocket-key", HeaderValue::from_static(KEY));
+        assert!(!is_websocket_handshake(&get, h11, &twice));
+        let ok = headers(&websocket_request());
+        assert!(!is_websocket_handshake(&Method::POST, h11, &ok));
+        assert!(!is_websocket_handshake(&Method::CONNECT, h11, &ok));
+        assert!(!is_websocket_handshake(&get, Version::HTTP_10, &ok));
+        assert!(!is_websocket_handshake(&get, Version::HTTP_2, &ok));
+    }
+
+    #[test]
+    fn upgrades_other_than_websocket_are_stripped() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+            ("accept", "*/*"),
         ]);
-        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), vec!["accept"]);
+        // Not listed in `Connection`: still hop-by-hop.
+        let mut h = headers(&[("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQAAP__")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn websocket_upgrades_carry_only_the_websocket_token() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c, websocket"),
+            ("upgrade", "TLS/1.0"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+            ("sec-websocket-key", KEY),
+        ]);
         strip_hop_by_hop(&mut h, true);
-        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(
+            h.get_all("upgrade").iter().collect::<Vec<_>>(),
+            vec!["websocket"]
+        );
         assert_eq!(h["connection"], "upgrade");
-        assert_eq!(h["sec-websocket-key"], "k");
-        assert!(!is_upgrade_request(&headers(&[("upgrade", "websocket")])));
+        assert_eq!(h["sec-websocket-key"], KEY);
+        assert!(h.get("http2-settings").is_none());
+    }
+
+    #[test]
+    fn only_a_websocket_101_is_spliced() {
+        assert!(switches_to_websocket(&headers(&[("upgrade", "websocket")])));
+        assert!(switches_to_websocket(&headers(&[("upgrade", "WebSocket")])));
+        for bad in [
+            &[("upgrade", "h2c")][..],
+            &[("upgrade", "websocket, h2c")][..],
+            &[("upgrade", "websocket"), ("upgrade", "h2c")][..],
+            &[("upgrade", "")][..],
+            &[][..],
+        ] {
+            assert!(!switches_to_websocket(&headers(bad)), "{bad:?}");
+        }
     }
 
     #[test]
@@ -401,6 +605,79 @@ mod tests {
         let mut h = headers(&[("cookie", "a=1")]);
         join_cookie_headers(&mut h);
         assert_eq!(h["cookie"], "a=1");
+    }
+
+    #[test]
+    fn identity_headers_are_removed_under_every_folded_spelling() {
+        let removed = [
+            "x-auth-user",
+            "X_Auth_User",
+            "X-Auth_User",
+            "x_auth-user",
+            "X_AUTH_ROLES",
+            "x-auth-method",
+            "X_Auth_Method",
+            "x-auth-key-id",
+            "X_Auth_Key_Id",
+            "X-Auth-Anything",
+            "x_auth_",
+            "x-client-cert-subject",
+            "X_Client_Cert_Subject",
+            "X-Client_Cert-Subject",
+            "Forwarded",
+            "X-Real-IP",
+            "X_Real_IP",
+            "X-Original-URL",
+            "X_Original_URL",
+            "X-Rewrite-URL",
+            "x_rewrite_url",
+            "X_Forwarded_For",
+            "X-Forwarded_For",
+            "X_Forwarded_Host",
+            "X_Forwarded_Proto",
+            "X_Forwarded_Port",
+            "X_Request_Id",
+            "x-request_id",
+        ];
+        let kept = [
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-port",
+            "x-request-id",
+            "x-authorization",
+            "x-auth",
+            "x_auth",
+            "x-client-cert",
+            "x-real-ip-extra",
+            "x-original-url-x",
+            "forwarded-for",
+            "x-requestid",
+            "accept",
+            "a_b",
+            "f",
+            "x",
+        ];
+        for name in removed {
+            let mut h = headers(&[(name, "spoofed"), ("accept", "*/*")]);
+            remove_identity_headers(&mut h);
+            assert_eq!(names(&h), vec!["accept"], "{name} must be removed");
+        }
+        for name in kept {
+            let mut h = headers(&[(name, "v")]);
+            remove_identity_headers(&mut h);
+            assert_eq!(h.len(), 1, "{name} must be kept");
+        }
+        // All of them in one head, values repeated: one pass removes all.
+        let mut h = HeaderMap::new();
+        for name in removed {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            h.append(name.clone(), HeaderValue::from_static("1"));
+            h.append(name, HeaderValue::from_static("2"));
+        }
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        remove_identity_headers(&mut h);
+        assert_eq!(names(&h), vec!["x-forwarded-for"]);
     }
 
     #[test]

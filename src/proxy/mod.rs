@@ -6,7 +6,7 @@ pub mod headers;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -120,7 +120,13 @@ impl Forwarder {
     /// once when its `Content-Length` says so (the upstream sees nothing),
     /// else when the limit is crossed while streaming (the upstream sees the
     /// head and a truncated body, then the connection closes, so it never
-    /// gets a complete request).
+    /// gets a complete request). A body the client cannot deliver (a
+    /// malformed chunked encoding) is refused with 400 the same way.
+    ///
+    /// Only a checked WebSocket handshake is upgraded: every other upgrade
+    /// token is stripped before forwarding, and a 101 that the gateway did
+    /// not ask for, or that switches to anything but WebSocket, is a 502
+    /// and never spliced.
     pub async fn forward(
         &self,
         permit: Permit,
@@ -129,8 +135,9 @@ impl Forwarder {
         client: ClientInfo,
         request_id: &HeaderValue,
     ) -> Result<Response<Body>, GatewayError> {
-        let upgrading = headers::is_upgrade_request(request.headers());
-        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
+        let websocket =
+            headers::is_websocket_handshake(request.method(), request.version(), request.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, incoming) = request.into_parts();
         if let Some(limit) = self.max_body_bytes
             && declared_length(&parts.headers).is_some_and(|length| length > limit)
@@ -145,24 +152,38 @@ impl Forwarder {
             request_id,
         )?;
 
-        let (body, overflowed) = CappedBody::new(incoming, self.max_body_bytes);
+        let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
         let outbound = Request::from_parts(parts, body);
         let mut response = match tokio::time::timeout(route.timeout, self.client.request(outbound))
             .await
         {
             Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
-            Ok(Err(_)) if overflowed.load(Ordering::Relaxed) => {
-                return Err(GatewayError::BodyTooLarge);
-            }
-            Ok(Err(err)) => {
-                warn!(upstream = %route.upstream, connect = err.is_connect(), error = %err, "upstream request failed");
-                return Err(GatewayError::UpstreamUnreachable);
-            }
+            Ok(Err(err)) => match fault.get() {
+                Some(BodyFault::OverLimit) => return Err(GatewayError::BodyTooLarge),
+                Some(BodyFault::Malformed) => return Err(GatewayError::InvalidBody),
+                None => {
+                    warn!(upstream = %route.upstream, connect = err.is_connect(), error = %err, "upstream request failed");
+                    return Err(GatewayError::UpstreamUnreachable);
+                }
+            },
             Ok(Ok(response)) => response,
         };
 
+        // A tunnel is opened only for a WebSocket handshake the gateway
+        // checked and forwarded, and only to WebSocket: after any other 101
+        // the bytes that follow would reach the upstream unauthenticated.
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switching && let Some(client_upgrade) = client_upgrade {
+        if switching {
+            let Some(client_upgrade) =
+                client_upgrade.filter(|_| headers::switches_to_websocket(response.headers()))
+            else {
+                warn!(
+                    upstream = %route.upstream,
+                    asked = websocket,
+                    "upstream switched protocols unasked or not to WebSocket; refused, not tunnelled"
+                );
+                return Err(GatewayError::UpstreamInvalidResponse);
+            };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(
                 splice(
@@ -185,7 +206,8 @@ impl Forwarder {
 
 /// Rewrites a request head for the upstream, in place: the upstream URI
 /// (its authority, its path prefix, the request path unchanged and the
-/// query without credentials), HTTP/1.1, no hop-by-hop headers, no
+/// query without credentials), HTTP/1.1, no hop-by-hop headers (and no
+/// `Upgrade` but `websocket` on a checked WebSocket handshake), no
 /// credential, one `Cookie` header, no client-sent identity headers, the identity of
 /// `identity` (none on public routes), `X-Forwarded-*`, the client
 /// certificate subject, the request id, and `Host` set to the upstream's
@@ -197,14 +219,14 @@ pub fn rewrite_head(
     client: &ClientInfo,
     request_id: &HeaderValue,
 ) -> Result<(), GatewayError> {
-    let upgrading = headers::is_upgrade_request(&parts.headers);
+    let websocket = headers::is_websocket_handshake(&parts.method, parts.version, &parts.headers);
     let original_host = headers::requested_authority(&parts.uri, &parts.headers)
         .map_err(|_| GatewayError::InvalidHost)?;
     parts.uri = upstream_uri(upstream, &parts.uri)?;
     parts.version = Version::HTTP_11;
 
     let h = &mut parts.headers;
-    headers::strip_hop_by_hop(h, upgrading);
+    headers::strip_hop_by_hop(h, websocket);
     strip_credential_headers(h);
     headers::join_cookie_headers(h);
     headers::remove_identity_headers(h);
@@ -237,12 +259,52 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-/// A request body streamed to the upstream that fails, and flags it, once
-/// more than its limit has passed; nothing is buffered.
+/// Why a request body stopped on its way to the upstream, when the fault
+/// was the client's: the gateway answers for it (413, 400) instead of
+/// blaming the upstream (502).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// More than `limits.max_proxy_body_bytes` came.
+    OverLimit,
+    /// The client's body could not be read: a malformed chunked encoding,
+    /// or the connection ended inside the body.
+    Malformed,
+}
+
+/// Shared between a [`CappedBody`] and the request that sent it.
+#[derive(Debug, Default)]
+pub struct BodyFaultFlag(AtomicU8);
+
+impl BodyFaultFlag {
+    const NONE: u8 = 0;
+    const OVER_LIMIT: u8 = 1;
+    const MALFORMED: u8 = 2;
+
+    fn set(&self, fault: BodyFault) {
+        let value = match fault {
+            BodyFault::OverLimit => Self::OVER_LIMIT,
+            BodyFault::Malformed => Self::MALFORMED,
+        };
+        self.0.store(value, Ordering::Release);
+    }
+
+    /// The fault, if the body stopped because of one.
+    pub fn get(&self) -> Option<BodyFault> {
+        match self.0.load(Ordering::Acquire) {
+            Self::NONE => None,
+            Self::OVER_LIMIT => Some(BodyFault::OverLimit),
+            _ => Some(BodyFault::Malformed),
+        }
+    }
+}
+
+/// A request body streamed to the upstream that fails, and flags why, once
+/// more than its limit has passed or the client's body cannot be read;
+/// nothing is buffered.
 pub struct CappedBody {
     inner: Incoming,
     remaining: u64,
-    overflowed: Arc<AtomicBool>,
+    fault: Arc<BodyFaultFlag>,
 }
 
 /// The body went over `limits.max_proxy_body_bytes`.
@@ -252,15 +314,15 @@ pub struct BodyOverLimit;
 
 impl CappedBody {
     /// `inner` capped at `limit` bytes (`None`: no cap), and the flag that
-    /// tells whether the cap was hit.
-    pub fn new(inner: Incoming, limit: Option<u64>) -> (Self, Arc<AtomicBool>) {
-        let overflowed = Arc::new(AtomicBool::new(false));
+    /// tells whether and why it stopped early.
+    pub fn new(inner: Incoming, limit: Option<u64>) -> (Self, Arc<BodyFaultFlag>) {
+        let fault = Arc::new(BodyFaultFlag::default());
         let body = CappedBody {
             inner,
             remaining: limit.unwrap_or(u64::MAX),
-            overflowed: overflowed.clone(),
+            fault: fault.clone(),
         };
-        (body, overflowed)
+        (body, fault)
     }
 }
 
@@ -275,13 +337,16 @@ impl HttpBody for CappedBody {
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(Some(Err(err))) => {
+                self.fault.set(BodyFault::Malformed);
+                return Poll::Ready(Some(Err(err.into())));
+            }
             Poll::Ready(Some(Ok(frame))) => frame,
         };
         if let Some(data) = frame.data_ref() {
             let length = u64::try_from(data.len()).unwrap_or(u64::MAX);
             if length > self.remaining {
-                self.overflowed.store(true, Ordering::Relaxed);
+                self.fault.set(BodyFault::OverLimit);
                 return Poll::Ready(Some(Err(BodyOverLimit.into())));
             }
             self.remaining -= length;

@@ -1,61 +1,81 @@
 #!/usr/bin/env bash
-# Installs the real upstream servers the integration tests put behind the
-# gateway (the differential path test, the upgrade and header-alias tests).
-# Idempotent and quick when everything is there already. Everything goes
-# under $AUTHGATE_TEST_UPSTREAMS (default: target/test-upstreams, ignored
-# by git); system packages are installed with apt-get when missing (root).
+# Installs the real upstream servers that integration tests drive through the
+# gateway. Idempotent and quick when everything is installed already: each
+# section checks its own marker first. Everything lands under
+# $AUTHGATE_UPSTREAMS (default target/upstreams/, git-ignored with target/),
+# which the tests find the same way (tests/common/mod.rs `upstreams_dir`).
+#
+#   bash tests/upstreams/setup.sh
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
-dest="${AUTHGATE_TEST_UPSTREAMS:-$repo/target/test-upstreams}"
-mkdir -p "$dest"
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
-apt_install() {
-  local missing=()
-  for package in "$@"; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-  done
-  [ "${#missing[@]}" -eq 0 ] && return 0
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "setup.sh: need root to install ${missing[*]}" >&2
-    return 1
+UPSTREAMS="${AUTHGATE_UPSTREAMS:-$PWD/target/upstreams}"
+mkdir -p "$UPSTREAMS"
+
+# One Python virtual environment shared by every Python upstream.
+VENV="$UPSTREAMS/venv"
+python_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
   fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# --- Python servers (one venv; pinned versions) -----------------------------
-python_packages=(
-  "flask==3.1.3"
-)
-venv="$dest/venv"
-stamp="$venv/.installed"
-wanted="${python_packages[*]}"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "${python_packages[@]}"
-  printf '%s' "$wanted" >"$stamp"
+# pip_pinned MARKER PACKAGE==VERSION...: installs the pinned packages once.
+pip_pinned() {
+  local marker="$UPSTREAMS/.$1"
+  shift
+  local want="$*"
+  if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ]; then
+    return
+  fi
+  python_venv
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
+  printf '%s' "$want" >"$marker"
+}
+
+# ---------------------------------------------------------------------------
+# Upgrades and identity header aliases (tests/upgrades_and_aliases.rs)
+# - hypercorn: an ASGI server that answers `Upgrade: h2c` with 101 and then
+#   speaks HTTP/2 on the socket (the tunnel the gateway must never open).
+# - gunicorn: a WSGI server; with `--header-map dangerous` it folds `_` into
+#   `-` as CGI, PHP-FPM and older WSGI servers do (X_Auth_User ->
+#   HTTP_X_AUTH_USER).
+# ---------------------------------------------------------------------------
+pip_pinned upgrades-aliases hypercorn==0.18.0 gunicorn==27.0.1
+
+# ---------------------------------------------------------------------------
+# Route confusion, differentially (tests/differential_paths.rs): the same
+# tricky paths straight to each server and through the gateway.
+# - Flask (Werkzeug): case-sensitive, reads `;` as part of a segment.
+# - Express: matches routes ignoring case.
+# - Tomcat (Debian's embedded jars): drops `;parameters` before mapping.
+# ---------------------------------------------------------------------------
+pip_pinned differential-python flask==3.1.3
+
+node_packages="express@5.2.1"
+NODE_DIR="$UPSTREAMS/node"
+if [ ! -f "$NODE_DIR/.installed" ] || [ "$(cat "$NODE_DIR/.installed")" != "$node_packages" ]; then
+  mkdir -p "$NODE_DIR"
+  (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund --no-save $node_packages >/dev/null)
+  printf '%s' "$node_packages" >"$NODE_DIR/.installed"
 fi
 
-# --- Node servers -----------------------------------------------------------
-node_packages=(
-  "express@5.2.1"
-)
-node_dir="$dest/node"
-stamp="$node_dir/.installed"
-wanted="${node_packages[*]}"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
-  mkdir -p "$node_dir"
-  (cd "$node_dir" && npm install --silent --no-audit --no-fund --no-save "${node_packages[@]}" >/dev/null)
-  printf '%s' "$wanted" >"$stamp"
+apt_missing=()
+for package in libtomcat10-embed-java libjakarta-annotation-api-java; do
+  dpkg -s "$package" >/dev/null 2>&1 || apt_missing+=("$package")
+done
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: installing ${apt_missing[*]} needs root" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+fi
+TOMCAT_DIR="$UPSTREAMS/tomcat"
+if [ ! -f "$TOMCAT_DIR/TomcatApp.class" ] || [ tests/upstreams/TomcatApp.java -nt "$TOMCAT_DIR/TomcatApp.class" ]; then
+  mkdir -p "$TOMCAT_DIR"
+  javac -nowarn -d "$TOMCAT_DIR" -cp /usr/share/java/tomcat10-embed-core.jar tests/upstreams/TomcatApp.java
 fi
 
-# --- Embedded Tomcat (Debian's jars), compiled once -------------------------
-apt_install libtomcat10-embed-java libjakarta-annotation-api-java
-tomcat_dir="$dest/tomcat"
-if [ ! -f "$tomcat_dir/TomcatApp.class" ] || [ "$here/TomcatApp.java" -nt "$tomcat_dir/TomcatApp.class" ]; then
-  mkdir -p "$tomcat_dir"
-  javac -d "$tomcat_dir" -cp /usr/share/java/tomcat10-embed-core.jar "$here/TomcatApp.java"
-fi
-
-echo "test upstreams ready in $dest"
+echo "test upstreams ready in $UPSTREAMS"
