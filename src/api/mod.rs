@@ -133,11 +133,36 @@ async fn caller(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Identi
         .await
 }
 
-/// Reads a JSON body of at most `limits.max_body_bytes`.
+/// Whether `Content-Type` declares JSON: the media type `application/json`
+/// (any case, parameters such as `charset` allowed). Anything else, and a
+/// missing header, is refused: `text/plain`, `application/x-www-form-urlencoded`
+/// and `multipart/form-data` are what a cross-site HTML form can send without
+/// a CORS preflight, so accepting them would allow login CSRF.
+fn is_json_content_type(headers: &http::HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim_matches([' ', '\t']);
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// Reads a JSON body of at most `limits.max_body_bytes`; the body must be
+/// declared `application/json` (415 otherwise), before anything is read.
 async fn read_json<T: DeserializeOwned>(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<T, GatewayError> {
+    if !is_json_content_type(request.headers()) {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
     let limit = ctx.gateway.config.limits.max_body_bytes;
     let declared = request
         .headers()
@@ -235,6 +260,41 @@ mod tests {
         assert!(err.to_string().contains("password"), "{err}");
         let err = parse_json::<Login>(b"{not json").unwrap_err();
         assert_eq!(err.reason(), "INVALID_JSON");
+    }
+
+    #[test]
+    fn only_application_json_is_json() {
+        let with = |values: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for value in values {
+                headers.append(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            }
+            is_json_content_type(&headers)
+        };
+        for good in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=UTF-8",
+            " application/json ",
+        ] {
+            assert!(with(&[good]), "{good}");
+        }
+        for bad in [
+            "",
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/json-seq",
+            "application/jsonx",
+            "application/problem+json",
+            "text/json",
+            "application/json, text/plain",
+        ] {
+            assert!(!with(&[bad]), "{bad}");
+        }
+        assert!(!with(&[]));
+        assert!(!with(&["application/json", "text/plain"]));
     }
 
     #[test]
