@@ -21,6 +21,7 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod text;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
