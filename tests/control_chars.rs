@@ -114,7 +114,11 @@ async fn key_create_refuses_control_and_bidi_characters() {
             assert!(!out.status.success(), "{flag} {evil:?} was accepted");
             let err = String::from_utf8_lossy(&out.stderr).into_owned();
             let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-            assert_eq!(lines.len(), 1, "one-line error for {flag} {evil:?}: {err:?}");
+            assert_eq!(
+                lines.len(),
+                1,
+                "one-line error for {flag} {evil:?}: {err:?}"
+            );
             assert!(lines[0].contains(flag), "the error names {flag}: {err:?}");
             assert!(
                 !err.contains('\u{1b}') && !err.contains('\u{202e}'),
@@ -166,7 +170,11 @@ async fn cli_lists_escape_what_the_store_holds() {
     let keys = gw.cli_ok(&["key", "list"], None).await;
     let users = gw.cli_ok(&["user", "list"], None).await;
     for (what, out, rows) in [("key list", &keys, 2), ("user list", &users, 3)] {
-        assert_eq!(out.lines().count(), rows, "{what}: one line per row: {out:?}");
+        assert_eq!(
+            out.lines().count(),
+            rows,
+            "{what}: one line per row: {out:?}"
+        );
         assert!(
             !out.chars()
                 .any(|c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}'),
