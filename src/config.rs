@@ -77,6 +77,11 @@ pub struct ServerConfig {
     pub listen: Option<SocketAddr>,
     /// HTTPS listener.
     pub tls: Option<TlsConfig>,
+    /// `server.admin_listen` (optional, no default): a plain HTTP listener
+    /// serving only `/metrics`, `/healthz` and `/readyz`. When set,
+    /// `/metrics` is 404 on the other listeners (the health checks stay
+    /// there too), so it can be kept off the public port.
+    pub admin_listen: Option<SocketAddr>,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
     /// Proxies whose `X-Forwarded-For` is believed when finding the client
@@ -229,6 +234,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    admin_listen: Option<String>,
     tls: Option<RawTls>,
     #[serde(default = "defaults::shutdown_grace")]
     shutdown_grace: u64,
@@ -779,12 +785,46 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
             ),
         }
     }
+    let admin_listen = validate_admin_listen(raw.admin_listen.as_deref(), listen, &tls, p);
     ServerConfig {
         trusted_proxies,
         listen,
+        admin_listen,
         tls,
         shutdown_grace: p.seconds("server.shutdown_grace", raw.shutdown_grace, 0, 3600),
     }
+}
+
+/// `server.admin_listen`: an address that cannot collide with the other
+/// listeners (the same port on the same or a wildcard address; port 0 asks
+/// for a fresh port each time and so never collides).
+fn validate_admin_listen(
+    raw: Option<&str>,
+    listen: Option<SocketAddr>,
+    tls: &Option<TlsConfig>,
+    p: &mut Problems,
+) -> Option<SocketAddr> {
+    let admin = p.socket_addr("server.admin_listen", raw?)?;
+    let collides = |other: SocketAddr| {
+        admin.port() != 0
+            && admin.port() == other.port()
+            && (admin.ip() == other.ip()
+                || admin.ip().is_unspecified()
+                || other.ip().is_unspecified())
+    };
+    for (key, other) in [
+        ("server.listen", listen),
+        ("server.tls.listen", tls.as_ref().map(|t| t.listen)),
+    ] {
+        if let Some(other) = other.filter(|other| collides(*other)) {
+            p.add(
+                "server.admin_listen",
+                format_args!("{admin} is the address of {key} ({other}); use another port"),
+            );
+            return None;
+        }
+    }
+    Some(admin)
 }
 
 fn validate_store(raw: RawStore, p: &mut Problems) -> StoreConfig {
@@ -1079,6 +1119,49 @@ mod tests {
             "[server]\nlisten = \"127.0.0.1:0\"\n[jwt]\nsecret_file = {:?}\n{extra}",
             secret.display().to_string()
         )
+    }
+
+    #[test]
+    fn admin_listen_must_not_collide_with_another_listener() {
+        let secret = secret_file();
+        let with = |listen: &str, admin: &str| {
+            let text = format!(
+                "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n[jwt]\nsecret_file = {:?}\n",
+                secret.path().display().to_string()
+            );
+            Config::from_toml(&text).map(|c| c.server.admin_listen)
+        };
+        assert_eq!(
+            with("127.0.0.1:8080", "127.0.0.1:9901").unwrap(),
+            Some("127.0.0.1:9901".parse().unwrap())
+        );
+        // Port 0 is a fresh port each time; another address on the port is fine.
+        assert!(with("127.0.0.1:0", "127.0.0.1:0").is_ok());
+        assert!(with("127.0.0.1:8080", "127.0.0.2:8080").is_ok());
+        for (listen, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "127.0.0.1:8080"),
+        ] {
+            let err = with(listen, admin).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{:?}", err.problems);
+            assert!(
+                err.problems[0].starts_with("server.admin_listen: ")
+                    && err.problems[0].contains("server.listen"),
+                "{:?}",
+                err.problems
+            );
+        }
+        let err = with("127.0.0.1:8080", "metrics").unwrap_err();
+        assert!(err.problems[0].starts_with("server.admin_listen: "));
+        assert_eq!(
+            Config::from_toml(&minimal(secret.path(), ""))
+                .unwrap()
+                .server
+                .admin_listen,
+            None
+        );
     }
 
     #[test]

@@ -119,10 +119,44 @@ pub async fn serve(
         (Endpoint::Jwks, Method::GET | Method::HEAD) => Ok(ops::jwks(&ctx)),
         (Endpoint::Healthz, Method::GET | Method::HEAD) => Ok(ops::healthz()),
         (Endpoint::Readyz, Method::GET | Method::HEAD) => ops::readyz(&ctx).await,
+        // With `server.admin_listen` set, metrics are served only there.
+        (Endpoint::Metrics, _) if ctx.gateway.config.server.admin_listen.is_some() => {
+            Err(GatewayError::NotFound)
+        }
         (Endpoint::Metrics, Method::GET) => Ok(ops::metrics(&ctx)),
         (Endpoint::Reserved, _) => admin::serve(request, &ctx).await,
         _ => Err(GatewayError::MethodNotAllowed),
     }
+}
+
+/// Answers a request on the `server.admin_listen` listener: `/metrics`,
+/// `/healthz` and `/readyz`, and 404 for every other path (nothing there is
+/// authenticated, so nothing else may be reachable).
+pub async fn serve_admin(
+    request: Request<Incoming>,
+    gateway: &Gateway,
+    client: ClientInfo,
+) -> Response<Body> {
+    let ctx = Context { gateway, client };
+    let method = request.method();
+    let result = match (Endpoint::for_path(request.uri().path()), method) {
+        (Some(Endpoint::Healthz), &Method::GET | &Method::HEAD) => Ok(ops::healthz()),
+        (Some(Endpoint::Readyz), &Method::GET | &Method::HEAD) => ops::readyz(&ctx).await,
+        (Some(Endpoint::Metrics), &Method::GET) => Ok(ops::metrics(&ctx)),
+        (Some(Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics), _) => {
+            Err(GatewayError::MethodNotAllowed)
+        }
+        _ => Err(GatewayError::NotFound),
+    };
+    let request_id = crate::service::new_request_id();
+    let mut response = result.unwrap_or_else(|err| {
+        tracing::debug!(reason = err.reason(), "admin listener refused a request");
+        err.into_response(request_id.to_str().unwrap_or_default())
+    });
+    response
+        .headers_mut()
+        .insert(crate::proxy::headers::X_REQUEST_ID.clone(), request_id);
+    response
 }
 
 /// The caller of an own endpoint, authenticated like a proxied request.
