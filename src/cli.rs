@@ -540,7 +540,7 @@ async fn token(
     let found = store
         .user(user)
         .await?
-        .ok_or_else(|| fail(format!("no user named {}", escape(&user))))?;
+        .ok_or_else(|| fail(format!("no user named {}", escape(user))))?;
     if ttl == Some(0) {
         return Err(fail("--ttl must be at least 1 second"));
     }

@@ -173,19 +173,18 @@ async fn caller(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Identi
 /// and `multipart/form-data` are what a cross-site HTML form can send without
 /// a CORS preflight, so accepting them would allow login CSRF.
 fn is_json_content_type(headers: &http::HeaderMap) -> bool {
-    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return false;
-    };
-    let Ok(text) = value.to_str() else {
-        return false;
-    };
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim_matches([' ', '\t']);
-    essence.eq_ignore_ascii_case("application/json")
+    // A repeated header counts only when every copy says JSON (some clients
+    // send the same value twice); any other mix is refused.
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter().peekable();
+    values.peek().is_some()
+        && values.all(|value| {
+            value.to_str().is_ok_and(|text| {
+                let essence = text.split(';').next().unwrap_or("");
+                essence
+                    .trim_matches([' ', '\t'])
+                    .eq_ignore_ascii_case("application/json")
+            })
+        })
 }
 
 /// Reads a JSON body of at most `limits.max_body_bytes`; the body must be
@@ -329,6 +328,11 @@ mod tests {
         }
         assert!(!with(&[]));
         assert!(!with(&["application/json", "text/plain"]));
+        assert!(!with(&["text/plain", "application/json"]));
+        assert!(with(&[
+            "application/json",
+            "application/json; charset=utf-8"
+        ]));
     }
 
     #[test]

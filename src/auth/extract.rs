@@ -294,7 +294,7 @@ pub fn redact_secrets(text: &str) -> Cow<'_, str> {
         let found = match b {
             b'?' | b'&' | b';' => {
                 in_query |= b == b'?';
-                secret_param_value(bytes, i + 1, in_query).map(|(start, end)| (start, end))
+                secret_param_value(bytes, i + 1, in_query)
             }
             b'e' | b'%' => jwt_shape(bytes, i).map(|end| (i, end)),
             b'a' if i == 0 || !is_base64url(bytes[i - 1]) => {
