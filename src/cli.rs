@@ -12,6 +12,7 @@ use crate::api::rfc3339;
 use crate::auth::{accesskey, digest, password, unix_now, valid_role, valid_username};
 use crate::config::{Config, StoreUrl};
 use crate::store::{Store, StoreError};
+use crate::text::escape_for_terminal as escape;
 
 /// Default config path.
 pub const DEFAULT_CONFIG: &str = "config/authgate.toml";
@@ -414,7 +415,7 @@ async fn user(
                 .set_password(&name, &phc, &ha1, realm, unix_now())
                 .await
             {
-                Err(StoreError::NotFound) => Err(fail(format!("no user named {name}"))),
+                Err(StoreError::NotFound) => Err(fail(format!("no user named {}", escape(&name)))),
                 other => other.map_err(CliError::from),
             }?;
             println!("password changed for {name}");
@@ -425,8 +426,8 @@ async fn user(
             for user in store.users().await? {
                 println!(
                     "{}\t{}\t{}",
-                    user.username,
-                    user.roles.join(","),
+                    escape(&user.username),
+                    escape(&user.roles.join(",")),
                     rfc3339(user.created_at)
                 );
             }
@@ -434,13 +435,27 @@ async fn user(
         UserCommand::Remove { name } => {
             let store = store.open().await?;
             match store.remove_user(&name, unix_now()).await {
-                Err(StoreError::NotFound) => Err(fail(format!("no user named {name}"))),
+                Err(StoreError::NotFound) => Err(fail(format!("no user named {}", escape(&name)))),
                 other => other.map_err(CliError::from),
             }?;
             println!("removed user {name}");
         }
     }
     Ok(())
+}
+
+/// Refuses a key name or detail the API would refuse too.
+fn check_cli_label(flag: &str, value: &str, max_chars: usize) -> Result<(), CliError> {
+    use crate::text::TextProblem;
+    crate::text::check_label(value, max_chars).map_err(|problem| {
+        fail(match problem {
+            TextProblem::TooLong => format!("{flag} is longer than {max_chars} characters"),
+            TextProblem::Control => format!("{flag} must not contain control characters"),
+            TextProblem::Bidi => {
+                format!("{flag} must not contain bidirectional formatting characters")
+            }
+        })
+    })
 }
 
 async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliError> {
@@ -456,6 +471,8 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
                 .ok()
                 .filter(|secs| *secs > 0 && *secs <= 10 * 366 * 86_400)
                 .ok_or_else(|| fail("--expire must be between 1 second and ten years"))?;
+            check_cli_label("--name", &name, crate::text::MAX_NAME_CHARS)?;
+            check_cli_label("--detail", &detail, crate::text::MAX_DETAIL_CHARS)?;
             let key = accesskey::generate();
             let now = unix_now();
             let created = store
@@ -470,7 +487,9 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
                 )
                 .await;
             let created = match created {
-                Err(StoreError::NotFound) => return Err(fail(format!("no user named {user}"))),
+                Err(StoreError::NotFound) => {
+                    return Err(fail(format!("no user named {}", escape(&user))));
+                }
                 other => other?,
             };
             println!("id: {}", created.id);
@@ -485,9 +504,9 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
                     println!(
                         "{}\t{}\t{}\t{}\t{}",
                         key.id,
-                        key.username,
-                        key.name,
-                        key.token_prefix,
+                        escape(&key.username),
+                        escape(&key.name),
+                        escape(&key.token_prefix),
                         rfc3339(key.tm_expire)
                     );
                 }
@@ -521,7 +540,7 @@ async fn token(
     let found = store
         .user(user)
         .await?
-        .ok_or_else(|| fail(format!("no user named {user}")))?;
+        .ok_or_else(|| fail(format!("no user named {}", escape(user))))?;
     if ttl == Some(0) {
         return Err(fail("--ttl must be at least 1 second"));
     }

@@ -77,6 +77,11 @@ pub struct ServerConfig {
     pub listen: Option<SocketAddr>,
     /// HTTPS listener.
     pub tls: Option<TlsConfig>,
+    /// `server.admin_listen` (optional, no default): a plain HTTP listener
+    /// serving only `/metrics`, `/healthz` and `/readyz`. When set,
+    /// `/metrics` is 404 on the other listeners (the health checks stay
+    /// there too), so it can be kept off the public port.
+    pub admin_listen: Option<SocketAddr>,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
     /// Proxies whose `X-Forwarded-For` is believed when finding the client
@@ -229,6 +234,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    admin_listen: Option<String>,
     tls: Option<RawTls>,
     #[serde(default = "defaults::shutdown_grace")]
     shutdown_grace: u64,
@@ -585,9 +591,31 @@ impl Config {
     /// Parses and validates config text; files it names are read relative to
     /// the working directory.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|err| ConfigError::one(format!("config: {}", err.to_string().trim_end())))?;
+        let syntax = |err: &dyn std::fmt::Display| {
+            ConfigError::one(format!("config: {}", err.to_string().trim_end()))
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|err| syntax(&err))?;
         let mut problems = Problems::default();
+        unknown_keys(&mut table, "", "", &mut problems);
+        // Without unknown keys the text is parsed again so that type errors
+        // keep their line and column; with them, the rest of the config is
+        // still checked (without those keys), so every problem is listed.
+        let raw: Result<RawConfig, String> = if problems.0.is_empty() {
+            toml::from_str(text).map_err(|err| err.to_string())
+        } else {
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|err: toml::de::Error| err.to_string())
+        };
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(err) => {
+                problems.0.push(format!("config: {}", err.trim_end()));
+                return Err(ConfigError {
+                    problems: problems.0,
+                });
+            }
+        };
         match validate(raw, &mut problems) {
             Some(config) if problems.0.is_empty() => Ok(config),
             _ => Err(ConfigError {
@@ -595,6 +623,129 @@ impl Config {
             }),
         }
     }
+}
+
+/// The keys a table of the config may hold, by its dotted path (array
+/// elements share their array's path), read from the serde field list of
+/// its raw struct. `None` for a path not listed here: its keys are then
+/// checked by serde when the config is deserialized.
+fn known_keys(path: &str) -> Option<Vec<String>> {
+    match path {
+        "" => Some(fields_of::<RawConfig>()),
+        "server" => Some(fields_of::<RawServer>()),
+        "server.tls" => Some(fields_of::<RawTls>()),
+        "store" => Some(fields_of::<RawStore>()),
+        "jwt" => Some(fields_of::<RawJwt>()),
+        "jwt.keys" => Some(fields_of::<RawJwtKey>()),
+        "jwt.jwks" => Some(fields_of::<RawJwks>()),
+        "onetimekey" => Some(fields_of::<RawOneTimeKey>()),
+        "limits" => Some(fields_of::<RawLimits>()),
+        "upstream" => Some(fields_of::<RawUpstream>()),
+        "login" => Some(fields_of::<RawLogin>()),
+        "cache" => Some(fields_of::<RawCache>()),
+        "route" => Some(fields_of::<RawRoute>()),
+        _ => None,
+    }
+}
+
+/// The field names of a `deny_unknown_fields` struct, from the error serde
+/// gives for a key that cannot be one of them.
+fn fields_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+    let mut probe = toml::Table::new();
+    probe.insert("\u{0}probe".into(), toml::Value::Boolean(true));
+    let Err(err) = toml::Value::Table(probe).try_into::<T>() else {
+        return Vec::new();
+    };
+    let text = err.to_string();
+    let Some(expected) = text.split_once("expected").map(|(_, rest)| rest) else {
+        return Vec::new();
+    };
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Reports and removes every key of `table` (and of the tables below it)
+/// that the config does not know, one problem per key with its full dotted
+/// path (array elements by 0-based index, as other problems name them) and,
+/// when a known key at that level is close, a suggestion.
+fn unknown_keys(table: &mut toml::Table, path: &str, shown: &str, p: &mut Problems) {
+    let Some(known) = known_keys(path) else {
+        return;
+    };
+    let join = |base: &str, key: &str| {
+        if base.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{base}.{key}")
+        }
+    };
+    let mut unknown = Vec::new();
+    for (key, value) in table.iter_mut() {
+        if !known.iter().any(|k| k == key) {
+            unknown.push(key.clone());
+            continue;
+        }
+        let child_path = join(path, key);
+        let child_shown = join(shown, key);
+        match value {
+            toml::Value::Table(child) => unknown_keys(child, &child_path, &child_shown, p),
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let toml::Value::Table(child) = item {
+                        let shown = format!("{child_shown}[{i}]");
+                        unknown_keys(child, &child_path, &shown, p);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for key in unknown {
+        table.remove(&key);
+        let full = join(shown, &key);
+        match closest(&key, &known) {
+            Some(near) => p.add(
+                &full,
+                format_args!("unknown key (did you mean {}?)", join(shown, near)),
+            ),
+            None => p.add(&full, "unknown key"),
+        }
+    }
+}
+
+/// The known key nearest to `key` by edit distance (case-insensitive),
+/// when it is close enough to be a typo: at most a third of the longer
+/// name's characters (at least one) differ.
+fn closest<'a>(key: &str, known: &'a [String]) -> Option<&'a str> {
+    let key_lower = key.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&key_lower, k), k))
+        .filter(|(d, k)| *d <= (key.chars().count().max(k.chars().count()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
@@ -779,12 +930,46 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
             ),
         }
     }
+    let admin_listen = validate_admin_listen(raw.admin_listen.as_deref(), listen, &tls, p);
     ServerConfig {
         trusted_proxies,
         listen,
+        admin_listen,
         tls,
         shutdown_grace: p.seconds("server.shutdown_grace", raw.shutdown_grace, 0, 3600),
     }
+}
+
+/// `server.admin_listen`: an address that cannot collide with the other
+/// listeners (the same port on the same or a wildcard address; port 0 asks
+/// for a fresh port each time and so never collides).
+fn validate_admin_listen(
+    raw: Option<&str>,
+    listen: Option<SocketAddr>,
+    tls: &Option<TlsConfig>,
+    p: &mut Problems,
+) -> Option<SocketAddr> {
+    let admin = p.socket_addr("server.admin_listen", raw?)?;
+    let collides = |other: SocketAddr| {
+        admin.port() != 0
+            && admin.port() == other.port()
+            && (admin.ip() == other.ip()
+                || admin.ip().is_unspecified()
+                || other.ip().is_unspecified())
+    };
+    for (key, other) in [
+        ("server.listen", listen),
+        ("server.tls.listen", tls.as_ref().map(|t| t.listen)),
+    ] {
+        if let Some(other) = other.filter(|other| collides(*other)) {
+            p.add(
+                "server.admin_listen",
+                format_args!("{admin} is the address of {key} ({other}); use another port"),
+            );
+            return None;
+        }
+    }
+    Some(admin)
 }
 
 fn validate_store(raw: RawStore, p: &mut Problems) -> StoreConfig {
@@ -1085,6 +1270,109 @@ mod tests {
             "[server]\nlisten = \"127.0.0.1:0\"\n[jwt]\nsecret_file = {:?}\n{extra}",
             secret.display().to_string()
         )
+    }
+
+    #[test]
+    fn every_unknown_key_is_one_problem_with_a_suggestion() {
+        let secret = secret_file();
+        let text = format!(
+            "lmits = 1\n[server]\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n\
+             [server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"c\"\nkey = \"k\"\ncrt = \"c\"\n\
+             [jwt]\nsecret_file = {:?}\nzzzzzz = 1\n\
+             [[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n\
+             [[route]]\npath_prefx = \"/b\"\nupstream = \"http://127.0.0.1:9\"\nAuth = \"public\"\n",
+            secret.path().display().to_string()
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        let mut problems = err.problems.clone();
+        problems.retain(|p| p.contains("unknown key"));
+        problems.sort();
+        assert_eq!(
+            problems,
+            vec![
+                "jwt.zzzzzz: unknown key",
+                "lmits: unknown key (did you mean limits?)",
+                "route[1].Auth: unknown key (did you mean route[1].auth?)",
+                "route[1].path_prefx: unknown key (did you mean route[1].path_prefix?)",
+                "server.lisen: unknown key (did you mean server.listen?)",
+                "server.tls.crt: unknown key (did you mean server.tls.cert?)",
+            ],
+            "{:?}",
+            err.problems
+        );
+    }
+
+    #[test]
+    fn known_keys_come_from_the_raw_structs() {
+        for path in [
+            "",
+            "server",
+            "server.tls",
+            "store",
+            "jwt",
+            "jwt.keys",
+            "jwt.jwks",
+            "onetimekey",
+            "limits",
+            "upstream",
+            "login",
+            "cache",
+            "route",
+        ] {
+            let keys = known_keys(path).unwrap();
+            assert!(!keys.is_empty(), "{path:?}");
+        }
+        assert!(
+            known_keys("server")
+                .unwrap()
+                .contains(&"admin_listen".to_owned())
+        );
+        assert_eq!(edit_distance("crt", "cert"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(closest("x", &["key".to_owned()]), None);
+    }
+
+    #[test]
+    fn admin_listen_must_not_collide_with_another_listener() {
+        let secret = secret_file();
+        let with = |listen: &str, admin: &str| {
+            let text = format!(
+                "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n[jwt]\nsecret_file = {:?}\n",
+                secret.path().display().to_string()
+            );
+            Config::from_toml(&text).map(|c| c.server.admin_listen)
+        };
+        assert_eq!(
+            with("127.0.0.1:8080", "127.0.0.1:9901").unwrap(),
+            Some("127.0.0.1:9901".parse().unwrap())
+        );
+        // Port 0 is a fresh port each time; another address on the port is fine.
+        assert!(with("127.0.0.1:0", "127.0.0.1:0").is_ok());
+        assert!(with("127.0.0.1:8080", "127.0.0.2:8080").is_ok());
+        for (listen, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "127.0.0.1:8080"),
+        ] {
+            let err = with(listen, admin).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{:?}", err.problems);
+            assert!(
+                err.problems[0].starts_with("server.admin_listen: ")
+                    && err.problems[0].contains("server.listen"),
+                "{:?}",
+                err.problems
+            );
+        }
+        let err = with("127.0.0.1:8080", "metrics").unwrap_err();
+        assert!(err.problems[0].starts_with("server.admin_listen: "));
+        assert_eq!(
+            Config::from_toml(&minimal(secret.path(), ""))
+                .unwrap()
+                .server
+                .admin_listen,
+            None
+        );
     }
 
     #[test]

@@ -20,6 +20,14 @@ pub enum GatewayError {
     /// A field of an otherwise valid request is out of range or malformed.
     #[error("{0}")]
     InvalidArgument(&'static str),
+    /// An access key's `name` is too long or holds control or bidirectional
+    /// formatting characters.
+    #[error("{0}")]
+    InvalidName(&'static str),
+    /// An access key's `detail` is too long or holds control or
+    /// bidirectional formatting characters.
+    #[error("{0}")]
+    InvalidDetail(&'static str),
     /// A resource id in the path is not a UUID.
     #[error("the id is not a valid UUID")]
     InvalidId,
@@ -70,6 +78,10 @@ pub enum GatewayError {
     /// A body of the gateway's own endpoints is over the limit.
     #[error("the request body is larger than this endpoint accepts")]
     BodyTooLarge,
+    /// A JSON endpoint got a body that is not declared `application/json`
+    /// (an HTML form cannot send that type cross-site without a preflight).
+    #[error("this endpoint accepts only Content-Type: application/json")]
+    UnsupportedMediaType,
     /// The request head is over the limit.
     #[error("the request headers are larger than the gateway accepts")]
     HeadersTooLarge,
@@ -108,6 +120,8 @@ impl GatewayError {
         match self {
             InvalidJson(_)
             | InvalidArgument(_)
+            | InvalidName(_)
+            | InvalidDetail(_)
             | InvalidId
             | InvalidPath
             | InvalidHost
@@ -119,6 +133,7 @@ impl GatewayError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict(_) => StatusCode::CONFLICT,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnreachable | UpstreamInvalidResponse => StatusCode::BAD_GATEWAY,
@@ -134,12 +149,15 @@ impl GatewayError {
         match self {
             InvalidJson(_)
             | InvalidArgument(_)
+            | InvalidName(_)
+            | InvalidDetail(_)
             | InvalidId
             | InvalidPath
             | InvalidHost
             | InvalidBody
             | ConflictingCredentials
             | BodyTooLarge
+            | UnsupportedMediaType
             | HeadersTooLarge => "INVALID_ARGUMENT",
             AuthenticationRequired | InvalidCredentials { .. } => "UNAUTHENTICATED",
             MissingRole | AccessKeyNotAllowed => "PERMISSION_DENIED",
@@ -160,6 +178,8 @@ impl GatewayError {
         match self {
             InvalidJson(_) => "INVALID_JSON",
             InvalidArgument(_) => "INVALID_FIELD",
+            InvalidName(_) => "INVALID_NAME",
+            InvalidDetail(_) => "INVALID_DETAIL",
             InvalidId => "INVALID_ID",
             InvalidPath => "INVALID_PATH",
             InvalidHost => "INVALID_HOST",
@@ -174,6 +194,7 @@ impl GatewayError {
             MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Conflict(_) => "ALREADY_EXISTS",
             BodyTooLarge => "BODY_TOO_LARGE",
+            UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             HeadersTooLarge => "HEADERS_TOO_LARGE",
             TooManyAttempts { .. } => "TOO_MANY_ATTEMPTS",
             UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
@@ -267,6 +288,18 @@ mod tests {
                 "INVALID_JSON",
             ),
             (
+                GatewayError::InvalidName("n"),
+                400,
+                "INVALID_ARGUMENT",
+                "INVALID_NAME",
+            ),
+            (
+                GatewayError::InvalidDetail("d"),
+                400,
+                "INVALID_ARGUMENT",
+                "INVALID_DETAIL",
+            ),
+            (
                 GatewayError::InvalidId,
                 400,
                 "INVALID_ARGUMENT",
@@ -332,6 +365,12 @@ mod tests {
                 413,
                 "INVALID_ARGUMENT",
                 "BODY_TOO_LARGE",
+            ),
+            (
+                GatewayError::UnsupportedMediaType,
+                415,
+                "INVALID_ARGUMENT",
+                "UNSUPPORTED_MEDIA_TYPE",
             ),
             (
                 GatewayError::HeadersTooLarge,

@@ -142,6 +142,7 @@ impl Gateway {
         let old = &self.config.server;
         let new = &config.server;
         if old.listen != new.listen
+            || old.admin_listen != new.admin_listen
             || old.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen)
         {
             return Err(ReloadError::NeedsRestart("the listen addresses"));

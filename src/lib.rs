@@ -21,6 +21,7 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod text;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -60,7 +61,11 @@ pub async fn run(
     }
     for listener in &listeners {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!("listening on {}://{addr}", listener.scheme());
+            if listener.is_admin() {
+                tracing::info!("admin endpoints (metrics, healthz, readyz) on http://{addr}");
+            } else {
+                tracing::info!("listening on {}://{addr}", listener.scheme());
+            }
         }
     }
     server::serve(shared, listeners, shutdown).await;

@@ -35,12 +35,19 @@ const MIN_HTTP1_BUFFER: usize = 8192;
 pub struct Listener {
     tcp: TcpListener,
     tls: bool,
+    /// `server.admin_listen`: serves only the operations endpoints.
+    admin: bool,
 }
 
 impl Listener {
     /// The bound address (the real port when the config said `:0`).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
+    }
+
+    /// Whether this is the `server.admin_listen` listener.
+    pub fn is_admin(&self) -> bool {
+        self.admin
     }
 
     /// `http` or `https`.
@@ -72,7 +79,11 @@ pub async fn bind(config: &crate::config::ServerConfig) -> Result<Vec<Listener>,
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
-        listeners.push(Listener { tcp, tls: false });
+        listeners.push(Listener {
+            tcp,
+            tls: false,
+            admin: false,
+        });
     }
     if let Some(tls) = &config.tls {
         let tcp = TcpListener::bind(tls.listen)
@@ -81,7 +92,21 @@ pub async fn bind(config: &crate::config::ServerConfig) -> Result<Vec<Listener>,
                 addr: tls.listen,
                 source,
             })?;
-        listeners.push(Listener { tcp, tls: true });
+        listeners.push(Listener {
+            tcp,
+            tls: true,
+            admin: false,
+        });
+    }
+    if let Some(addr) = config.admin_listen {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        listeners.push(Listener {
+            tcp,
+            tls: false,
+            admin: true,
+        });
     }
     Ok(listeners)
 }
@@ -162,6 +187,15 @@ pub async fn serve(
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
 
     for listener in listeners {
+        if listener.admin {
+            tokio::spawn(admin_accept_loop(
+                listener,
+                shared.clone(),
+                stop_rx.clone(),
+                limits.header_read_timeout,
+            ));
+            continue;
+        }
         let ctx = AcceptContext {
             shared: shared.clone(),
             builder: builder.clone(),
@@ -497,6 +531,72 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
 }
 
 /// Completes once shutdown has begun.
+/// Connections the admin listener serves at once; more wait in the backlog.
+const ADMIN_MAX_CONNECTIONS: usize = 16;
+/// Longest time one admin connection (one request: no keep-alive) may take.
+const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `server.admin_listen` listener: plain HTTP/1.1, one request per
+/// connection, only the operations endpoints ([`crate::api::serve_admin`]).
+/// It has its own small connection budget, so scrapes and health checks
+/// still get through while the public listeners are full, and the public
+/// budget is not spent on them.
+async fn admin_accept_loop(
+    listener: Listener,
+    shared: SharedGateway,
+    mut stop: watch::Receiver<bool>,
+    header_read_timeout: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(false);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.tcp.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let shared = shared.clone();
+        let service = service_fn(move |request| {
+            let gateway = shared.load_full();
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    crate::api::serve_admin(request, &gateway, ClientInfo::new(peer, false)).await,
+                )
+            }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                if tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, connection)
+                    .await
+                    .is_err()
+                {
+                    debug!("admin connection timed out");
+                }
+            }
+            .instrument(info_span!("admin_connection", client.addr = %peer)),
+        );
+    }
+}
+
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; drop it here.
     let _ = stop.wait_for(|stopped| *stopped).await;

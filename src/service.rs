@@ -153,7 +153,7 @@ async fn authenticate(
 
 /// A request id: a random per-process prefix and a counter, unique without
 /// a system call per request (a UUIDv4 each time cost one `getrandom`).
-fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     static PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| {

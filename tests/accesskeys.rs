@@ -417,7 +417,8 @@ async fn create_validates_its_input() {
         None,
     )
     .await;
-    r.expect_status(400);
+    // No body and no Content-Type: not JSON.
+    r.expect_error(415, "INVALID_ARGUMENT", "UNSUPPORTED_MEDIA_TYPE");
     let r = client()
         .post(gw.url(KEYS))
         .header("authorization", format!("Bearer {jwt}"))

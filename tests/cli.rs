@@ -212,6 +212,58 @@ async fn check_config_prints_every_problem_on_its_own_line() {
     );
 }
 
+/// Every unknown key is its own `<dotted.path>: unknown key` line, with a
+/// suggestion from the known keys at that level when one is close, and the
+/// other problems of the same config are still listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_lists_every_unknown_key_with_a_suggestion() {
+    let gw = prepared();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    let text = text
+        .replacen(
+            "[server]\n",
+            "[server]\nlisten_adress = 1\nqqqqqqq = 2\n",
+            1,
+        )
+        .replacen("[[route]]\n", "[[route]]\nupstrem = \"x\"\n", 1)
+        .replacen(
+            "upstream = \"http://127.0.0.1:9\"",
+            "upstream = \"not a url\"",
+            1,
+        );
+    let text = format!("lmits = 3\n{text}\n[limits]\nmax_body_byte = 5\n");
+    let path = write_file(gw.dir(), "unknown-keys.toml", &text);
+    let out = check_config(&gw, &path).await;
+    let printed = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "printed {printed:?}");
+    let mut unknown: Vec<&str> = printed
+        .lines()
+        .filter(|l| l.contains("unknown key"))
+        .collect();
+    unknown.sort_unstable();
+    assert_eq!(
+        unknown,
+        vec![
+            "limits.max_body_byte: unknown key (did you mean limits.max_body_bytes?)",
+            "lmits: unknown key (did you mean limits?)",
+            "route[0].upstrem: unknown key (did you mean route[0].upstream?)",
+            "server.listen_adress: unknown key",
+            "server.qqqqqqq: unknown key",
+        ],
+        "printed {printed:?}"
+    );
+    assert!(
+        !printed.contains("TOML parse error") && !printed.contains(" | "),
+        "one line per problem, no parser excerpt: {printed:?}"
+    );
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.starts_with("route[0].upstream: ") && l.contains("not a url")),
+        "the other problem is listed too: {printed:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_flag_goes_before_or_after_the_subcommand_and_beats_the_env() {
     let gw = prepared();

@@ -528,3 +528,33 @@ async fn provider_token_without_aud_is_401_when_an_audience_is_configured() {
     )
     .await;
 }
+
+/// A provider token with `crit` in its header is refused although its
+/// signature verifies with the provider's JWKS (RFC 7515 §4.1.11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_token_with_crit_header_is_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = IdpKey::new(&dir, "idp-crit-es", "ES256");
+    let rs = IdpKey::new(&dir, "idp-crit-rs", "RS256");
+    let jwks = JwksServer::start(&set_of(&[&es, &rs])).await;
+    let upstream = Upstream::start().await;
+    let gw = gateway(&upstream, &jwks, 300, 30).await;
+    let sub = unique("ext-crit-");
+    for key in [&es, &rs] {
+        let alg = format!("{:?}", key.alg);
+        let plain = format!(r#"{{"alg":"{alg}","typ":"JWT","kid":"{}"}}"#, key.kid);
+        let control = sign_raw_header(&plain, &claims(&sub, &[]), &key.encoding, key.alg);
+        get(&gw.url("/ext/control"), Some(&control), &[])
+            .await
+            .expect_status(200);
+        for member in CRIT_MEMBERS {
+            let header = format!(
+                r#"{{"alg":"{alg}","typ":"JWT","kid":"{}",{member}}}"#,
+                key.kid
+            );
+            let token = sign_raw_header(&header, &claims(&sub, &[]), &key.encoding, key.alg);
+            assert_rejected(&gw, &upstream, &token, &header).await;
+            assert_rejected(&gw, &upstream, &token, &header).await;
+        }
+    }
+}

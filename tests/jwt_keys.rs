@@ -552,3 +552,40 @@ async fn jwks_endpoint_publishes_the_public_keys_only() {
     r.expect_status(200);
     assert_eq!(r.json(), json!({ "keys": [] }));
 }
+
+/// A token signed by a configured asymmetric key is refused when its header
+/// has `crit` (RFC 7515 §4.1.11), for every algorithm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crit_header_is_401_with_asymmetric_keys() {
+    let dir = keys_dir();
+    let keys = [
+        Key::new(dir.path(), "crit-es", "ES256"),
+        Key::new(dir.path(), "crit-rs", "RS256"),
+        Key::new(dir.path(), "crit-ed", "EdDSA"),
+    ];
+    let toml: String = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| key.toml(i == 0))
+        .collect();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start_with(options(&upstream, &toml)).await;
+    let user = unique("crit");
+    gw.add_user(&user, &random_password(), &[]).await;
+    let claims = jwt_claims(&gw.issue_token(&user).await);
+    for key in &keys {
+        let alg = key.algorithm;
+        let plain = format!(r#"{{"alg":"{alg}","typ":"JWT","kid":"{}"}}"#, key.kid);
+        let control = sign_raw_header(&plain, &claims, &key.encoding(), key.alg());
+        assert_accepted(&gw, &upstream, &control, &user).await;
+        for member in CRIT_MEMBERS {
+            let header = format!(
+                r#"{{"alg":"{alg}","typ":"JWT","kid":"{}",{member}}}"#,
+                key.kid
+            );
+            let token = sign_raw_header(&header, &claims, &key.encoding(), key.alg());
+            assert_rejected(&gw, &upstream, &token, &header).await;
+            assert_rejected(&gw, &upstream, &token, &header).await;
+        }
+    }
+}

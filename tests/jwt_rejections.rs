@@ -185,3 +185,29 @@ async fn garbage_tokens_are_401() {
         assert_rejected(&s, t).await;
     }
 }
+
+/// RFC 7515 §4.1.11: a correctly signed token whose header has `crit` is
+/// refused (no extension is understood; an empty or non-array `crit` is
+/// malformed), also on a second try, when a verified-token cache could
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crit_header_is_401() {
+    let s = setup().await;
+    let key = jsonwebtoken::EncodingKey::from_secret(s.gw.secret());
+    // Control: a raw header without crit is accepted.
+    let plain = sign_raw_header(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &s.claims,
+        &key,
+        Algorithm::HS256,
+    );
+    get(&s.gw.url("/control"), Some(&plain), &[])
+        .await
+        .expect_status(200);
+    for member in CRIT_MEMBERS {
+        let header = format!(r#"{{"alg":"HS256","typ":"JWT",{member}}}"#);
+        let token = sign_raw_header(&header, &s.claims, &key, Algorithm::HS256);
+        assert_rejected(&s, &token).await;
+        assert_rejected(&s, &token).await;
+    }
+}

@@ -154,3 +154,125 @@ async fn json_logs_have_one_access_line_per_request_without_secrets() {
         "the password reached the log"
     );
 }
+
+/// The `admin endpoints ... on http://ADDR` address from the log.
+fn admin_addr(log: &str) -> Option<std::net::SocketAddr> {
+    let line = log.lines().find(|l| l.contains("admin endpoints"))?;
+    let rest = &line[line.find("http://")? + "http://".len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | ':')))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// With `server.admin_listen`, `/metrics`, `/healthz` and `/readyz` are
+/// served there and nothing else is; `/metrics` is 404 on the public
+/// listener, where the health checks stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listen_serves_metrics_and_health_only() {
+    let upstream = Upstream::start().await;
+    let mut gw = Gateway::prepare(GatewayOptions::new(&upstream.url()));
+    let text = gw.render_config(gw.options());
+    assert!(text.contains("[server]\n"), "{text}");
+    gw.write_config(&text.replacen(
+        "[server]\n",
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\n",
+        1,
+    ));
+    gw.spawn().await;
+    let admin = poll_until(Duration::from_secs(10), || {
+        let found = admin_addr(&gw.logs()).is_some();
+        async move { found }
+    })
+    .await;
+    assert!(admin, "no admin listener logged:\n{}", gw.logs());
+    let admin = admin_addr(&gw.logs()).unwrap();
+    assert_ne!(admin, gw.addr());
+    let admin_url = |path: &str| format!("http://{admin}{path}");
+
+    // The admin listener: the three operations endpoints.
+    let metrics = get(&admin_url("/metrics"), None, &[]).await;
+    metrics.expect_status(200);
+    assert!(
+        metrics.text().contains("# TYPE"),
+        "Prometheus text: {}",
+        metrics.text()
+    );
+    get(&admin_url("/healthz"), None, &[])
+        .await
+        .expect_status(200);
+    get(&admin_url("/readyz"), None, &[])
+        .await
+        .expect_status(200);
+    // Nothing else: no proxying, no login, no key API, no admin page.
+    let user = unique("adm");
+    let pw = random_password();
+    gw.add_user(&user, &pw, &[]).await;
+    let token = gw.issue_token(&user).await;
+    for path in [
+        "/data",
+        "/public/x",
+        "/",
+        "/v1.0/accesskeys",
+        "/_authgate/",
+        "/.well-known/jwks.json",
+        "/metrics/x",
+    ] {
+        get(&admin_url(path), Some(&token), &[]).await.expect_error(
+            404,
+            "NOT_FOUND",
+            "RESOURCE_NOT_FOUND",
+        );
+    }
+    post_json(
+        &admin_url("/auth/login"),
+        None,
+        &serde_json::json!({ "username": user, "password": pw }),
+    )
+    .await
+    .expect_error(404, "NOT_FOUND", "RESOURCE_NOT_FOUND");
+    assert_eq!(upstream.count(), 0, "the admin listener proxied a request");
+    request("POST", &admin_url("/metrics"), &[], None)
+        .await
+        .expect_status(405);
+
+    // The public listener: no metrics; health checks and the rest as before.
+    get(&gw.url("/metrics"), None, &[])
+        .await
+        .expect_error(404, "NOT_FOUND", "RESOURCE_NOT_FOUND");
+    get(&gw.url("/metrics"), Some(&token), &[])
+        .await
+        .expect_error(404, "NOT_FOUND", "RESOURCE_NOT_FOUND");
+    get(&gw.url("/healthz"), None, &[]).await.expect_status(200);
+    get(&gw.url("/readyz"), None, &[]).await.expect_status(200);
+    get(&gw.url("/data"), Some(&token), &[])
+        .await
+        .expect_status(200);
+    login_ok(&gw, &user, &pw).await;
+}
+
+/// `check-config` names an admin address that collides with the public one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listen_on_the_public_address_is_a_config_problem() {
+    let gw = Gateway::prepare(GatewayOptions::new("http://127.0.0.1:9"));
+    let text = gw.render_config(gw.options());
+    let text = text.replace(
+        "[server]\n",
+        "[server]\nadmin_listen = \"127.0.0.1:18080\"\n",
+    );
+    let listen_line = text
+        .lines()
+        .find(|l| l.starts_with("listen = "))
+        .expect("listen line")
+        .to_owned();
+    gw.write_config(&text.replace(&listen_line, "listen = \"127.0.0.1:18080\""));
+    let out = gw.cli(&["check-config"], None).await;
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("server.admin_listen: ") && l.contains("server.listen")),
+        "{stdout}"
+    );
+}

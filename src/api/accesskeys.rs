@@ -16,13 +16,10 @@ use crate::auth::{AuthMethod, Identity, accesskey, unix_now};
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::store::{AccessKey, Change};
+use crate::text::{MAX_DETAIL_CHARS, MAX_NAME_CHARS};
 
 /// Keys per page when `page_size` is not given, and the most allowed.
 const MAX_PAGE_SIZE: i64 = 100;
-/// Longest `name`.
-const MAX_NAME_CHARS: usize = 256;
-/// Longest `detail`.
-const MAX_DETAIL_CHARS: usize = 4096;
 /// Longest validity of a key: ten years.
 const MAX_EXPIRE_SECS: i64 = 10 * 366 * 86_400;
 
@@ -75,18 +72,25 @@ fn check_id(id: &str) -> Result<(), GatewayError> {
         .map_err(|_| GatewayError::InvalidId)
 }
 
+/// Refuses a name or detail that is too long or holds control or
+/// bidirectional formatting characters (they forge rows and repaint
+/// terminals where keys are listed).
 fn check_text(name: &str, detail: &str) -> Result<(), GatewayError> {
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(GatewayError::InvalidArgument(
-            "name is longer than 256 characters",
-        ));
-    }
-    if detail.chars().count() > MAX_DETAIL_CHARS {
-        return Err(GatewayError::InvalidArgument(
-            "detail is longer than 4096 characters",
-        ));
-    }
-    Ok(())
+    use crate::text::{TextProblem, check_label};
+    check_label(name, MAX_NAME_CHARS).map_err(|problem| {
+        GatewayError::InvalidName(match problem {
+            TextProblem::TooLong => "name is longer than 256 characters",
+            TextProblem::Control => "name must not contain control characters",
+            TextProblem::Bidi => "name must not contain bidirectional formatting characters",
+        })
+    })?;
+    check_label(detail, MAX_DETAIL_CHARS).map_err(|problem| {
+        GatewayError::InvalidDetail(match problem {
+            TextProblem::TooLong => "detail is longer than 4096 characters",
+            TextProblem::Control => "detail must not contain control characters",
+            TextProblem::Bidi => "detail must not contain bidirectional formatting characters",
+        })
+    })
 }
 
 /// `GET /v1.0/accesskeys?page_size=N&page_token=T`, newest first.

@@ -119,10 +119,44 @@ pub async fn serve(
         (Endpoint::Jwks, Method::GET | Method::HEAD) => Ok(ops::jwks(&ctx)),
         (Endpoint::Healthz, Method::GET | Method::HEAD) => Ok(ops::healthz()),
         (Endpoint::Readyz, Method::GET | Method::HEAD) => ops::readyz(&ctx).await,
+        // With `server.admin_listen` set, metrics are served only there.
+        (Endpoint::Metrics, _) if ctx.gateway.config.server.admin_listen.is_some() => {
+            Err(GatewayError::NotFound)
+        }
         (Endpoint::Metrics, Method::GET) => Ok(ops::metrics(&ctx)),
         (Endpoint::Reserved, _) => admin::serve(request, &ctx).await,
         _ => Err(GatewayError::MethodNotAllowed),
     }
+}
+
+/// Answers a request on the `server.admin_listen` listener: `/metrics`,
+/// `/healthz` and `/readyz`, and 404 for every other path (nothing there is
+/// authenticated, so nothing else may be reachable).
+pub async fn serve_admin(
+    request: Request<Incoming>,
+    gateway: &Gateway,
+    client: ClientInfo,
+) -> Response<Body> {
+    let ctx = Context { gateway, client };
+    let method = request.method();
+    let result = match (Endpoint::for_path(request.uri().path()), method) {
+        (Some(Endpoint::Healthz), &Method::GET | &Method::HEAD) => Ok(ops::healthz()),
+        (Some(Endpoint::Readyz), &Method::GET | &Method::HEAD) => ops::readyz(&ctx).await,
+        (Some(Endpoint::Metrics), &Method::GET) => Ok(ops::metrics(&ctx)),
+        (Some(Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics), _) => {
+            Err(GatewayError::MethodNotAllowed)
+        }
+        _ => Err(GatewayError::NotFound),
+    };
+    let request_id = crate::service::new_request_id();
+    let mut response = result.unwrap_or_else(|err| {
+        tracing::debug!(reason = err.reason(), "admin listener refused a request");
+        err.into_response(request_id.to_str().unwrap_or_default())
+    });
+    response
+        .headers_mut()
+        .insert(crate::proxy::headers::X_REQUEST_ID.clone(), request_id);
+    response
 }
 
 /// The caller of an own endpoint, authenticated like a proxied request.
@@ -133,11 +167,35 @@ async fn caller(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Identi
         .await
 }
 
-/// Reads a JSON body of at most `limits.max_body_bytes`.
+/// Whether `Content-Type` declares JSON: the media type `application/json`
+/// (any case, parameters such as `charset` allowed). Anything else, and a
+/// missing header, is refused: `text/plain`, `application/x-www-form-urlencoded`
+/// and `multipart/form-data` are what a cross-site HTML form can send without
+/// a CORS preflight, so accepting them would allow login CSRF.
+fn is_json_content_type(headers: &http::HeaderMap) -> bool {
+    // A repeated header counts only when every copy says JSON (some clients
+    // send the same value twice); any other mix is refused.
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter().peekable();
+    values.peek().is_some()
+        && values.all(|value| {
+            value.to_str().is_ok_and(|text| {
+                let essence = text.split(';').next().unwrap_or("");
+                essence
+                    .trim_matches([' ', '\t'])
+                    .eq_ignore_ascii_case("application/json")
+            })
+        })
+}
+
+/// Reads a JSON body of at most `limits.max_body_bytes`; the body must be
+/// declared `application/json` (415 otherwise), before anything is read.
 async fn read_json<T: DeserializeOwned>(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<T, GatewayError> {
+    if !is_json_content_type(request.headers()) {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
     let limit = ctx.gateway.config.limits.max_body_bytes;
     let declared = request
         .headers()
@@ -235,6 +293,46 @@ mod tests {
         assert!(err.to_string().contains("password"), "{err}");
         let err = parse_json::<Login>(b"{not json").unwrap_err();
         assert_eq!(err.reason(), "INVALID_JSON");
+    }
+
+    #[test]
+    fn only_application_json_is_json() {
+        let with = |values: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for value in values {
+                headers.append(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            }
+            is_json_content_type(&headers)
+        };
+        for good in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=UTF-8",
+            " application/json ",
+        ] {
+            assert!(with(&[good]), "{good}");
+        }
+        for bad in [
+            "",
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/json-seq",
+            "application/jsonx",
+            "application/problem+json",
+            "text/json",
+            "application/json, text/plain",
+        ] {
+            assert!(!with(&[bad]), "{bad}");
+        }
+        assert!(!with(&[]));
+        assert!(!with(&["application/json", "text/plain"]));
+        assert!(!with(&["text/plain", "application/json"]));
+        assert!(with(&[
+            "application/json",
+            "application/json; charset=utf-8"
+        ]));
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl JwksProvider {
 
     /// Verifies a token from this provider.
     pub async fn verify(&self, token: &str, now: i64) -> Result<ExternalClaims, TokenRejection> {
+        super::jwt::refuse_crit(token)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
         if let Some(typ) = &header.typ
             && !typ.eq_ignore_ascii_case("JWT")

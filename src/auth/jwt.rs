@@ -88,6 +88,10 @@ pub enum TokenRejection {
     /// `aud` is not the configured audience.
     #[error("the token is meant for another audience")]
     WrongAudience,
+    /// The header has `crit`: the token depends on an extension this
+    /// gateway does not implement (RFC 7515 §4.1.11).
+    #[error("the token requires a header extension this gateway does not support")]
+    CriticalExtension,
 }
 
 impl TokenRejection {
@@ -102,6 +106,9 @@ impl TokenRejection {
             TokenRejection::WrongIssuer => "the token was issued by another issuer",
             TokenRejection::UnknownKey => "the token's signing key is unknown",
             TokenRejection::WrongAudience => "the token is meant for another audience",
+            TokenRejection::CriticalExtension => {
+                "the token requires a header extension this gateway does not support"
+            }
         }
     }
 }
@@ -359,6 +366,7 @@ impl JwtKeys {
 
     /// The full check: key, algorithm, signature and claims.
     fn verify_signed(&self, token: &str, now: i64) -> Result<Claims, TokenRejection> {
+        refuse_crit(token)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
         if let Some(typ) = &header.typ
             && !typ.eq_ignore_ascii_case("JWT")
@@ -406,6 +414,30 @@ impl JwtKeys {
             .collect();
         serde_json::json!({ "keys": keys })
     }
+}
+
+/// Refuses a token whose JOSE header has a `crit` member at all.
+///
+/// RFC 7515 §4.1.11: a recipient must refuse a token naming a critical
+/// extension it does not understand, and this gateway understands none; an
+/// empty or non-array `crit` is malformed, so it is refused too. jsonwebtoken
+/// 11 parses `crit` but never checks it (and reads `"crit": null` as absent),
+/// so the header is read here as a JSON object: any member named `crit`,
+/// whatever its value or escaping, refuses the token. Runs only on the full
+/// check, never on a verified-token cache hit, which only such checked
+/// tokens reach.
+pub fn refuse_crit(token: &str) -> Result<(), TokenRejection> {
+    use base64::Engine;
+    let segment = token.split('.').next().unwrap_or("");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| TokenRejection::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| TokenRejection::Malformed)?;
+    if header.contains_key("crit") {
+        return Err(TokenRejection::CriticalExtension);
+    }
+    Ok(())
 }
 
 /// The rejection for a jsonwebtoken error.
@@ -652,6 +684,74 @@ mod tests {
 
     fn asymmetric(secret: Option<&[u8]>, specs: &[KeySpec]) -> JwtKeys {
         JwtKeys::try_new("authgate", Duration::from_secs(600), 30, secret, specs).unwrap()
+    }
+
+    /// `header` (raw JSON) and `claims`, correctly signed with `key`.
+    fn sign_raw(
+        header: &str,
+        claims: &serde_json::Value,
+        key: &EncodingKey,
+        alg: Algorithm,
+    ) -> String {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), key, alg).unwrap();
+        format!("{message}.{signature}")
+    }
+
+    #[test]
+    fn any_crit_header_is_refused_on_every_key_kind() {
+        let p = pairs();
+        let now = now();
+        let hmac = keys();
+        let es = asymmetric(None, &[spec("es", Algorithm::ES256, &p.es, true)]);
+        let hs_key = EncodingKey::from_secret(SECRET);
+        let es_key = EncodingKey::from_ec_pem(&p.es.0).unwrap();
+        let crits = [
+            (
+                r#""crit":["x-unknown"],"x-unknown":1"#,
+                TokenRejection::CriticalExtension,
+            ),
+            (r#""crit":["exp"]"#, TokenRejection::CriticalExtension),
+            (r#""crit":[]"#, TokenRejection::CriticalExtension),
+            (r#""crit":"x-unknown""#, TokenRejection::CriticalExtension),
+            (r#""crit":null"#, TokenRejection::CriticalExtension),
+            (
+                r#""cr\u0069t":["x-unknown"]"#,
+                TokenRejection::CriticalExtension,
+            ),
+        ];
+        for (keys, key, alg, kid) in [
+            (&hmac, &hs_key, Algorithm::HS256, ""),
+            (&es, &es_key, Algorithm::ES256, r#","kid":"es""#),
+        ] {
+            let alg_name = format!("{alg:?}");
+            let plain = format!(r#"{{"alg":"{alg_name}","typ":"JWT"{kid}}}"#);
+            // Control: the same header without crit verifies.
+            assert!(
+                keys.verify(&sign_raw(&plain, &claims(now), key, alg), now)
+                    .is_ok()
+            );
+            for (member, expected) in crits {
+                let header = format!(r#"{{"alg":"{alg_name}","typ":"JWT"{kid},{member}}}"#);
+                let token = sign_raw(&header, &claims(now), key, alg);
+                assert_eq!(
+                    keys.verify(&token, now).map(|_| ()),
+                    Err(expected),
+                    "{header}"
+                );
+                // Refused again, not let in by the verified-token cache.
+                assert_eq!(
+                    keys.verify(&token, now).map(|_| ()),
+                    Err(expected),
+                    "{header}"
+                );
+            }
+        }
+        assert_eq!(refuse_crit("not a token"), Err(TokenRejection::Malformed));
     }
 
     #[test]

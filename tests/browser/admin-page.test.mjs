@@ -8,8 +8,11 @@
 // Environment:
 //   AUTHGATE_BIN         gateway binary (default ../../target/debug/authgate)
 //   CHROMIUM_BIN         browser (default /usr/bin/chromium)
-//   AUTHGATE_SCREENSHOT  where the keys page screenshot goes
-//                        (default ../../docs/admin-keys.png)
+//   AUTHGATE_SCREENSHOT  where the keys page screenshot goes (default
+//                        artifacts/admin-keys.png, git-ignored: a test run
+//                        leaves the work tree clean; `run.sh
+//                        --refresh-screenshot` points it at the committed
+//                        docs/admin-keys.png on purpose)
 
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
@@ -28,7 +31,7 @@ const BIN = path.resolve(here, process.env.AUTHGATE_BIN ?? "../../target/debug/a
 const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 const SCREENSHOT = path.resolve(
   here,
-  process.env.AUTHGATE_SCREENSHOT ?? "../../docs/admin-keys.png",
+  process.env.AUTHGATE_SCREENSHOT ?? "artifacts/admin-keys.png",
 );
 const ARTIFACTS = path.join(here, "artifacts");
 /** Debug builds run migrations and hash passwords slowly. */

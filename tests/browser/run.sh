@@ -5,12 +5,27 @@
 # needs root; playwright-core through `npm ci`, never a browser download),
 # builds the gateway and runs tests/browser/admin-page.test.mjs.
 #
+# Screenshots go to tests/browser/artifacts/ (git-ignored), so a test run
+# leaves the work tree clean. Refreshing the README's docs/admin-keys.png is
+# a deliberate step: `tests/browser/run.sh --refresh-screenshot` (or
+# AUTHGATE_SCREENSHOT=<path>), then review and commit the new image.
+#
 # Environment: CHROMIUM_BIN (default /usr/bin/chromium), AUTHGATE_BIN
 # (default: the debug build below), AUTHGATE_SCREENSHOT (default
-# docs/admin-keys.png).
+# tests/browser/artifacts/admin-keys.png).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+
+for arg in "$@"; do
+  case "$arg" in
+    --refresh-screenshot) export AUTHGATE_SCREENSHOT="$root/docs/admin-keys.png" ;;
+    *)
+      echo "run.sh: unknown option $arg (known: --refresh-screenshot)" >&2
+      exit 2
+      ;;
+  esac
+done
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then
