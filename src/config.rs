@@ -1485,14 +1485,16 @@ mod tests {
     #[test]
     fn route_prefixes_have_one_spelling() {
         let secret = secret_file();
-        for good in ["/", "/api", "/v1.0/x_y-z~/"] {
+        for good in ["/", "/api", "/v1.0/x_y-z~a/", "/~user"] {
             let text = minimal(
                 secret.path(),
                 &format!("[[route]]\npath_prefix = {good:?}\nupstream = \"http://127.0.0.1:1\"\n"),
             );
             assert!(Config::from_toml(&text).is_ok(), "{good}");
         }
-        for bad in ["/a:b", "/a%20b", "/a;b", "/a@b"] {
+        // A segment ending in `.` or `~` is another path to servers that
+        // trim them.
+        for bad in ["/a:b", "/a%20b", "/a;b", "/a@b", "/v1.0/x_y-z~/", "/api."] {
             let text = minimal(
                 secret.path(),
                 &format!("[[route]]\npath_prefix = {bad:?}\nupstream = \"http://127.0.0.1:1\"\n"),
