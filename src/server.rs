@@ -530,7 +530,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     }
 }
 
-/// Completes once shutdown has begun.
 /// Connections the admin listener serves at once; more wait in the backlog.
 const ADMIN_MAX_CONNECTIONS: usize = 16;
 /// Longest time one admin connection (one request: no keep-alive) may take.
@@ -597,6 +596,7 @@ async fn admin_accept_loop(
     }
 }
 
+/// Completes once shutdown has begun.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; drop it here.
     let _ = stop.wait_for(|stopped| *stopped).await;
