@@ -13,6 +13,7 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod gateway;
 pub mod metrics;

@@ -88,16 +88,24 @@ pub enum Outcome {
     Rejected(&'static str),
 }
 
-impl Metrics {
-    /// Counts one request on `route` (a route prefix or an own endpoint's
-    /// name) and its latency.
-    pub fn request(&self, route: Arc<str>, outcome: Outcome, elapsed: Duration) {
-        let (outcome, reason) = match outcome {
+impl Outcome {
+    /// The `outcome` and `reason` labels (the reason is empty unless the
+    /// request was rejected).
+    pub fn label(self) -> (&'static str, &'static str) {
+        match self {
             Outcome::Authenticated => ("authenticated", ""),
             Outcome::Public => ("public", ""),
             Outcome::Own => ("own", ""),
             Outcome::Rejected(reason) => ("rejected", reason),
-        };
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one request on `route` (a route prefix or an own endpoint's
+    /// name) and its latency.
+    pub fn request(&self, route: Arc<str>, outcome: Outcome, elapsed: Duration) {
+        let (outcome, reason) = outcome.label();
         let key = (route, outcome, reason);
         // A shared lock for the counters that exist, nearly all of them.
         match self.requests.get(&key) {

@@ -1,6 +1,7 @@
 //! The request pipeline, in one straight line: path check, own endpoints,
-//! route, credential, identity, permit, forward. The outer function logs
-//! once and turns errors into the JSON envelope.
+//! route, credential, identity, permit, forward. The request's
+//! [`RequestContext`] collects what happened; it logs and counts the
+//! request once and turns errors into the JSON envelope.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,12 +9,13 @@ use std::time::Instant;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use tracing::{Instrument, field, info, info_span};
+use tracing::{Instrument, field, info_span};
 
 use crate::api::{self, Endpoint};
 use crate::auth::extract;
 use crate::auth::{Identity, authorize};
 use crate::body::Body;
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::metrics::Outcome;
@@ -26,7 +28,6 @@ pub async fn handle(
     client: ClientInfo,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let started = Instant::now();
     let request_id = request
         .headers()
         .get(&headers::X_REQUEST_ID)
@@ -43,28 +44,9 @@ pub async fn handle(
         auth.user = field::Empty,
     );
     async move {
-        let mut route_name: Option<Arc<str>> = None;
-        let result = handle_inner(&gateway, client, request, &request_id, &mut route_name).await;
-        let (mut response, outcome) = match result {
-            Ok((response, outcome)) => (response, outcome),
-            Err(err) => {
-                let reason = err.reason();
-                let id = request_id.to_str().unwrap_or_default();
-                (err.into_response(id), Outcome::Rejected(reason))
-            }
-        };
-        response
-            .headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-        let elapsed = started.elapsed();
-        let route_name = route_name.unwrap_or_else(|| Arc::from("none"));
-        gateway.metrics.request(route_name, outcome, elapsed);
-        info!(
-            http.status = response.status().as_u16(),
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "access"
-        );
-        response
+        let mut ctx = RequestContext::new(request_id);
+        let result = handle_inner(&gateway, client, request, &mut ctx).await;
+        ctx.finish(&gateway.metrics, result)
     }
     .instrument(span)
     .await
@@ -74,9 +56,8 @@ async fn handle_inner(
     gateway: &Gateway,
     client: ClientInfo,
     request: Request<Incoming>,
-    request_id: &HeaderValue,
-    route_name: &mut Option<Arc<str>>,
-) -> Result<(Response<Body>, Outcome), GatewayError> {
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
     // RFC 9112 section 3.2: a server must answer 400 to an HTTP/1.1 request
     // without `Host`. HTTP/1.0 may omit it; HTTP/2 carries `:authority`.
     if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
@@ -91,11 +72,10 @@ async fn handle_inner(
     check_path(path).map_err(|_| GatewayError::InvalidPath)?;
 
     if let Some(endpoint) = Endpoint::for_path(path) {
-        *route_name = Some(Arc::from(endpoint.name()));
-        tracing::Span::current().record("route", endpoint.name());
-        let ctx = api::Context { gateway, client };
-        let response = api::serve(endpoint, request, ctx).await?;
-        return Ok((response, Outcome::Own));
+        ctx.route(Arc::from(endpoint.name()), endpoint.name());
+        ctx.served(Outcome::Own);
+        let api_ctx = api::Context { gateway, client };
+        return api::serve(endpoint, request, api_ctx).await;
     }
 
     let matched = gateway
@@ -103,37 +83,25 @@ async fn handle_inner(
         .routes
         .route_for(path)
         .ok_or(GatewayError::NoRoute)?;
-    let route = matched.route;
-    *route_name = Some(route.label.clone());
-    tracing::Span::current().record("route", route.prefix.as_str());
+    ctx.route(matched.route.label.clone(), matched.route.prefix.as_str());
 
     let identity = if matched.needs_credential() {
-        Some(authenticate(gateway, &request).await?)
+        let identity = authenticate(gateway, &request).await?;
+        ctx.caller(&identity);
+        ctx.served(Outcome::Authenticated);
+        Some(identity)
     } else {
         None
-    };
-    let outcome = if identity.is_some() {
-        Outcome::Authenticated
-    } else {
-        Outcome::Public
     };
     let permit = authorize(&matched, identity)?;
 
     let upstream_started = Instant::now();
     let result = gateway
         .forwarder
-        .forward(permit, route, request, client, request_id)
+        .forward(permit, request, client, ctx.request_id())
         .await;
-    gateway.metrics.upstream(upstream_started.elapsed());
-    match &result {
-        Err(GatewayError::UpstreamTimeout) => gateway.metrics.upstream_error("timeout"),
-        Err(GatewayError::UpstreamUnreachable) => gateway.metrics.upstream_error("unreachable"),
-        Err(GatewayError::UpstreamInvalidResponse) => {
-            gateway.metrics.upstream_error("invalid_response")
-        }
-        _ => {}
-    }
-    Ok((result?, outcome))
+    ctx.upstream_took(upstream_started.elapsed());
+    result
 }
 
 /// The identity behind the request's one credential.
@@ -141,14 +109,10 @@ async fn authenticate(
     gateway: &Gateway,
     request: &Request<Incoming>,
 ) -> Result<Identity, GatewayError> {
-    let identity = gateway
+    gateway
         .auth
         .authenticate_request(request.headers(), request.uri().query())
-        .await?;
-    let span = tracing::Span::current();
-    span.record("auth.method", identity.method.as_str());
-    span.record("auth.user", &*identity.user);
-    Ok(identity)
+        .await
 }
 
 /// A request id: a random per-process prefix and a counter, unique without

@@ -276,3 +276,70 @@ async fn admin_listen_on_the_public_address_is_a_config_problem() {
         "{stdout}"
     );
 }
+
+/// One access line per request, whatever its end, denials with their reason
+/// and the route and caller they were judged for (the request context logs
+/// once, at the end).
+#[tokio::test]
+async fn every_request_has_one_access_line_and_denials_their_reason() {
+    let upstream = Upstream::start().await;
+    let mut gw = Gateway::prepare(GatewayOptions::new(&upstream.url()));
+    gw.spawn_with_prelude("export AUTHGATE_LOG_FORMAT=json")
+        .await;
+    let user = unique("ctx");
+    gw.add_user(&user, &random_password(), &[]).await;
+    let jwt = gw.issue_token(&user).await;
+
+    let cases: [(&str, Option<&str>, u16, &str, &str); 5] = [
+        ("/hello?one", Some(&jwt), 200, "authenticated", ""),
+        ("/public/x?two", None, 200, "public", ""),
+        (
+            "/hello?three",
+            None,
+            401,
+            "rejected",
+            "AUTHENTICATION_REQUIRED",
+        ),
+        ("/admin/x?four", Some(&jwt), 403, "rejected", "MISSING_ROLE"),
+        ("/ADMIN/x?five", Some(&jwt), 403, "rejected", "MISSING_ROLE"),
+    ];
+    for (target, bearer, status, _, _) in &cases {
+        get(&gw.url(target), *bearer, &[])
+            .await
+            .expect_status(*status);
+    }
+    for (target, _, status, outcome, reason) in &cases {
+        let marker = target.split('?').nth(1).unwrap();
+        let found = poll_until(std::time::Duration::from_secs(5), || {
+            let n = access_lines(&gw.logs(), marker).len();
+            async move { n >= 1 }
+        })
+        .await;
+        assert!(found, "no access line for {target}:\n{}", gw.logs());
+        let lines = access_lines(&gw.logs(), marker);
+        assert_eq!(lines.len(), 1, "one access line for {target}: {lines:?}");
+        let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        let fields = &line["fields"];
+        assert_eq!(fields["http.status"], *status, "{line}");
+        assert_eq!(fields["outcome"], *outcome, "{line}");
+        assert_eq!(fields["reason"], *reason, "{line}");
+        let span = &line["span"];
+        // Whoever was authenticated is named, also when then denied.
+        if *outcome == "authenticated" || *reason == "MISSING_ROLE" {
+            assert_eq!(span["auth.user"], user.as_str(), "{line}");
+            assert_eq!(span["auth.method"], "jwt", "{line}");
+        } else {
+            assert!(span.get("auth.user").is_none(), "{line}");
+        }
+        if target.starts_with("/admin") || target.starts_with("/ADMIN") {
+            assert_eq!(span["route"], "/admin", "{line}");
+        }
+    }
+}
+
+fn access_lines(log: &str, marker: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("\"access\"") && l.contains(marker))
+        .map(str::to_string)
+        .collect()
+}

@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::error::GatewayError;
-use crate::routes::{RouteAuth, RouteMatch};
+use crate::routes::{Route, RouteAuth, RouteMatch};
 use crate::store::Store;
 use crate::store::cache::{CredentialCache, KeyFacts, Lookup, UserFacts};
 use extract::{Credential, CredentialKind};
@@ -68,15 +68,23 @@ impl Identity {
     }
 }
 
-/// Leave to forward a request to a route: public, or authenticated and
-/// authorized. Only [`authorize`] makes one, and the forwarder takes one, so
-/// no code path can forward a request that was not checked.
+/// Leave to forward a request by one route: public, or authenticated and
+/// authorized for every route its path falls under. Only [`authorize`]
+/// makes one, it carries the route it was issued for, and the forwarder
+/// takes nothing else, so no code path can forward a request that was not
+/// checked, or forward it by a route other than the one that was checked.
 #[derive(Debug)]
-pub struct Permit {
+pub struct Permit<'a> {
+    route: &'a Route,
     identity: Option<Identity>,
 }
 
-impl Permit {
+impl<'a> Permit<'a> {
+    /// The route the request is forwarded by.
+    pub fn route(&self) -> &'a Route {
+        self.route
+    }
+
     /// The identity to forward, `None` on public routes.
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
@@ -86,12 +94,16 @@ impl Permit {
 /// A permit for the routes a request falls under: every one of them public,
 /// or an authenticated caller holding, for each route that lists roles, at
 /// least one of them.
-pub fn authorize(
-    matched: &RouteMatch<'_>,
+pub fn authorize<'a>(
+    matched: &RouteMatch<'a>,
     identity: Option<Identity>,
-) -> Result<Permit, GatewayError> {
+) -> Result<Permit<'a>, GatewayError> {
+    let route = matched.route;
     if !matched.needs_credential() {
-        return Ok(Permit { identity: None });
+        return Ok(Permit {
+            route,
+            identity: None,
+        });
     }
     let identity = identity.ok_or(GatewayError::AuthenticationRequired)?;
     let lacks_role = matched.routes().any(|route| {
@@ -103,6 +115,7 @@ pub fn authorize(
         return Err(GatewayError::MissingRole);
     }
     Ok(Permit {
+        route,
         identity: Some(identity),
     })
 }
@@ -352,7 +365,6 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::Route;
     use std::time::Duration;
 
     fn route(auth: RouteAuth, roles: &[&str]) -> Route {
@@ -377,7 +389,10 @@ mod tests {
     }
 
     /// Authorizes against `routes`, the first being the forwarding one.
-    fn authorize_on(routes: &[&Route], identity: Option<Identity>) -> Result<Permit, GatewayError> {
+    fn authorize_on<'a>(
+        routes: &[&'a Route],
+        identity: Option<Identity>,
+    ) -> Result<Permit<'a>, GatewayError> {
         let matched = RouteMatch {
             route: routes[0],
             also: routes[1..].to_vec(),

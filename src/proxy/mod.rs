@@ -27,7 +27,6 @@ use crate::auth::{Identity, Permit};
 use crate::body::{self, Body};
 use crate::config::{Limits, UpstreamConfig};
 use crate::error::GatewayError;
-use crate::routes::Route;
 use crate::server::{Activity, ActivityIo, ServeError, idle_for};
 
 /// Where a request came from.
@@ -113,7 +112,7 @@ impl Forwarder {
         })
     }
 
-    /// Forwards a checked request to `route`'s upstream and relays the
+    /// Forwards a checked request to its permit's route's upstream and relays the
     /// response head; bodies stream both ways.
     ///
     /// A body over `limits.max_proxy_body_bytes` is refused with 413: at
@@ -129,8 +128,7 @@ impl Forwarder {
     /// and never spliced.
     pub async fn forward(
         &self,
-        permit: Permit,
-        route: &Route,
+        permit: Permit<'_>,
         mut request: Request<Incoming>,
         client: ClientInfo,
         request_id: &HeaderValue,
@@ -138,6 +136,7 @@ impl Forwarder {
         let websocket =
             headers::is_websocket_handshake(request.method(), request.version(), request.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+        let route = permit.route();
         let (mut parts, incoming) = request.into_parts();
         if let Some(limit) = self.max_body_bytes
             && declared_length(&parts.headers).is_some_and(|length| length > limit)
