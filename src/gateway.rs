@@ -112,11 +112,14 @@ impl Gateway {
     ) -> Result<Gateway, ServeError> {
         let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
         let mut providers = Vec::with_capacity(config.jwt.external.len());
-        for source in &config.jwt.external {
+        if !config.jwt.external.is_empty() {
+            // One client, and one load of the system's CA roots, for all.
             let client = crate::proxy::pooled_client(&config.upstream)?;
-            let provider = JwksProvider::new(source.clone(), client, config.jwt.leeway);
-            provider.spawn_refresh();
-            providers.push(provider);
+            for source in &config.jwt.external {
+                let provider = JwksProvider::new(source.clone(), client.clone(), config.jwt.leeway);
+                provider.spawn_refresh();
+                providers.push(provider);
+            }
         }
         cache.watch_token_cache(&config.jwt.keys);
         Ok(Gateway {

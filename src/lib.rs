@@ -86,12 +86,24 @@ async fn reload_on_hangup(path: PathBuf, shared: Weak<ArcSwap<Gateway>>) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            match reload(&path, &shared) {
-                Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
-                Err(err) => tracing::error!(
+            // Reading files, loading CA roots and checking keys block:
+            // not on a thread that serves requests.
+            let reloaded = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || reload(&path, &shared)
+            })
+            .await;
+            match reloaded {
+                Ok(Ok(())) => tracing::info!(config = %path.display(), "configuration reloaded"),
+                Ok(Err(err)) => tracing::error!(
                     config = %path.display(),
                     error = %err,
                     "reload refused; the previous configuration stays in force"
+                ),
+                Err(err) => tracing::error!(
+                    config = %path.display(),
+                    error = %err,
+                    "reload failed; the previous configuration stays in force"
                 ),
             }
         }
