@@ -16,9 +16,9 @@ use crate::auth::{Authenticator, unix_now};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
-use crate::server::{ServeError, tls_acceptor};
 use crate::store::cache::CredentialCache;
 use crate::store::{CHANGES_CHANNEL, Store};
+use crate::tls::{self, TlsError};
 use tokio_rustls::TlsAcceptor;
 
 /// How long change-log entries are kept for other processes to read.
@@ -62,7 +62,7 @@ pub enum ReloadError {
     NeedsRestart(&'static str),
     /// The certificate or key could not be loaded.
     #[error(transparent)]
-    Tls(#[from] ServeError),
+    Tls(#[from] TlsError),
 }
 
 impl Gateway {
@@ -109,8 +109,8 @@ impl Gateway {
         store: Store,
         cache: Arc<CredentialCache>,
         metrics: Arc<Metrics>,
-    ) -> Result<Gateway, ServeError> {
-        let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
+    ) -> Result<Gateway, TlsError> {
+        let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
         let mut providers = Vec::with_capacity(config.jwt.external.len());
         if !config.jwt.external.is_empty() {
             // One client, and one load of the system's CA roots, for all.

@@ -13,16 +13,19 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod context;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;
+pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod service;
 pub mod store;
 pub mod text;
+pub mod tls;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -40,9 +43,13 @@ pub enum RunError {
     /// The store could not be opened or migrated.
     #[error("cannot open the store: {}", .0.detail())]
     Store(#[from] store::StoreError),
-    /// A listener or TLS could not be set up.
+    /// A listener could not be bound.
     #[error(transparent)]
     Serve(#[from] server::ServeError),
+    /// TLS could not be set up: a certificate, key or CA file could not be
+    /// loaded, or rustls refused it.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Runs the gateway with `config` until `shutdown` completes, then drains.

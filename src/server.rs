@@ -1,4 +1,7 @@
-//! Listeners, TLS, connections and graceful shutdown.
+//! Listeners, accept loops, connection tasks and graceful shutdown: binds
+//! the plain, TLS and admin listeners, accepts under the connection budget,
+//! completes the TLS handshake with the acceptor [`crate::tls`] built, and
+//! serves each connection until it closes, idles out or shutdown drains it.
 //!
 //! Each connection runs in its own task under a span with `client.addr`. On
 //! shutdown the listeners stop accepting, every connection is asked to
@@ -8,25 +11,23 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::config::{Limits, TlsConfig};
+use crate::config::Limits;
+use crate::conn::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::gateway::Gateway;
-use crate::proxy::{ClientInfo, ConnectionSlot};
 
 /// Smallest read buffer hyper accepts; the header limit cannot go below it.
 const MIN_HTTP1_BUFFER: usize = 8192;
@@ -67,9 +68,6 @@ pub enum ServeError {
         /// The cause.
         source: io::Error,
     },
-    /// The certificate or key could not be loaded.
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
 }
 
 /// Binds the plain and TLS listeners the config names.
@@ -109,60 +107,6 @@ pub async fn bind(config: &crate::config::ServerConfig) -> Result<Vec<Listener>,
         });
     }
     Ok(listeners)
-}
-
-/// rustls with TLS 1.2 and 1.3 only, ALPN h2 and http/1.1.
-pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, ServeError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let certs = CertificateDer::pem_file_iter(&config.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|err| ServeError::Tls(format!("{}: {err}", config.cert.display())))?;
-    if certs.is_empty() {
-        return Err(ServeError::Tls(format!(
-            "{}: no certificate found",
-            config.cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(&config.key)
-        .map_err(|err| ServeError::Tls(format!("{}: {err}", config.key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|err| ServeError::Tls(err.to_string()))?;
-    let builder = match &config.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let cas = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|err| ServeError::Tls(format!("{}: {err}", path.display())))?;
-            for ca in cas {
-                roots
-                    .add(ca)
-                    .map_err(|err| ServeError::Tls(format!("{}: {err}", path.display())))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            );
-            let verifier = if config.client_cert_required {
-                verifier
-            } else {
-                verifier.allow_unauthenticated()
-            };
-            let verifier = verifier
-                .build()
-                .map_err(|err| ServeError::Tls(format!("{}: {err}", path.display())))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut server = builder
-        .with_single_cert(certs, key)
-        .map_err(|err| ServeError::Tls(err.to_string()))?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
 /// The current gateway snapshot; a reload swaps it.
@@ -317,14 +261,7 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                         match tokio::time::timeout_at(head_deadline, acceptor.accept(stream)).await
                         {
                             Ok(Ok(tls_stream)) => {
-                                let subject = tls_stream
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .and_then(|chain| chain.first())
-                                    .and_then(|cert| {
-                                        crate::proxy::headers::certificate_subject(cert)
-                                    });
+                                let subject = crate::tls::peer_subject(tls_stream.get_ref().1);
                                 task.client.cert_subject = subject.map(Arc::from);
                                 task.run(tls_stream).await
                             }
@@ -414,119 +351,6 @@ impl ConnectionTask {
                 }
             }
         }
-    }
-}
-
-/// Counts reads and writes that moved bytes on a connection. A counter, not
-/// a timestamp: bumping it costs no clock read on the hot path, and
-/// [`idle_for`] samples it a few times per timeout instead.
-pub(crate) struct Activity {
-    moves: AtomicU64,
-}
-
-impl Activity {
-    pub(crate) fn new() -> Self {
-        Activity {
-            moves: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        // One task does the I/O: a plain load and store, no locked add.
-        let moves = self.moves.load(Ordering::Relaxed);
-        self.moves.store(moves.wrapping_add(1), Ordering::Relaxed);
-    }
-
-    fn moves(&self) -> u64 {
-        self.moves.load(Ordering::Relaxed)
-    }
-}
-
-/// Completes once no byte has moved for `timeout`, give or take a quarter
-/// of it: the counter is sampled every `timeout / 4`.
-pub(crate) async fn idle_for(activity: &Activity, timeout: Duration) {
-    let period = (timeout / 4).max(Duration::from_millis(10));
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen = activity.moves();
-    let mut quiet = Duration::ZERO;
-    loop {
-        ticks.tick().await;
-        let moves = activity.moves();
-        if moves == seen {
-            quiet += period;
-            if quiet >= timeout {
-                return;
-            }
-        } else {
-            seen = moves;
-            quiet = Duration::ZERO;
-        }
-    }
-}
-
-/// A stream that records activity, for the idle timeout.
-pub(crate) struct ActivityIo<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S> ActivityIo<S> {
-    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
-        ActivityIo { inner, activity }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

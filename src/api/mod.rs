@@ -16,9 +16,9 @@ use serde::de::DeserializeOwned;
 use crate::auth::Identity;
 
 use crate::body::{self, Body};
+use crate::conn::ClientInfo;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::proxy::ClientInfo;
 
 /// One of the gateway's own endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +148,7 @@ pub async fn serve_admin(
         }
         _ => Err(GatewayError::NotFound),
     };
-    let request_id = crate::service::new_request_id();
+    let request_id = crate::request_id::new_request_id();
     let mut response = result.unwrap_or_else(|err| {
         tracing::debug!(reason = err.reason(), "admin listener refused a request");
         err.into_response(request_id.to_str().unwrap_or_default())

@@ -336,68 +336,6 @@ pub fn set_client_cert_subject(headers: &mut HeaderMap, subject: Option<&str>) {
     }
 }
 
-/// The subject of a DER certificate as an RFC 4514 string: the last RDN
-/// first, special characters escaped, so a value cannot pose as another
-/// attribute. Non-ASCII bytes are escaped as `\XX`, keeping the header
-/// ASCII; values that are not strings are given as `#` and their DER in hex.
-pub fn certificate_subject(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let rdns: Vec<String> = cert
-        .subject()
-        .iter()
-        .map(|rdn| {
-            rdn.iter()
-                .map(|attribute| {
-                    let name = attribute_name(&attribute.attr_type().to_id_string());
-                    let value = match attribute.as_str() {
-                        Ok(text) => escape_dn_value(text),
-                        Err(_) => format!("#{}", hex::encode(attribute.attr_value().as_bytes())),
-                    };
-                    format!("{name}={value}")
-                })
-                .collect::<Vec<_>>()
-                .join("+")
-        })
-        .collect();
-    Some(rdns.into_iter().rev().collect::<Vec<_>>().join(","))
-}
-
-/// RFC 4514 short names of the usual attribute types; others by OID.
-fn attribute_name(oid: &str) -> String {
-    match oid {
-        "2.5.4.3" => "CN",
-        "2.5.4.6" => "C",
-        "2.5.4.7" => "L",
-        "2.5.4.8" => "ST",
-        "2.5.4.9" => "STREET",
-        "2.5.4.10" => "O",
-        "2.5.4.11" => "OU",
-        "0.9.2342.19200300.100.1.25" => "DC",
-        "0.9.2342.19200300.100.1.1" => "UID",
-        other => return other.to_owned(),
-    }
-    .to_owned()
-}
-
-/// Escapes an attribute value per RFC 4514 section 2.4.
-fn escape_dn_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 8);
-    let last = value.len().saturating_sub(1);
-    for (index, byte) in value.bytes().enumerate() {
-        match byte {
-            b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\' => {
-                out.push('\\');
-                out.push(byte as char);
-            }
-            b'#' if index == 0 => out.push_str("\\#"),
-            b' ' if index == 0 || index == last => out.push_str("\\ "),
-            0x20..=0x7e => out.push(byte as char),
-            _ => out.push_str(&format!("\\{byte:02X}")),
-        }
-    }
-    out
-}
-
 /// The client's address: the peer, unless the peer is a trusted proxy, in
 /// which case `X-Forwarded-For` is walked from the right past trusted
 /// proxies. Untrusted peers cannot choose the address they are counted as.
@@ -797,21 +735,6 @@ mod tests {
         let garbage = headers(&[("x-forwarded-for", "not-an-ip")]);
         assert_eq!(client_ip(proxy, &garbage, &trusted), proxy);
         assert_eq!(client_ip(proxy, &xff, &[]), proxy);
-    }
-
-    #[test]
-    fn distinguished_name_values_are_escaped() {
-        assert_eq!(escape_dn_value("mallory, O=admins"), "mallory\\, O=admins");
-        assert_eq!(
-            escape_dn_value("a+b;c<d>e\"f\\g"),
-            "a\\+b\\;c\\<d\\>e\\\"f\\\\g"
-        );
-        assert_eq!(escape_dn_value("#lead"), "\\#lead");
-        assert_eq!(escape_dn_value(" both "), "\\ both\\ ");
-        assert_eq!(escape_dn_value("Zoë"), "Zo\\C3\\AB");
-        assert_eq!(escape_dn_value("nul\0"), "nul\\00");
-        assert_eq!(attribute_name("2.5.4.3"), "CN");
-        assert_eq!(attribute_name("1.2.3"), "1.2.3");
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 pub mod headers;
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -26,69 +25,9 @@ use crate::auth::extract::{strip_credential_headers, strip_credential_query};
 use crate::auth::{Identity, Permit};
 use crate::body::{self, Body};
 use crate::config::{Limits, UpstreamConfig};
+use crate::conn::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::error::GatewayError;
-use crate::server::{Activity, ActivityIo, ServeError, idle_for};
-
-/// Where a request came from.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// The peer's address.
-    pub addr: SocketAddr,
-    /// The peer's IP as a header value, for `X-Forwarded-For`: formatted
-    /// once per connection rather than on every request.
-    pub ip: HeaderValue,
-    /// Whether it came over TLS.
-    pub tls: bool,
-    /// Subject of the verified client certificate (mTLS), if one was sent.
-    pub cert_subject: Option<std::sync::Arc<str>>,
-    /// The connection's place under `limits.max_connections`; an upgraded
-    /// connection keeps it until the upgraded stream closes.
-    pub slot: Option<ConnectionSlot>,
-}
-
-/// A share of a connection's slot under `limits.max_connections`, and of
-/// its place in the shutdown drain: both are given back when the last share
-/// is dropped, so an upgraded connection counts until it closes.
-#[derive(Debug, Clone)]
-pub struct ConnectionSlot {
-    _held: Arc<(
-        tokio::sync::OwnedSemaphorePermit,
-        Option<tokio::sync::mpsc::Sender<()>>,
-    )>,
-}
-
-impl ConnectionSlot {
-    /// Wraps the permit a connection was accepted with and the sender the
-    /// shutdown drain waits on.
-    pub fn new(
-        permit: tokio::sync::OwnedSemaphorePermit,
-        drain: Option<tokio::sync::mpsc::Sender<()>>,
-    ) -> Self {
-        ConnectionSlot {
-            _held: Arc::new((permit, drain)),
-        }
-    }
-}
-
-impl ClientInfo {
-    /// A client at `addr`, without a certificate or a connection slot.
-    pub fn new(addr: SocketAddr, tls: bool) -> Self {
-        let ip = HeaderValue::from_str(&addr.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ClientInfo {
-            addr,
-            ip,
-            tls,
-            cert_subject: None,
-            slot: None,
-        }
-    }
-
-    /// `X-Forwarded-Proto` value.
-    pub fn proto(&self) -> &'static str {
-        if self.tls { "https" } else { "http" }
-    }
-}
+use crate::tls::{self, TlsError};
 
 /// The pooled upstream client, for `http://` and `https://` upstreams.
 pub struct Forwarder {
@@ -104,7 +43,7 @@ impl Forwarder {
     /// `upstream.ca_file`, and `upstream.client_cert` when set. Request
     /// bodies are capped at `limits.max_proxy_body_bytes`, and upgraded
     /// connections close after `limits.idle_timeout` without traffic.
-    pub fn try_new(config: &UpstreamConfig, limits: &Limits) -> Result<Self, ServeError> {
+    pub fn try_new(config: &UpstreamConfig, limits: &Limits) -> Result<Self, TlsError> {
         Ok(Forwarder {
             client: pooled_client(config)?,
             max_body_bytes: limits.max_proxy_body_bytes,
@@ -365,7 +304,7 @@ impl HttpBody for CappedBody {
 /// A pooled HTTP(S) client with the upstream settings, for any body type.
 pub fn pooled_client<B>(
     config: &UpstreamConfig,
-) -> Result<Client<HttpsConnector<HttpConnector>, B>, ServeError>
+) -> Result<Client<HttpsConnector<HttpConnector>, B>, TlsError>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -375,7 +314,7 @@ where
     connector.set_nodelay(true);
     connector.enforce_http(false);
     let https = HttpsConnectorBuilder::new()
-        .with_tls_config(upstream_tls(config)?)
+        .with_tls_config(tls::upstream_config(config)?)
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
@@ -384,49 +323,6 @@ where
         .pool_idle_timeout(config.pool_idle_timeout)
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
         .build(https))
-}
-
-/// rustls client config for `https://` upstreams.
-fn upstream_tls(config: &UpstreamConfig) -> Result<rustls::ClientConfig, ServeError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let tls_error = |what: &std::path::Path, err: &dyn std::fmt::Display| {
-        ServeError::Tls(format!("{}: {err}", what.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    debug!(
-        system_roots = added,
-        "loaded the system's CA roots for https upstreams"
-    );
-    if let Some(path) = &config.ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|err| tls_error(path, &err))?;
-        for cert in certs {
-            roots.add(cert).map_err(|err| tls_error(path, &err))?;
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|err| ServeError::Tls(err.to_string()))?
-        .with_root_certificates(roots);
-    match &config.client_cert {
-        None => Ok(builder.with_no_client_auth()),
-        Some((cert_path, key_path)) => {
-            let chain = CertificateDer::pem_file_iter(cert_path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|err| tls_error(cert_path, &err))?;
-            let key =
-                PrivateKeyDer::from_pem_file(key_path).map_err(|err| tls_error(key_path, &err))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|err| tls_error(cert_path, &err))
-        }
-    }
 }
 
 /// Joins both sides of an upgraded connection until either closes or no
