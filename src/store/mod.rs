@@ -1069,6 +1069,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn throttle_admission_counts_pending_attempts_and_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreUrl::Sqlite(dir.path().join("a.db")))
+            .await
+            .unwrap();
+        let (now, window) = (1_000_000, 300);
+        let admit = |user: &'static str| {
+            let store = store.clone();
+            async move {
+                let answers = store
+                    .throttle_admit([(user, 3), ("addr:x", 100)], now, window)
+                    .await
+                    .unwrap();
+                answers
+                    .iter()
+                    .find(|a| a.subject == user)
+                    .map(|a| (a.admitted, a.locked_until))
+                    .unwrap()
+            }
+        };
+        // Three in flight fill a budget of three; the fourth waits.
+        for _ in 0..3 {
+            assert_eq!(admit("user:a").await, (true, 0));
+        }
+        assert_eq!(admit("user:a").await, (false, 0));
+        // One succeeds: the user's count and pending are cleared.
+        store
+            .throttle_settle("user:a", Settle::Cleared, now)
+            .await
+            .unwrap();
+        assert_eq!(admit("user:a").await, (true, 0));
+        // Failures lock at the threshold, and the lock refuses.
+        let failed = Settle::Failed {
+            max: 3,
+            lockout: 60,
+        };
+        for _ in 0..3 {
+            store.throttle_settle("user:b", failed, now).await.unwrap();
+        }
+        assert_eq!(
+            admit("user:b").await,
+            (true, 0),
+            "no row yet: settle needs one"
+        );
+        for _ in 0..3 {
+            store.throttle_settle("user:b", failed, now).await.unwrap();
+        }
+        assert_eq!(admit("user:b").await, (false, now + 60));
+        // After the window a fresh count starts.
+        let later = now + window + 60;
+        let answers = store
+            .throttle_admit([("user:b", 3), ("addr:x", 100)], later, window)
+            .await
+            .unwrap();
+        assert!(answers.iter().all(|a| a.admitted), "{answers:?}");
+        assert_eq!(store.throttle_unlock(&[]).await.unwrap(), 3);
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn a_file_that_is_not_a_database_is_refused_with_its_cause() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.db");
