@@ -946,23 +946,15 @@ const SQLITE_FILE_MODE: u32 = 0o600;
 /// Creates the SQLite file owner-only when it does not exist yet (SQLite
 /// then gives its `-wal` and `-shm` files the database file's mode), and
 /// takes group and other access away from existing ones made before.
-fn owner_only_files(path: &Path) -> Result<(), StoreError> {
+fn owner_only_files(path: &Path) {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let created = std::fs::OpenOptions::new()
+    // A failure (a folder that cannot be written) is left to SQLite, whose
+    // own error names it when it tries the same.
+    let _ = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(SQLITE_FILE_MODE)
         .open(path);
-    match created {
-        Ok(_) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(err) => {
-            return Err(StoreError::Unavailable(format!(
-                "cannot create {}: {err}",
-                path.display()
-            )));
-        }
-    }
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let mut shm = path.as_os_str().to_owned();
@@ -972,22 +964,23 @@ fn owner_only_files(path: &Path) -> Result<(), StoreError> {
             continue;
         };
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            match std::fs::set_permissions(file, std::fs::Permissions::from_mode(SQLITE_FILE_MODE))
-            {
-                Ok(()) => tracing::warn!(
-                    file = %file.display(),
-                    "store file was open to others (mode {mode:o}); made owner-only (0600)"
-                ),
-                Err(err) => tracing::warn!(
-                    file = %file.display(),
-                    error = %err,
-                    "store file is open to others (mode {mode:o}) and cannot be made owner-only"
-                ),
-            }
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        // Only group and other bits go: a read-only file stays read-only.
+        let owner_only = mode & 0o700;
+        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(owner_only)) {
+            Ok(()) => tracing::warn!(
+                file = %file.display(),
+                "store file was open to others (mode {mode:o}); now {owner_only:o}"
+            ),
+            Err(err) => tracing::warn!(
+                file = %file.display(),
+                error = %err,
+                "store file is open to others (mode {mode:o}) and cannot be made owner-only"
+            ),
         }
     }
-    Ok(())
 }
 
 /// `sqlite://` URL for `path`, creating the parent folder and the file
@@ -999,7 +992,7 @@ fn sqlite_url(path: &Path) -> Result<String, StoreError> {
             StoreError::Unavailable(format!("cannot create {}: {err}", parent.display()))
         })?;
     }
-    owner_only_files(path)?;
+    owner_only_files(path);
     let path = path
         .to_str()
         .ok_or_else(|| StoreError::Unavailable("the store path is not UTF-8".into()))?;
