@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::api::rfc3339;
-use crate::auth::{accesskey, digest, password, unix_now, valid_role, valid_username};
+use crate::auth::{accesskey, digest, password, throttle, unix_now, valid_role, valid_username};
 use crate::config::{Config, StoreUrl};
 use crate::store::{Store, StoreError};
 use crate::text::escape_for_terminal as escape;
@@ -53,6 +53,9 @@ pub enum Command {
     /// Mint tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the login throttle.
+    #[command(subcommand)]
+    Login(LoginCommand),
     /// Print the one-time-key answer a backend holding HA1 would compute.
     OtkToken {
         /// The one-time key from POST /auth/onetimekey.
@@ -143,6 +146,22 @@ pub enum TokenCommand {
         /// Lifetime in seconds (default: jwt.ttl).
         #[arg(long)]
         ttl: Option<u64>,
+    },
+}
+
+/// `authgate login ...`
+#[derive(Debug, Subcommand)]
+pub enum LoginCommand {
+    /// Clear the failed-login count and lockout of a user and/or a client
+    /// address (all of them with neither); running gateways on the store
+    /// see it at the next attempt.
+    Unlock {
+        /// Username.
+        #[arg(long)]
+        user: Option<String>,
+        /// Client address (an IPv6 address clears its /64).
+        #[arg(long)]
+        address: Option<String>,
     },
 }
 
@@ -238,6 +257,9 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 Command::Key(command) => key(command, &mut store).await,
                 Command::Token(TokenCommand::Issue { user, ttl }) => {
                     token(&user, ttl, &config, &mut store).await
+                }
+                Command::Login(LoginCommand::Unlock { user, address }) => {
+                    unlock(user, address, &mut store).await
                 }
                 Command::CheckConfig | Command::OtkToken { .. } => unreachable!("handled above"),
             };
@@ -556,5 +578,39 @@ async fn token(
         )
         .map_err(|err| fail(format!("cannot sign the token: {err}")))?;
     println!("{token}");
+    Ok(())
+}
+
+async fn unlock(
+    user: Option<String>,
+    address: Option<String>,
+    store: &mut LazyStore<'_>,
+) -> Result<(), CliError> {
+    let mut subjects = Vec::new();
+    let mut what = Vec::new();
+    if let Some(user) = &user {
+        if !valid_username(user) {
+            return Err(fail(format!(
+                "invalid username {user:?}: use 1 to 64 letters, digits, '.', '_', '@' or '-'"
+            )));
+        }
+        subjects.push(throttle::user_subject(user));
+        what.push(format!("user {user}"));
+    }
+    if let Some(address) = &address {
+        let ip: std::net::IpAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| fail(format!("--address {address:?} is not an IP address")))?;
+        subjects.push(throttle::address_subject(ip));
+        what.push(format!("address {ip}"));
+    }
+    let store = store.open().await?;
+    store.throttle_unlock(&subjects).await?;
+    if what.is_empty() {
+        println!("cleared the login throttle of every user and address");
+    } else {
+        println!("cleared the login throttle of {}", what.join(" and "));
+    }
     Ok(())
 }

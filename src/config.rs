@@ -30,6 +30,8 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 const MAX_MAX_HEADERS: u64 = 1000;
 /// Largest `limits.max_proxy_body_bytes` accepted (1 TiB).
 const MAX_PROXY_BODY_BYTES: u64 = 1 << 40;
+/// Highest `login.max_concurrent_hashes` (19 MiB each: 20 GiB at this bound).
+const MAX_CONCURRENT_HASHES: u64 = 1024;
 
 /// A config that could not be loaded: every problem found, one line each.
 #[derive(Debug, thiserror::Error)]
@@ -185,11 +187,19 @@ pub struct UpstreamConfig {
     pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
-/// Throttling of failed logins.
+/// Throttling of failed logins and the bound on password hashing.
 #[derive(Debug, Clone)]
 pub struct LoginConfig {
-    /// Failures per user or client address within `window` before lockout.
+    /// Failed attempts per user within `window` before lockout (default 5).
     pub max_failures: u32,
+    /// Failed attempts per client address within `window` before lockout
+    /// (default 50: many users may share one address behind NAT or a proxy).
+    pub address_max_failures: u32,
+    /// Password hashes computed at once (`login.max_concurrent_hashes`;
+    /// 0 in the file, the default, means the number of cores). Logins
+    /// beyond it are answered 503 with `Retry-After` at once: each argon2id
+    /// hash holds 19 MiB while it runs.
+    pub max_concurrent_hashes: usize,
     /// Window over which failures are counted.
     pub window: Duration,
     /// How long a locked-out user or address is refused.
@@ -394,6 +404,10 @@ impl Default for RawUpstream {
 struct RawLogin {
     #[serde(default = "defaults::max_failures")]
     max_failures: u64,
+    #[serde(default = "defaults::address_max_failures")]
+    address_max_failures: u64,
+    #[serde(default)]
+    max_concurrent_hashes: u64,
     #[serde(default = "defaults::login_window")]
     window: u64,
     #[serde(default = "defaults::lockout")]
@@ -404,6 +418,8 @@ impl Default for RawLogin {
     fn default() -> Self {
         RawLogin {
             max_failures: defaults::max_failures(),
+            address_max_failures: defaults::address_max_failures(),
+            max_concurrent_hashes: 0,
             window: defaults::login_window(),
             lockout: defaults::lockout(),
         }
@@ -501,6 +517,9 @@ mod defaults {
     }
     pub fn max_failures() -> u64 {
         5
+    }
+    pub fn address_max_failures() -> u64 {
+        50
     }
     pub fn login_window() -> u64 {
         300
@@ -852,6 +871,22 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     let login = LoginConfig {
         max_failures: u32::try_from(p.count("login.max_failures", raw.login.max_failures, 1, 1000))
             .unwrap_or(u32::MAX),
+        address_max_failures: u32::try_from(p.count(
+            "login.address_max_failures",
+            raw.login.address_max_failures,
+            1,
+            1_000_000,
+        ))
+        .unwrap_or(u32::MAX),
+        max_concurrent_hashes: match p.count(
+            "login.max_concurrent_hashes",
+            raw.login.max_concurrent_hashes,
+            0,
+            MAX_CONCURRENT_HASHES,
+        ) {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        },
         window: p.seconds("login.window", raw.login.window, 1, 86_400),
         lockout: p.seconds("login.lockout", raw.login.lockout, 1, 86_400),
     };
@@ -1520,5 +1555,39 @@ mod tests {
         ));
         assert!(parse_store_url("mysql://x").is_err());
         assert!(parse_store_url("sqlite://").is_err());
+    }
+
+    #[test]
+    fn login_thresholds_and_hash_bound() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(secret.path(), "")).unwrap();
+        assert_eq!(config.login.max_failures, 5);
+        assert_eq!(config.login.address_max_failures, 50);
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(config.login.max_concurrent_hashes, cores, "0 = the cores");
+        let text = minimal(
+            secret.path(),
+            "[login]\nmax_failures = 3\naddress_max_failures = 7\nmax_concurrent_hashes = 1\n",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            (
+                config.login.max_failures,
+                config.login.address_max_failures,
+                config.login.max_concurrent_hashes
+            ),
+            (3, 7, 1)
+        );
+        for (bad, key) in [
+            ("address_max_failures = 0", "login.address_max_failures"),
+            (
+                "max_concurrent_hashes = 5000",
+                "login.max_concurrent_hashes",
+            ),
+        ] {
+            let text = minimal(secret.path(), &format!("[login]\n{bad}\n"));
+            let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+            assert!(all.contains(key), "{bad}: {all}");
+        }
     }
 }

@@ -91,6 +91,12 @@ pub enum GatewayError {
         /// Seconds until the lockout lifts.
         retry_after: u64,
     },
+    /// Every password-hashing slot is taken (`login.max_concurrent_hashes`).
+    #[error("the gateway is checking as many passwords as it can at once; try again shortly")]
+    LoginBusy {
+        /// Seconds to wait before trying again.
+        retry_after: u64,
+    },
     /// A resource already exists (e.g. a user of that name).
     #[error("{0}")]
     Conflict(&'static str),
@@ -138,7 +144,7 @@ impl GatewayError {
             TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnreachable | UpstreamInvalidResponse => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            StoreUnavailable | LoginBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -165,9 +171,11 @@ impl GatewayError {
             MethodNotAllowed => "UNIMPLEMENTED",
             Conflict(_) => "ALREADY_EXISTS",
             TooManyAttempts { .. } => "RESOURCE_EXHAUSTED",
-            UpstreamUnreachable | UpstreamInvalidResponse | UpstreamTimeout | StoreUnavailable => {
-                "UNAVAILABLE"
-            }
+            UpstreamUnreachable
+            | UpstreamInvalidResponse
+            | UpstreamTimeout
+            | StoreUnavailable
+            | LoginBusy { .. } => "UNAVAILABLE",
             Internal => "INTERNAL",
         }
     }
@@ -201,6 +209,7 @@ impl GatewayError {
             UpstreamInvalidResponse => "UPSTREAM_INVALID_RESPONSE",
             UpstreamTimeout => "UPSTREAM_TIMEOUT",
             StoreUnavailable => "STORE_UNAVAILABLE",
+            LoginBusy { .. } => "LOGIN_BUSY",
             Internal => "INTERNAL_ERROR",
         }
     }
@@ -251,7 +260,8 @@ impl GatewayError {
                 };
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
             }
-            GatewayError::TooManyAttempts { retry_after } => {
+            GatewayError::TooManyAttempts { retry_after }
+            | GatewayError::LoginBusy { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             _ => {}
@@ -408,6 +418,12 @@ mod tests {
                 "UNAVAILABLE",
                 "STORE_UNAVAILABLE",
             ),
+            (
+                GatewayError::LoginBusy { retry_after: 1 },
+                503,
+                "UNAVAILABLE",
+                "LOGIN_BUSY",
+            ),
         ];
         for (err, status, name, reason) in cases {
             assert_eq!(err.status_code().as_u16(), status, "{err:?}");
@@ -440,5 +456,7 @@ mod tests {
         );
         let response = GatewayError::TooManyAttempts { retry_after: 7 }.into_response("r");
         assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        let response = GatewayError::LoginBusy { retry_after: 1 }.into_response("r");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use serde_json::json;
 
@@ -211,4 +213,227 @@ async fn health_readiness_and_jwks() {
         "every response carries X-Request-Id"
     );
     assert_eq!(upstream.count(), 0, "own endpoints are not proxied");
+}
+
+/// Fires `n` logins at once: `(username, password)` for each.
+async fn login_burst(gw: &Gateway, attempts: Vec<(String, String)>) -> Vec<Resp> {
+    let url = gw.url("/auth/login");
+    let tasks: Vec<_> = attempts
+        .into_iter()
+        .map(|(user, password)| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                post_json(
+                    &url,
+                    None,
+                    &json!({ "username": user, "password": password }),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("login task"));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_beyond_max_concurrent_hashes_get_503_with_retry_after_and_the_rest_are_judged() {
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.login_max_concurrent_hashes = Some(1);
+    let gw = Gateway::start_with(opts).await;
+    let user = unique("hasher");
+    let pw = random_password();
+    gw.add_user(&user, &pw, &[]).await;
+
+    // Right passwords, wrong passwords and unknown users (the dummy hash).
+    let mut attempts = Vec::new();
+    for i in 0..48 {
+        attempts.push(match i % 3 {
+            0 => (user.clone(), pw.clone()),
+            1 => (user.clone(), format!("wrong-{i}")),
+            _ => (unique("nobody"), format!("wrong-{i}")),
+        });
+    }
+    let answers = login_burst(&gw, attempts.clone()).await;
+    let mut busy = 0;
+    for ((name, password), r) in attempts.iter().zip(&answers) {
+        match r.status {
+            503 => {
+                r.expect_error(503, "UNAVAILABLE", "LOGIN_BUSY");
+                let retry: u64 = r
+                    .header("retry-after")
+                    .expect("503 carries Retry-After")
+                    .parse()
+                    .expect("Retry-After is seconds");
+                assert!(retry >= 1, "Retry-After {retry}");
+                busy += 1;
+            }
+            200 => assert!(
+                *name == user && *password == pw,
+                "only the right password passes"
+            ),
+            401 => {
+                r.expect_401("INVALID_CREDENTIALS");
+                assert!(
+                    !(*name == user && *password == pw),
+                    "the right password refused"
+                );
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert!(
+        busy > 0,
+        "48 logins at once with one hashing slot: some must be refused"
+    );
+    assert!(
+        answers.iter().any(|r| r.status != 503),
+        "some logins must be judged"
+    );
+    // The slots are given back: one at a time, every login is judged.
+    login_ok(&gw, &user, &pw).await;
+    login(&gw, &unique("nobody"), "x")
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_passwords_are_checked_at_most_max_failures_times() {
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.login_max_failures = 5;
+    // Enough slots that no attempt is refused for want of one.
+    opts.login_max_concurrent_hashes = Some(100);
+    let gw = Gateway::start_with(opts).await;
+    let user = unique("raced");
+    let pw = random_password();
+    gw.add_user(&user, &pw, &[]).await;
+
+    let attempts = (0..100)
+        .map(|i| (user.clone(), format!("wrong-{i}")))
+        .collect();
+    let answers = login_burst(&gw, attempts).await;
+    let checked = answers.iter().filter(|r| r.status == 401).count();
+    for r in &answers {
+        match r.status {
+            401 => {
+                r.expect_401("INVALID_CREDENTIALS");
+            }
+            429 => {
+                r.expect_error(429, "RESOURCE_EXHAUSTED", "TOO_MANY_ATTEMPTS");
+                assert!(r.header("retry-after").is_some());
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert!(
+        (1..=5).contains(&checked),
+        "{checked} of 100 concurrent wrong passwords were checked; max_failures is 5"
+    );
+    // And the user is locked now, even with the right password.
+    login(&gw, &user, &pw)
+        .await
+        .expect_error(429, "RESOURCE_EXHAUSTED", "TOO_MANY_ATTEMPTS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_from_one_address_for_different_users_have_their_own_threshold() {
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.login_max_failures = 5;
+    opts.login_address_max_failures = 50; // the default
+    let gw = Gateway::start_with(opts).await;
+    let sixth = unique("sixth");
+    let pw = random_password();
+    gw.add_user(&sixth, &pw, &[]).await;
+
+    // Five users behind one address (a NAT, a demo) each get one wrong.
+    for _ in 0..5 {
+        login(&gw, &unique("colleague"), "typo")
+            .await
+            .expect_401("INVALID_CREDENTIALS");
+    }
+    login_ok(&gw, &sixth, &pw).await;
+    // The address still has its own limit: 50 failures lock it.
+    for _ in 5..50 {
+        login(&gw, &unique("sprayed"), "guess")
+            .await
+            .expect_401("INVALID_CREDENTIALS");
+    }
+    login(&gw, &sixth, &pw)
+        .await
+        .expect_error(429, "RESOURCE_EXHAUSTED", "TOO_MANY_ATTEMPTS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_unlock_lifts_a_lockout_on_a_running_gateway() {
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.login_max_failures = 3;
+    opts.login_address_max_failures = 6;
+    opts.login_lockout = 300;
+    let gw = Gateway::start_with(opts).await;
+    let user = unique("locked");
+    let pw = random_password();
+    gw.add_user(&user, &pw, &[]).await;
+    let lock_user = || async {
+        for _ in 0..3 {
+            login(&gw, &user, "wrong")
+                .await
+                .expect_401("INVALID_CREDENTIALS");
+        }
+        login(&gw, &user, &pw)
+            .await
+            .expect_error(429, "RESOURCE_EXHAUSTED", "TOO_MANY_ATTEMPTS");
+    };
+    let logs_in_within_3s = || async {
+        poll_until(Duration::from_secs(3), || async {
+            login(&gw, &user, &pw).await.status == 200
+        })
+        .await
+    };
+
+    // By user.
+    lock_user().await;
+    let out = gw.cli_ok(&["login", "unlock", "--user", &user], None).await;
+    assert!(out.contains(&user), "{out}");
+    assert!(logs_in_within_3s().await, "unlocked user still refused");
+
+    // By address: other names' failures lock 127.0.0.1 for everyone (the
+    // address kept the three failures above).
+    let mut locked = false;
+    for _ in 0..6 {
+        if login(&gw, &unique("sprayed"), "guess").await.status == 429 {
+            locked = true;
+            break;
+        }
+    }
+    assert!(locked, "address_max_failures = 6 never tripped");
+    login(&gw, &user, &pw)
+        .await
+        .expect_error(429, "RESOURCE_EXHAUSTED", "TOO_MANY_ATTEMPTS");
+    gw.cli_ok(&["login", "unlock", "--address", "127.0.0.1"], None)
+        .await;
+    assert!(logs_in_within_3s().await, "unlocked address still refused");
+
+    // Neither: everything.
+    lock_user().await;
+    gw.cli_ok(&["login", "unlock"], None).await;
+    assert!(logs_in_within_3s().await, "unlock of all left the lockout");
+
+    // Bad input: one line, non-zero, nothing changed.
+    for args in [
+        &["login", "unlock", "--address", "not-an-ip"][..],
+        &["login", "unlock", "--user", "bad name"][..],
+    ] {
+        let out = gw.cli(args, None).await;
+        assert!(!out.status.success(), "{args:?} must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+    }
 }

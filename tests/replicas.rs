@@ -387,3 +387,64 @@ async fn failed_logins_are_counted_across_replicas() {
         assert!(refused.header("retry-after").is_some());
     }
 }
+
+#[tokio::test]
+async fn concurrent_wrong_passwords_on_two_replicas_are_checked_at_most_max_failures_times() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let secret = random_secret_text();
+    let options = || {
+        let mut opts = GatewayOptions::new(&upstream.url());
+        opts.store_url = Some(db.url());
+        opts.secret_text = Some(secret.clone());
+        opts.login_max_failures = 5;
+        opts.login_max_concurrent_hashes = Some(100);
+        opts
+    };
+    let a = Gateway::start_with(options()).await;
+    let b = Gateway::start_with(options()).await;
+    a.add_user("hana", "hana-password", &[]).await;
+    let attempts: Vec<_> = (0..100)
+        .map(|i| {
+            let url = if i % 2 == 0 {
+                a.url("/auth/login")
+            } else {
+                b.url("/auth/login")
+            };
+            tokio::spawn(async move {
+                let body = json!({ "username": "hana", "password": format!("wrong-{i}") });
+                let r = post_json(&url, None, &body).await;
+                (
+                    r.status,
+                    r.json()["error"]["reason"].as_str().map(str::to_owned),
+                )
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for attempt in attempts {
+        answers.push(attempt.await.unwrap());
+    }
+    let checked = answers
+        .iter()
+        .filter(|(status, reason)| {
+            *status == 401 && reason.as_deref() == Some("INVALID_CREDENTIALS")
+        })
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|(status, reason)| *status == 429 && reason.as_deref() == Some("TOO_MANY_ATTEMPTS"))
+        .count();
+    assert!(
+        (1..=5).contains(&checked),
+        "{checked} of 100 concurrent wrong passwords were checked; max_failures is 5: {answers:?}"
+    );
+    assert_eq!(checked + refused, 100, "{answers:?}");
+    for gw in [&a, &b] {
+        login(gw, "hana", "hana-password").await.expect_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "TOO_MANY_ATTEMPTS",
+        );
+    }
+}

@@ -600,6 +600,7 @@ async fn throttling_per_address_spans_usernames_and_ignores_forged_forwarded_for
     let upstream = Upstream::start().await;
     let mut opts = GatewayOptions::new(&upstream.url());
     opts.login_max_failures = 3;
+    opts.login_address_max_failures = 3;
     opts.login_window = 60;
     opts.login_lockout = 2;
     // No trusted proxies: the TCP peer is the client address.
@@ -637,6 +638,7 @@ async fn forwarded_for_decides_the_address_only_behind_a_trusted_proxy() {
     let upstream = Upstream::start().await;
     let mut opts = GatewayOptions::new(&upstream.url());
     opts.login_max_failures = 3;
+    opts.login_address_max_failures = 3;
     opts.login_window = 60;
     opts.login_lockout = 30;
     let mut gw = Gateway::prepare(opts);

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{Context, caller, json, read_json};
+use crate::auth::throttle::{Attempt, address_subject, user_subject};
 use crate::auth::{AuthMethod, digest, password, unix_now, valid_username};
 use crate::body::Body;
 use crate::error::GatewayError;
@@ -50,68 +51,40 @@ struct OneTimeKeyLoginRequest {
     token: String,
 }
 
-/// Throttle subjects for a login attempt: the user and the client address.
-fn subjects(username: &str, headers: &http::HeaderMap, ctx: &Context<'_>) -> [String; 2] {
+/// Admits a login attempt for `username` from the caller's address, or
+/// refuses it with 429 when the user or the address is locked out.
+async fn admit(
+    username: &str,
+    headers: &http::HeaderMap,
+    ctx: &Context<'_>,
+) -> Result<Attempt, GatewayError> {
     let ip = client_ip(
         ctx.client.addr.ip(),
         headers,
         &ctx.gateway.config.server.trusted_proxies,
     );
-    throttle_subjects(username, ip)
-}
-
-/// The throttle rows an attempt counts against. Names that cannot be users
-/// share one row, so long or random names cannot grow the table, and an
-/// IPv6 client counts as its /64, which one host usually has whole.
-fn throttle_subjects(username: &str, ip: std::net::IpAddr) -> [String; 2] {
-    let user = if valid_username(username) {
-        format!("user:{username}")
-    } else {
-        "user:*invalid*".to_owned()
-    };
-    let addr = match ip {
-        std::net::IpAddr::V4(v4) => format!("addr:{v4}"),
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => format!("addr:{v4}"),
-            None => {
-                let segments = v6.segments();
-                let prefix = std::net::Ipv6Addr::new(
-                    segments[0],
-                    segments[1],
-                    segments[2],
-                    segments[3],
-                    0,
-                    0,
-                    0,
-                    0,
-                );
-                format!("addr:{prefix}/64")
-            }
-        },
-    };
-    [user, addr]
-}
-
-async fn check_throttle(subjects: &[String; 2], ctx: &Context<'_>) -> Result<(), GatewayError> {
-    match ctx
-        .gateway
-        .throttle
-        .locked_for(subjects, unix_now())
+    let throttle = &ctx.gateway.throttle;
+    match throttle
+        .admit(user_subject(username), address_subject(ip))
         .await?
     {
-        Some(retry_after) => Err(GatewayError::TooManyAttempts { retry_after }),
-        None => Ok(()),
+        Ok(attempt) => Ok(attempt),
+        Err(retry_after) => Err(GatewayError::TooManyAttempts { retry_after }),
     }
 }
 
+/// Counts a failed attempt; the answer is `wrong` unless the store failed.
 async fn fail(
-    subjects: &[String; 2],
+    attempt: Attempt,
     ctx: &Context<'_>,
     kind: &'static str,
-) -> Result<(), GatewayError> {
+    wrong: GatewayError,
+) -> GatewayError {
     ctx.gateway.metrics.login(kind, "failure");
-    ctx.gateway.throttle.fail(subjects, unix_now()).await?;
-    Ok(())
+    match attempt.failed().await {
+        Ok(()) => wrong,
+        Err(err) => err.into(),
+    }
 }
 
 /// `POST /auth/login {"username","password"}`.
@@ -121,33 +94,34 @@ pub async fn login(
 ) -> Result<Response<Body>, GatewayError> {
     let headers = request.headers().clone();
     let body: LoginRequest = read_json(request, ctx).await?;
-    let subjects = subjects(&body.username, &headers, ctx);
-    check_throttle(&subjects, ctx).await?;
+    // A hashing slot first: beyond the bound the answer costs no store
+    // round-trip and no memory.
+    let permit = ctx.gateway.throttle.hashes().try_acquire().map_err(|_| {
+        ctx.gateway.metrics.login("password", "busy");
+        GatewayError::LoginBusy {
+            retry_after: password::BUSY_RETRY_AFTER_SECS,
+        }
+    })?;
+    let attempt = admit(&body.username, &headers, ctx).await?;
     let user = if valid_username(&body.username) {
         ctx.gateway.store.user(&body.username).await?
     } else {
         None
     };
-    // Verify against a dummy hash for unknown users so both failures take
-    // the same time.
-    let phc = user.as_ref().map_or_else(
-        || password::dummy_hash().to_owned(),
-        |u| u.password_hash.clone(),
-    );
-    let password = body.password;
-    let matches = tokio::task::spawn_blocking(move || password::verify_password(&password, &phc))
+    // Unknown users are verified against a dummy hash so both failures
+    // take the same time.
+    let phc = user.as_ref().map(|u| u.password_hash.clone());
+    let matches = permit
+        .verify(body.password, phc)
         .await
-        .map_err(|_| GatewayError::Internal)?;
+        .ok_or(GatewayError::Internal)?;
     match user {
         Some(user) if matches => {
-            ctx.gateway.throttle.succeed(&subjects[0]).await?;
+            attempt.succeeded().await?;
             ctx.gateway.metrics.login("password", "success");
             issue_session(&user, ctx)
         }
-        _ => {
-            fail(&subjects, ctx, "password").await?;
-            Err(WRONG_LOGIN)
-        }
+        _ => Err(fail(attempt, ctx, "password", WRONG_LOGIN).await),
     }
 }
 
@@ -260,8 +234,7 @@ pub async fn onetime_key_login(
 ) -> Result<Response<Body>, GatewayError> {
     let headers = request.headers().clone();
     let body: OneTimeKeyLoginRequest = read_json(request, ctx).await?;
-    let subjects = subjects(&body.username, &headers, ctx);
-    check_throttle(&subjects, ctx).await?;
+    let attempt = admit(&body.username, &headers, ctx).await?;
     let store = &ctx.gateway.store;
     let key_hash = hex::encode(crate::auth::accesskey::hash(&body.key));
     let taken = store.take_onetime_key(&key_hash).await?;
@@ -282,37 +255,10 @@ pub async fn onetime_key_login(
     });
     match user {
         Some(user) if answered => {
-            ctx.gateway.throttle.succeed(&subjects[0]).await?;
+            attempt.succeeded().await?;
             ctx.gateway.metrics.login("onetimekey", "success");
             issue_session(&user, ctx)
         }
-        _ => {
-            fail(&subjects, ctx, "onetimekey").await?;
-            Err(WRONG_ANSWER)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn throttle_subjects_are_bounded() {
-        let v4: std::net::IpAddr = "203.0.113.7".parse().unwrap();
-        assert_eq!(
-            throttle_subjects("alice", v4),
-            ["user:alice".to_owned(), "addr:203.0.113.7".to_owned()]
-        );
-        let long = "x".repeat(60_000);
-        for name in [long.as_str(), "", "a b", "a:b"] {
-            assert_eq!(throttle_subjects(name, v4)[0], "user:*invalid*");
-        }
-        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: std::net::IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        assert_eq!(throttle_subjects("u", a)[1], "addr:2001:db8:1:2::/64");
-        assert_eq!(throttle_subjects("u", a)[1], throttle_subjects("u", b)[1]);
-        let mapped: std::net::IpAddr = "::ffff:198.51.100.4".parse().unwrap();
-        assert_eq!(throttle_subjects("u", mapped)[1], "addr:198.51.100.4");
+        _ => Err(fail(attempt, ctx, "onetimekey", WRONG_ANSWER).await),
     }
 }

@@ -112,6 +112,34 @@ pub struct KeyGrant {
     pub expires_at: i64,
 }
 
+/// One subject's answer to [`Store::throttle_admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// The throttle row (`user:NAME` or `addr:IP`).
+    pub subject: String,
+    /// Whether the attempt may proceed; it is then counted as pending.
+    pub admitted: bool,
+    /// The end of the subject's lockout, unix seconds (0 or past: none).
+    pub locked_until: i64,
+}
+
+/// How an admitted login attempt ends, for [`Store::throttle_settle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Refused before any check: the pending count is taken back.
+    Withdraw,
+    /// The right credential: the subject's failures and lockout are cleared.
+    Cleared,
+    /// A wrong credential: counted; at `max` the subject is locked for
+    /// `lockout` seconds and its count starts over.
+    Failed {
+        /// The subject's threshold.
+        max: i64,
+        /// Lockout in seconds.
+        lockout: i64,
+    },
+}
+
 /// One entry of the change log that other processes follow to evict their
 /// caches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +293,19 @@ impl Store {
         Ok(Store { pool, postgres_url })
     }
 
+    /// A transaction that writes. On SQLite it starts as the writer
+    /// (`BEGIN IMMEDIATE`, which waits out other writers for the busy
+    /// timeout): a deferred transaction that reads first and writes later
+    /// fails with `SQLITE_BUSY_SNAPSHOT` when another connection wrote in
+    /// between, and the busy timeout does not retry that.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        if self.postgres_url.is_some() {
+            self.pool.begin().await
+        } else {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        }
+    }
+
     /// The PostgreSQL URL to `LISTEN` on, when the store is PostgreSQL.
     pub fn postgres_url(&self) -> Option<&str> {
         self.postgres_url.as_deref()
@@ -303,7 +344,7 @@ impl Store {
             generation: next_generation(0),
             created_at: now,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO users (id, username, password_hash, ha1, ha1_realm, roles, generation, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
@@ -351,7 +392,7 @@ impl Store {
         realm: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let previous: i64 = sqlx::query("SELECT generation FROM users WHERE username = $1")
             .bind(username)
             .fetch_optional(&mut *tx)
@@ -378,7 +419,7 @@ impl Store {
 
     /// Removes a user and revokes their keys.
     pub async fn remove_user(&self, username: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let removed = sqlx::query("DELETE FROM users WHERE username = $1")
             .bind(username)
             .execute(&mut *tx)
@@ -430,7 +471,7 @@ impl Store {
             tm_create: now,
             tm_update: now,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // The owner must exist at commit time, not only when the request began.
         let owner = sqlx::query("SELECT 1 FROM users WHERE username = $1")
             .bind(username)
@@ -548,7 +589,7 @@ impl Store {
         owner: Option<&str>,
         now: i64,
     ) -> Result<(AccessKey, String), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE accesskeys SET tm_delete = $1, tm_update = $1 \
              WHERE id = $2 AND tm_delete IS NULL AND ($3 = '' OR username = $3) \
@@ -579,7 +620,7 @@ impl Store {
         max_per_user: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO onetime_keys (key_hash, username, expires_at, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -636,7 +677,7 @@ impl Store {
         expires_at: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO revoked_tokens (jti, username, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (jti) DO NOTHING",
@@ -669,76 +710,115 @@ impl Store {
 
     // ---- login throttling ----
 
-    /// The latest lockout end among `subjects`, if any is recorded.
-    pub async fn throttle_locked_until(
+    /// Counts a login attempt against each `(subject, max)` and answers, per
+    /// subject, whether it may proceed, in one statement: a subject admits
+    /// while its failures plus pending attempts are below `max` in the
+    /// current window of `window` seconds and it is not locked. Atomic in
+    /// SQLite (one writer) and PostgreSQL (the upsert locks each row), so
+    /// concurrent attempts on any number of replicas cannot all pass.
+    pub async fn throttle_admit(
         &self,
-        subjects: &[String],
-        now: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let mut latest: Option<i64> = None;
-        for subject in subjects {
-            let row = sqlx::query(
-                "SELECT locked_until FROM login_failures WHERE subject = $1 AND locked_until > $2",
-            )
-            .bind(subject)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(row) = row {
-                let until: i64 = row.try_get("locked_until")?;
-                latest = Some(latest.map_or(until, |l| l.max(until)));
-            }
-        }
-        Ok(latest)
-    }
-
-    /// Counts one failure for `subject` in a fixed window of `window`
-    /// seconds; at `max_failures` the subject is locked for `lockout`
-    /// seconds and its count starts over.
-    pub async fn throttle_fail(
-        &self,
-        subject: &str,
+        subjects: [(&str, i64); 2],
         now: i64,
         window: i64,
-        max_failures: i64,
-        lockout: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO login_failures (subject, window_start, failures, locked_until) \
-             VALUES ($1, $2, 1, 0) \
+    ) -> Result<Vec<Admission>, StoreError> {
+        let [(first, first_max), (second, second_max)] = subjects;
+        // `admitted` records this statement's answer in the row, so that
+        // RETURNING (which sees only the new row) can report it.
+        let rows = sqlx::query(
+            "INSERT INTO login_failures (subject, window_start, failures, locked_until, pending, admitted) \
+             VALUES ($1, $3, 0, 0, 1, 1), ($2, $3, 0, 0, 1, 1) \
              ON CONFLICT (subject) DO UPDATE SET \
-               failures = CASE WHEN login_failures.window_start <= $2 - $3 THEN 1 \
-                               ELSE login_failures.failures + 1 END, \
-               window_start = CASE WHEN login_failures.window_start <= $2 - $3 THEN $2 \
-                                   ELSE login_failures.window_start END",
+               failures = CASE WHEN login_failures.locked_until <= $3 \
+                                AND login_failures.window_start <= $3 - $4 THEN 0 \
+                               ELSE login_failures.failures END, \
+               pending = CASE WHEN login_failures.locked_until > $3 THEN login_failures.pending \
+                              WHEN login_failures.window_start <= $3 - $4 THEN 1 \
+                              WHEN login_failures.failures + login_failures.pending < \
+                                   CASE WHEN login_failures.subject = $1 THEN $5 ELSE $6 END \
+                                THEN login_failures.pending + 1 \
+                              ELSE login_failures.pending END, \
+               admitted = CASE WHEN login_failures.locked_until > $3 THEN 0 \
+                               WHEN login_failures.window_start <= $3 - $4 THEN 1 \
+                               WHEN login_failures.failures + login_failures.pending < \
+                                    CASE WHEN login_failures.subject = $1 THEN $5 ELSE $6 END \
+                                 THEN 1 \
+                               ELSE 0 END, \
+               window_start = CASE WHEN login_failures.locked_until <= $3 \
+                                    AND login_failures.window_start <= $3 - $4 THEN $3 \
+                                   ELSE login_failures.window_start END \
+             RETURNING subject, admitted, locked_until",
         )
-        .bind(subject)
+        .bind(first)
+        .bind(second)
         .bind(now)
         .bind(window)
-        .execute(&mut *tx)
+        .bind(first_max)
+        .bind(second_max)
+        .fetch_all(&self.pool)
         .await?;
-        sqlx::query(
-            "UPDATE login_failures SET locked_until = $2 + $3, failures = 0, window_start = $2 \
-             WHERE subject = $1 AND failures >= $4",
-        )
-        .bind(subject)
-        .bind(now)
-        .bind(lockout)
-        .bind(max_failures)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Admission {
+                    subject: row.try_get("subject")?,
+                    admitted: row.try_get::<i64, _>("admitted")? == 1,
+                    locked_until: row.try_get("locked_until")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Ends an admitted attempt on `subject` (see [`Settle`]).
+    pub async fn throttle_settle(
+        &self,
+        subject: &str,
+        settle: Settle,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        const PENDING_DOWN: &str = "pending = CASE WHEN pending > 0 THEN pending - 1 ELSE 0 END";
+        let sql = match settle {
+            Settle::Withdraw => {
+                format!("UPDATE login_failures SET {PENDING_DOWN} WHERE subject = $1")
+            }
+            Settle::Cleared => format!(
+                "UPDATE login_failures SET {PENDING_DOWN}, failures = 0, locked_until = 0 \
+                 WHERE subject = $1"
+            ),
+            Settle::Failed { .. } => format!(
+                "UPDATE login_failures SET {PENDING_DOWN}, \
+                   locked_until = CASE WHEN failures + 1 >= $3 THEN $2 + $4 ELSE locked_until END, \
+                   window_start = CASE WHEN failures + 1 >= $3 THEN $2 ELSE window_start END, \
+                   failures = CASE WHEN failures + 1 >= $3 THEN 0 ELSE failures + 1 END \
+                 WHERE subject = $1"
+            ),
+        };
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(subject);
+        if let Settle::Failed { max, lockout } = settle {
+            query = query.bind(now).bind(max).bind(lockout);
+        }
+        query.execute(&self.pool).await?;
         Ok(())
     }
 
-    /// Forgets `subject`'s failures.
-    pub async fn throttle_clear(&self, subject: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM login_failures WHERE subject = $1")
-            .bind(subject)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Forgets the throttle rows of `subjects` (every row when empty);
+    /// returns how many went.
+    pub async fn throttle_unlock(&self, subjects: &[String]) -> Result<u64, StoreError> {
+        if subjects.is_empty() {
+            let done = sqlx::query("DELETE FROM login_failures")
+                .execute(&self.pool)
+                .await?;
+            return Ok(done.rows_affected());
+        }
+        let mut removed = 0;
+        for subject in subjects {
+            removed += sqlx::query("DELETE FROM login_failures WHERE subject = $1")
+                .bind(subject)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(removed)
     }
 
     // ---- change log and housekeeping ----
@@ -831,8 +911,6 @@ async fn log_change(
     Ok(())
 }
 
-/// `sqlite://` URL for `path`, creating the parent folder. `mode=rwc`
-/// creates the file on first start.
 /// Per-connection settings. SQLite: WAL + `synchronous = FULL`, so that a
 /// write acknowledged to a client survives a crash of the process and of
 /// the machine, and a busy timeout for writers in other processes.
@@ -860,12 +938,61 @@ fn describe(err: &sqlx::Error) -> String {
     }
 }
 
+/// Mode of the SQLite file and its `-wal` and `-shm` files: they hold
+/// argon2 hashes and HA1 digests, and HA1 is password-equivalent for the
+/// one-time-key login.
+const SQLITE_FILE_MODE: u32 = 0o600;
+
+/// Creates the SQLite file owner-only when it does not exist yet (SQLite
+/// then gives its `-wal` and `-shm` files the database file's mode), and
+/// takes group and other access away from existing ones made before.
+fn owner_only_files(path: &Path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // A failure (a folder that cannot be written) is left to SQLite, whose
+    // own error names it when it tries the same.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(SQLITE_FILE_MODE)
+        .open(path);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    for file in [path.as_os_str(), &wal, &shm].map(Path::new) {
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        // Only group and other bits go: a read-only file stays read-only.
+        let owner_only = mode & 0o700;
+        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(owner_only)) {
+            Ok(()) => tracing::warn!(
+                file = %file.display(),
+                "store file was open to others (mode {mode:o}); now {owner_only:o}"
+            ),
+            Err(err) => tracing::warn!(
+                file = %file.display(),
+                error = %err,
+                "store file is open to others (mode {mode:o}) and cannot be made owner-only"
+            ),
+        }
+    }
+}
+
+/// `sqlite://` URL for `path`, creating the parent folder and the file
+/// (owner-only). `mode=rwc` would create the file too, but with the
+/// default mode.
 fn sqlite_url(path: &Path) -> Result<String, StoreError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|err| {
             StoreError::Unavailable(format!("cannot create {}: {err}", parent.display()))
         })?;
     }
+    owner_only_files(path);
     let path = path
         .to_str()
         .ok_or_else(|| StoreError::Unavailable("the store path is not UTF-8".into()))?;
@@ -931,6 +1058,66 @@ mod tests {
                 .unwrap();
             assert_eq!(sync, 2, "synchronous = FULL");
         }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn throttle_admission_counts_pending_attempts_and_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreUrl::Sqlite(dir.path().join("a.db")))
+            .await
+            .unwrap();
+        let (now, window) = (1_000_000, 300);
+        let admit = |user: &'static str| {
+            let store = store.clone();
+            async move {
+                let answers = store
+                    .throttle_admit([(user, 3), ("addr:x", 100)], now, window)
+                    .await
+                    .unwrap();
+                answers
+                    .iter()
+                    .find(|a| a.subject == user)
+                    .map(|a| (a.admitted, a.locked_until))
+                    .unwrap()
+            }
+        };
+        // Three in flight fill a budget of three; the fourth waits.
+        for _ in 0..3 {
+            assert_eq!(admit("user:a").await, (true, 0));
+        }
+        assert_eq!(admit("user:a").await, (false, 0));
+        // One succeeds: the user's count and pending are cleared.
+        store
+            .throttle_settle("user:a", Settle::Cleared, now)
+            .await
+            .unwrap();
+        assert_eq!(admit("user:a").await, (true, 0));
+        // Failures lock at the threshold, and the lock refuses.
+        let failed = Settle::Failed {
+            max: 3,
+            lockout: 60,
+        };
+        for _ in 0..3 {
+            store.throttle_settle("user:b", failed, now).await.unwrap();
+        }
+        assert_eq!(
+            admit("user:b").await,
+            (true, 0),
+            "no row yet: settle needs one"
+        );
+        for _ in 0..3 {
+            store.throttle_settle("user:b", failed, now).await.unwrap();
+        }
+        assert_eq!(admit("user:b").await, (false, now + 60));
+        // After the window a fresh count starts.
+        let later = now + window + 60;
+        let answers = store
+            .throttle_admit([("user:b", 3), ("addr:x", 100)], later, window)
+            .await
+            .unwrap();
+        assert!(answers.iter().all(|a| a.admitted), "{answers:?}");
+        assert_eq!(store.throttle_unlock(&[]).await.unwrap(), 3);
         store.close().await;
     }
 

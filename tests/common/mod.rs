@@ -409,6 +409,10 @@ pub struct GatewayOptions {
     pub connect_timeout: u64,
     pub upstream_timeout: u64,
     pub login_max_failures: u32,
+    /// `login.address_max_failures`.
+    pub login_address_max_failures: u32,
+    /// `login.max_concurrent_hashes`; `None`: left out (the number of cores).
+    pub login_max_concurrent_hashes: Option<u32>,
     pub login_window: u64,
     pub login_lockout: u64,
     pub shutdown_grace: u64,
@@ -446,6 +450,8 @@ impl GatewayOptions {
             // High so that tests with a few failed logins from 127.0.0.1 are
             // not throttled; the throttling test sets its own.
             login_max_failures: 1000,
+            login_address_max_failures: 1000,
+            login_max_concurrent_hashes: None,
             login_window: 300,
             login_lockout: 300,
             shutdown_grace: 10,
@@ -481,7 +487,8 @@ timeout = {ut}
 {upstream_extra}
 [login]
 max_failures = {mf}
-window = {lw}
+address_max_failures = {amf}
+{hashes_line}window = {lw}
 lockout = {ll}
 "#,
             grace = self.shutdown_grace,
@@ -499,6 +506,11 @@ lockout = {ll}
             ct = self.connect_timeout,
             ut = self.upstream_timeout,
             mf = self.login_max_failures,
+            amf = self.login_address_max_failures,
+            hashes_line = self
+                .login_max_concurrent_hashes
+                .map(|n| format!("max_concurrent_hashes = {n}\n"))
+                .unwrap_or_default(),
             lw = self.login_window,
             ll = self.login_lockout,
         );
