@@ -121,7 +121,7 @@ impl Gateway {
                 providers.push(provider);
             }
         }
-        cache.watch_token_cache(&config.jwt.keys);
+        cache.watch_token_cache(config.jwt.keys.token_cache());
         Ok(Gateway {
             auth: Authenticator::new(
                 config.jwt.keys.clone(),

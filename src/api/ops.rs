@@ -1,5 +1,7 @@
 //! Operations endpoints: health, readiness, metrics and the JWK set.
 
+use std::sync::atomic::Ordering;
+
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
@@ -25,16 +27,19 @@ pub async fn readyz(ctx: &Context<'_>) -> Result<Response<Body>, GatewayError> {
 pub fn metrics(ctx: &Context<'_>) -> Response<Body> {
     let gateway = ctx.gateway;
     let (users, keys) = gateway.cache.sizes();
-    let sizes = crate::metrics::CacheSizes {
+    let stats = &gateway.cache.stats;
+    let text = gateway.metrics.render(crate::metrics::CacheFigures {
+        hits: stats.hits.load(Ordering::Relaxed),
+        misses: stats.misses.load(Ordering::Relaxed),
+        evictions: stats.evictions.load(Ordering::Relaxed),
         users,
         keys,
         tokens: gateway.auth.jwt().cached_tokens(),
-    };
-    let text = gateway.metrics.render(&gateway.cache.stats, sizes);
+    });
     let mut response = Response::new(body::full(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     response
 }

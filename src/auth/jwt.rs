@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
-
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
+
+use super::tokens::TokenCache;
 
 /// Tokens longer than this are refused before any parsing or crypto.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -51,7 +51,7 @@ pub struct VerifiedToken {
 }
 
 impl VerifiedToken {
-    fn new(claims: Claims) -> Self {
+    pub(crate) fn new(claims: Claims) -> Self {
         VerifiedToken {
             user: Arc::from(claims.sub.as_str()),
             roles: Arc::from(claims.roles.as_slice()),
@@ -157,20 +157,16 @@ pub struct JwtKeys {
     issuer: String,
     ttl: Duration,
     leeway: i64,
-    /// Tokens whose signature and claims were checked, by their exact
-    /// bytes: a repeated token skips the signature (ES256 and RS256 cost
-    /// far more than the rest of a request). Entries go with their `exp`,
-    /// and with their user's revocation ([`Self::forget_user`], called
-    /// through the credential cache); the caller still checks `jti` and the
-    /// user's generation on every request, which covers the moment between
-    /// a revocation and its arrival here. A reload builds new keys and so a
-    /// new cache. Only tokens with a valid signature get in, so the faster
-    /// foldhash (randomly seeded) stands in for SipHash.
-    verified: DashMap<Box<str>, Arc<VerifiedToken>, foldhash::fast::RandomState>,
+    /// Tokens whose signature and claims were checked: a repeated token
+    /// skips the signature (ES256 and RS256 cost far more than the rest of
+    /// a request). Entries go with their `exp`, and with their user's or
+    /// their own revocation (the credential cache forwards those, see
+    /// [`Self::token_cache`]); the caller still checks `jti` and the user's
+    /// generation on every request, which covers the moment between a
+    /// revocation and its arrival here. A reload builds new keys and so a
+    /// new cache.
+    verified: Arc<TokenCache>,
 }
-
-/// Most tokens kept in the verified-token cache.
-const MAX_VERIFIED_TOKENS: usize = 20_000;
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -275,7 +271,7 @@ impl JwtKeys {
             issuer: issuer.to_owned(),
             ttl,
             leeway: i64::try_from(leeway).unwrap_or(i64::MAX),
-            verified: DashMap::default(),
+            verified: Arc::default(),
         })
     }
 
@@ -321,23 +317,20 @@ impl JwtKeys {
         }
         if let Some(verified) = self.verified.get(token) {
             if now <= verified.claims.exp.saturating_add(self.leeway) {
-                return Ok(verified.clone());
+                return Ok(verified);
             }
-            drop(verified);
-            self.verified.remove(token);
+            self.verified.forget_token(token);
             return Err(TokenRejection::Expired);
         }
         let verified = Arc::new(VerifiedToken::new(self.verify_signed(token, now)?));
-        if self.verified.len() >= MAX_VERIFIED_TOKENS {
-            let leeway = self.leeway;
-            self.verified
-                .retain(|_, verified| now <= verified.claims.exp.saturating_add(leeway));
-            if self.verified.len() >= MAX_VERIFIED_TOKENS {
-                self.verified.clear();
-            }
-        }
-        self.verified.insert(token.into(), verified.clone());
+        self.verified.insert(token, verified.clone());
         Ok(verified)
+    }
+
+    /// The verified-token cache, for revocations to reach (see
+    /// [`crate::store::cache::CredentialCache::watch_token_cache`]).
+    pub fn token_cache(&self) -> &Arc<TokenCache> {
+        &self.verified
     }
 
     /// Tokens in the verified-token cache.
@@ -345,23 +338,10 @@ impl JwtKeys {
         self.verified.len()
     }
 
-    /// Empties the verified-token cache of `username`'s tokens (password
-    /// change, removal).
-    pub fn forget_user(&self, username: &str) {
-        self.verified
-            .retain(|_, verified| verified.claims.sub != username);
-    }
-
     /// Drops one token from the verified-token cache: the caller found it
     /// revoked, and a revoked token must not keep a place there.
     pub fn forget_token(&self, token: &str) {
-        self.verified.remove(token);
-    }
-
-    /// Drops the cached token with id `jti` (logout).
-    pub fn forget_token_id(&self, jti: &str) {
-        self.verified
-            .retain(|_, verified| verified.claims.jti != jti);
+        self.verified.forget_token(token);
     }
 
     /// The full check: key, algorithm, signature and claims.
@@ -496,6 +476,7 @@ fn check_pair(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::cache::TokenRevocations;
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -993,10 +974,10 @@ mod tests {
             keys.verify(token, now).unwrap();
         }
         assert_eq!(keys.verified.len(), 3);
-        keys.forget_user("alice");
+        keys.verified.forget_user("alice");
         assert_eq!(keys.verified.len(), 1);
         assert!(keys.verified.contains_key(bob.as_str()));
-        keys.forget_token_id(&bob_claims.jti);
+        keys.verified.forget_token_id(&bob_claims.jti);
         assert!(keys.verified.is_empty());
         // Forgotten tokens are still good: the next request checks them in full.
         assert!(keys.verify(&alice_1, now).is_ok());

@@ -8,6 +8,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod password;
 pub mod throttle;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Instant;

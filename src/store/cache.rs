@@ -5,7 +5,9 @@
 //! user/key", kept briefly so random keys cannot hammer the store). Both are
 //! bounded. Revocations evict at once in this process; other processes'
 //! revocations arrive through the store's change log (see
-//! [`crate::gateway`]'s watcher).
+//! [`crate::gateway`]'s watcher). Verified JWTs are cached above, by the
+//! keys that checked them (`auth::tokens`); revocations reach those caches
+//! through [`TokenRevocations`], so storage names nothing of authentication.
 
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +17,22 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use uuid::Uuid;
 
-use crate::auth::accesskey::KeyHash;
-use crate::auth::jwt::JwtKeys;
 use crate::config::CacheConfig;
 use crate::store::Change;
+
+/// An access key's SHA-256, the key of the access-key cache (the same type
+/// as `auth::accesskey::KeyHash`, named here so storage needs nothing from
+/// authentication).
+pub type KeyHash = [u8; 32];
+
+/// A cache of verified tokens kept above the store (the JWT keys' cache in
+/// `auth::tokens`): revocations read from the store reach it through this.
+pub trait TokenRevocations: Send + Sync {
+    /// Drops every cached token of `username` (password change, removal).
+    fn forget_user(&self, username: &str);
+    /// Drops the cached token with id `jti` (logout).
+    fn forget_token_id(&self, jti: &str);
+}
 
 /// What a JWT check needs to know about its user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +183,7 @@ pub struct CredentialCache {
     revoked_tokens: DashMap<String, i64>,
     /// The verified-token caches of the config snapshots still alive, to
     /// empty for a user or a token on revocation.
-    token_caches: Mutex<Vec<Weak<JwtKeys>>>,
+    token_caches: Mutex<Vec<Weak<dyn TokenRevocations>>>,
     /// Hit, miss and eviction counters.
     pub stats: CacheStats,
 }
@@ -243,31 +257,32 @@ impl CredentialCache {
         self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
     }
 
-    /// Revocations reach `keys`' verified-token cache from now on (a new
-    /// config snapshot's keys; those of dropped snapshots are let go).
-    pub fn watch_token_cache(&self, keys: &Arc<JwtKeys>) {
+    /// Revocations reach `tokens` from now on (a new config snapshot's
+    /// verified-token cache; those of dropped snapshots are let go).
+    pub fn watch_token_cache<C: TokenRevocations + 'static>(&self, tokens: &Arc<C>) {
         let mut caches = self
             .token_caches
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         caches.retain(|cache| cache.strong_count() > 0);
-        caches.push(Arc::downgrade(keys));
+        let tokens: Weak<dyn TokenRevocations> = Arc::downgrade(tokens) as Weak<C>;
+        caches.push(tokens);
     }
 
-    fn each_token_cache(&self, forget: impl Fn(&JwtKeys)) {
+    fn each_token_cache(&self, forget: impl Fn(&dyn TokenRevocations)) {
         let caches = self
             .token_caches
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for keys in caches.iter().filter_map(Weak::upgrade) {
-            forget(&keys);
+        for tokens in caches.iter().filter_map(Weak::upgrade) {
+            forget(&*tokens);
         }
     }
 
     /// Forgets a user, every key of theirs and their verified tokens
     /// (removal, password change).
     pub fn forget_user(&self, username: &str) {
-        self.each_token_cache(|keys| keys.forget_user(username));
+        self.each_token_cache(|tokens| tokens.forget_user(username));
         let mut evicted = u64::from(self.users.map.remove(username).is_some());
         self.owners.remove(username);
         let before = self.keys.map.len();
@@ -298,7 +313,7 @@ impl CredentialCache {
             .insert(jti.to_owned(), expires_at)
             .is_none()
         {
-            self.each_token_cache(|keys| keys.forget_token_id(jti));
+            self.each_token_cache(|tokens| tokens.forget_token_id(jti));
         }
     }
 
