@@ -23,6 +23,8 @@ struct RealUpstream {
     name: &'static str,
     addr: SocketAddr,
     child: Child,
+    /// Scratch space the server may write to, removed with it.
+    _scratch: tempfile::TempDir,
 }
 
 impl Drop for RealUpstream {
@@ -37,7 +39,17 @@ fn app_file(name: &str) -> String {
 }
 
 /// Starts `command`, which prints `PORT <n>` once it listens.
-async fn start(name: &'static str, mut command: Command) -> RealUpstream {
+async fn start(name: &'static str, command: Command) -> RealUpstream {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    start_in(name, command, scratch).await
+}
+
+/// As [`start`], with `scratch` kept (and removed) with the server.
+async fn start_in(
+    name: &'static str,
+    mut command: Command,
+    scratch: tempfile::TempDir,
+) -> RealUpstream {
     let dir = upstreams_dir();
     let setup_hint = format!(
         "run `bash tests/upstreams/setup.sh` (it installs into {})",
@@ -68,6 +80,7 @@ async fn start(name: &'static str, mut command: Command) -> RealUpstream {
         name,
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         child,
+        _scratch: scratch,
     };
     match port {
         Some(port) => upstream.addr.set_port(port),
@@ -95,9 +108,12 @@ async fn tomcat() -> RealUpstream {
         "/usr/share/java/tomcat10-embed-core.jar:/usr/share/java/jakarta-annotation-api.jar:{}",
         upstreams_dir().join("tomcat").display()
     );
+    let scratch = tempfile::tempdir().expect("scratch dir");
     let mut command = Command::new("java");
-    command.args(["-Xmx128m", "-cp", &classpath, "TomcatApp"]);
-    start("tomcat", command).await
+    command
+        .args(["-Xmx128m", "-cp", &classpath, "TomcatApp"])
+        .arg(scratch.path());
+    start_in("tomcat", command, scratch).await
 }
 
 /// Paths built from the ways a server may read a segment: case, path

@@ -34,8 +34,8 @@ public class TomcatApp {
         for (java.util.logging.Handler handler : root.getHandlers()) {
             handler.setLevel(java.util.logging.Level.WARNING);
         }
-        File base = Files.createTempDirectory("tomcat-differential").toFile();
-        base.deleteOnExit();
+        // The test gives a folder it removes afterwards; Tomcat writes there.
+        File base = args.length > 0 ? new File(args[0]) : Files.createTempDirectory("tomcat-differential").toFile();
         Tomcat tomcat = new Tomcat();
         tomcat.setBaseDir(base.getAbsolutePath());
         Connector connector = new Connector();
