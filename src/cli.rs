@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::api::rfc3339;
-use crate::auth::{accesskey, digest, password, throttle, unix_now, valid_role, valid_username};
+use crate::auth::{accesskey, digest, password, throttle, unix_now};
 use crate::config::{Config, StoreUrl};
+use crate::names::{valid_role, valid_username};
 use crate::store::{Store, StoreError};
 use crate::text::escape_for_terminal as escape;
 

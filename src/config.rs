@@ -15,9 +15,9 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
-use crate::auth::jwks::JwksSource;
-use crate::auth::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
 use crate::routes::{Route, RouteAuth, RouteTable};
+use crate::token::jwks::JwksSource;
+use crate::token::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
 
 /// Paths the gateway serves itself under this prefix; routes may not use it.
 pub const RESERVED_PREFIX: &str = "/_authgate/";
@@ -1237,7 +1237,7 @@ fn validate_routes(raw: Vec<RawRoute>, upstream: &UpstreamConfig, p: &mut Proble
             );
         }
         for role in &route.roles {
-            if !crate::auth::valid_role(role) {
+            if !crate::names::valid_role(role) {
                 p.add(
                     &format!("{key}.roles"),
                     format_args!("{role:?} is not a valid role name"),

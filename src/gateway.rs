@@ -10,7 +10,6 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::RunError;
-use crate::auth::jwks::JwksProvider;
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::{Authenticator, unix_now};
 use crate::config::Config;
@@ -19,6 +18,7 @@ use crate::proxy::Forwarder;
 use crate::store::cache::CredentialCache;
 use crate::store::{CHANGES_CHANNEL, Store};
 use crate::tls::{self, TlsError};
+use crate::token::jwks::JwksProvider;
 use tokio_rustls::TlsAcceptor;
 
 /// How long change-log entries are kept for other processes to read.

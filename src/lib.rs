@@ -18,6 +18,7 @@ pub mod context;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
+pub mod names;
 pub mod proxy;
 pub mod request_id;
 pub mod routes;
@@ -26,6 +27,7 @@ pub mod service;
 pub mod store;
 pub mod text;
 pub mod tls;
+pub mod token;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

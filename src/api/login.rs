@@ -10,9 +10,10 @@ use serde::Deserialize;
 
 use super::{Context, caller, json, read_json};
 use crate::auth::throttle::{Attempt, address_subject, user_subject};
-use crate::auth::{AuthMethod, digest, password, unix_now, valid_username};
+use crate::auth::{AuthMethod, digest, password, unix_now};
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::names::valid_username;
 use crate::proxy::headers::client_ip;
 use crate::store::User;
 use crate::store::cache::UserFacts;

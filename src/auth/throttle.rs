@@ -20,8 +20,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::auth::password::HashLimiter;
-use crate::auth::{unix_now, valid_username};
+use crate::auth::unix_now;
 use crate::config::LoginConfig;
+use crate::names::valid_username;
 use crate::store::{Settle, Store, StoreError};
 
 /// The throttle row of every name that cannot be a user, so long or random

@@ -6,7 +6,7 @@
 //! bounded. Revocations evict at once in this process; other processes'
 //! revocations arrive through the store's change log (see
 //! [`crate::gateway`]'s watcher). Verified JWTs are cached above, by the
-//! keys that checked them (`auth::tokens`); revocations reach those caches
+//! keys that checked them (`token::cache`); revocations reach those caches
 //! through [`TokenRevocations`], so storage names nothing of authentication.
 
 use std::hash::Hash;
@@ -19,20 +19,12 @@ use uuid::Uuid;
 
 use crate::config::CacheConfig;
 use crate::store::Change;
+use crate::token::TokenRevocations;
 
 /// An access key's SHA-256, the key of the access-key cache (the same type
 /// as `auth::accesskey::KeyHash`, named here so storage needs nothing from
 /// authentication).
 pub type KeyHash = [u8; 32];
-
-/// A cache of verified tokens kept above the store (the JWT keys' cache in
-/// `auth::tokens`): revocations read from the store reach it through this.
-pub trait TokenRevocations: Send + Sync {
-    /// Drops every cached token of `username` (password change, removal).
-    fn forget_user(&self, username: &str);
-    /// Drops the cached token with id `jti` (logout).
-    fn forget_token_id(&self, jti: &str);
-}
 
 /// What a JWT check needs to know about its user.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
-use super::tokens::TokenCache;
+use super::cache::TokenCache;
 
 /// Tokens longer than this are refused before any parsing or crypto.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -476,7 +476,7 @@ fn check_pair(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::cache::TokenRevocations;
+    use crate::token::TokenRevocations;
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 

@@ -292,7 +292,7 @@ fn roles_at(claims: &serde_json::Value, path: &str) -> Vec<String> {
     // Roles travel comma-separated in X-Auth-Roles; keep only safe names.
     roles
         .into_iter()
-        .filter(|role| super::valid_role(role))
+        .filter(|role| crate::names::valid_role(role))
         .collect()
 }
 

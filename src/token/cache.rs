@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use foldhash::fast::RandomState;
 use quick_cache::{Lifecycle, UnitWeighter};
 
+use super::TokenRevocations;
 use super::jwt::VerifiedToken;
-use crate::store::cache::TokenRevocations;
 
 /// Most tokens kept.
 pub const MAX_VERIFIED_TOKENS: usize = 20_000;
@@ -180,7 +180,7 @@ impl TokenRevocations for TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::jwt::Claims;
+    use crate::token::jwt::Claims;
 
     fn verified(user: &str, jti: &str) -> Arc<VerifiedToken> {
         Arc::new(VerifiedToken::new(Claims {
