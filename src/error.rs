@@ -119,99 +119,77 @@ pub enum GatewayError {
     Internal,
 }
 
+/// An HTTP status with the envelope's canonical `status` name (the seed
+/// service's codes): several reasons share one class.
+#[derive(Debug, Clone, Copy)]
+struct Class(StatusCode, &'static str);
+
+const BAD_REQUEST: Class = Class(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+const UNAUTHENTICATED: Class = Class(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+const FORBIDDEN: Class = Class(StatusCode::FORBIDDEN, "PERMISSION_DENIED");
+const NOT_FOUND: Class = Class(StatusCode::NOT_FOUND, "NOT_FOUND");
+const METHOD_NOT_ALLOWED: Class = Class(StatusCode::METHOD_NOT_ALLOWED, "UNIMPLEMENTED");
+const CONFLICT: Class = Class(StatusCode::CONFLICT, "ALREADY_EXISTS");
+const TOO_LARGE: Class = Class(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_ARGUMENT");
+const MEDIA_TYPE: Class = Class(StatusCode::UNSUPPORTED_MEDIA_TYPE, "INVALID_ARGUMENT");
+const HEADERS_TOO_LARGE: Class = Class(
+    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    "INVALID_ARGUMENT",
+);
+const TOO_MANY: Class = Class(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED");
+const BAD_GATEWAY: Class = Class(StatusCode::BAD_GATEWAY, "UNAVAILABLE");
+const GATEWAY_TIMEOUT: Class = Class(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE");
+const UNAVAILABLE: Class = Class(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+const INTERNAL: Class = Class(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL");
+
 impl GatewayError {
-    /// The HTTP status this error is answered with.
-    pub fn status_code(&self) -> StatusCode {
+    /// The one table: each variant's class and reason.
+    fn class_and_reason(&self) -> (Class, &'static str) {
         use GatewayError::*;
         match self {
-            InvalidJson(_)
-            | InvalidArgument(_)
-            | InvalidName(_)
-            | InvalidDetail(_)
-            | InvalidId
-            | InvalidPath
-            | InvalidHost
-            | InvalidBody
-            | ConflictingCredentials => StatusCode::BAD_REQUEST,
-            AuthenticationRequired | InvalidCredentials { .. } => StatusCode::UNAUTHORIZED,
-            MissingRole | AccessKeyNotAllowed => StatusCode::FORBIDDEN,
-            NoRoute | NotFound => StatusCode::NOT_FOUND,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Conflict(_) => StatusCode::CONFLICT,
-            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-            UpstreamUnreachable | UpstreamInvalidResponse => StatusCode::BAD_GATEWAY,
-            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            StoreUnavailable | LoginBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            InvalidJson(_) => (BAD_REQUEST, "INVALID_JSON"),
+            InvalidArgument(_) => (BAD_REQUEST, "INVALID_FIELD"),
+            InvalidName(_) => (BAD_REQUEST, "INVALID_NAME"),
+            InvalidDetail(_) => (BAD_REQUEST, "INVALID_DETAIL"),
+            InvalidId => (BAD_REQUEST, "INVALID_ID"),
+            InvalidPath => (BAD_REQUEST, "INVALID_PATH"),
+            InvalidHost => (BAD_REQUEST, "INVALID_HOST"),
+            InvalidBody => (BAD_REQUEST, "INVALID_BODY"),
+            ConflictingCredentials => (BAD_REQUEST, "CONFLICTING_CREDENTIALS"),
+            AuthenticationRequired => (UNAUTHENTICATED, "AUTHENTICATION_REQUIRED"),
+            InvalidCredentials { .. } => (UNAUTHENTICATED, "INVALID_CREDENTIALS"),
+            MissingRole => (FORBIDDEN, "MISSING_ROLE"),
+            AccessKeyNotAllowed => (FORBIDDEN, "ACCESSKEY_NOT_ALLOWED"),
+            NoRoute => (NOT_FOUND, "NO_ROUTE"),
+            NotFound => (NOT_FOUND, "RESOURCE_NOT_FOUND"),
+            MethodNotAllowed => (METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            Conflict(_) => (CONFLICT, "ALREADY_EXISTS"),
+            BodyTooLarge => (TOO_LARGE, "BODY_TOO_LARGE"),
+            UnsupportedMediaType => (MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+            HeadersTooLarge => (HEADERS_TOO_LARGE, "HEADERS_TOO_LARGE"),
+            TooManyAttempts { .. } => (TOO_MANY, "TOO_MANY_ATTEMPTS"),
+            UpstreamUnreachable => (BAD_GATEWAY, "UPSTREAM_UNREACHABLE"),
+            UpstreamInvalidResponse => (BAD_GATEWAY, "UPSTREAM_INVALID_RESPONSE"),
+            UpstreamTimeout => (GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT"),
+            StoreUnavailable => (UNAVAILABLE, "STORE_UNAVAILABLE"),
+            LoginBusy { .. } => (UNAVAILABLE, "LOGIN_BUSY"),
+            Internal => (INTERNAL, "INTERNAL_ERROR"),
         }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status_code(&self) -> StatusCode {
+        self.class_and_reason().0.0
     }
 
     /// The envelope's `status` field (the seed service's canonical codes).
     pub fn status_name(&self) -> &'static str {
-        use GatewayError::*;
-        match self {
-            InvalidJson(_)
-            | InvalidArgument(_)
-            | InvalidName(_)
-            | InvalidDetail(_)
-            | InvalidId
-            | InvalidPath
-            | InvalidHost
-            | InvalidBody
-            | ConflictingCredentials
-            | BodyTooLarge
-            | UnsupportedMediaType
-            | HeadersTooLarge => "INVALID_ARGUMENT",
-            AuthenticationRequired | InvalidCredentials { .. } => "UNAUTHENTICATED",
-            MissingRole | AccessKeyNotAllowed => "PERMISSION_DENIED",
-            NoRoute | NotFound => "NOT_FOUND",
-            MethodNotAllowed => "UNIMPLEMENTED",
-            Conflict(_) => "ALREADY_EXISTS",
-            TooManyAttempts { .. } => "RESOURCE_EXHAUSTED",
-            UpstreamUnreachable
-            | UpstreamInvalidResponse
-            | UpstreamTimeout
-            | StoreUnavailable
-            | LoginBusy { .. } => "UNAVAILABLE",
-            Internal => "INTERNAL",
-        }
+        self.class_and_reason().0.1
     }
 
     /// The envelope's `reason` field: a stable machine-readable cause.
     pub fn reason(&self) -> &'static str {
-        use GatewayError::*;
-        match self {
-            InvalidJson(_) => "INVALID_JSON",
-            InvalidArgument(_) => "INVALID_FIELD",
-            InvalidName(_) => "INVALID_NAME",
-            InvalidDetail(_) => "INVALID_DETAIL",
-            InvalidId => "INVALID_ID",
-            InvalidPath => "INVALID_PATH",
-            InvalidHost => "INVALID_HOST",
-            InvalidBody => "INVALID_BODY",
-            ConflictingCredentials => "CONFLICTING_CREDENTIALS",
-            AuthenticationRequired => "AUTHENTICATION_REQUIRED",
-            InvalidCredentials { .. } => "INVALID_CREDENTIALS",
-            MissingRole => "MISSING_ROLE",
-            AccessKeyNotAllowed => "ACCESSKEY_NOT_ALLOWED",
-            NoRoute => "NO_ROUTE",
-            NotFound => "RESOURCE_NOT_FOUND",
-            MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            Conflict(_) => "ALREADY_EXISTS",
-            BodyTooLarge => "BODY_TOO_LARGE",
-            UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            HeadersTooLarge => "HEADERS_TOO_LARGE",
-            TooManyAttempts { .. } => "TOO_MANY_ATTEMPTS",
-            UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
-            UpstreamInvalidResponse => "UPSTREAM_INVALID_RESPONSE",
-            UpstreamTimeout => "UPSTREAM_TIMEOUT",
-            StoreUnavailable => "STORE_UNAVAILABLE",
-            LoginBusy { .. } => "LOGIN_BUSY",
-            Internal => "INTERNAL_ERROR",
-        }
+        self.class_and_reason().1
     }
 
     /// Shorthand for a wrong, malformed, expired or revoked credential.
