@@ -21,8 +21,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Limits;
@@ -198,26 +198,9 @@ struct AcceptContext {
 async fn accept_loop(listener: Listener, ctx: AcceptContext) {
     let mut stop = ctx.stop.clone();
     loop {
-        // Wait for a free slot before accepting: excess connections wait in
-        // the kernel's backlog instead of exhausting file descriptors.
-        let permit = tokio::select! {
-            permit = ctx.slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = stopped(&mut stop) => return,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.tcp.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of descriptors or a reset before accept: back off briefly.
-                    warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut stop) => return,
+        let Some((permit, stream, peer)) = accept_in_slot(&listener, &ctx.slots, &mut stop).await
+        else {
+            return;
         };
         // The first request head is due `header_read_timeout` after accept,
         // TLS handshake and protocol detection included: hyper's own header
@@ -377,23 +360,9 @@ async fn admin_accept_loop(
         .header_read_timeout(header_read_timeout)
         .keep_alive(false);
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = stopped(&mut stop) => return,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.tcp.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut stop) => return,
+        let Some((permit, stream, peer)) = accept_in_slot(&listener, &slots, &mut stop).await
+        else {
+            return;
         };
         let shared = shared.clone();
         let service = service_fn(move |request| {
@@ -417,6 +386,33 @@ async fn admin_accept_loop(
             }
             .instrument(info_span!("admin_connection", client.addr = %peer)),
         );
+    }
+}
+
+/// The next connection on `listener` with a slot of `slots` for it, or
+/// `None` once shutdown begins. The slot comes first: excess connections
+/// wait in the kernel's backlog instead of exhausting file descriptors.
+async fn accept_in_slot(
+    listener: &Listener,
+    slots: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let permit = tokio::select! {
+        permit = slots.clone().acquire_owned() => permit.ok()?,
+        _ = stopped(stop) => return None,
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.tcp.accept() => match accepted {
+                Ok((stream, peer)) => return Some((permit, stream, peer)),
+                Err(err) => {
+                    // Out of descriptors or a reset before accept: back off briefly.
+                    warn!(error = %err, admin = listener.admin, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped(stop) => return None,
+        }
     }
 }
 
