@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::RunError;
+use crate::auth::password::HashLimiter;
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::{Authenticator, unix_now};
 use crate::config::Config;
@@ -100,7 +101,9 @@ impl Gateway {
             wake,
         ));
         tokio::spawn(sweep(store.clone(), Arc::downgrade(&cache)));
-        let gateway = Gateway::assemble(config, store, cache, Arc::new(Metrics::default()))?;
+        let hashes = HashLimiter::new(config.login.max_concurrent_hashes);
+        let metrics = Arc::new(Metrics::default());
+        let gateway = Gateway::assemble(config, store, cache, metrics, hashes)?;
         Ok(Arc::new(gateway))
     }
 
@@ -109,6 +112,7 @@ impl Gateway {
         store: Store,
         cache: Arc<CredentialCache>,
         metrics: Arc<Metrics>,
+        hashes: HashLimiter,
     ) -> Result<Gateway, TlsError> {
         let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
         let mut providers = Vec::with_capacity(config.jwt.external.len());
@@ -129,7 +133,7 @@ impl Gateway {
                 store.clone(),
                 cache.clone(),
             ),
-            throttle: LoginThrottle::new(store.clone(), &config.login),
+            throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
             forwarder: Forwarder::try_new(&config.upstream, &config.limits)?,
             tls,
             metrics,
@@ -153,11 +157,20 @@ impl Gateway {
         if self.config.store.url != config.store.url {
             return Err(ReloadError::NeedsRestart("store.url"));
         }
+        // The same hashing slots while the bound stays: requests still
+        // running on the old snapshot count against the new one's bound.
+        let hashes =
+            if config.login.max_concurrent_hashes == self.config.login.max_concurrent_hashes {
+                self.throttle.hashes().clone()
+            } else {
+                HashLimiter::new(config.login.max_concurrent_hashes)
+            };
         Ok(Gateway::assemble(
             config,
             self.store.clone(),
             self.cache.clone(),
             self.metrics.clone(),
+            hashes,
         )?)
     }
 }

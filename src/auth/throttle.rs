@@ -80,13 +80,14 @@ pub struct Attempt {
 }
 
 impl LoginThrottle {
-    /// A throttle over `store`.
-    pub fn new(store: Store, config: &LoginConfig) -> Self {
+    /// A throttle over `store`, bounding password hashes with `hashes`
+    /// (shared by config snapshots while the bound stays the same).
+    pub fn new(store: Store, config: &LoginConfig, hashes: HashLimiter) -> Self {
         LoginThrottle {
             inner: Arc::new(Inner {
                 store,
                 config: config.clone(),
-                hashes: HashLimiter::new(config.max_concurrent_hashes),
+                hashes,
             }),
         }
     }
