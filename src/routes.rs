@@ -115,12 +115,17 @@ fn read_as(path: &str, reading: Reading) -> String {
     out
 }
 
-/// Whether some segment, or its name before `;parameters`, ends in a
-/// character [`trim_trailing`] removes.
+/// Whether a character [`trim_trailing`] removes ends a segment or the
+/// part of one before a `;` (then some reading of the path differs from
+/// it). One pass over the bytes: this runs on every request.
 fn has_trailing_ignorable(path: &str) -> bool {
-    let trims = |part: &str| trim_trailing(part).len() != part.len();
-    path.split('/')
-        .any(|segment| trims(segment) || segment.split(';').next().is_some_and(trims))
+    let bytes = path.as_bytes();
+    let ends_part = |next: usize| matches!(bytes.get(next), None | Some(b'/' | b';'));
+    bytes.iter().enumerate().any(|(i, byte)| match byte {
+        b'.' | b'~' => ends_part(i + 1),
+        b'0' => i >= 2 && &bytes[i - 2..i] == b"%2" && ends_part(i + 1),
+        _ => false,
+    })
 }
 
 /// The route a request is forwarded by, and the other routes an upstream
