@@ -70,41 +70,20 @@ pub enum ServeError {
     },
 }
 
-/// Binds the plain and TLS listeners the config names.
+/// Binds the plain, TLS and admin listeners the config names.
 pub async fn bind(config: &crate::config::ServerConfig) -> Result<Vec<Listener>, ServeError> {
+    // (address, TLS, admin)
+    let wanted = [
+        config.listen.map(|addr| (addr, false, false)),
+        config.tls.as_ref().map(|tls| (tls.listen, true, false)),
+        config.admin_listen.map(|addr| (addr, false, true)),
+    ];
     let mut listeners = Vec::new();
-    if let Some(addr) = config.listen {
+    for (addr, tls, admin) in wanted.into_iter().flatten() {
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
-        listeners.push(Listener {
-            tcp,
-            tls: false,
-            admin: false,
-        });
-    }
-    if let Some(tls) = &config.tls {
-        let tcp = TcpListener::bind(tls.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: tls.listen,
-                source,
-            })?;
-        listeners.push(Listener {
-            tcp,
-            tls: true,
-            admin: false,
-        });
-    }
-    if let Some(addr) = config.admin_listen {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr, source })?;
-        listeners.push(Listener {
-            tcp,
-            tls: false,
-            admin: true,
-        });
+        listeners.push(Listener { tcp, tls, admin });
     }
     Ok(listeners)
 }
