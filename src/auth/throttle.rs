@@ -16,7 +16,9 @@
 //! is cached (an unlock is seen at the next attempt), and memory use does
 //! not grow with the number of usernames or addresses tried.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
+
+use ipnet::Ipv6Net;
 use std::sync::Arc;
 
 use crate::auth::password::HashLimiter;
@@ -48,11 +50,11 @@ pub fn address_subject(ip: IpAddr) -> String {
         IpAddr::V4(v4) => format!("addr:{v4}"),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => format!("addr:{v4}"),
-            None => {
-                let s = v6.segments();
-                let prefix = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-                format!("addr:{prefix}/64")
-            }
+            // A /64 always exists; `trunc` clears the host bits.
+            None => match Ipv6Net::new(v6, 64) {
+                Ok(net) => format!("addr:{}", net.trunc()),
+                Err(_) => format!("addr:{v6}"),
+            },
         },
     }
 }
