@@ -332,7 +332,7 @@ async fn user_add_list_remove() {
     let a = row(&alice);
     assert_eq!(a.len(), 3, "NAME<TAB>ROLES<TAB>CREATED: {a:?}");
     assert_eq!(roles_of(&a[1]), vec!["admin", "ops"], "roles: {a:?}");
-    assert!(is_rfc3339(&a[2]), "created is RFC 3339: {:?}", a[2]);
+    assert!(is_rfc3339_utc(&a[2]), "created is RFC 3339: {:?}", a[2]);
     let b = row(&bob);
     assert_eq!(b[1], "", "no roles: {b:?}");
 

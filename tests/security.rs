@@ -161,6 +161,34 @@ async fn login_status(gw: &Gateway, user: &str, password: &str, xff: Option<&str
     .await
 }
 
+/// A gateway that locks logins after 3 failures in a minute (per user,
+/// and per address unless `address_max_failures` says otherwise) for
+/// `lockout` seconds, trusting `trusted_proxies` when given; with one user
+/// who has not failed yet.
+async fn throttled_gateway(
+    upstream: &Upstream,
+    address_max_failures: Option<u32>,
+    lockout: u64,
+    trusted_proxies: Option<&str>,
+) -> (Gateway, String, String) {
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.login_max_failures = 3;
+    if let Some(max) = address_max_failures {
+        opts.login_address_max_failures = max;
+    }
+    opts.login_window = 60;
+    opts.login_lockout = lockout;
+    let mut gw = Gateway::prepare(opts);
+    if let Some(proxies) = trusted_proxies {
+        add_server_keys(&gw, &format!("trusted_proxies = [\"{proxies}\"]"));
+    }
+    gw.spawn().await;
+    let user = unique("fresh");
+    let password = random_password();
+    gw.add_user(&user, &password, &[]).await;
+    (gw, user, password)
+}
+
 // ---------------------------------------------------------------------------
 // Limits and timeouts
 // ---------------------------------------------------------------------------
@@ -528,17 +556,8 @@ async fn overlong_token_and_key_are_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_per_user_refuses_even_the_right_password_then_lifts() {
     let upstream = Upstream::start().await;
-    let mut opts = GatewayOptions::new(&upstream.url());
-    opts.login_max_failures = 3;
-    opts.login_window = 60;
-    opts.login_lockout = 2;
-    let mut gw = Gateway::prepare(opts);
     // Each attempt from its own address, so only the per-user count trips.
-    add_server_keys(&gw, "trusted_proxies = [\"127.0.0.1\"]");
-    gw.spawn().await;
-    let user = unique("victim");
-    let password = random_password();
-    gw.add_user(&user, &password, &[]).await;
+    let (gw, user, password) = throttled_gateway(&upstream, None, 2, Some("127.0.0.1")).await;
     let other = unique("bystander");
     let other_password = random_password();
     gw.add_user(&other, &other_password, &[]).await;
@@ -598,16 +617,8 @@ async fn throttling_per_user_refuses_even_the_right_password_then_lifts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_per_address_spans_usernames_and_ignores_forged_forwarded_for() {
     let upstream = Upstream::start().await;
-    let mut opts = GatewayOptions::new(&upstream.url());
-    opts.login_max_failures = 3;
-    opts.login_address_max_failures = 3;
-    opts.login_window = 60;
-    opts.login_lockout = 2;
     // No trusted proxies: the TCP peer is the client address.
-    let gw = Gateway::start_with(opts).await;
-    let user = unique("fresh");
-    let password = random_password();
-    gw.add_user(&user, &password, &[]).await;
+    let (gw, user, password) = throttled_gateway(&upstream, Some(3), 2, None).await;
 
     for i in 0..3 {
         // Rotating usernames and forged X-Forwarded-For values.
@@ -636,17 +647,8 @@ async fn throttling_per_address_spans_usernames_and_ignores_forged_forwarded_for
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_decides_the_address_only_behind_a_trusted_proxy() {
     let upstream = Upstream::start().await;
-    let mut opts = GatewayOptions::new(&upstream.url());
-    opts.login_max_failures = 3;
-    opts.login_address_max_failures = 3;
-    opts.login_window = 60;
-    opts.login_lockout = 30;
-    let mut gw = Gateway::prepare(opts);
-    add_server_keys(&gw, "trusted_proxies = [\"127.0.0.1/32\"]");
-    gw.spawn().await;
-    let user = unique("fresh");
-    let password = random_password();
-    gw.add_user(&user, &password, &[]).await;
+    let (gw, user, password) =
+        throttled_gateway(&upstream, Some(3), 30, Some("127.0.0.1/32")).await;
 
     for _ in 0..3 {
         login_status(&gw, &unique("guess"), "wrong", Some("203.0.113.7"))

@@ -475,7 +475,7 @@ async fn https_upstream_verified_with_upstream_ca_file() {
     let dir = certs_dir();
     let upstream_ca = Ca::new(dir.path(), "upstream");
     let upstream_cert = upstream_ca.server_cert("upstream");
-    let upstream = start_tls_upstream(server_config(&upstream_cert, None)).await;
+    let upstream = Upstream::start_tls(server_config(&upstream_cert, None)).await;
     let https_url = format!("https://localhost:{}", upstream.addr().port());
 
     let mut opts = GatewayOptions::new(&https_url);
@@ -511,7 +511,7 @@ async fn https_upstream_that_requires_a_client_certificate() {
     let upstream_cert = upstream_ca.server_cert("upstream");
     let gateway_ca = Ca::new(dir.path(), "gateways");
     let identity = gateway_ca.client_cert("gateway-identity", "/O=authgate tests/CN=gateway-1");
-    let upstream = start_tls_upstream(server_config(&upstream_cert, Some(&gateway_ca.cert))).await;
+    let upstream = Upstream::start_tls(server_config(&upstream_cert, Some(&gateway_ca.cert))).await;
     let https_url = format!("https://localhost:{}", upstream.addr().port());
 
     let mut opts = GatewayOptions::new(&https_url);

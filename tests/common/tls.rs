@@ -6,7 +6,7 @@ use super::*;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 /// The longest a test waits for one HTTPS exchange.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -338,8 +338,8 @@ pub struct TlsInfo {
 #[derive(Debug)]
 pub struct HttpResponse {
     pub status: u16,
-    pub version: http::Version,
-    pub headers: http::HeaderMap,
+    pub version: ::http::Version,
+    pub headers: ::http::HeaderMap,
     pub body: Vec<u8>,
     /// `None` for cleartext connections.
     pub tls: Option<TlsInfo>,
@@ -365,7 +365,7 @@ impl HttpResponse {
 /// A request to send with [`https_request`] or [`h2c_request`].
 #[derive(Clone, Debug)]
 pub struct Req {
-    pub method: http::Method,
+    pub method: ::http::Method,
     pub path_and_query: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -374,7 +374,7 @@ pub struct Req {
 impl Req {
     pub fn get(path_and_query: &str) -> Req {
         Req {
-            method: http::Method::GET,
+            method: ::http::Method::GET,
             path_and_query: path_and_query.to_string(),
             headers: Vec::new(),
             body: Vec::new(),
@@ -383,7 +383,7 @@ impl Req {
 
     pub fn post(path_and_query: &str, body: &[u8]) -> Req {
         Req {
-            method: http::Method::POST,
+            method: ::http::Method::POST,
             body: body.to_vec(),
             ..Req::get(path_and_query)
         }
@@ -403,7 +403,7 @@ impl Req {
         let mut builder = Request::builder().method(self.method.clone());
         if h2 {
             builder = builder
-                .version(http::Version::HTTP_2)
+                .version(::http::Version::HTTP_2)
                 .uri(format!("{scheme}://{authority}{}", self.path_and_query));
         } else {
             builder = builder
@@ -424,7 +424,7 @@ async fn exchange<I>(
     io: I,
     h2: bool,
     req: Request<Full<Bytes>>,
-) -> Result<(u16, http::Version, http::HeaderMap, Vec<u8>), String>
+) -> Result<(u16, ::http::Version, ::http::HeaderMap, Vec<u8>), String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -541,10 +541,6 @@ pub fn fingerprint(der: &[u8]) -> String {
 // A recording upstream behind TLS
 // ---------------------------------------------------------------------------
 
-/// Test-only header the TLS upstream adds to each recorded request: the
-/// subject of the client certificate the gateway presented, or `none`.
-pub const SAW_CLIENT_CERT: &str = "x-test-upstream-client-cert";
-
 /// A rustls server config for `leaf` (HTTP/1.1 only); with `client_ca`,
 /// clients must present a certificate from that CA.
 pub fn server_config(leaf: &CertKey, client_ca: Option<&Path>) -> Arc<rustls::ServerConfig> {
@@ -577,61 +573,4 @@ pub fn server_config(leaf: &CertKey, client_ca: Option<&Path>) -> Arc<rustls::Se
         .expect("server cert and key");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
-}
-
-/// Like [`Upstream::start`], but every connection is TLS with `config`.
-/// Its `url()` says `http://`; build `https://localhost:PORT` from `addr()`.
-pub async fn start_tls_upstream(config: Arc<rustls::ServerConfig>) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind TLS upstream");
-    let addr = listener.local_addr().expect("TLS upstream addr");
-    let records = Arc::new(Mutex::new(Vec::new()));
-    let (stop, mut stopped) = watch::channel(false);
-    let recs = records.clone();
-    let acceptor = TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stopped.changed() => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let recs = recs.clone();
-                    let acceptor = acceptor.clone();
-                    let mut conn_stopped = stopped.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(stream).await else {
-                            return;
-                        };
-                        let subject = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .and_then(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
-                            .map(|(_, c)| c.subject().to_string())
-                            .unwrap_or_else(|| "none".to_string());
-                        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                            if let Ok(v) = http::HeaderValue::from_str(&subject) {
-                                req.headers_mut().insert(SAW_CLIENT_CERT, v);
-                            }
-                            upstream_handle(req, recs.clone(), Duration::ZERO)
-                        });
-                        let builder =
-                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                        tokio::select! {
-                            _ = conn => {}
-                            _ = conn_stopped.changed() => {}
-                        }
-                    });
-                }
-            }
-        }
-    });
-    Upstream {
-        addr,
-        records,
-        stop,
-    }
 }
