@@ -105,11 +105,21 @@ impl Drop for TestDatabase {
 
 /// Two gateways on one database and one secret, in front of one upstream.
 async fn pair(upstream: &Upstream, db: &TestDatabase) -> (Gateway, Gateway) {
+    pair_with(upstream, db, |_| {}).await
+}
+
+/// [`pair`], both started with the options `tune` sets.
+async fn pair_with(
+    upstream: &Upstream,
+    db: &TestDatabase,
+    tune: impl Fn(&mut GatewayOptions),
+) -> (Gateway, Gateway) {
     let secret = random_secret_text();
     let options = || {
         let mut opts = GatewayOptions::new(&upstream.url());
         opts.store_url = Some(db.url());
         opts.secret_text = Some(secret.clone());
+        tune(&mut opts);
         opts
     };
     let a = Gateway::start_with(options()).await;
@@ -365,17 +375,11 @@ async fn a_database_outage_keeps_cached_credentials_working_and_recovers() {
 async fn failed_logins_are_counted_across_replicas() {
     let upstream = Upstream::start().await;
     let db = TestDatabase::create().await;
-    let secret = random_secret_text();
-    let options = || {
-        let mut opts = GatewayOptions::new(&upstream.url());
-        opts.store_url = Some(db.url());
-        opts.secret_text = Some(secret.clone());
+    let (a, b) = pair_with(&upstream, &db, |opts| {
         opts.login_max_failures = 4;
         opts.login_lockout = 60;
-        opts
-    };
-    let a = Gateway::start_with(options()).await;
-    let b = Gateway::start_with(options()).await;
+    })
+    .await;
     a.add_user("gina", "gina-password", &[]).await;
     for gw in [&a, &b, &a, &b] {
         login(gw, "gina", "wrong").await.expect_status(401);
@@ -392,17 +396,11 @@ async fn failed_logins_are_counted_across_replicas() {
 async fn concurrent_wrong_passwords_on_two_replicas_are_checked_at_most_max_failures_times() {
     let upstream = Upstream::start().await;
     let db = TestDatabase::create().await;
-    let secret = random_secret_text();
-    let options = || {
-        let mut opts = GatewayOptions::new(&upstream.url());
-        opts.store_url = Some(db.url());
-        opts.secret_text = Some(secret.clone());
+    let (a, b) = pair_with(&upstream, &db, |opts| {
         opts.login_max_failures = 5;
         opts.login_max_concurrent_hashes = Some(100);
-        opts
-    };
-    let a = Gateway::start_with(options()).await;
-    let b = Gateway::start_with(options()).await;
+    })
+    .await;
     a.add_user("hana", "hana-password", &[]).await;
     let attempts: Vec<_> = (0..100)
         .map(|i| {
