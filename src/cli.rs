@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::api::rfc3339;
-use crate::auth::{accesskey, digest, password, throttle, unix_now};
+use crate::auth::{accesskey, digest, password, throttle};
+use crate::clock::rfc3339;
+use crate::clock::unix_now;
 use crate::config::{Config, StoreUrl};
 use crate::names::{valid_role, valid_username};
 use crate::store::{Store, StoreError};
@@ -492,31 +493,25 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
         } => {
             let expire = i64::try_from(expire)
                 .ok()
-                .filter(|secs| *secs > 0 && *secs <= 10 * 366 * 86_400)
+                .filter(|secs| (1..=accesskey::MAX_EXPIRE_SECS).contains(secs))
                 .ok_or_else(|| fail("--expire must be between 1 second and ten years"))?;
             check_cli_label("--name", &name, crate::text::MAX_NAME_CHARS)?;
             check_cli_label("--detail", &detail, crate::text::MAX_DETAIL_CHARS)?;
-            let key = accesskey::generate();
-            let now = unix_now();
-            let created = store
-                .create_key(
-                    &user,
-                    &name,
-                    &detail,
-                    &hex::encode(accesskey::hash(&key)),
-                    accesskey::token_prefix(&key),
-                    now + expire,
-                    now,
-                )
-                .await;
+            let request = accesskey::KeyRequest {
+                owner: &user,
+                name: &name,
+                detail: &detail,
+                expires_in: expire,
+            };
+            let created = accesskey::issue(&store, request, unix_now()).await;
             let created = match created {
                 Err(StoreError::NotFound) => {
                     return Err(fail(format!("no user named {}", escape(&user))));
                 }
                 other => other?,
             };
-            println!("id: {}", created.id);
-            println!("key: {key}");
+            println!("id: {}", created.stored.id);
+            println!("key: {}", created.key);
         }
         KeyCommand::List { user } => {
             println!("ID\tUSER\tNAME\tTOKEN_PREFIX\tEXPIRES");

@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod context;

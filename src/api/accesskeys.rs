@@ -11,9 +11,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{Context, caller, json, read_json, rfc3339};
-use crate::auth::{AuthMethod, Identity, accesskey, unix_now};
+use super::{Context, caller, json, read_json};
+use crate::auth::{AuthMethod, Identity, accesskey};
 use crate::body::Body;
+use crate::clock::{rfc3339, unix_now};
 use crate::error::GatewayError;
 use crate::store::{AccessKey, Change};
 use crate::text::{MAX_DETAIL_CHARS, MAX_NAME_CHARS};
@@ -21,7 +22,6 @@ use crate::text::{MAX_DETAIL_CHARS, MAX_NAME_CHARS};
 /// Keys per page when `page_size` is not given, and the most allowed.
 const MAX_PAGE_SIZE: i64 = 100;
 /// Longest validity of a key: ten years.
-const MAX_EXPIRE_SECS: i64 = 10 * 366 * 86_400;
 
 #[derive(Deserialize)]
 struct CreateRequest {
@@ -157,29 +157,21 @@ pub async fn create(
         .expire
         .as_ref()
         .and_then(serde_json::Value::as_i64)
-        .filter(|secs| (1..=MAX_EXPIRE_SECS).contains(secs))
+        .filter(|secs| (1..=accesskey::MAX_EXPIRE_SECS).contains(secs))
         .ok_or(GatewayError::InvalidArgument(
             "expire must be a whole number of seconds from 1 to ten years",
         ))?;
     check_text(&body.name, &body.detail)?;
-    let key = accesskey::generate();
-    let now = unix_now();
-    let stored = ctx
-        .gateway
-        .store
-        .create_key(
-            &identity.user,
-            &body.name,
-            &body.detail,
-            &hex::encode(accesskey::hash(&key)),
-            accesskey::token_prefix(&key),
-            now + expire,
-            now,
-        )
-        .await?;
+    let request = accesskey::KeyRequest {
+        owner: &identity.user,
+        name: &body.name,
+        detail: &body.detail,
+        expires_in: expire,
+    };
+    let issued = accesskey::issue(&ctx.gateway.store, request, unix_now()).await?;
     ctx.gateway.metrics.keys_created();
-    let mut value = view(&stored);
-    value["token"] = serde_json::Value::String(key);
+    let mut value = view(&issued.stored);
+    value["token"] = serde_json::Value::String(issued.key);
     Ok(json(StatusCode::OK, &value))
 }
 

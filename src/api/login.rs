@@ -10,8 +10,9 @@ use serde::Deserialize;
 
 use super::{Context, caller, json, read_json};
 use crate::auth::throttle::{Attempt, address_subject, user_subject};
-use crate::auth::{AuthMethod, digest, password, unix_now};
+use crate::auth::{AuthMethod, digest, password};
 use crate::body::Body;
+use crate::clock::unix_now;
 use crate::error::GatewayError;
 use crate::names::valid_username;
 use crate::proxy::headers::client_ip;
@@ -200,7 +201,7 @@ pub async fn issue_onetime_key(
     let now = unix_now();
     if store.onetime_key_count().await? >= ONETIME_KEYS_TOTAL {
         store
-            .sweep(now, now - crate::gateway::CHANGE_LOG_KEEP_SECS)
+            .sweep(now, now - crate::store::follow::CHANGE_LOG_KEEP_SECS)
             .await?;
         if store.onetime_key_count().await? >= ONETIME_KEYS_TOTAL {
             return Err(GatewayError::TooManyAttempts {

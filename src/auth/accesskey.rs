@@ -1,7 +1,10 @@
-//! Access key format: `ag_` + 43 base64url characters (256 random bits).
-//! The store keeps only the SHA-256 of a key and its first characters.
+//! Access keys: their format (`ag_` + 43 base64url characters, 256 random
+//! bits) and their issue, shared by the API and the CLI. The store keeps
+//! only the SHA-256 of a key and its first characters.
 
 use sha2::{Digest, Sha256};
+
+use crate::store::{AccessKey, NewKey, Store, StoreError};
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "ag_";
@@ -11,6 +14,8 @@ pub const TOKEN_PREFIX_CHARS: usize = 11;
 const KEY_RANDOM_BYTES: usize = 32;
 /// Keys longer than this are refused before hashing.
 pub const MAX_KEY_BYTES: usize = 256;
+/// The longest lifetime a key may be given: ten years.
+pub const MAX_EXPIRE_SECS: i64 = 10 * 366 * 86_400;
 
 /// The SHA-256 of a key: what the store and the cache know it by.
 pub type KeyHash = [u8; 32];
@@ -28,6 +33,49 @@ pub fn hash(key: &str) -> KeyHash {
 /// The shown prefix of a key.
 pub fn token_prefix(key: &str) -> &str {
     key.get(..TOKEN_PREFIX_CHARS).unwrap_or(key)
+}
+
+/// What a new key is for, as its owner asked.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRequest<'a> {
+    /// The user the key acts as.
+    pub owner: &'a str,
+    /// Free text, checked by the caller.
+    pub name: &'a str,
+    /// Free text, checked by the caller.
+    pub detail: &'a str,
+    /// Seconds from `now` until it expires, 1 to [`MAX_EXPIRE_SECS`].
+    pub expires_in: i64,
+}
+
+/// A key made and stored: its record, and the key itself (shown once).
+#[derive(Debug)]
+pub struct IssuedKey {
+    /// As stored.
+    pub stored: AccessKey,
+    /// The key; never stored.
+    pub key: String,
+}
+
+/// Makes a fresh key for `request` and stores its hash; `NotFound` when
+/// the owner does not exist.
+pub async fn issue(
+    store: &Store,
+    request: KeyRequest<'_>,
+    now: i64,
+) -> Result<IssuedKey, StoreError> {
+    let key = generate();
+    let token_hash_hex = hex::encode(hash(&key));
+    let new = NewKey {
+        username: request.owner,
+        name: request.name,
+        detail: request.detail,
+        token_hash_hex: &token_hash_hex,
+        token_prefix: token_prefix(&key),
+        tm_expire: now.saturating_add(request.expires_in),
+    };
+    let stored = store.create_key(new, now).await?;
+    Ok(IssuedKey { stored, key })
 }
 
 /// Whether `key` has the shape of a key; anything else is refused without

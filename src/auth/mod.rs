@@ -13,6 +13,7 @@ use std::time::Instant;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::clock::unix_now;
 use crate::error::GatewayError;
 use crate::routes::{Route, RouteAuth, RouteMatch};
 use crate::store::Store;
@@ -136,11 +137,6 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 fn fill_random(buf: &mut [u8]) {
     // The OS RNG failing is not recoverable: the gateway cannot mint secrets.
     getrandom::fill(buf).expect("the operating system's random number generator failed");
-}
-
-/// Current unix time in seconds.
-pub fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Checks credentials against the keys, the cache and (on a miss) the store.

@@ -22,7 +22,7 @@ use ipnet::Ipv6Net;
 use std::sync::Arc;
 
 use crate::auth::password::HashLimiter;
-use crate::auth::unix_now;
+use crate::clock::unix_now;
 use crate::config::LoginConfig;
 use crate::names::valid_username;
 use crate::store::{Settle, Store, StoreError};

@@ -1,0 +1,252 @@
+//! Access keys, stored by hash: creation, lookup for the cache, listing,
+//! renaming and revocation.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::changes::Change;
+use super::users::split_roles;
+use super::{Store, StoreError};
+
+/// An access key as stored (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    /// UUID (v7, so ids sort by creation time).
+    pub id: String,
+    /// Owner.
+    pub username: String,
+    /// Free text.
+    pub name: String,
+    /// Free text.
+    pub detail: String,
+    /// First characters of the key.
+    pub token_prefix: String,
+    /// Expiry, unix seconds.
+    pub tm_expire: i64,
+    /// Creation, unix seconds.
+    pub tm_create: i64,
+    /// Last change, unix seconds.
+    pub tm_update: i64,
+}
+
+/// A key to store: everything but the key itself, which only its
+/// holder ever sees.
+#[derive(Debug, Clone, Copy)]
+pub struct NewKey<'a> {
+    /// Owner.
+    pub username: &'a str,
+    /// Free text.
+    pub name: &'a str,
+    /// Free text.
+    pub detail: &'a str,
+    /// Hex SHA-256 of the key.
+    pub token_hash_hex: &'a str,
+    /// First characters of the key.
+    pub token_prefix: &'a str,
+    /// Expiry, unix seconds.
+    pub tm_expire: i64,
+}
+
+/// What the cache needs to know about a valid key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGrant {
+    /// Key id.
+    pub key_id: uuid::Uuid,
+    /// Owner.
+    pub username: String,
+    /// Owner's roles.
+    pub roles: Vec<String>,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+}
+
+fn key_from_row(row: &AnyRow) -> Result<AccessKey, sqlx::Error> {
+    Ok(AccessKey {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        name: row.try_get("name")?,
+        detail: row.try_get("detail")?,
+        token_prefix: row.try_get("token_prefix")?,
+        tm_expire: row.try_get("tm_expire")?,
+        tm_create: row.try_get("tm_create")?,
+        tm_update: row.try_get("tm_update")?,
+    })
+}
+
+const KEY_COLUMNS: &str =
+    "id, username, name, detail, token_prefix, tm_expire, tm_create, tm_update";
+
+pub(super) async fn revoke_user_keys(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    username: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE accesskeys SET tm_delete = $1, tm_update = $1 WHERE username = $2 AND tm_delete IS NULL",
+    )
+    .bind(now)
+    .bind(username)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Stores a new key (by hash); `NotFound` when its owner does not exist.
+    pub async fn create_key(&self, new: NewKey<'_>, now: i64) -> Result<AccessKey, StoreError> {
+        let NewKey {
+            username,
+            name,
+            detail,
+            token_hash_hex,
+            token_prefix,
+            tm_expire,
+        } = new;
+        let key = AccessKey {
+            id: uuid::Uuid::now_v7().to_string(),
+            username: username.to_owned(),
+            name: name.to_owned(),
+            detail: detail.to_owned(),
+            token_prefix: token_prefix.to_owned(),
+            tm_expire,
+            tm_create: now,
+            tm_update: now,
+        };
+        let mut tx = self.begin_write().await?;
+        // The owner must exist at commit time, not only when the request began.
+        let owner = sqlx::query("SELECT 1 FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if owner.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO accesskeys (id, username, name, detail, token_hash, token_prefix, tm_expire, tm_create, tm_update) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        )
+        .bind(&key.id)
+        .bind(&key.username)
+        .bind(&key.name)
+        .bind(&key.detail)
+        .bind(token_hash_hex)
+        .bind(&key.token_prefix)
+        .bind(tm_expire)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// The live (not deleted) key with this hash and its owner's roles.
+    pub async fn key_grant(&self, token_hash_hex: &str) -> Result<Option<KeyGrant>, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.id, k.username, k.tm_expire, u.roles FROM accesskeys k \
+             JOIN users u ON u.username = k.username \
+             WHERE k.token_hash = $1 AND k.tm_delete IS NULL",
+        )
+        .bind(token_hash_hex)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get("id")?;
+        let key_id = uuid::Uuid::parse_str(&id)
+            .map_err(|_| StoreError::Unavailable(format!("access key id {id:?} is not a UUID")))?;
+        Ok(Some(KeyGrant {
+            key_id,
+            username: row.try_get("username")?,
+            roles: split_roles(&row.try_get::<String, _>("roles")?),
+            expires_at: row.try_get("tm_expire")?,
+        }))
+    }
+
+    /// A live key by id; with `owner`, only if it belongs to that user.
+    pub async fn key(&self, id: &str, owner: Option<&str>) -> Result<AccessKey, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM accesskeys WHERE id = $1 AND tm_delete IS NULL \
+             AND ($2 = '' OR username = $2)"
+        )))
+        .bind(id)
+        .bind(owner.unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Ok(key_from_row(&row)?)
+    }
+
+    /// Live keys, newest first, ids below `before` (the page token); with
+    /// `owner`, only that user's.
+    pub async fn keys(
+        &self,
+        owner: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AccessKey>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM accesskeys WHERE tm_delete IS NULL \
+             AND ($1 = '' OR username = $1) AND ($2 = '' OR id < $2) \
+             ORDER BY id DESC LIMIT $3"
+        )))
+        .bind(owner.unwrap_or(""))
+        .bind(before.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Renames a live key.
+    pub async fn update_key(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        name: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<AccessKey, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE accesskeys SET name = $1, detail = $2, tm_update = $3 \
+             WHERE id = $4 AND tm_delete IS NULL AND ($5 = '' OR username = $5)",
+        )
+        .bind(name)
+        .bind(detail)
+        .bind(now)
+        .bind(id)
+        .bind(owner.unwrap_or(""))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.key(id, owner).await
+    }
+
+    /// Revokes (soft-deletes) a live key; returns it and its hash.
+    pub async fn delete_key(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        now: i64,
+    ) -> Result<(AccessKey, String), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE accesskeys SET tm_delete = $1, tm_update = $1 \
+             WHERE id = $2 AND tm_delete IS NULL AND ($3 = '' OR username = $3) \
+             RETURNING {KEY_COLUMNS}, token_hash"
+        )))
+        .bind(now)
+        .bind(id)
+        .bind(owner.unwrap_or(""))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let key = key_from_row(&row)?;
+        let hash: String = row.try_get("token_hash")?;
+        self.log_change(&mut tx, &Change::Key(hash.clone()), now)
+            .await?;
+        tx.commit().await?;
+        Ok((key, hash))
+    }
+}

@@ -1,0 +1,210 @@
+//! Users: their password hashes, HA1 digests, roles and credential
+//! generations.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::accesskeys::revoke_user_keys;
+use super::changes::Change;
+use super::{Store, StoreError};
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// UUID.
+    pub id: String,
+    /// Login name.
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// md5hex(user:realm:password).
+    pub ha1: String,
+    /// The realm HA1 was computed with.
+    pub ha1_realm: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Credential generation; changes on password change.
+    pub generation: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+pub(super) fn join_roles(roles: &[String]) -> String {
+    roles.join(",")
+}
+
+pub(super) fn split_roles(roles: &str) -> Vec<String> {
+    roles
+        .split(',')
+        .filter(|role| !role.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        ha1: row.try_get("ha1")?,
+        ha1_realm: row.try_get("ha1_realm")?,
+        roles: split_roles(&row.try_get::<String, _>("roles")?),
+        generation: row.try_get("generation")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// A generation strictly newer than `previous` (microseconds since the epoch,
+/// so a removed and re-created user never gets an old generation back).
+pub(super) fn next_generation(previous: i64) -> i64 {
+    let micros = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
+        .unwrap_or(i64::MAX);
+    micros.max(previous.saturating_add(1))
+}
+
+impl Store {
+    /// Creates a user; `AlreadyExists` when the name is taken.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        ha1: &str,
+        realm: &str,
+        roles: &[String],
+        now: i64,
+    ) -> Result<User, StoreError> {
+        let user = User {
+            id: uuid::Uuid::new_v4().to_string(),
+            username: username.to_owned(),
+            password_hash: password_hash.to_owned(),
+            ha1: ha1.to_owned(),
+            ha1_realm: realm.to_owned(),
+            roles: roles.to_vec(),
+            generation: next_generation(0),
+            created_at: now,
+        };
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, ha1, ha1_realm, roles, generation, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        )
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(&user.ha1)
+        .bind(&user.ha1_realm)
+        .bind(join_roles(&user.roles))
+        .bind(user.generation)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // A new user of a removed user's name must not revive cached state.
+        self.log_change(&mut tx, &Change::User(user.username.clone()), now)
+            .await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    /// The user named `username`, if any.
+    pub async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT * FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    /// Every user, by name.
+    pub async fn users(&self) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM users ORDER BY username")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Sets a new password: a new generation (older tokens stop working) and
+    /// every access key of the user revoked.
+    pub async fn set_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+        ha1: &str,
+        realm: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let previous: i64 = sqlx::query("SELECT generation FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?
+            .try_get("generation")?;
+        sqlx::query(
+            "UPDATE users SET password_hash = $1, ha1 = $2, ha1_realm = $3, generation = $4, updated_at = $5 \
+             WHERE username = $6",
+        )
+        .bind(password_hash)
+        .bind(ha1)
+        .bind(realm)
+        .bind(next_generation(previous))
+        .bind(now)
+        .bind(username)
+        .execute(&mut *tx)
+        .await?;
+        revoke_user_keys(&mut tx, username, now).await?;
+        self.log_change(&mut tx, &Change::User(username.to_owned()), now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a user and revokes their keys.
+    pub async fn remove_user(&self, username: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let removed = sqlx::query("DELETE FROM users WHERE username = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        revoke_user_keys(&mut tx, username, now).await?;
+        sqlx::query("DELETE FROM onetime_keys WHERE username = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        self.log_change(&mut tx, &Change::User(username.to_owned()), now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// How many users have an HA1 made with a realm other than `realm`.
+    pub async fn users_with_other_realm(&self, realm: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE ha1_realm <> $1")
+            .bind(realm)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip() {
+        assert_eq!(split_roles(""), Vec::<String>::new());
+        let roles = vec!["admin".to_owned(), "ops".to_owned()];
+        assert_eq!(split_roles(&join_roles(&roles)), roles);
+    }
+
+    #[test]
+    fn generations_only_grow() {
+        let first = next_generation(0);
+        assert!(next_generation(first) > first);
+        assert_eq!(next_generation(i64::MAX - 1), i64::MAX);
+    }
+}
