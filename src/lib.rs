@@ -17,6 +17,7 @@ pub mod conn;
 pub mod context;
 pub mod error;
 pub mod gateway;
+pub mod judge;
 pub mod metrics;
 pub mod names;
 pub mod proxy;
@@ -28,6 +29,7 @@ pub mod store;
 pub mod text;
 pub mod tls;
 pub mod token;
+pub mod verify;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
