@@ -112,10 +112,11 @@ pub fn judged_target<'a>(
     suffix: &'a str,
     own_query: Option<&'a str>,
 ) -> Result<(CheckedPath<'a>, Option<&'a str>), GatewayError> {
-    let forwarded = match single(headers, &X_FORWARDED_URI).map_err(|_| GatewayError::InvalidPath)? {
-        Some(target) => Some(target),
-        None => single(headers, &X_ORIGINAL_URI).map_err(|_| GatewayError::InvalidPath)?,
-    };
+    let forwarded =
+        match single(headers, &X_FORWARDED_URI).map_err(|_| GatewayError::InvalidPath)? {
+            Some(target) => Some(target),
+            None => single(headers, &X_ORIGINAL_URI).map_err(|_| GatewayError::InvalidPath)?,
+        };
     let (path, query) = match forwarded {
         Some(target) => origin_form(target)?,
         None if suffix.is_empty() => ("/", own_query),
@@ -192,14 +193,20 @@ mod tests {
     fn method_sources_in_order() {
         let own = Method::GET;
         assert_eq!(judged_method(&headers(&[]), &own).unwrap(), Method::GET);
-        let both = headers(&[("x-forwarded-method", "DELETE"), ("x-original-method", "PUT")]);
+        let both = headers(&[
+            ("x-forwarded-method", "DELETE"),
+            ("x-original-method", "PUT"),
+        ]);
         assert_eq!(judged_method(&both, &own).unwrap(), Method::DELETE);
         let original = headers(&[("x-original-method", "PUT")]);
         assert_eq!(judged_method(&original, &own).unwrap(), Method::PUT);
         for bad in [
             headers(&[("x-forwarded-method", "GET POST")]),
             headers(&[("x-forwarded-method", "")]),
-            headers(&[("x-forwarded-method", "GET"), ("x-forwarded-method", "POST")]),
+            headers(&[
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-method", "POST"),
+            ]),
             headers(&[("x-original-method", "G(T")]),
         ] {
             assert_eq!(
@@ -221,7 +228,10 @@ mod tests {
         // Header forms win, and the verify request's own query is ignored.
         assert_eq!(
             judged(
-                &[("x-forwarded-uri", "/api/x?a=1"), ("x-original-uri", "/other")],
+                &[
+                    ("x-forwarded-uri", "/api/x?a=1"),
+                    ("x-original-uri", "/other")
+                ],
                 "/envoy",
                 Some("token=own")
             ),
@@ -232,7 +242,10 @@ mod tests {
             ok("/api", None)
         );
         // Envoy's path_prefix form: the suffix and the own query.
-        assert_eq!(judged(&[], "/api/y", Some("b=2")), ok("/api/y", Some("b=2")));
+        assert_eq!(
+            judged(&[], "/api/y", Some("b=2")),
+            ok("/api/y", Some("b=2"))
+        );
         assert_eq!(judged(&[], "", None), ok("/", None));
         assert_eq!(
             judged(&[("x-forwarded-uri", "/?")], "", None),

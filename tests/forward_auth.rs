@@ -77,7 +77,14 @@ fn bearer(token: &str) -> String {
 }
 
 /// The identity headers of a 200 decision (or a recorded request).
-fn identity_of(resp: &Resp) -> (Option<String>, Option<String>, Option<String>, Option<String>) {
+fn identity_of(
+    resp: &Resp,
+) -> (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+) {
     (
         resp.header("x-auth-user"),
         resp.header("x-auth-roles"),
@@ -93,7 +100,13 @@ fn identity_of(resp: &Resp) -> (Option<String>, Option<String>, Option<String>, 
 #[tokio::test]
 async fn traefik_form_judges_the_forwarded_method_uri_and_credential() {
     let s = setup().await;
-    let r = traefik(&s, "POST", "/admin/x", &[("authorization", &bearer(&s.root))]).await;
+    let r = traefik(
+        &s,
+        "POST",
+        "/admin/x",
+        &[("authorization", &bearer(&s.root))],
+    )
+    .await;
     r.expect_status(200);
     assert!(r.body.is_empty(), "a decision has an empty body");
     assert_eq!(
@@ -156,18 +169,17 @@ async fn nginx_header_form_and_the_fallback_to_the_own_method() {
     let r = request(
         "GET",
         &verify_url(&s),
-        &[
-            ("x-forwarded-uri", "/public"),
-            ("x-original-uri", "/admin"),
-        ],
+        &[("x-forwarded-uri", "/public"), ("x-original-uri", "/admin")],
         None,
     )
     .await;
     r.expect_status(200);
     // A method that is not a token is refused, not guessed.
-    traefik(&s, "GE T", "/public", &[])
-        .await
-        .expect_error(400, "INVALID_ARGUMENT", "INVALID_FIELD");
+    traefik(&s, "GE T", "/public", &[]).await.expect_error(
+        400,
+        "INVALID_ARGUMENT",
+        "INVALID_FIELD",
+    );
 }
 
 #[tokio::test]
@@ -177,7 +189,10 @@ async fn envoy_path_prefix_form_judges_the_rest_of_the_path_and_its_query() {
     r.expect_status(200);
     assert_eq!(r.header("x-auth-user").as_deref(), Some("root"));
     let r = get(
-        &s.gw.url(&format!("/_authgate/verify/hello?b=2&accesskey={}", s.alice_key)),
+        &s.gw.url(&format!(
+            "/_authgate/verify/hello?b=2&accesskey={}",
+            s.alice_key
+        )),
         None,
         &[],
     )
@@ -197,7 +212,9 @@ async fn envoy_path_prefix_form_judges_the_rest_of_the_path_and_its_query() {
     get(&verify_url(&s), None, &[])
         .await
         .expect_401("AUTHENTICATION_REQUIRED");
-    get(&verify_url(&s), Some(&s.alice), &[]).await.expect_status(200);
+    get(&verify_url(&s), Some(&s.alice), &[])
+        .await
+        .expect_status(200);
     // Any method.
     let r = request(
         "DELETE",
@@ -249,15 +266,28 @@ async fn the_own_query_is_ignored_when_the_uri_comes_in_a_header() {
 async fn conflicting_credentials_between_header_cookie_and_judged_query() {
     let s = setup().await;
     let key_query = format!("/hello?accesskey={}", s.alice_key);
-    traefik(&s, "GET", &key_query, &[("authorization", &bearer(&s.alice))])
-        .await
-        .expect_error(400, "INVALID_ARGUMENT", "CONFLICTING_CREDENTIALS");
+    traefik(
+        &s,
+        "GET",
+        &key_query,
+        &[("authorization", &bearer(&s.alice))],
+    )
+    .await
+    .expect_error(400, "INVALID_ARGUMENT", "CONFLICTING_CREDENTIALS");
     let cookie = format!("token={}", s.root);
-    traefik(&s, "GET", &format!("/hello?token={}", s.alice), &[("cookie", &cookie)])
-        .await
-        .expect_error(400, "INVALID_ARGUMENT", "CONFLICTING_CREDENTIALS");
+    traefik(
+        &s,
+        "GET",
+        &format!("/hello?token={}", s.alice),
+        &[("cookie", &cookie)],
+    )
+    .await
+    .expect_error(400, "INVALID_ARGUMENT", "CONFLICTING_CREDENTIALS");
     get(
-        &s.gw.url(&format!("/_authgate/verify/hello?accesskey={}", s.alice_key)),
+        &s.gw.url(&format!(
+            "/_authgate/verify/hello?accesskey={}",
+            s.alice_key
+        )),
         Some(&s.alice),
         &[],
     )
@@ -423,12 +453,17 @@ async fn tricky_paths_are_judged_exactly_as_proxied() {
             )
             .await;
             let internal = path.to_ascii_lowercase().contains("internal");
-            for (form, judged) in [("X-Forwarded-Uri", &header_form), ("path prefix", &envoy_form)]
-            {
+            for (form, judged) in [
+                ("X-Forwarded-Uri", &header_form),
+                ("path prefix", &envoy_form),
+            ] {
                 let judged_outcome = outcome(judged.status, &judged.headers, &judged.body);
                 if proxied.status == 200 {
                     // Forwarded inline: the decision is a bare 200.
-                    assert_eq!(judged.status, 200, "{path} ({form}, {caller:?}): {judged_outcome}");
+                    assert_eq!(
+                        judged.status, 200,
+                        "{path} ({form}, {caller:?}): {judged_outcome}"
+                    );
                 } else if proxied.status == 404 && internal {
                     // A verify-only route: 404 proxied, judged as a required
                     // route (see a_route_without_upstream_is_verify_only).
@@ -460,7 +495,13 @@ async fn a_route_without_upstream_is_verify_only() {
     traefik(&s, "GET", "/internal/x", &[])
         .await
         .expect_401("AUTHENTICATION_REQUIRED");
-    let r = traefik(&s, "GET", "/internal/x", &[("authorization", &bearer(&s.alice))]).await;
+    let r = traefik(
+        &s,
+        "GET",
+        "/internal/x",
+        &[("authorization", &bearer(&s.alice))],
+    )
+    .await;
     r.expect_status(200);
     assert_eq!(r.header("x-auth-user").as_deref(), Some("alice"));
     let check = s.gw.cli(&["check-config"], None).await;
@@ -475,9 +516,13 @@ async fn revocation_refuses_at_once_on_verify() {
     traefik(&s, "GET", "/hello", &[("authorization", &bearer(&token))])
         .await
         .expect_status(200);
-    post_json(&s.gw.url("/auth/logout"), Some(&token), &serde_json::json!({}))
-        .await
-        .expect_status(200);
+    post_json(
+        &s.gw.url("/auth/logout"),
+        Some(&token),
+        &serde_json::json!({}),
+    )
+    .await
+    .expect_status(200);
     traefik(&s, "GET", "/hello", &[("authorization", &bearer(&token))])
         .await
         .expect_invalid_token();
@@ -489,14 +534,19 @@ async fn revocation_refuses_at_once_on_verify() {
         traefik(&s, "GET", &key_uri, &[]).await.status == 401
     })
     .await;
-    assert!(refused, "a revoked key must be refused within {PROPAGATION:?}");
+    assert!(
+        refused,
+        "a revoked key must be refused within {PROPAGATION:?}"
+    );
     // Password change: the old tokens stop.
     traefik(&s, "GET", "/admin", &[("authorization", &bearer(&s.root))])
         .await
         .expect_status(200);
-    s.gw
-        .cli_ok(&["user", "passwd", "root", "--password-stdin"], Some("n3w-passw0rd-long\n"))
-        .await;
+    s.gw.cli_ok(
+        &["user", "passwd", "root", "--password-stdin"],
+        Some("n3w-passw0rd-long\n"),
+    )
+    .await;
     let refused = poll_until(PROPAGATION, || async {
         traefik(&s, "GET", "/admin", &[("authorization", &bearer(&s.root))])
             .await
@@ -541,7 +591,13 @@ async fn with_front(kind: Kind) -> (Setup, FrontProxy) {
 /// What every front proxy must do with authgate's decisions.
 async fn front_proxy_scenario(kind: Kind) {
     let (s, front) = with_front(kind).await;
-    let logs = || format!("front log:\n{}\nauthgate log:\n{}", front.logs(), s.gw.logs());
+    let logs = || {
+        format!(
+            "front log:\n{}\nauthgate log:\n{}",
+            front.logs(),
+            s.gw.logs()
+        )
+    };
 
     // A JWT: passes, with the identity, without the credential.
     let r = get(&front.url("/hello?a=1"), Some(&s.alice), &[]).await;
@@ -557,10 +613,18 @@ async fn front_proxy_scenario(kind: Kind) {
         "{:?}",
         seen.header("x-auth-key-id")
     );
-    assert!(!seen.has_header("authorization"), "the credential reached the upstream");
+    assert!(
+        !seen.has_header("authorization"),
+        "the credential reached the upstream"
+    );
 
     // An access key and a JWT in the original query.
-    let r = get(&front.url(&format!("/k?accesskey={}", s.alice_key)), None, &[]).await;
+    let r = get(
+        &front.url(&format!("/k?accesskey={}", s.alice_key)),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", logs());
     let seen = s.upstream.last();
     assert_eq!(seen.path(), "/k");
@@ -568,7 +632,10 @@ async fn front_proxy_scenario(kind: Kind) {
     assert_eq!(seen.header("x-auth-key-id"), Some(s.alice_key_id.clone()));
     let r = get(&front.url(&format!("/t?token={}", s.root)), None, &[]).await;
     assert_eq!(r.status, 200, "{}", logs());
-    assert_eq!(s.upstream.last().header("x-auth-user").as_deref(), Some("root"));
+    assert_eq!(
+        s.upstream.last().header("x-auth-user").as_deref(),
+        Some("root")
+    );
 
     // Forged identity headers never reach the upstream.
     let r = get(
@@ -603,19 +670,45 @@ async fn front_proxy_scenario(kind: Kind) {
         "401 through {kind:?} must keep WWW-Authenticate: {:?}",
         r.header("www-authenticate")
     );
-    assert_eq!(get(&front.url("/hello"), Some("not-a-token"), &[]).await.status, 401);
-    assert_eq!(get(&front.url("/admin/x"), Some(&s.alice), &[]).await.status, 403);
+    assert_eq!(
+        get(&front.url("/hello"), Some("not-a-token"), &[])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(&front.url("/admin/x"), Some(&s.alice), &[])
+            .await
+            .status,
+        403
+    );
     if kind == Kind::Caddy {
         // Caddy relays authgate's answer as it is: the JSON error too.
         get(&front.url("/admin/x"), Some(&s.alice), &[])
             .await
             .expect_error(403, "PERMISSION_DENIED", "MISSING_ROLE");
     }
-    assert_eq!(s.upstream.count(), before, "a refused request was forwarded");
-    get(&front.url("/admin/x"), Some(&s.root), &[]).await.expect_status(200);
+    assert_eq!(
+        s.upstream.count(),
+        before,
+        "a refused request was forwarded"
+    );
+    get(&front.url("/admin/x"), Some(&s.root), &[])
+        .await
+        .expect_status(200);
 
     // Tricky paths: judged like proxied ones, nothing refused is forwarded.
-    for path in ["/ADMIN/x", "/Admin", "/admin;x=1", "/admin.", "/admin~/x", "/public/..;/admin", "/public/%2e%2e/admin", "/%61dmin", "/public/../admin"] {
+    for path in [
+        "/ADMIN/x",
+        "/Admin",
+        "/admin;x=1",
+        "/admin.",
+        "/admin~/x",
+        "/public/..;/admin",
+        "/public/%2e%2e/admin",
+        "/%61dmin",
+        "/public/../admin",
+    ] {
         let inline = raw_request(
             s.gw.addr(),
             &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", s.alice),
@@ -640,7 +733,11 @@ async fn front_proxy_scenario(kind: Kind) {
         );
         match (kind, inline.status) {
             // auth_request relays only 401 and 403; any other refusal is a 500.
-            (Kind::Nginx, 400 | 404) => assert!(matches!(through.status, 400 | 500), "{path}: {}", through.status),
+            (Kind::Nginx, 400 | 404) => assert!(
+                matches!(through.status, 400 | 500),
+                "{path}: {}",
+                through.status
+            ),
             _ => assert_eq!(
                 through.status,
                 inline.status,
@@ -654,8 +751,14 @@ async fn front_proxy_scenario(kind: Kind) {
     let key_url = front.url(&format!("/k2?accesskey={}", s.alice_key));
     assert_eq!(get(&key_url, None, &[]).await.status, 200);
     s.gw.cli_ok(&["key", "revoke", &s.alice_key_id], None).await;
-    let refused = poll_until(PROPAGATION, || async { get(&key_url, None, &[]).await.status == 401 }).await;
-    assert!(refused, "a revoked key passed {kind:?} after {PROPAGATION:?}");
+    let refused = poll_until(PROPAGATION, || async {
+        get(&key_url, None, &[]).await.status == 401
+    })
+    .await;
+    assert!(
+        refused,
+        "a revoked key passed {kind:?} after {PROPAGATION:?}"
+    );
     let before = s.upstream.count();
     assert_eq!(get(&key_url, None, &[]).await.status, 401);
     assert_eq!(s.upstream.count(), before);

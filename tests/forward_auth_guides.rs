@@ -16,10 +16,17 @@ use std::process::Command;
 use serde::Deserialize;
 use serde_norway::Value as Yaml;
 
-const IDENTITY_HEADERS: [&str; 4] = ["x-auth-user", "x-auth-roles", "x-auth-method", "x-auth-key-id"];
+const IDENTITY_HEADERS: [&str; 4] = [
+    "x-auth-user",
+    "x-auth-roles",
+    "x-auth-method",
+    "x-auth-key-id",
+];
 
 fn guide(relative: &str) -> PathBuf {
-    front::repo_root().join("deploy/forward-auth").join(relative)
+    front::repo_root()
+        .join("deploy/forward-auth")
+        .join(relative)
 }
 
 fn read(relative: &str) -> String {
@@ -156,7 +163,11 @@ fn ingress_nginx_guide_annotations() {
 #[test]
 fn traefik_guide_static_dynamic_and_crd() {
     let static_conf = &documents("traefik/traefik.yml")[0];
-    assert!(at(static_conf, &["providers", "file", "filename"]).as_str().is_some());
+    assert!(
+        at(static_conf, &["providers", "file", "filename"])
+            .as_str()
+            .is_some()
+    );
     let dynamic = &documents("traefik/dynamic.yml")[0];
     let forward = at(dynamic, &["http", "middlewares", "authgate", "forwardAuth"]);
     assert!(
@@ -168,7 +179,13 @@ fn traefik_guide_static_dynamic_and_crd() {
     names_every_identity_header(at(forward, &["authResponseHeaders"]), "forwardAuth");
     let strip = at(
         dynamic,
-        &["http", "middlewares", "strip-credential", "headers", "customRequestHeaders"],
+        &[
+            "http",
+            "middlewares",
+            "strip-credential",
+            "headers",
+            "customRequestHeaders",
+        ],
     );
     assert_eq!(at(strip, &["Authorization"]).as_str(), Some(""));
     let router = at(dynamic, &["http", "routers", "hello", "middlewares"]);
@@ -202,13 +219,14 @@ fn envoy_guide_ext_authz_http_service() {
     strings(envoy, &mut all);
     assert!(all.iter().any(|s| s == "/_authgate/verify"), "path_prefix");
     assert!(
-        all.iter()
-            .any(|s| s.ends_with("ext_authz.v3.extauthz")),
+        all.iter().any(|s| s.ends_with("ext_authz.v3.extauthz")),
         "ext_authz filter"
     );
     let listener = &at(envoy, &["static_resources", "listeners"])[0];
     let hcm = &at(listener, &["filter_chains"])[0]["filters"][0]["typed_config"];
-    let filters = at(hcm, &["http_filters"]).as_sequence().expect("http_filters");
+    let filters = at(hcm, &["http_filters"])
+        .as_sequence()
+        .expect("http_filters");
     let names: Vec<&str> = filters
         .iter()
         .filter_map(|f| f.get("name").and_then(Yaml::as_str))
@@ -224,9 +242,15 @@ fn envoy_guide_ext_authz_http_service() {
         "identity headers dropped before the check, the credential after it"
     );
     let service = at(&filters[1], &["typed_config", "http_service"]);
-    assert_eq!(at(service, &["path_prefix"]).as_str(), Some("/_authgate/verify"));
+    assert_eq!(
+        at(service, &["path_prefix"]).as_str(),
+        Some("/_authgate/verify")
+    );
     names_every_identity_header(
-        at(service, &["authorization_response", "allowed_upstream_headers"]),
+        at(
+            service,
+            &["authorization_response", "allowed_upstream_headers"],
+        ),
         "allowed_upstream_headers",
     );
     names_every_identity_header(&filters[0], "the first header_mutation");
@@ -242,12 +266,21 @@ fn istio_guide_extension_provider_and_custom_policy() {
     let provider = &at(&mesh, &["extensionProviders"])[0];
     assert_eq!(at(provider, &["name"]).as_str(), Some("authgate"));
     let http = at(provider, &["envoyExtAuthzHttp"]);
-    assert_eq!(at(http, &["pathPrefix"]).as_str(), Some("/_authgate/verify"));
-    names_every_identity_header(at(http, &["headersToUpstreamOnAllow"]), "headersToUpstreamOnAllow");
+    assert_eq!(
+        at(http, &["pathPrefix"]).as_str(),
+        Some("/_authgate/verify")
+    );
+    names_every_identity_header(
+        at(http, &["headersToUpstreamOnAllow"]),
+        "headersToUpstreamOnAllow",
+    );
 
     let docs = documents("istio/authorizationpolicy.yaml");
     let policy = document(&docs, "AuthorizationPolicy");
     assert_eq!(at(policy, &["spec", "action"]).as_str(), Some("CUSTOM"));
-    assert_eq!(at(policy, &["spec", "provider", "name"]).as_str(), Some("authgate"));
+    assert_eq!(
+        at(policy, &["spec", "provider", "name"]).as_str(),
+        Some("authgate")
+    );
     names_every_identity_header(document(&docs, "EnvoyFilter"), "EnvoyFilter");
 }

@@ -85,13 +85,7 @@ impl Forwarder {
         {
             return Err(GatewayError::BodyTooLarge);
         }
-        rewrite_head(
-            &mut parts,
-            upstream,
-            permit.identity(),
-            &client,
-            request_id,
-        )?;
+        rewrite_head(&mut parts, upstream, permit.identity(), &client, request_id)?;
 
         let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
         let outbound = Request::from_parts(parts, body);

@@ -144,7 +144,10 @@ fn spawn_nginx(dir: &Path, port: u16, authgate: SocketAddr, app: SocketAddr) -> 
         &[
             (GUIDE_AUTHGATE, authgate.to_string()),
             (GUIDE_APP, app.to_string()),
-            ("listen 127.0.0.1:8000;", format!("listen 127.0.0.1:{port};")),
+            (
+                "listen 127.0.0.1:8000;",
+                format!("listen 127.0.0.1:{port};"),
+            ),
         ],
     );
     let include = dir.join("authgate.conf");
