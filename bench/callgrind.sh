@@ -8,7 +8,9 @@
 #   CALLGRIND_SECONDS=5 bash bench/callgrind.sh
 #
 # Paths: public (a public route, no credential), hs256 (Bearer HS256 JWT),
-# accesskey (?accesskey=). For each it prints the instructions per request
+# accesskey (?accesskey=), and the same two credentials as forward-auth
+# decisions only: verify-hs256 and verify-accesskey
+# (/_authgate/verify/PATH, Envoy's path-prefix form; nothing is proxied). For each it prints the instructions per request
 # (user space only; system calls are not counted) and the heaviest functions
 # by inclusive cost. The callgrind files stay in the printed folder for
 # `callgrind_annotate` or kcachegrind.
@@ -107,13 +109,15 @@ for _ in $(seq 300); do
 done
 curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$P_AG/healthz" || die "authgate did not start under valgrind (see $W/authgate.log)"
 
-printf '%-10s %12s %14s\n' path requests "instr/request"
+printf '%-16s %12s %14s\n' path requests "instr/request"
 for path in "${PATHS[@]}"; do
     case $path in
         public) args=("http://127.0.0.1:$P_AG/public/x") ;;
         hs256) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/x") ;;
         accesskey) args=("http://127.0.0.1:$P_AG/x?accesskey=$ACCESS_KEY") ;;
-        *) die "unknown path $path (public, hs256, accesskey)" ;;
+        verify-hs256) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/_authgate/verify/x") ;;
+        verify-accesskey) args=("http://127.0.0.1:$P_AG/_authgate/verify/x?accesskey=$ACCESS_KEY") ;;
+        *) die "unknown path $path (public, hs256, accesskey, verify-hs256, verify-accesskey)" ;;
     esac
     [ "$(curl -s -o /dev/null -w '%{http_code}' "${args[@]}")" = 200 ] || die "$path does not answer 200"
     # Warm caches and pools, then count only the measured window.
@@ -126,7 +130,7 @@ for path in "${PATHS[@]}"; do
     file=$(ls -t "$W"/callgrind.*.[0-9]* | head -1)
     cp "$file" "$W/$path.callgrind"
     total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    printf '%-10s %12s %14s\n' "$path" "$requests" "$(( total / requests ))"
+    printf '%-16s %12s %14s\n' "$path" "$requests" "$(( total / requests ))"
     callgrind_annotate --inclusive=yes "$file" 2>/dev/null \
         | grep -E '^ *[0-9,]+ +\( *[0-9.]+%\)  \?\?\?:authgate::' \
         | grep -vE 'authgate::(main|cli::run) ' | head -8 | sed 's/^/    /' || true

@@ -159,12 +159,15 @@ rss_kib() {
     done
     echo "$total"
 }
-# cpu_ticks PID: user+system clock ticks of the process and its child processes.
+# cpu_ticks "PID...": user+system clock ticks of the processes and their child processes
+# (several PIDs, space-separated, for a target made of two processes: nginx + authgate).
 cpu_ticks() {
-    local total=0 p t
-    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
-        t=$(sed 's/.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12 + $13}' || true)
-        total=$((total + ${t:-0}))
+    local total=0 root p t
+    for root in $1; do
+        for p in "$root" $(cat /proc/"$root"/task/*/children 2>/dev/null); do
+            t=$(sed 's/.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12 + $13}' || true)
+            total=$((total + ${t:-0}))
+        done
     done
     echo "$total"
 }
@@ -174,9 +177,9 @@ core_busy_ticks() {
     awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
 }
 
-read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS < <($PY -c '
+read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH < <($PY -c '
 import socket
-socks = [socket.socket() for _ in range(8)]
+socks = [socket.socket() for _ in range(9)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 
@@ -224,6 +227,50 @@ $nginx_http
     server {
         listen 127.0.0.1:$P_NGX backlog=4096;
         location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+# nginx in front, authgate (the HS256 instance) deciding through auth_request:
+# deploy/forward-auth/nginx/authgate.conf reduced to the decision and the forward.
+cat >"$W/nginx-authreq.conf" <<EOF
+pid $W/nginx-authreq.pid;
+error_log $W/nginx-authreq.err warn;
+$nginx_common
+http {
+$nginx_http
+    upstream up {
+        server 127.0.0.1:$P_UP;
+        keepalive 64;
+    }
+    upstream authgate {
+        server 127.0.0.1:$P_AG_HS;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$P_NGX_AUTH backlog=4096;
+        location = /_authgate_verify {
+            internal;
+            proxy_pass http://authgate/_authgate/verify;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI \$request_uri;
+            proxy_set_header X-Original-Method \$request_method;
+        }
+        location / {
+            auth_request /_authgate_verify;
+            auth_request_set \$authgate_user \$upstream_http_x_auth_user;
+            auth_request_set \$authgate_roles \$upstream_http_x_auth_roles;
+            auth_request_set \$authgate_method \$upstream_http_x_auth_method;
+            proxy_set_header X-Auth-User \$authgate_user;
+            proxy_set_header X-Auth-Roles \$authgate_roles;
+            proxy_set_header X-Auth-Method \$authgate_method;
+            proxy_set_header Authorization "";
             proxy_pass http://up;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -346,6 +393,7 @@ ACCESS_KEY=$(ag key create --user bench --name bench --config "$W/ag-hs.toml" | 
 export AUTHGATE_LOG=warn
 start upstream "$LOAD_CPU" nginx -p "$W" -e "$W/upstream.err" -c "$W/upstream.conf"
 start nginx-proxy "$PROXY_CPU" nginx -p "$W" -e "$W/nginx-proxy.err" -c "$W/nginx-proxy.conf"
+start nginx-authreq "$PROXY_CPU" nginx -p "$W" -e "$W/nginx-authreq.err" -c "$W/nginx-authreq.conf"
 start haproxy "$PROXY_CPU" haproxy -db -f "$W/haproxy.cfg"
 start ag-hs "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hs.toml"
 start ag-es "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-es.toml"
@@ -354,6 +402,7 @@ wait_up "http://127.0.0.1:$P_NGX/" nginx-proxy
 wait_up "http://127.0.0.1:$P_HAP_HS/" haproxy
 wait_up "http://127.0.0.1:$P_AG_HS/healthz" ag-hs
 wait_up "http://127.0.0.1:$P_AG_ES/healthz" ag-es
+wait_up "http://127.0.0.1:$P_NGX_AUTH/" nginx-authreq
 
 # ---------------------------------------------------------------- meta
 DATE=$(date +%F)
@@ -419,7 +468,8 @@ preflight() {
 
 # ---------------------------------------------------------------- targets
 T_NAMES=(upstream-direct nginx-proxy-noauth haproxy-jwt-hs256 haproxy-jwt-es256
-    authgate-jwt-hs256 authgate-jwt-es256 authgate-accesskey authgate-public)
+    authgate-jwt-hs256 authgate-jwt-es256 authgate-accesskey authgate-public
+    authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate)
 declare -A T_URL T_HDR T_PID T_DESC
 T_URL[upstream-direct]="http://127.0.0.1:$P_UP/bench"
 T_URL[nginx-proxy-noauth]="http://127.0.0.1:$P_NGX/bench"
@@ -429,10 +479,16 @@ T_URL[authgate-jwt-hs256]="http://127.0.0.1:$P_AG_HS/bench"
 T_URL[authgate-jwt-es256]="http://127.0.0.1:$P_AG_ES/bench"
 T_URL[authgate-accesskey]="http://127.0.0.1:$P_AG_HS/bench?accesskey=$ACCESS_KEY"
 T_URL[authgate-public]="http://127.0.0.1:$P_AG_HS/public/bench"
+# Forward authentication: decisions only (Envoy's path-prefix form), and nginx asking authgate.
+T_URL[authgate-verify-jwt]="http://127.0.0.1:$P_AG_HS/_authgate/verify/bench"
+T_URL[authgate-verify-accesskey]="http://127.0.0.1:$P_AG_HS/_authgate/verify/bench?accesskey=$ACCESS_KEY"
+T_URL[nginx-authreq-authgate]="http://127.0.0.1:$P_NGX_AUTH/bench"
 T_HDR[haproxy-jwt-hs256]="Authorization: Bearer $HS_TOKEN"
 T_HDR[haproxy-jwt-es256]="Authorization: Bearer $ES_TOKEN"
 T_HDR[authgate-jwt-hs256]="Authorization: Bearer $HS_TOKEN"
 T_HDR[authgate-jwt-es256]="Authorization: Bearer $ES_TOKEN"
+T_HDR[authgate-verify-jwt]="Authorization: Bearer $HS_TOKEN"
+T_HDR[nginx-authreq-authgate]="Authorization: Bearer $HS_TOKEN"
 T_PID[upstream-direct]=$PID_upstream
 T_PID[nginx-proxy-noauth]=$PID_nginx_proxy
 T_PID[haproxy-jwt-hs256]=$PID_haproxy
@@ -441,6 +497,10 @@ T_PID[authgate-jwt-hs256]=$PID_ag_hs
 T_PID[authgate-jwt-es256]=$PID_ag_es
 T_PID[authgate-accesskey]=$PID_ag_hs
 T_PID[authgate-public]=$PID_ag_hs
+T_PID[authgate-verify-jwt]=$PID_ag_hs
+T_PID[authgate-verify-accesskey]=$PID_ag_hs
+# Both processes of the pair: the CPU per request is nginx's plus authgate's.
+T_PID[nginx-authreq-authgate]="$PID_nginx_authreq $PID_ag_hs"
 T_DESC[upstream-direct]="the upstream itself (the limit; runs on the load core)"
 T_DESC[nginx-proxy-noauth]="nginx proxy_pass, upstream keep-alive, no auth"
 T_DESC[haproxy-jwt-hs256]="HAProxy jwt_verify HS256: alg, signature, exp; Authorization removed"
@@ -449,6 +509,9 @@ T_DESC[authgate-jwt-hs256]="Bearer HS256 JWT"
 T_DESC[authgate-jwt-es256]="Bearer ES256 JWT ([[jwt.keys]])"
 T_DESC[authgate-accesskey]="?accesskey= (one key, repeated)"
 T_DESC[authgate-public]="public route, no credential"
+T_DESC[authgate-verify-jwt]="decision only: /_authgate/verify/PATH, Bearer HS256 JWT (cached)"
+T_DESC[authgate-verify-accesskey]="decision only: /_authgate/verify/PATH?accesskey= (cached)"
+T_DESC[nginx-authreq-authgate]="nginx auth_request -> authgate verify (HS256 JWT), then proxy_pass; CPU of both"
 [ "$RUN_THROUGHPUT" != 1 ] || for t in "${T_NAMES[@]}"; do printf '%s\t%s\n' "$t" "${T_DESC[$t]}"; done >"$W/targets.tsv"
 
 # A credential with one signature/key character changed: must be refused.
@@ -460,12 +523,15 @@ tamper() {
     printf '%s' "${s:0:$i}$c${s:$((i + 1))}"
 }
 declare -A T_BAD_URL T_BAD_HDR
-for t in haproxy-jwt-hs256 haproxy-jwt-es256 authgate-jwt-hs256 authgate-jwt-es256; do
+for t in haproxy-jwt-hs256 haproxy-jwt-es256 authgate-jwt-hs256 authgate-jwt-es256 \
+    authgate-verify-jwt nginx-authreq-authgate; do
     T_BAD_URL[$t]=${T_URL[$t]}
     T_BAD_HDR[$t]=$(tamper "${T_HDR[$t]}")
 done
 T_BAD_URL[authgate-accesskey]=$(tamper "${T_URL[authgate-accesskey]}")
 T_BAD_HDR[authgate-accesskey]=
+T_BAD_URL[authgate-verify-accesskey]=$(tamper "${T_URL[authgate-verify-accesskey]}")
+T_BAD_HDR[authgate-verify-accesskey]=
 
 hdr_args() { # TARGET -> curl/wrk header arguments, one per line
     [ -z "${T_HDR[$1]:-}" ] || printf '%s\n%s\n' -H "${T_HDR[$1]}"

@@ -451,7 +451,7 @@ impl Default for RawCache {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     path_prefix: String,
-    upstream: String,
+    upstream: Option<String>,
     #[serde(default = "defaults::route_auth")]
     auth: String,
     #[serde(default)]
@@ -1248,7 +1248,8 @@ fn validate_routes(raw: Vec<RawRoute>, upstream: &UpstreamConfig, p: &mut Proble
             Some(seconds) => p.seconds(&format!("{key}.timeout"), seconds, 1, 3600),
             None => upstream.timeout,
         };
-        match parse_upstream(&route.upstream) {
+        // A route without `upstream` serves only forward authentication.
+        match route.upstream.as_deref().map(parse_upstream).transpose() {
             Ok(upstream) => routes.push(Route {
                 label: prefix.as_str().into(),
                 prefix,

@@ -24,6 +24,8 @@ pub struct RequestContext {
     route: Option<Arc<str>>,
     outcome: Outcome,
     upstream: Option<Duration>,
+    /// A forward-authentication decision rather than a proxied request.
+    verifying: bool,
 }
 
 impl RequestContext {
@@ -35,6 +37,7 @@ impl RequestContext {
             route: None,
             outcome: Outcome::Public,
             upstream: None,
+            verifying: false,
         }
     }
 
@@ -55,6 +58,12 @@ impl RequestContext {
         let span = tracing::Span::current();
         span.record("auth.method", identity.method.as_str());
         span.record("auth.user", &*identity.user);
+    }
+
+    /// The request asks `/_authgate/verify` for a decision: it is counted
+    /// as one (by the judged route) and as a request of the endpoint.
+    pub fn verifying(&mut self) {
+        self.verifying = true;
     }
 
     /// How the request was served, unless it fails after all.
@@ -93,8 +102,12 @@ impl RequestContext {
             metrics.upstream(upstream);
         }
         let elapsed = self.started.elapsed();
-        let route = self.route.unwrap_or_else(|| Arc::from("none"));
+        let mut route = self.route.unwrap_or_else(|| Arc::from("none"));
         let (outcome, reason) = self.outcome.label();
+        if self.verifying {
+            metrics.verify_decision(route, self.outcome);
+            route = Arc::from(VERIFY_ROUTE_LABEL);
+        }
         metrics.request(route, self.outcome, elapsed);
         info!(
             http.status = response.status().as_u16(),
@@ -106,6 +119,9 @@ impl RequestContext {
         response
     }
 }
+
+/// The `route` label of verify requests in `authgate_requests_total`.
+const VERIFY_ROUTE_LABEL: &str = "verify";
 
 /// The upstream failure an error stands for, as counted in
 /// `authgate_upstream_errors_total`.

@@ -18,6 +18,7 @@ pub mod conn;
 pub mod context;
 pub mod error;
 pub mod gateway;
+pub mod judge;
 pub mod metrics;
 pub mod names;
 pub mod proxy;
@@ -29,6 +30,7 @@ pub mod store;
 pub mod text;
 pub mod tls;
 pub mod token;
+pub mod verify;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -141,6 +141,14 @@ struct RequestLabels {
     reason: &'static str,
 }
 
+/// Labels of `authgate_verify_decisions_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VerifyLabels {
+    route: Arc<str>,
+    decision: &'static str,
+    reason: &'static str,
+}
+
 /// Labels of `authgate_login_attempts_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct LoginLabels {
@@ -161,6 +169,7 @@ pub struct Metrics {
     requests: CounterFamily<RequestLabels>,
     logins: CounterFamily<LoginLabels>,
     upstream_errors: CounterFamily<UpstreamErrorLabels>,
+    verify_decisions: CounterFamily<VerifyLabels>,
     keys_created: Counter,
     reloads: Counter,
     request_latency: SharedHistogram,
@@ -175,6 +184,7 @@ impl Default for Metrics {
             requests: CounterFamily::default(),
             logins: CounterFamily::default(),
             upstream_errors: CounterFamily::default(),
+            verify_decisions: CounterFamily::default(),
             keys_created: Counter::default(),
             reloads: Counter::default(),
             request_latency: SharedHistogram::default(),
@@ -202,6 +212,11 @@ impl Default for Metrics {
             "authgate_upstream_errors",
             "Upstream failures by kind",
             metrics.upstream_errors.clone(),
+        );
+        registry.register(
+            "authgate_verify_decisions",
+            "Forward-authentication decisions by judged route, decision (allowed, public, denied) and reason",
+            metrics.verify_decisions.clone(),
         );
         registry.register(
             "authgate_login_attempts",
@@ -286,6 +301,21 @@ impl Metrics {
             reason,
         });
         self.request_latency.0.observe(elapsed);
+    }
+
+    /// One `/_authgate/verify` decision on the judged `route` (`none` when
+    /// refused before a route was found).
+    pub fn verify_decision(&self, route: Arc<str>, outcome: Outcome) {
+        let (decision, reason) = match outcome {
+            Outcome::Authenticated => ("allowed", ""),
+            Outcome::Public | Outcome::Own => ("public", ""),
+            Outcome::Rejected(reason) => ("denied", reason),
+        };
+        self.verify_decisions.inc(VerifyLabels {
+            route,
+            decision,
+            reason,
+        });
     }
 
     /// Time until an upstream's response head.

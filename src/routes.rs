@@ -26,8 +26,9 @@ pub struct Route {
     pub prefix: String,
     /// The prefix, shared, as the route's label in metrics.
     pub label: std::sync::Arc<str>,
-    /// Base URL of the upstream.
-    pub upstream: Uri,
+    /// Base URL of the upstream; `None` on a route used only by forward
+    /// authentication (`/_authgate/verify`): nothing is proxied by it.
+    pub upstream: Option<Uri>,
     /// Credential policy.
     pub auth: RouteAuth,
     /// When non-empty, the caller needs at least one of these.
@@ -261,6 +262,24 @@ impl RouteTable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AbnormalPath;
 
+/// A path that passed [`check_path`]. Only [`CheckedPath::new`] makes one,
+/// so whatever takes it (the judgement of a request) cannot be handed a
+/// path the policy has not seen, and no path is checked twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedPath<'a>(&'a str);
+
+impl<'a> CheckedPath<'a> {
+    /// `path`, if [`check_path`] accepts it.
+    pub fn new(path: &'a str) -> Result<Self, AbnormalPath> {
+        check_path(path).map(|()| CheckedPath(path))
+    }
+
+    /// The path.
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
 /// Accepts only paths that every server reads the same way, so that the
 /// path that was routed is the path the upstream acts on:
 ///
@@ -377,7 +396,7 @@ mod tests {
         Route {
             prefix: prefix.into(),
             label: prefix.into(),
-            upstream: "http://127.0.0.1:1".parse().unwrap(),
+            upstream: Some("http://127.0.0.1:1".parse().unwrap()),
             auth: RouteAuth::Required,
             roles: vec![],
             timeout: Duration::from_secs(1),

@@ -1,5 +1,6 @@
-//! The request pipeline, in one straight line: path check, own endpoints,
-//! route, credential, identity, permit, forward. The request's
+//! The request pipeline, in one straight line: path check, forward
+//! authentication or own endpoints, then the judgement (route, credential,
+//! identity, permit; shared with `/_authgate/verify`) and forward. The request's
 //! [`RequestContext`] collects what happened; it logs and counts the
 //! request once and turns errors into the JSON envelope.
 
@@ -13,16 +14,17 @@ use tracing::{Instrument, field, info_span};
 
 use crate::api::{self, Endpoint};
 use crate::auth::extract;
-use crate::auth::{Identity, authorize};
 use crate::body::Body;
 use crate::conn::ClientInfo;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::judge::{Ending, JudgedRequest, judge};
 use crate::metrics::Outcome;
 use crate::proxy::headers;
 use crate::request_id::new_request_id;
-use crate::routes::check_path;
+use crate::routes::CheckedPath;
+use crate::verify;
 
 /// Answers one request. Never fails: errors become JSON responses.
 pub async fn handle(
@@ -70,32 +72,37 @@ async fn handle_inner(
     if request.headers().len() > gateway.config.limits.max_headers {
         return Err(GatewayError::HeadersTooLarge);
     }
-    let path = request.uri().path();
-    check_path(path).map_err(|_| GatewayError::InvalidPath)?;
+    let path = CheckedPath::new(request.uri().path()).map_err(|_| GatewayError::InvalidPath)?;
 
-    if let Some(endpoint) = Endpoint::for_path(path) {
+    if let Some(suffix) = verify::verify_suffix(path.as_str()) {
+        ctx.verifying();
+        return verify::answer(gateway, &client, &request, suffix, ctx).await;
+    }
+    if let Some(endpoint) = Endpoint::for_path(path.as_str()) {
         ctx.route(Arc::from(endpoint.name()), endpoint.name());
         ctx.served(Outcome::Own);
         let api_ctx = api::Context { gateway, client };
         return api::serve(endpoint, request, api_ctx).await;
     }
 
-    let matched = gateway
-        .config
-        .routes
-        .route_for(path)
-        .ok_or(GatewayError::NoRoute)?;
-    ctx.route(matched.route.label.clone(), matched.route.prefix.as_str());
-
-    let identity = if matched.needs_credential() {
-        let identity = authenticate(gateway, &request).await?;
-        ctx.caller(&identity);
-        ctx.served(Outcome::Authenticated);
-        Some(identity)
-    } else {
-        None
+    let judged = JudgedRequest {
+        method: request.method(),
+        path,
+        query: request.uri().query(),
+        headers: request.headers(),
+        client_ip: headers::client_ip(
+            client.addr.ip(),
+            request.headers(),
+            &gateway.config.server.trusted_proxies,
+        ),
+        host: request
+            .headers()
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok()),
+        scheme: Some(client.proto()),
+        ending: Ending::Forward,
     };
-    let permit = authorize(&matched, identity)?;
+    let permit = judge(gateway, &judged, ctx).await?;
 
     let upstream_started = Instant::now();
     let result = gateway
@@ -104,15 +111,4 @@ async fn handle_inner(
         .await;
     ctx.upstream_took(upstream_started.elapsed());
     result
-}
-
-/// The identity behind the request's one credential.
-async fn authenticate(
-    gateway: &Gateway,
-    request: &Request<Incoming>,
-) -> Result<Identity, GatewayError> {
-    gateway
-        .auth
-        .authenticate_request(request.headers(), request.uri().query())
-        .await
 }

@@ -348,7 +348,7 @@ mod tests {
         Route {
             prefix: "/".into(),
             label: "/".into(),
-            upstream: "http://127.0.0.1:1".parse().unwrap(),
+            upstream: Some("http://127.0.0.1:1".parse().unwrap()),
             auth,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             timeout: Duration::from_secs(1),

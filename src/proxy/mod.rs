@@ -76,19 +76,16 @@ impl Forwarder {
             headers::is_websocket_handshake(request.method(), request.version(), request.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
         let route = permit.route();
+        // The judgement refuses these already; a verify-only route never
+        // forwards, whatever called this.
+        let upstream = route.upstream.as_ref().ok_or(GatewayError::NoRoute)?;
         let (mut parts, incoming) = request.into_parts();
         if let Some(limit) = self.max_body_bytes
             && declared_length(&parts.headers).is_some_and(|length| length > limit)
         {
             return Err(GatewayError::BodyTooLarge);
         }
-        rewrite_head(
-            &mut parts,
-            &route.upstream,
-            permit.identity(),
-            &client,
-            request_id,
-        )?;
+        rewrite_head(&mut parts, upstream, permit.identity(), &client, request_id)?;
 
         let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
         let outbound = Request::from_parts(parts, body);
@@ -100,7 +97,7 @@ impl Forwarder {
                 Some(BodyFault::OverLimit) => return Err(GatewayError::BodyTooLarge),
                 Some(BodyFault::Malformed) => return Err(GatewayError::InvalidBody),
                 None => {
-                    warn!(upstream = %route.upstream, connect = err.is_connect(), error = %err, "upstream request failed");
+                    warn!(%upstream, connect = err.is_connect(), error = %err, "upstream request failed");
                     return Err(GatewayError::UpstreamUnreachable);
                 }
             },
@@ -116,7 +113,7 @@ impl Forwarder {
                 client_upgrade.filter(|_| headers::switches_to_websocket(response.headers()))
             else {
                 warn!(
-                    upstream = %route.upstream,
+                    %upstream,
                     asked = websocket,
                     "upstream switched protocols unasked or not to WebSocket; refused, not tunnelled"
                 );

@@ -166,9 +166,15 @@ lockout = {ll}
                 .map(|x| format!("\"{x}\""))
                 .collect::<Vec<_>>()
                 .join(", ");
+            // An empty upstream leaves the key out (a verify-only route).
+            let upstream = if r.upstream.is_empty() {
+                String::new()
+            } else {
+                format!("upstream = \"{}\"\n", r.upstream)
+            };
             s.push_str(&format!(
-                "\n[[route]]\npath_prefix = \"{}\"\nupstream = \"{}\"\nauth = \"{}\"\nroles = [{}]\n",
-                r.path_prefix, r.upstream, r.auth, roles
+                "\n[[route]]\npath_prefix = \"{}\"\n{upstream}auth = \"{}\"\nroles = [{}]\n",
+                r.path_prefix, r.auth, roles
             ));
             if let Some(t) = r.timeout {
                 s.push_str(&format!("timeout = {t}\n"));

@@ -1,0 +1,88 @@
+//! The one judgement of a request, shared by the proxied pipeline and by
+//! forward authentication (`/_authgate/verify`): route (with every reading
+//! of the path), credential, identity, permit. Both callers hand in a
+//! [`JudgedRequest`] whose path already passed the path policy; only what
+//! they do with the [`Permit`] differs (forward it, or answer with it).
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, Method};
+
+use crate::auth::{Permit, authorize};
+use crate::context::RequestContext;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::metrics::Outcome;
+use crate::routes::CheckedPath;
+
+/// What becomes of a permit: the request is forwarded by its route, or
+/// only answered (forward authentication: another proxy forwards it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Proxied to the route's upstream: a route without one takes no
+    /// request (404 `NO_ROUTE`, before any credential is looked at).
+    Forward,
+    /// Answered with the decision; routes without an upstream count.
+    Answer,
+}
+
+/// The request being judged: the proxied request itself, or the one that
+/// a proxy in front holds, as its verify request describes it.
+#[derive(Debug)]
+pub struct JudgedRequest<'a> {
+    /// Its method (access-key scopes judge it).
+    pub method: &'a Method,
+    /// Its path, checked by the path policy.
+    pub path: CheckedPath<'a>,
+    /// Its query: one of the credential's sources.
+    pub query: Option<&'a str>,
+    /// The headers holding the credential (`Authorization`, `Cookie`).
+    pub headers: &'a HeaderMap,
+    /// The client's address (trusted proxies' `X-Forwarded-For` followed),
+    /// for rate limits by address.
+    pub client_ip: IpAddr,
+    /// The host it was sent to, as the client named it, if known.
+    pub host: Option<&'a str>,
+    /// `http` or `https` as the client used it, if known.
+    pub scheme: Option<&'a str>,
+    /// What becomes of the permit.
+    pub ending: Ending,
+}
+
+/// Judges `request`: the route its path is taken by (and every route an
+/// upstream could read it under), the caller behind its one credential
+/// when any of those routes needs one, and the permit for them. Errors are
+/// exactly what the request is refused with, whichever the ending.
+pub async fn judge<'g>(
+    gateway: &'g Gateway,
+    request: &JudgedRequest<'_>,
+    ctx: &mut RequestContext,
+) -> Result<Permit<'g>, GatewayError> {
+    let path = request.path.as_str();
+    let matched = gateway
+        .config
+        .routes
+        .route_for(path)
+        .ok_or(GatewayError::NoRoute)?;
+    if request.ending == Ending::Forward && matched.route.upstream.is_none() {
+        return Err(GatewayError::NoRoute);
+    }
+    ctx.route(matched.route.label.clone(), matched.route.prefix.as_str());
+
+    let identity = if matched.needs_credential() {
+        let identity = gateway
+            .auth
+            .authenticate_request(request.headers, request.query)
+            .await?;
+        ctx.caller(&identity);
+        ctx.served(Outcome::Authenticated);
+        Some(identity)
+    } else {
+        None
+    };
+    let permit = authorize(&matched, identity)?;
+    // Checks that need the permit and the judged method, path or client
+    // address (access-key scopes, rate limits) belong here, so that both
+    // endings apply them.
+    Ok(permit)
+}
