@@ -790,3 +790,39 @@ async fn nginx_keeps_the_credential_cookie_from_the_upstream() {
         assert!(seen.header("x-auth-user").is_some());
     }
 }
+
+#[tokio::test]
+async fn no_credential_of_a_judged_request_is_logged() {
+    let s = setup().await;
+    traefik(&s, "GET", &format!("/hello?accesskey={}", s.alice_key), &[])
+        .await
+        .expect_status(200);
+    traefik(&s, "GET", &format!("/admin?token={}", s.alice), &[])
+        .await
+        .expect_status(403);
+    get(
+        &s.gw.url(&format!(
+            "/_authgate/verify/hello?accesskey={}",
+            s.alice_key
+        )),
+        None,
+        &[],
+    )
+    .await
+    .expect_status(200);
+    get(
+        &s.gw.url(&format!("/_authgate/verify/x?token={}", s.root)),
+        None,
+        &[],
+    )
+    .await
+    .expect_status(200);
+    let logs = s.gw.logs();
+    assert!(
+        logs.contains("/_authgate/verify"),
+        "the requests are logged"
+    );
+    for secret in [&s.alice_key, &s.alice, &s.root] {
+        assert!(!logs.contains(secret.as_str()), "a credential was logged");
+    }
+}
