@@ -100,6 +100,15 @@ pub enum GatewayError {
     /// A resource already exists (e.g. a user of that name).
     #[error("{0}")]
     Conflict(&'static str),
+    /// An OIDC sign-in was refused: its state, the code or the ID token.
+    #[error("{0}")]
+    SignInFailed(&'static str),
+    /// The name a provider gives belongs to a local user or another provider.
+    #[error("that user name belongs to a local user or another identity provider")]
+    AccountConflict,
+    /// An OIDC provider could not be reached or answered nonsense.
+    #[error("the identity provider could not be reached")]
+    ProviderUnavailable,
     /// The upstream could not be reached.
     #[error("the upstream service could not be reached")]
     UpstreamUnreachable,
@@ -168,6 +177,9 @@ impl GatewayError {
             UnsupportedMediaType => (MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
             HeadersTooLarge => (HEADERS_TOO_LARGE, "HEADERS_TOO_LARGE"),
             TooManyAttempts { .. } => (TOO_MANY, "TOO_MANY_ATTEMPTS"),
+            SignInFailed(_) => (UNAUTHENTICATED, "SIGN_IN_FAILED"),
+            AccountConflict => (FORBIDDEN, "ACCOUNT_CONFLICT"),
+            ProviderUnavailable => (BAD_GATEWAY, "PROVIDER_UNREACHABLE"),
             UpstreamUnreachable => (BAD_GATEWAY, "UPSTREAM_UNREACHABLE"),
             UpstreamInvalidResponse => (BAD_GATEWAY, "UPSTREAM_INVALID_RESPONSE"),
             UpstreamTimeout => (GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT"),
@@ -342,6 +354,24 @@ mod tests {
                 "ACCESSKEY_NOT_ALLOWED",
             ),
             (GatewayError::NoRoute, 404, "NOT_FOUND", "NO_ROUTE"),
+            (
+                GatewayError::SignInFailed("s"),
+                401,
+                "UNAUTHENTICATED",
+                "SIGN_IN_FAILED",
+            ),
+            (
+                GatewayError::AccountConflict,
+                403,
+                "PERMISSION_DENIED",
+                "ACCOUNT_CONFLICT",
+            ),
+            (
+                GatewayError::ProviderUnavailable,
+                502,
+                "UNAVAILABLE",
+                "PROVIDER_UNREACHABLE",
+            ),
             (
                 GatewayError::NotFound,
                 404,

@@ -19,6 +19,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod names;
+pub mod oidc;
 pub mod proxy;
 pub mod request_id;
 pub mod routes;

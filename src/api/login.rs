@@ -104,8 +104,14 @@ pub async fn login(
         }
     })?;
     let attempt = admit(&body.username, &headers, ctx).await?;
+    // Users of an external provider have no password: they fail as an
+    // unknown user does (same answer, same time).
     let user = if valid_username(&body.username) {
-        ctx.gateway.store.user(&body.username).await?
+        ctx.gateway
+            .store
+            .user(&body.username)
+            .await?
+            .filter(|user| user.provider.is_none())
     } else {
         None
     };
@@ -127,7 +133,7 @@ pub async fn login(
 }
 
 /// The login answer: `{"username","token"}` and the `token` cookie.
-fn issue_session(user: &User, ctx: &Context<'_>) -> Result<Response<Body>, GatewayError> {
+pub(super) fn issue_session(user: &User, ctx: &Context<'_>) -> Result<Response<Body>, GatewayError> {
     let keys = ctx.gateway.auth.jwt();
     let (token, _claims) = keys
         .issue(
@@ -243,7 +249,11 @@ pub async fn onetime_key_login(
     let key_valid =
         taken.is_some_and(|(owner, expires_at)| owner == body.username && expires_at > now);
     let user = if key_valid {
-        store.user(&body.username).await?
+        // No HA1 for users of an external provider.
+        store
+            .user(&body.username)
+            .await?
+            .filter(|user| user.provider.is_none())
     } else {
         None
     };
