@@ -137,7 +137,11 @@ impl Gateway {
             ),
             throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
             forwarder: Forwarder::try_new(&config.upstream, &config.limits)?,
-            oidc: crate::oidc::Providers::try_new(&config.oidc, &config.upstream, config.jwt.leeway)?,
+            oidc: crate::oidc::Providers::try_new(
+                &config.oidc,
+                &config.upstream,
+                config.jwt.leeway,
+            )?,
             tls,
             metrics,
             store,

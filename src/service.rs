@@ -88,7 +88,14 @@ async fn handle_inner(
     ctx.route(matched.route.label.clone(), matched.route.prefix.as_str());
 
     let identity = if matched.needs_credential() {
-        let identity = authenticate(gateway, &request).await?;
+        let identity = match authenticate(gateway, &request).await {
+            Err(GatewayError::AuthenticationRequired)
+                if let Some(to) = crate::oidc::sign_in_redirect(matched.route, &request) =>
+            {
+                return Ok(to);
+            }
+            other => other?,
+        };
         ctx.caller(&identity);
         ctx.served(Outcome::Authenticated);
         Some(identity)

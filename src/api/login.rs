@@ -133,7 +133,22 @@ pub async fn login(
 }
 
 /// The login answer: `{"username","token"}` and the `token` cookie.
-pub(super) fn issue_session(user: &User, ctx: &Context<'_>) -> Result<Response<Body>, GatewayError> {
+fn issue_session(user: &User, ctx: &Context<'_>) -> Result<Response<Body>, GatewayError> {
+    let (token, cookie) = session_token(user, ctx)?;
+    let mut response = json(
+        StatusCode::OK,
+        &serde_json::json!({ "username": user.username, "token": token }),
+    );
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+/// A JWT for `user` and the `token` cookie carrying it, as every login
+/// gives them.
+pub(super) fn session_token(
+    user: &User,
+    ctx: &Context<'_>,
+) -> Result<(String, HeaderValue), GatewayError> {
     let keys = ctx.gateway.auth.jwt();
     let (token, _claims) = keys
         .issue(
@@ -151,18 +166,12 @@ pub(super) fn issue_session(user: &User, ctx: &Context<'_>) -> Result<Response<B
         }),
         Instant::now(),
     );
-    let mut response = json(
-        StatusCode::OK,
-        &serde_json::json!({ "username": user.username, "token": token }),
-    );
     let cookie = format!(
         "token={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
         keys.default_ttl().as_secs()
     );
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    Ok(response)
+    let cookie = HeaderValue::from_str(&cookie).map_err(|_| GatewayError::Internal)?;
+    Ok((token, cookie))
 }
 
 /// `POST /auth/logout`: revokes the presented JWT until it expires.

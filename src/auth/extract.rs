@@ -143,7 +143,7 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// `(name, value)` of every cookie in every `Cookie` header that is UTF-8.
-fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -16,15 +16,15 @@ use arc_swap::ArcSwap;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
     CoreGenderClaim, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
-    CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreRevocableToken,
-    CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
+    CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
     AdditionalClaims, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
-    CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet,
-    IdTokenClaims, IdTokenFields, IdTokenVerifier, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope, SignatureVerificationError,
-    StandardErrorResponse, StandardTokenResponse, TokenResponse,
+    CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenClaims,
+    IdTokenFields, IdTokenVerifier, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RequestTokenError, Scope, SignatureVerificationError, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
@@ -305,9 +305,9 @@ impl OidcProvider {
         let claims = match id_token.claims(&self.verifier(discovered), &nonce) {
             Err(ClaimsVerificationError::SignatureVerification(
                 SignatureVerificationError::NoMatchingKey,
-            )) if self.refetch_jwks(discovered).await => id_token
-                .claims(&self.verifier(discovered), &nonce)
-                .cloned(),
+            )) if self.refetch_jwks(discovered).await => {
+                id_token.claims(&self.verifier(discovered), &nonce).cloned()
+            }
             other => other.cloned(),
         }
         .map_err(|err| {
@@ -377,6 +377,34 @@ impl OidcProvider {
         };
         Ok((username.to_owned(), roles))
     }
+}
+
+/// For a request without a credential on a route with `login`: a 302 to
+/// that provider's sign-in, returning to the request's path and query,
+/// when the request comes from a browser (`Accept` names `text/html`).
+/// API clients get their 401 as before.
+pub fn sign_in_redirect<B>(
+    route: &crate::routes::Route,
+    request: &::http::Request<B>,
+) -> Option<::http::Response<crate::body::Body>> {
+    let provider = route.login.as_deref()?;
+    if !redirect::accepts_html(request.headers()) {
+        return None;
+    }
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = redirect::login_location(provider, target);
+    let mut response = ::http::Response::new(crate::body::empty());
+    *response.status_mut() = ::http::StatusCode::FOUND;
+    let headers = response.headers_mut();
+    headers.insert(
+        ::http::header::LOCATION,
+        ::http::HeaderValue::from_str(&location).ok()?,
+    );
+    headers.insert(
+        ::http::header::CACHE_CONTROL,
+        ::http::HeaderValue::from_static("no-store"),
+    );
+    Some(response)
 }
 
 /// The fixed answer for an ID token that failed verification.

@@ -27,9 +27,8 @@ pub fn safe_return_path(rd: Option<&str>) -> String {
 }
 
 fn is_local_path(rd: &str) -> bool {
-    let starts_local = |text: &[u8]| {
-        text.first() == Some(&b'/') && !matches!(text.get(1), Some(b'/' | b'\\'))
-    };
+    let starts_local =
+        |text: &[u8]| text.first() == Some(&b'/') && !matches!(text.get(1), Some(b'/' | b'\\'));
     if rd.len() > 2048
         || !starts_local(rd.as_bytes())
         || rd.bytes().any(|b| b == b'\\' || !(0x21..0x7f).contains(&b))
@@ -130,7 +129,10 @@ mod tests {
             assert_eq!(safe_return_path(Some(bad)), "/", "{bad:?}");
         }
         assert_eq!(safe_return_path(None), "/");
-        assert_eq!(safe_return_path(Some(&format!("/{}", "a".repeat(3000)))), "/");
+        assert_eq!(
+            safe_return_path(Some(&format!("/{}", "a".repeat(3000)))),
+            "/"
+        );
     }
 
     #[test]

@@ -525,9 +525,9 @@ impl Store {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM users WHERE ha1_realm <> $1 AND provider IS NULL",
         )
-            .bind(realm)
-            .fetch_one(&self.pool)
-            .await?;
+        .bind(realm)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row.try_get("n")?)
     }
 

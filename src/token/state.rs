@@ -134,7 +134,10 @@ mod tests {
     fn round_trip_until_expiry() {
         let s = sealer("oidc:corp");
         let sealed = s.seal(&("state", 7), 100);
-        assert_eq!(s.open::<(String, i32)>(&sealed, 99), Ok(("state".into(), 7)));
+        assert_eq!(
+            s.open::<(String, i32)>(&sealed, 99),
+            Ok(("state".into(), 7))
+        );
         assert_eq!(
             s.open::<(String, i32)>(&sealed, 100),
             Err(SealRejection::Expired)
