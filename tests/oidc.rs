@@ -293,10 +293,6 @@ impl Browser {
         }
     }
 
-    fn forget(&mut self, name: &str) {
-        self.jar.retain(|c| c.name != name);
-    }
-
     async fn send(&mut self, request: reqwest::RequestBuilder, url: &str) -> reqwest::Response {
         let parsed = reqwest::Url::parse(url).unwrap();
         let request = match self.cookie_header(&parsed) {
