@@ -1497,6 +1497,83 @@ mod tests {
         )
     }
 
+    fn oidc_section(name: &str, secret: &Path) -> String {
+        format!(
+            "[[oidc]]\nname = \"{name}\"\nissuer = \"https://idp.example.com\"\nclient_id = \"authgate\"\n\
+             client_secret_file = {:?}\nredirect_url = \"https://gw.example.com/auth/oidc/{name}/callback\"\n",
+            secret.display().to_string()
+        )
+    }
+
+    #[test]
+    fn oidc_providers_get_defaults_and_routes_must_name_one() {
+        let secret = secret_file();
+        let route = |login: &str| {
+            format!(
+                "[[route]]\npath_prefix = \"/app\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"{login}\"\n"
+            )
+        };
+        let text = minimal(
+            secret.path(),
+            &format!("{}{}", route("corp"), oidc_section("corp", secret.path())),
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let corp = &config.oidc[0];
+        assert_eq!(corp.scopes, ["openid", "email", "profile"]);
+        assert_eq!(corp.username_claim, "sub");
+        assert_eq!(corp.roles_claim, None);
+        assert_eq!(
+            corp.client_secret_text(),
+            "0123456789abcdef0123456789abcdef-secret",
+            "one trailing newline stripped"
+        );
+        assert!(!format!("{config:?}").contains("0123456789abcdef0123456789abcdef-secret"));
+        assert_eq!(
+            config
+                .routes
+                .iter()
+                .find(|r| r.prefix == "/app")
+                .unwrap()
+                .login
+                .as_deref(),
+            Some("corp")
+        );
+
+        let text = minimal(
+            secret.path(),
+            &format!("{}{}", route("nope"), oidc_section("corp", secret.path())),
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{:?}", err.problems);
+        assert!(
+            err.problems[0].starts_with("route.login: \"nope\""),
+            "{:?}",
+            err.problems
+        );
+
+        let text = minimal(
+            secret.path(),
+            &format!(
+                "{}{}",
+                oidc_section("Bad/Name", secret.path()),
+                oidc_section("corp", Path::new("/nonexistent/oidc.secret"))
+            ),
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.starts_with("oidc[0].name: ")),
+            "{:?}",
+            err.problems
+        );
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.starts_with("oidc[1].client_secret_file: cannot read")),
+            "{:?}",
+            err.problems
+        );
+    }
+
     #[test]
     fn every_unknown_key_is_one_problem_with_a_suggestion() {
         let secret = secret_file();
@@ -1543,6 +1620,7 @@ mod tests {
             "login",
             "cache",
             "route",
+            "oidc",
         ] {
             let keys = known_keys(path).unwrap();
             assert!(!keys.is_empty(), "{path:?}");
