@@ -971,8 +971,11 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         negative_ttl: p.seconds("cache.negative_ttl", raw.cache.negative_ttl, 1, 3600),
     };
 
-    let jwt = jwt?;
-    let oidc = validate_oidc(raw.oidc, &jwt.derive_root, p);
+    // Without valid JWT keys the config fails anyway; the providers are
+    // still checked so every problem is listed.
+    let no_root = crate::token::state::RootSecret::new(Vec::new());
+    let root = jwt.as_ref().map_or(&no_root, |jwt| &jwt.derive_root);
+    let oidc = validate_oidc(raw.oidc, root, p);
     let routes = validate_routes(raw.route, &upstream, p);
     for route in routes.iter() {
         if let Some(login) = &route.login
@@ -991,7 +994,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     Some(Config {
         server,
         store,
-        jwt,
+        jwt: jwt?,
         onetimekey,
         limits,
         upstream,
