@@ -162,6 +162,11 @@ fn accounts() -> Value {
 }
 
 async fn setup() -> Setup {
+    setup_with(|_| {}).await
+}
+
+/// The config the tests run, with `adjust` applied to the gateway's options.
+async fn setup_with(adjust: impl Fn(&mut GatewayOptions)) -> Setup {
     let upstream = Upstream::start().await;
     let gateway_port = free_port();
     let provider = OpenIdProvider::start(0, "key-1", gateway_port, &accounts());
@@ -197,6 +202,7 @@ redirect_url = "http://127.0.0.1:{gateway_port}/auth/oidc/partner/callback"
         secret = secret.display(),
         partner_secret = partner_secret.display(),
     );
+    adjust(&mut opts);
     let gateway = Gateway::start_with(opts).await;
     Setup {
         provider,
@@ -893,4 +899,76 @@ async fn unknown_providers_are_not_found() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn a_sign_in_started_on_one_replica_finishes_on_another_on_postgres() {
+    use sqlx::Connection;
+    let admin_url = std::env::var("AUTHGATE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let name = format!("authgate_{}", unique("oidc").replace('-', "_")).to_lowercase();
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let db_url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+    let secret = random_secret_text();
+    let s = setup_with(|opts| {
+        opts.store_url = Some(db_url.clone());
+        opts.secret_text = Some(secret.clone());
+    })
+    .await;
+    // Replica b: the same config (same JWT secret, same client secret and
+    // redirect_url) on another port.
+    let b_port = free_port();
+    let mut b_opts = s.gateway.options().clone();
+    b_opts.listen = format!("127.0.0.1:{b_port}");
+    let b = Gateway::start_with(b_opts).await;
+
+    let mut browser = Browser::new();
+    let to = start_sign_in(&mut browser, &s.gateway, "corp", "/app/r").await;
+    let callback = authorize(&mut browser, to, "alice").await;
+    let on_b = callback.replace(
+        &format!("127.0.0.1:{}", s.gateway_port),
+        &format!("127.0.0.1:{b_port}"),
+    );
+    for cookie in browser.jar.iter_mut().filter(|c| c.name == "authgate_oidc") {
+        cookie.host = format!("127.0.0.1:{b_port}");
+    }
+    let response = browser.get(&on_b).await;
+    assert_eq!(response.status(), 302, "{}", response.text().await.unwrap());
+    assert_eq!(response.headers()["location"], "/app/r");
+    let token = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .find_map(|v| {
+            v.to_str()
+                .unwrap()
+                .strip_prefix("token=")
+                .map(|rest| rest.split(';').next().unwrap().to_string())
+        })
+        .expect("token cookie");
+    // Recorded in the shared store: the token works on replica a, and the
+    // name is held against a local user created later.
+    assert_eq!(get_with_token(&s.gateway, "/app/r", &token).await.status(), 200);
+    assert_eq!(
+        s.upstream.last().header("x-auth-roles").as_deref(),
+        Some("admin,dev")
+    );
+    let add = s
+        .gateway
+        .cli(&["user", "add", "alice", "--password-stdin"], Some("pw-pw-pw-pw\n"))
+        .await;
+    assert!(!add.status.success());
+    drop(b);
+    drop(s);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
 }
