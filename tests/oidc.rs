@@ -640,6 +640,18 @@ async fn a_replayed_code_is_refused() {
     let sealed = browser.cookie("authgate_oidc").unwrap();
     let first = browser.get(&callback).await;
     assert_eq!(first.status(), 302);
+    // The code is a credential: the access log shows it redacted.
+    let code = reqwest::Url::parse(&callback)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = gw.logs();
+    assert!(logs.contains("/auth/oidc/corp/callback"), "{logs}");
+    assert!(!logs.contains(&code), "the code is logged: {logs}");
     assert!(browser.cookie("authgate_oidc").is_none(), "cleared");
 
     // The same callback again, without the (cleared) state cookie...
@@ -954,14 +966,20 @@ async fn a_sign_in_started_on_one_replica_finishes_on_another_on_postgres() {
         .expect("token cookie");
     // Recorded in the shared store: the token works on replica a, and the
     // name is held against a local user created later.
-    assert_eq!(get_with_token(&s.gateway, "/app/r", &token).await.status(), 200);
+    assert_eq!(
+        get_with_token(&s.gateway, "/app/r", &token).await.status(),
+        200
+    );
     assert_eq!(
         s.upstream.last().header("x-auth-roles").as_deref(),
         Some("admin,dev")
     );
     let add = s
         .gateway
-        .cli(&["user", "add", "alice", "--password-stdin"], Some("pw-pw-pw-pw\n"))
+        .cli(
+            &["user", "add", "alice", "--password-stdin"],
+            Some("pw-pw-pw-pw\n"),
+        )
         .await;
     assert!(!add.status.success());
     drop(b);
