@@ -433,6 +433,15 @@ async fn user(
         } => {
             let password = read_password()?;
             let store = store.open().await?;
+            // A provider's users sign in there; a password here would be
+            // a second way in that the provider does not control.
+            if let Some(provider) = store.user(&name).await?.and_then(|user| user.provider) {
+                return Err(fail(format!(
+                    "{} signs in through the identity provider {}; it has no password here",
+                    escape(&name),
+                    escape(&provider)
+                )));
+            }
             let phc = hash_password(&password)?;
             let ha1 = digest::ha1(&name, realm, &password);
             match store

@@ -70,6 +70,51 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Routes, longest prefix first.
     pub routes: RouteTable,
+    /// External OpenID Connect providers for browser sign-in.
+    pub oidc: Vec<OidcProviderConfig>,
+}
+
+/// One `[[oidc]]` provider, validated.
+#[derive(Debug, Clone)]
+pub struct OidcProviderConfig {
+    /// `[a-z0-9-]+`, used in paths and on the sign-in page.
+    pub name: String,
+    /// Discovery at `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// This gateway's client id at the provider.
+    pub client_id: String,
+    /// The client secret (never printed), for the token request.
+    client_secret_text: SecretText,
+    /// Where the provider sends the browser back.
+    pub redirect_url: String,
+    /// Scopes asked for.
+    pub scopes: Vec<String>,
+    /// Claim holding the authgate user name.
+    pub username_claim: String,
+    /// Dotted claim path holding the roles; `None`: no roles.
+    pub roles_claim: Option<String>,
+    /// Extra CA roots for the provider's TLS.
+    pub ca_file: Option<PathBuf>,
+    /// The key sealing the sign-in state cookie, derived from the JWT
+    /// signing secret and the client secret (the same on every replica).
+    pub sealer: Arc<crate::token::state::Sealer>,
+}
+
+impl OidcProviderConfig {
+    /// The client secret, for the token request only.
+    pub fn client_secret_text(&self) -> &str {
+        &self.client_secret_text.0
+    }
+}
+
+/// Text that must never be printed.
+#[derive(Clone)]
+struct SecretText(String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(..)")
+    }
 }
 
 /// Listeners and shutdown behaviour.
@@ -138,6 +183,9 @@ pub struct JwtConfig {
     pub keys: Arc<JwtKeys>,
     /// External identity providers whose JWK sets verify their tokens.
     pub external: Vec<JwksSource>,
+    /// The signing secret (HS256) or signer's private key, for keys derived
+    /// from it (the OIDC state cookie's).
+    pub derive_root: crate::token::state::RootSecret,
 }
 
 /// One-time-key login settings.
@@ -238,6 +286,24 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     route: Vec<RawRoute>,
+    #[serde(default)]
+    oidc: Vec<RawOidc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    name: String,
+    issuer: String,
+    client_id: String,
+    client_secret_file: PathBuf,
+    redirect_url: String,
+    #[serde(default = "defaults::oidc_scopes")]
+    scopes: Vec<String>,
+    #[serde(default = "defaults::oidc_username_claim")]
+    username_claim: String,
+    roles_claim: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -457,10 +523,17 @@ struct RawRoute {
     #[serde(default)]
     roles: Vec<String>,
     timeout: Option<u64>,
+    login: Option<String>,
 }
 
 /// Default values, documented in the README's configuration reference.
 mod defaults {
+    pub fn oidc_scopes() -> Vec<String> {
+        ["openid", "email", "profile"].map(String::from).to_vec()
+    }
+    pub fn oidc_username_claim() -> String {
+        "sub".into()
+    }
     pub fn shutdown_grace() -> u64 {
         30
     }
@@ -663,6 +736,7 @@ fn known_keys(path: &str) -> Option<Vec<String>> {
         "login" => Some(fields_of::<RawLogin>()),
         "cache" => Some(fields_of::<RawCache>()),
         "route" => Some(fields_of::<RawRoute>()),
+        "oidc" => Some(fields_of::<RawOidc>()),
         _ => None,
     }
 }
@@ -897,7 +971,25 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         negative_ttl: p.seconds("cache.negative_ttl", raw.cache.negative_ttl, 1, 3600),
     };
 
+    // Without valid JWT keys the config fails anyway; the providers are
+    // still checked so every problem is listed.
+    let no_root = crate::token::state::RootSecret::new(Vec::new());
+    let root = jwt.as_ref().map_or(&no_root, |jwt| &jwt.derive_root);
+    let oidc = validate_oidc(raw.oidc, root, p);
     let routes = validate_routes(raw.route, &upstream, p);
+    for route in routes.iter() {
+        if let Some(login) = &route.login
+            && !oidc.iter().any(|provider| provider.name == **login)
+        {
+            p.add(
+                "route.login",
+                format_args!(
+                    "{login:?} (route {:?}) names no [[oidc]] provider",
+                    route.prefix
+                ),
+            );
+        }
+    }
 
     Some(Config {
         server,
@@ -909,7 +1001,98 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         login,
         cache,
         routes,
+        oidc,
     })
+}
+
+/// `[[oidc]]`: names unique and path-safe, URLs absolute, files readable.
+fn validate_oidc(
+    raw: Vec<RawOidc>,
+    root: &crate::token::state::RootSecret,
+    p: &mut Problems,
+) -> Vec<OidcProviderConfig> {
+    let mut providers: Vec<OidcProviderConfig> = Vec::with_capacity(raw.len());
+    for (index, provider) in raw.into_iter().enumerate() {
+        let at = format!("oidc[{index}]");
+        let name_ok = (1..=32).contains(&provider.name.len())
+            && provider
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            p.add(
+                &format!("{at}.name"),
+                format_args!("{:?} must be 1 to 32 of a-z 0-9 -", provider.name),
+            );
+        }
+        if providers.iter().any(|other| other.name == provider.name) {
+            p.add(&format!("{at}.name"), "two providers with the same name");
+        }
+        for (key, url) in [
+            ("issuer", &provider.issuer),
+            ("redirect_url", &provider.redirect_url),
+        ] {
+            let ok = url.parse::<Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            });
+            if !ok {
+                p.add(
+                    &format!("{at}.{key}"),
+                    format_args!("{url:?} is not an http(s) URL"),
+                );
+            }
+        }
+        if provider.client_id.is_empty() {
+            p.add(&format!("{at}.client_id"), "must not be empty");
+        }
+        if !provider.scopes.iter().any(|scope| scope == "openid") {
+            p.add(&format!("{at}.scopes"), "must include \"openid\"");
+        }
+        if provider.username_claim.is_empty() {
+            p.add(&format!("{at}.username_claim"), "must not be empty");
+        }
+        if let Some(path) = &provider.ca_file {
+            p.readable_file(&format!("{at}.ca_file"), path);
+        }
+        let secret = match std::fs::read_to_string(&provider.client_secret_file) {
+            Ok(text) => {
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text).to_owned();
+                if text.is_empty() {
+                    p.add(&format!("{at}.client_secret_file"), "the file is empty");
+                }
+                text
+            }
+            Err(err) => {
+                p.add(
+                    &format!("{at}.client_secret_file"),
+                    format_args!(
+                        "cannot read {}: {err}",
+                        provider.client_secret_file.display()
+                    ),
+                );
+                String::new()
+            }
+        };
+        let sealer = crate::token::state::Sealer::derive(
+            root,
+            secret.as_bytes(),
+            &format!("oidc:{}", provider.name),
+        );
+        providers.push(OidcProviderConfig {
+            client_secret_text: SecretText(secret),
+            name: provider.name,
+            issuer: provider.issuer,
+            client_id: provider.client_id,
+            redirect_url: provider.redirect_url,
+            scopes: provider.scopes,
+            username_claim: provider.username_claim,
+            roles_claim: provider.roles_claim.filter(|claim| !claim.is_empty()),
+            ca_file: provider.ca_file,
+            sealer: Arc::new(sealer),
+        });
+    }
+    providers
 }
 
 fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
@@ -1139,6 +1322,14 @@ fn validate_jwt(raw: RawJwt, p: &mut Problems) -> Option<JwtConfig> {
     if p.0.len() > problems_before {
         return None;
     }
+    // Every replica has the same signing material: keys derived from it
+    // are shared without another secret to distribute.
+    let derive_root = crate::token::state::RootSecret::new(
+        secret
+            .clone()
+            .or_else(|| specs.iter().find_map(|spec| spec.private_pem.clone()))
+            .unwrap_or_default(),
+    );
     match JwtKeys::try_new(&raw.issuer, ttl, leeway, secret.as_deref(), &specs) {
         Ok(keys) => Some(JwtConfig {
             issuer: raw.issuer,
@@ -1146,6 +1337,7 @@ fn validate_jwt(raw: RawJwt, p: &mut Problems) -> Option<JwtConfig> {
             leeway,
             keys: Arc::new(keys),
             external,
+            derive_root,
         }),
         Err(problem) => {
             p.add("jwt.keys", problem);
@@ -1257,6 +1449,7 @@ fn validate_routes(raw: Vec<RawRoute>, upstream: &UpstreamConfig, p: &mut Proble
                 auth,
                 roles: route.roles,
                 timeout,
+                login: route.login.map(Arc::from),
             }),
             Err(problem) => p.add(&format!("{key}.upstream"), problem),
         }
@@ -1308,6 +1501,83 @@ mod tests {
         )
     }
 
+    fn oidc_section(name: &str, secret: &Path) -> String {
+        format!(
+            "[[oidc]]\nname = \"{name}\"\nissuer = \"https://idp.example.com\"\nclient_id = \"authgate\"\n\
+             client_secret_file = {:?}\nredirect_url = \"https://gw.example.com/auth/oidc/{name}/callback\"\n",
+            secret.display().to_string()
+        )
+    }
+
+    #[test]
+    fn oidc_providers_get_defaults_and_routes_must_name_one() {
+        let secret = secret_file();
+        let route = |login: &str| {
+            format!(
+                "[[route]]\npath_prefix = \"/app\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"{login}\"\n"
+            )
+        };
+        let text = minimal(
+            secret.path(),
+            &format!("{}{}", route("corp"), oidc_section("corp", secret.path())),
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let corp = &config.oidc[0];
+        assert_eq!(corp.scopes, ["openid", "email", "profile"]);
+        assert_eq!(corp.username_claim, "sub");
+        assert_eq!(corp.roles_claim, None);
+        assert_eq!(
+            corp.client_secret_text(),
+            "0123456789abcdef0123456789abcdef-secret",
+            "one trailing newline stripped"
+        );
+        assert!(!format!("{config:?}").contains("0123456789abcdef0123456789abcdef-secret"));
+        assert_eq!(
+            config
+                .routes
+                .iter()
+                .find(|r| r.prefix == "/app")
+                .unwrap()
+                .login
+                .as_deref(),
+            Some("corp")
+        );
+
+        let text = minimal(
+            secret.path(),
+            &format!("{}{}", route("nope"), oidc_section("corp", secret.path())),
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{:?}", err.problems);
+        assert!(
+            err.problems[0].starts_with("route.login: \"nope\""),
+            "{:?}",
+            err.problems
+        );
+
+        let text = minimal(
+            secret.path(),
+            &format!(
+                "{}{}",
+                oidc_section("Bad/Name", secret.path()),
+                oidc_section("corp", Path::new("/nonexistent/oidc.secret"))
+            ),
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.starts_with("oidc[0].name: ")),
+            "{:?}",
+            err.problems
+        );
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.starts_with("oidc[1].client_secret_file: cannot read")),
+            "{:?}",
+            err.problems
+        );
+    }
+
     #[test]
     fn every_unknown_key_is_one_problem_with_a_suggestion() {
         let secret = secret_file();
@@ -1354,6 +1624,7 @@ mod tests {
             "login",
             "cache",
             "route",
+            "oidc",
         ] {
             let keys = known_keys(path).unwrap();
             assert!(!keys.is_empty(), "{path:?}");

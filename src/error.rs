@@ -100,6 +100,22 @@ pub enum GatewayError {
     /// A resource already exists (e.g. a user of that name).
     #[error("{0}")]
     Conflict(&'static str),
+    /// No credential, on a route whose browsers sign in through an OIDC
+    /// provider: answered with 302 to `location`, the provider's sign-in.
+    #[error("sign in first: this route signs browsers in through an identity provider")]
+    SignInRequired {
+        /// `/auth/oidc/<provider>/login?rd=<the request's path and query>`.
+        location: String,
+    },
+    /// An OIDC sign-in was refused: its state, the code or the ID token.
+    #[error("{0}")]
+    SignInFailed(&'static str),
+    /// The name a provider gives belongs to a local user or another provider.
+    #[error("that user name belongs to a local user or another identity provider")]
+    AccountConflict,
+    /// An OIDC provider could not be reached or answered nonsense.
+    #[error("the identity provider could not be reached")]
+    ProviderUnavailable,
     /// The upstream could not be reached.
     #[error("the upstream service could not be reached")]
     UpstreamUnreachable,
@@ -124,6 +140,7 @@ pub enum GatewayError {
 #[derive(Debug, Clone, Copy)]
 struct Class(StatusCode, &'static str);
 
+const SIGN_IN: Class = Class(StatusCode::FOUND, "UNAUTHENTICATED");
 const BAD_REQUEST: Class = Class(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
 const UNAUTHENTICATED: Class = Class(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
 const FORBIDDEN: Class = Class(StatusCode::FORBIDDEN, "PERMISSION_DENIED");
@@ -168,6 +185,10 @@ impl GatewayError {
             UnsupportedMediaType => (MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
             HeadersTooLarge => (HEADERS_TOO_LARGE, "HEADERS_TOO_LARGE"),
             TooManyAttempts { .. } => (TOO_MANY, "TOO_MANY_ATTEMPTS"),
+            SignInRequired { .. } => (SIGN_IN, "SIGN_IN_REQUIRED"),
+            SignInFailed(_) => (UNAUTHENTICATED, "SIGN_IN_FAILED"),
+            AccountConflict => (FORBIDDEN, "ACCOUNT_CONFLICT"),
+            ProviderUnavailable => (BAD_GATEWAY, "PROVIDER_UNREACHABLE"),
             UpstreamUnreachable => (BAD_GATEWAY, "UPSTREAM_UNREACHABLE"),
             UpstreamInvalidResponse => (BAD_GATEWAY, "UPSTREAM_INVALID_RESPONSE"),
             UpstreamTimeout => (GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT"),
@@ -237,6 +258,11 @@ impl GatewayError {
                     r#"Bearer realm="authgate""#
                 };
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
+            }
+            GatewayError::SignInRequired { location } => {
+                if let Ok(value) = HeaderValue::from_str(location) {
+                    headers.insert(header::LOCATION, value);
+                }
             }
             GatewayError::TooManyAttempts { retry_after }
             | GatewayError::LoginBusy { retry_after } => {
@@ -342,6 +368,32 @@ mod tests {
                 "ACCESSKEY_NOT_ALLOWED",
             ),
             (GatewayError::NoRoute, 404, "NOT_FOUND", "NO_ROUTE"),
+            (
+                GatewayError::SignInRequired {
+                    location: "/auth/oidc/corp/login?rd=%2F".into(),
+                },
+                302,
+                "UNAUTHENTICATED",
+                "SIGN_IN_REQUIRED",
+            ),
+            (
+                GatewayError::SignInFailed("s"),
+                401,
+                "UNAUTHENTICATED",
+                "SIGN_IN_FAILED",
+            ),
+            (
+                GatewayError::AccountConflict,
+                403,
+                "PERMISSION_DENIED",
+                "ACCOUNT_CONFLICT",
+            ),
+            (
+                GatewayError::ProviderUnavailable,
+                502,
+                "UNAVAILABLE",
+                "PROVIDER_UNREACHABLE",
+            ),
             (
                 GatewayError::NotFound,
                 404,

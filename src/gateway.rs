@@ -41,6 +41,8 @@ pub struct Gateway {
     pub tls: Option<TlsAcceptor>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// External OpenID Connect providers for browser sign-in.
+    pub oidc: crate::oidc::Providers,
 }
 
 /// Why a new config was not taken.
@@ -110,6 +112,11 @@ impl Gateway {
             ),
             throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
             forwarder: Forwarder::try_new(&config.upstream, &config.limits)?,
+            oidc: crate::oidc::Providers::try_new(
+                &config.oidc,
+                &config.upstream,
+                config.jwt.leeway,
+            )?,
             tls,
             metrics,
             store,

@@ -13,6 +13,7 @@ use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::metrics::Outcome;
+use crate::oidc;
 use crate::routes::CheckedPath;
 
 /// What becomes of a permit: the request is forwarded by its route, or
@@ -70,10 +71,22 @@ pub async fn judge<'g>(
     ctx.route(matched.route.label.clone(), matched.route.prefix.as_str());
 
     let identity = if matched.needs_credential() {
-        let identity = gateway
+        let authenticated = gateway
             .auth
             .authenticate_request(request.headers, request.query)
-            .await?;
+            .await;
+        let identity = match authenticated {
+            Err(GatewayError::AuthenticationRequired) => {
+                return Err(oidc::sign_in_required(
+                    matched.route,
+                    request.headers,
+                    path,
+                    request.query,
+                )
+                .unwrap_or(GatewayError::AuthenticationRequired));
+            }
+            other => other?,
+        };
         ctx.caller(&identity);
         ctx.served(Outcome::Authenticated);
         Some(identity)

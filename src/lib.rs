@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod judge;
 pub mod metrics;
 pub mod names;
+pub mod oidc;
 pub mod proxy;
 pub mod request_id;
 pub mod routes;

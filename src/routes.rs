@@ -35,6 +35,8 @@ pub struct Route {
     pub roles: Vec<String>,
     /// Time allowed until the upstream's response head.
     pub timeout: Duration,
+    /// The `[[oidc]]` provider browsers without a credential are sent to.
+    pub login: Option<std::sync::Arc<str>>,
 }
 
 impl Route {
@@ -400,6 +402,7 @@ mod tests {
             auth: RouteAuth::Required,
             roles: vec![],
             timeout: Duration::from_secs(1),
+            login: None,
         }
     }
 

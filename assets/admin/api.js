@@ -99,6 +99,9 @@ export async function call(method, path, body) {
 /** Who the session cookie belongs to: {username, roles, admin, method}. */
 export const session = () => call("GET", "/_authgate/session");
 
+/** The external identity providers: {providers: [{name, login}]}. */
+export const providers = () => call("GET", "/_authgate/providers");
+
 /** Signs in; the gateway sets the session cookie. Resolves with the username. */
 export async function signIn(username, password) {
   const answer = await call("POST", "/auth/login", { username, password });

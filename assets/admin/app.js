@@ -497,8 +497,32 @@ function wire() {
   });
 }
 
+/** One "Sign in with <name>" link per external identity provider. */
+async function showProviders() {
+  let answer;
+  try {
+    answer = await api.providers();
+  } catch {
+    return;
+  }
+  const list = $("signin-provider-list");
+  list.replaceChildren(
+    ...answer.providers.map((provider) => {
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.className = "button provider-link";
+      link.href = provider.login;
+      link.textContent = `Sign in with ${provider.name}`;
+      item.append(link);
+      return item;
+    }),
+  );
+  $("signin-providers").hidden = answer.providers.length === 0;
+}
+
 async function boot() {
   wire();
+  showProviders();
   try {
     await showKeys(await api.session());
   } catch (err) {

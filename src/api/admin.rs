@@ -4,7 +4,8 @@
 //! embedded in the binary. It talks only to the gateway's JSON API with the
 //! `token` cookie that `/auth/login` sets; the one endpoint of its own is
 //! `GET /_authgate/session`, which tells the page who the cookie belongs to,
-//! so it keeps nothing in browser storage. Every asset is served with a strict
+//! so it keeps nothing in browser storage, and `GET /_authgate/providers`,
+//! the external identity providers it offers sign-in with. Every asset is served with a strict
 //! Content-Security-Policy (no inline script or style, no framing).
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -77,6 +78,12 @@ pub async fn serve(
     let Some(name) = path.strip_prefix(PAGE) else {
         return Err(GatewayError::NotFound);
     };
+    if name == "providers" {
+        return match *request.method() {
+            Method::GET => Ok(providers(ctx)),
+            _ => Err(GatewayError::MethodNotAllowed),
+        };
+    }
     if name == "session" {
         return match *request.method() {
             Method::GET => session(&request, ctx).await,
@@ -113,6 +120,26 @@ async fn session(
             "method": identity.method.as_str(),
         }),
     ))
+}
+
+/// `GET /_authgate/providers`: the `[[oidc]]` providers the sign-in form
+/// offers, with the address that starts each one's sign-in and returns here.
+fn providers(ctx: &Context<'_>) -> Response<Body> {
+    let providers: Vec<serde_json::Value> = ctx
+        .gateway
+        .oidc
+        .names()
+        .map(|name| {
+            serde_json::json!({
+                "name": name,
+                "login": crate::oidc::redirect::login_location(name, PAGE),
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "providers": providers }),
+    )
 }
 
 /// `/_authgate` → `/_authgate/`, so relative asset URLs resolve.

@@ -105,8 +105,14 @@ pub async fn login(
         }
     })?;
     let attempt = admit(&body.username, &headers, ctx).await?;
+    // Users of an external provider have no password: they fail as an
+    // unknown user does (same answer, same time).
     let user = if valid_username(&body.username) {
-        ctx.gateway.store.user(&body.username).await?
+        ctx.gateway
+            .store
+            .user(&body.username)
+            .await?
+            .filter(|user| user.provider.is_none())
     } else {
         None
     };
@@ -129,6 +135,21 @@ pub async fn login(
 
 /// The login answer: `{"username","token"}` and the `token` cookie.
 fn issue_session(user: &User, ctx: &Context<'_>) -> Result<Response<Body>, GatewayError> {
+    let (token, cookie) = session_token(user, ctx)?;
+    let mut response = json(
+        StatusCode::OK,
+        &serde_json::json!({ "username": user.username, "token": token }),
+    );
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+/// A JWT for `user` and the `token` cookie carrying it, as every login
+/// gives them.
+pub(super) fn session_token(
+    user: &User,
+    ctx: &Context<'_>,
+) -> Result<(String, HeaderValue), GatewayError> {
     let keys = ctx.gateway.auth.jwt();
     let (token, _claims) = keys
         .issue(
@@ -146,18 +167,12 @@ fn issue_session(user: &User, ctx: &Context<'_>) -> Result<Response<Body>, Gatew
         }),
         Instant::now(),
     );
-    let mut response = json(
-        StatusCode::OK,
-        &serde_json::json!({ "username": user.username, "token": token }),
-    );
     let cookie = format!(
         "token={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
         keys.default_ttl().as_secs()
     );
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    Ok(response)
+    let cookie = HeaderValue::from_str(&cookie).map_err(|_| GatewayError::Internal)?;
+    Ok((token, cookie))
 }
 
 /// `POST /auth/logout`: revokes the presented JWT until it expires.
@@ -244,7 +259,11 @@ pub async fn onetime_key_login(
     let key_valid =
         taken.is_some_and(|(owner, expires_at)| owner == body.username && expires_at > now);
     let user = if key_valid {
-        store.user(&body.username).await?
+        // No HA1 for users of an external provider.
+        store
+            .user(&body.username)
+            .await?
+            .filter(|user| user.provider.is_none())
     } else {
         None
     };

@@ -4,6 +4,7 @@
 mod accesskeys;
 mod admin;
 mod login;
+mod oidc;
 mod ops;
 
 use bytes::Bytes;
@@ -43,6 +44,10 @@ pub enum Endpoint {
     Readyz,
     /// `/metrics`
     Metrics,
+    /// `/auth/oidc/{name}/login`
+    OidcLogin(String),
+    /// `/auth/oidc/{name}/callback`
+    OidcCallback(String),
     /// `/_authgate` and everything below it.
     Reserved,
 }
@@ -64,6 +69,15 @@ impl Endpoint {
             _ => {
                 if let Some(id) = path.strip_prefix("/v1.0/accesskeys/") {
                     Endpoint::AccessKey(id.to_owned())
+                } else if let Some((name, action)) = path
+                    .strip_prefix("/auth/oidc/")
+                    .and_then(|rest| rest.split_once('/'))
+                {
+                    match action {
+                        "login" => Endpoint::OidcLogin(name.to_owned()),
+                        "callback" => Endpoint::OidcCallback(name.to_owned()),
+                        _ => return None,
+                    }
                 } else if path.starts_with(crate::config::RESERVED_PREFIX) {
                     Endpoint::Reserved
                 } else {
@@ -86,6 +100,8 @@ impl Endpoint {
             Endpoint::Healthz => "healthz",
             Endpoint::Readyz => "readyz",
             Endpoint::Metrics => "metrics",
+            Endpoint::OidcLogin(_) => "oidc_login",
+            Endpoint::OidcCallback(_) => "oidc_callback",
             Endpoint::Reserved => "reserved",
         }
     }
@@ -124,6 +140,8 @@ pub async fn serve(
             Err(GatewayError::NotFound)
         }
         (Endpoint::Metrics, Method::GET) => Ok(ops::metrics(&ctx)),
+        (Endpoint::OidcLogin(name), Method::GET) => oidc::login(request, &ctx, &name).await,
+        (Endpoint::OidcCallback(name), Method::GET) => oidc::callback(request, &ctx, &name).await,
         (Endpoint::Reserved, _) => admin::serve(request, &ctx).await,
         _ => Err(GatewayError::MethodNotAllowed),
     }
@@ -266,6 +284,16 @@ mod tests {
         assert_eq!(Endpoint::for_path("/_authgate"), Some(Endpoint::Reserved));
         assert_eq!(Endpoint::for_path("/auth/login/x"), None);
         assert_eq!(Endpoint::for_path("/api"), None);
+        assert_eq!(
+            Endpoint::for_path("/auth/oidc/corp/login"),
+            Some(Endpoint::OidcLogin("corp".into()))
+        );
+        assert_eq!(
+            Endpoint::for_path("/auth/oidc/corp/callback"),
+            Some(Endpoint::OidcCallback("corp".into()))
+        );
+        assert_eq!(Endpoint::for_path("/auth/oidc/corp/other"), None);
+        assert_eq!(Endpoint::for_path("/auth/oidc/corp"), None);
     }
 
     #[test]

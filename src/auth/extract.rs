@@ -143,7 +143,7 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// `(name, value)` of every cookie in every `Cookie` header that is UTF-8.
-fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -245,8 +245,9 @@ pub fn redact_target(uri: &http::Uri) -> Cow<'_, str> {
 /// Parameter names whose values are redacted wherever they appear (query,
 /// or `;name=value` path parameters), compared after percent- and
 /// `+`-decoding, trimmed and in any case: ours and the common names other
-/// software uses for credentials.
-const SECRET_PARAMS: [&str; 14] = [
+/// software uses for credentials (`code`: an OAuth authorization code, as
+/// on `/auth/oidc/{name}/callback`).
+const SECRET_PARAMS: [&str; 15] = [
     TOKEN_PARAM,
     ACCESSKEY_PARAM,
     "access_key",
@@ -261,6 +262,7 @@ const SECRET_PARAMS: [&str; 14] = [
     "pwd",
     "secret",
     "client_secret",
+    "code",
 ];
 
 /// Longest decoded parameter name compared against [`SECRET_PARAMS`].

@@ -352,6 +352,7 @@ mod tests {
             auth,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             timeout: Duration::from_secs(1),
+            login: None,
         }
     }
 

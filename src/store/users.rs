@@ -27,6 +27,9 @@ pub struct User {
     pub generation: i64,
     /// Unix seconds.
     pub created_at: i64,
+    /// The `[[oidc]]` provider the user signs in through; `None` for local
+    /// users. Provider users have no password and no HA1.
+    pub provider: Option<String>,
 }
 
 pub(super) fn join_roles(roles: &[String]) -> String {
@@ -51,6 +54,7 @@ fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
         roles: split_roles(&row.try_get::<String, _>("roles")?),
         generation: row.try_get("generation")?,
         created_at: row.try_get("created_at")?,
+        provider: row.try_get("provider")?,
     })
 }
 
@@ -82,6 +86,7 @@ impl Store {
             roles: roles.to_vec(),
             generation: next_generation(0),
             created_at: now,
+            provider: None,
         };
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -103,6 +108,84 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(user)
+    }
+
+    /// Records a sign-in through `provider`: creates the user on first
+    /// sign-in, and sets the roles the provider gave this time.
+    /// `Err(Ok(holder))` when the name belongs to a local user (`None`) or
+    /// another provider; such a name is never taken over.
+    pub async fn record_provider_user(
+        &self,
+        username: &str,
+        provider: &str,
+        roles: &[String],
+        now: i64,
+    ) -> Result<Result<User, Option<String>>, StoreError> {
+        // Two first sign-ins at once: the loser of the insert reads the row
+        // the winner made.
+        for _ in 0..2 {
+            match self.user(username).await? {
+                Some(user) if user.provider.as_deref() != Some(provider) => {
+                    return Ok(Err(user.provider));
+                }
+                Some(mut user) => {
+                    if user.roles != roles {
+                        sqlx::query(
+                            "UPDATE users SET roles = $1, updated_at = $2 WHERE username = $3 AND provider = $4",
+                        )
+                        .bind(join_roles(roles))
+                        .bind(now)
+                        .bind(username)
+                        .bind(provider)
+                        .execute(&self.pool)
+                        .await?;
+                        user.roles = roles.to_vec();
+                    }
+                    return Ok(Ok(user));
+                }
+                None => {
+                    let user = User {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        username: username.to_owned(),
+                        // No password: the empty hash and HA1 match nothing,
+                        // and logins refuse provider users before looking.
+                        password_hash: String::new(),
+                        ha1: String::new(),
+                        ha1_realm: String::new(),
+                        roles: roles.to_vec(),
+                        generation: next_generation(0),
+                        created_at: now,
+                        provider: Some(provider.to_owned()),
+                    };
+                    let mut tx = self.begin_write().await?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO users (id, username, password_hash, ha1, ha1_realm, roles, generation, created_at, updated_at, provider) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+                    )
+                    .bind(&user.id)
+                    .bind(&user.username)
+                    .bind(&user.password_hash)
+                    .bind(&user.ha1)
+                    .bind(&user.ha1_realm)
+                    .bind(join_roles(&user.roles))
+                    .bind(user.generation)
+                    .bind(now)
+                    .bind(provider)
+                    .execute(&mut *tx)
+                    .await;
+                    match inserted.map_err(StoreError::from) {
+                        Ok(_) => {}
+                        Err(StoreError::AlreadyExists) => continue,
+                        Err(err) => return Err(err),
+                    }
+                    self.log_change(&mut tx, &Change::User(user.username.clone()), now)
+                        .await?;
+                    tx.commit().await?;
+                    return Ok(Ok(user));
+                }
+            }
+        }
+        Err(StoreError::AlreadyExists)
     }
 
     /// The user named `username`, if any.
@@ -182,10 +265,12 @@ impl Store {
 
     /// How many users have an HA1 made with a realm other than `realm`.
     pub async fn users_with_other_realm(&self, realm: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE ha1_realm <> $1")
-            .bind(realm)
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM users WHERE ha1_realm <> $1 AND provider IS NULL",
+        )
+        .bind(realm)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row.try_get("n")?)
     }
 }

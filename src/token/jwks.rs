@@ -269,7 +269,7 @@ fn keys_of(set: &JwkSet) -> KeyMap {
 
 /// The roles at a dotted claim path: an array of strings, or one string of
 /// space- or comma-separated roles.
-fn roles_at(claims: &serde_json::Value, path: &str) -> Vec<String> {
+pub fn roles_at(claims: &serde_json::Value, path: &str) -> Vec<String> {
     let mut value = claims;
     for part in path.split('.') {
         match value.get(part) {

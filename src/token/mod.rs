@@ -1,6 +1,7 @@
 //! JWTs: signing and verifying with the configured keys ([`jwt`]), tokens
 //! of external identity providers checked against their JWK sets
-//! ([`jwks`]), and the bounded cache of verified tokens ([`cache`]).
+//! ([`jwks`]), the bounded cache of verified tokens ([`cache`]), and
+//! signed short-lived browser state ([`state`]).
 //! It depends on nothing else in the crate but [`crate::names`], so the
 //! config can check keys with it and the credential cache can reach its
 //! cache through [`TokenRevocations`].
@@ -8,6 +9,7 @@
 pub mod cache;
 pub mod jwks;
 pub mod jwt;
+pub mod state;
 
 /// A cache of verified tokens: revocations read from the store's change
 /// log reach it through this.

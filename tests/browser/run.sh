@@ -75,4 +75,4 @@ case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
 export AUTHGATE_BIN="${AUTHGATE_BIN:-$target_dir/debug/authgate}"
 export CHROMIUM_BIN="$chromium_bin"
 cd "$here"
-exec node --test --test-concurrency=1 --test-reporter=spec admin-page.test.mjs
+exec node --test --test-concurrency=1 --test-reporter=spec admin-page.test.mjs oidc-sign-in.test.mjs

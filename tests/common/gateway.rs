@@ -74,6 +74,9 @@ pub struct GatewayOptions {
     /// Leaves `jwt.secret_file` out of the config (asymmetric keys only).
     /// The secret file is still written.
     pub omit_secret_file: bool,
+    /// `server.listen` (a fixed port when the config must name its own
+    /// address, as an OIDC redirect_url does).
+    pub listen: String,
 }
 
 impl GatewayOptions {
@@ -105,13 +108,14 @@ impl GatewayOptions {
             secret_text: None,
             upstream_extra_toml: String::new(),
             omit_secret_file: false,
+            listen: "127.0.0.1:0".to_string(),
         }
     }
 
     pub fn render(&self, db_url: &str, secret_path: &Path) -> String {
         let mut s = format!(
             r#"[server]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 shutdown_grace = {grace}
 
 [store]
@@ -136,6 +140,7 @@ address_max_failures = {amf}
 {hashes_line}window = {lw}
 lockout = {ll}
 "#,
+            listen = self.listen,
             grace = self.shutdown_grace,
             issuer = self.issuer,
             ttl = self.jwt_ttl,

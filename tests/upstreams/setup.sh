@@ -60,6 +60,20 @@ if [ ! -f "$NODE_DIR/.installed" ] || [ "$(cat "$NODE_DIR/.installed")" != "$nod
   printf '%s' "$node_packages" >"$NODE_DIR/.installed"
 fi
 
+# ---------------------------------------------------------------------------
+# OIDC sign-in (tests/oidc.rs, tests/browser/): panva's certified
+# oidc-provider, pinned by tests/oidc/package-lock.json. The tests copy
+# tests/oidc/provider.mjs next to its node_modules and run it.
+# ---------------------------------------------------------------------------
+OIDC_DIR="$UPSTREAMS/oidc"
+oidc_want="$(sha256sum tests/oidc/package-lock.json | cut -d' ' -f1)"
+if [ ! -f "$OIDC_DIR/.installed" ] || [ "$(cat "$OIDC_DIR/.installed")" != "$oidc_want" ]; then
+  mkdir -p "$OIDC_DIR"
+  cp tests/oidc/package.json tests/oidc/package-lock.json "$OIDC_DIR/"
+  (cd "$OIDC_DIR" && npm ci --silent --no-audit --no-fund >/dev/null)
+  printf '%s' "$oidc_want" >"$OIDC_DIR/.installed"
+fi
+
 apt_missing=()
 for package in libtomcat10-embed-java libjakarta-annotation-api-java; do
   dpkg -s "$package" >/dev/null 2>&1 || apt_missing+=("$package")
