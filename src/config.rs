@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
+pub mod ratelimit;
+
 use crate::routes::{Route, RouteAuth, RouteTable};
 use crate::token::jwks::JwksSource;
 use crate::token::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
@@ -70,6 +72,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Routes, longest prefix first.
     pub routes: RouteTable,
+    /// Rate limits (`[ratelimit]`).
+    pub ratelimit: ratelimit::RateLimitConfig,
 }
 
 /// Listeners and shutdown behaviour.
@@ -238,6 +242,8 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     route: Vec<RawRoute>,
+    #[serde(default)]
+    ratelimit: ratelimit::RawRateLimit,
 }
 
 #[derive(Debug, Deserialize)]
@@ -663,6 +669,8 @@ fn known_keys(path: &str) -> Option<Vec<String>> {
         "login" => Some(fields_of::<RawLogin>()),
         "cache" => Some(fields_of::<RawCache>()),
         "route" => Some(fields_of::<RawRoute>()),
+        "ratelimit" => Some(fields_of::<ratelimit::RawRateLimit>()),
+        "ratelimit.rule" => Some(fields_of::<ratelimit::RawRule>()),
         _ => None,
     }
 }
@@ -898,6 +906,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     };
 
     let routes = validate_routes(raw.route, &upstream, p);
+    let ratelimit = ratelimit::validate(raw.ratelimit, p);
 
     Some(Config {
         server,
@@ -909,6 +918,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         login,
         cache,
         routes,
+        ratelimit,
     })
 }
 
@@ -1353,6 +1363,8 @@ mod tests {
             "login",
             "cache",
             "route",
+            "ratelimit",
+            "ratelimit.rule",
         ] {
             let keys = known_keys(path).unwrap();
             assert!(!keys.is_empty(), "{path:?}");

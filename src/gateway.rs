@@ -16,8 +16,9 @@ use crate::auth::{Authenticator, unix_now};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
+use crate::ratelimit::RateLimits;
 use crate::store::cache::CredentialCache;
-use crate::store::{CHANGES_CHANNEL, Store};
+use crate::store::{CHANGES_CHANNEL, Store, last_use};
 use crate::tls::{self, TlsError};
 use crate::token::jwks::JwksProvider;
 use tokio_rustls::TlsAcceptor;
@@ -50,6 +51,8 @@ pub struct Gateway {
     pub tls: Option<TlsAcceptor>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The rate-limit rules and their buckets.
+    pub ratelimits: RateLimits,
 }
 
 /// Why a new config was not taken.
@@ -101,9 +104,10 @@ impl Gateway {
             wake,
         ));
         tokio::spawn(sweep(store.clone(), Arc::downgrade(&cache)));
+        tokio::spawn(write_key_uses(store.clone(), Arc::downgrade(&cache)));
         let hashes = HashLimiter::new(config.login.max_concurrent_hashes);
         let metrics = Arc::new(Metrics::default());
-        let gateway = Gateway::assemble(config, store, cache, metrics, hashes)?;
+        let gateway = Gateway::assemble(config, store, cache, metrics, hashes, None)?;
         Ok(Arc::new(gateway))
     }
 
@@ -113,6 +117,7 @@ impl Gateway {
         cache: Arc<CredentialCache>,
         metrics: Arc<Metrics>,
         hashes: HashLimiter,
+        previous_limits: Option<&RateLimits>,
     ) -> Result<Gateway, TlsError> {
         let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
         let mut providers = Vec::with_capacity(config.jwt.external.len());
@@ -135,6 +140,7 @@ impl Gateway {
             ),
             throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
             forwarder: Forwarder::try_new(&config.upstream, &config.limits)?,
+            ratelimits: RateLimits::new(&config.ratelimit, metrics.clone(), previous_limits),
             tls,
             metrics,
             store,
@@ -171,6 +177,7 @@ impl Gateway {
             self.cache.clone(),
             self.metrics.clone(),
             hashes,
+            Some(&self.ratelimits),
         )?)
     }
 }
@@ -281,6 +288,29 @@ async fn listen_for_changes(url: String, cache: Weak<CredentialCache>, wake: Arc
             Err(err) => debug!(error = %err, "cannot connect the change listener; will retry"),
         }
         tokio::time::sleep(LISTEN_RETRY).await;
+    }
+}
+
+/// Writes the access-key uses noted on the request path, in one
+/// transaction every [`last_use::FLUSH_INTERVAL`]; a failed batch is put
+/// back for the next.
+async fn write_key_uses(store: Store, cache: Weak<CredentialCache>) {
+    loop {
+        tokio::time::sleep(last_use::FLUSH_INTERVAL).await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let uses = cache.last_use.take(unix_now());
+        if uses.is_empty() {
+            continue;
+        }
+        match store.record_key_uses(&uses).await {
+            Ok(rows) => cache.last_use.written(rows),
+            Err(err) => {
+                debug!(error = %err, "cannot record access-key uses; will retry");
+                cache.last_use.put_back(uses);
+            }
+        }
     }
 }
 

@@ -154,6 +154,13 @@ struct UpstreamErrorLabels {
     kind: &'static str,
 }
 
+/// Labels of `authgate_ratelimit_checks_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RateLimitLabels {
+    rule: Arc<str>,
+    result: &'static str,
+}
+
 /// Every metric the gateway exports. The handles below share their values
 /// with `registry`, which renders them.
 pub struct Metrics {
@@ -161,6 +168,7 @@ pub struct Metrics {
     requests: CounterFamily<RequestLabels>,
     logins: CounterFamily<LoginLabels>,
     upstream_errors: CounterFamily<UpstreamErrorLabels>,
+    ratelimits: CounterFamily<RateLimitLabels>,
     keys_created: Counter,
     reloads: Counter,
     request_latency: SharedHistogram,
@@ -175,6 +183,7 @@ impl Default for Metrics {
             requests: CounterFamily::default(),
             logins: CounterFamily::default(),
             upstream_errors: CounterFamily::default(),
+            ratelimits: CounterFamily::default(),
             keys_created: Counter::default(),
             reloads: Counter::default(),
             request_latency: SharedHistogram::default(),
@@ -202,6 +211,11 @@ impl Default for Metrics {
             "authgate_upstream_errors",
             "Upstream failures by kind",
             metrics.upstream_errors.clone(),
+        );
+        registry.register(
+            "authgate_ratelimit_checks",
+            "Rate-limit checks by rule and result (allowed, limited, store_error)",
+            metrics.ratelimits.clone(),
         );
         registry.register(
             "authgate_login_attempts",
@@ -301,6 +315,14 @@ impl Metrics {
     /// A login attempt of `kind` with `result`.
     pub fn login(&self, kind: &'static str, result: &'static str) {
         self.logins.inc(LoginLabels { kind, result });
+    }
+
+    /// A rate-limit check of `rule` ended with `result`.
+    pub fn ratelimit(&self, rule: &Arc<str>, result: &'static str) {
+        self.ratelimits.inc(RateLimitLabels {
+            rule: rule.clone(),
+            result,
+        });
     }
 
     /// An access key was created.

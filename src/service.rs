@@ -13,7 +13,7 @@ use tracing::{Instrument, field, info_span};
 
 use crate::api::{self, Endpoint};
 use crate::auth::extract;
-use crate::auth::{Identity, authorize};
+use crate::auth::{Identity, authorize, check_scope};
 use crate::body::Body;
 use crate::conn::ClientInfo;
 use crate::context::RequestContext;
@@ -96,6 +96,13 @@ async fn handle_inner(
         None
     };
     let permit = authorize(&matched, identity)?;
+    // Scope and rate limits: after authorization, before forwarding (the
+    // verify endpoint judges the same way).
+    check_scope(permit.identity(), request.method(), path)?;
+    let limits = gateway
+        .ratelimits
+        .check(permit.identity(), client_address(gateway, &client, &request), path)
+        .await?;
 
     let upstream_started = Instant::now();
     let result = gateway
@@ -103,7 +110,24 @@ async fn handle_inner(
         .forward(permit, request, client, ctx.request_id())
         .await;
     ctx.upstream_took(upstream_started.elapsed());
-    result
+    result.map(|mut response| {
+        limits.add_headers(response.headers_mut());
+        response
+    })
+}
+
+/// The client's address as rate limits see it: the peer, or what a
+/// trusted proxy says in `X-Forwarded-For`.
+fn client_address(
+    gateway: &Gateway,
+    client: &ClientInfo,
+    request: &Request<Incoming>,
+) -> std::net::IpAddr {
+    headers::client_ip(
+        client.addr.ip(),
+        request.headers(),
+        &gateway.config.server.trusted_proxies,
+    )
 }
 
 /// The identity behind the request's one credential.
