@@ -76,6 +76,15 @@ async fn handle_inner(
     if let Some(endpoint) = Endpoint::for_path(path) {
         ctx.route(Arc::from(endpoint.name()), endpoint.name());
         ctx.served(Outcome::Own);
+        // Login and key endpoints count against address rules (no
+        // identity is known yet); health, metrics and the admin page do not.
+        if !matches!(
+            endpoint,
+            Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Reserved
+        ) {
+            let address = client_address(gateway, &client, &request);
+            ctx.rate_limits(gateway.ratelimits.check(None, address, path).await?);
+        }
         let api_ctx = api::Context { gateway, client };
         return api::serve(endpoint, request, api_ctx).await;
     }
@@ -99,10 +108,8 @@ async fn handle_inner(
     // Scope and rate limits: after authorization, before forwarding (the
     // verify endpoint judges the same way).
     check_scope(permit.identity(), request.method(), path)?;
-    let limits = gateway
-        .ratelimits
-        .check(permit.identity(), client_address(gateway, &client, &request), path)
-        .await?;
+    let address = client_address(gateway, &client, &request);
+    ctx.rate_limits(gateway.ratelimits.check(permit.identity(), address, path).await?);
 
     let upstream_started = Instant::now();
     let result = gateway
@@ -110,10 +117,7 @@ async fn handle_inner(
         .forward(permit, request, client, ctx.request_id())
         .await;
     ctx.upstream_took(upstream_started.elapsed());
-    result.map(|mut response| {
-        limits.add_headers(response.headers_mut());
-        response
-    })
+    result
 }
 
 /// The client's address as rate limits see it: the peer, or what a

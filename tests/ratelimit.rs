@@ -195,6 +195,33 @@ async fn a_prefix_rule_counts_every_reading_of_its_prefix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_rules_count_the_login_endpoint_but_not_probes() {
+    let upstream = Upstream::start().await;
+    let toml = limits_toml(
+        "memory",
+        "allow",
+        "x:",
+        &[("auth-per-address", "address", 0.01, 2, Some("/auth/"))],
+    );
+    let gw = start(&upstream, toml).await;
+    let body = serde_json::json!({"username": "nobody", "password": "wrong-password"});
+    for _ in 0..2 {
+        let r = post_json(&gw.url("/auth/login"), None, &body).await;
+        r.expect_status(401);
+        assert!(r.header("ratelimit").is_some());
+    }
+    assert_limited(&post_json(&gw.url("/auth/login"), None, &body).await, "auth-per-address");
+    let everything = limits_toml("memory", "allow", "x:", &[("all", "address", 0.01, 1, None)]);
+    let gw = start(&upstream, everything).await;
+    for _ in 0..3 {
+        hit(&gw, "/healthz", None).await.expect_status(200);
+        hit(&gw, "/metrics", None).await.expect_status(200);
+    }
+    hit(&gw, "/public/x", None).await.expect_status(200);
+    assert_limited(&hit(&gw, "/public/x", None).await, "all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_with_the_same_rules_keeps_the_buckets() {
     let upstream = Upstream::start().await;
     let toml = limits_toml("memory", "allow", "x:", &[("r", "address", 0.01, 2, None)]);
