@@ -290,7 +290,10 @@ impl GatewayError {
                 state,
                 ..
             } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from((*retry_after).max(1)));
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after).max(1)),
+                );
                 headers.insert(RATELIMIT_POLICY, policy.clone());
                 headers.insert(RATELIMIT, state.clone());
             }
@@ -410,12 +413,7 @@ mod tests {
                 "PERMISSION_DENIED",
                 "OUT_OF_SCOPE",
             ),
-            (
-                rate_limited(),
-                429,
-                "RESOURCE_EXHAUSTED",
-                "RATE_LIMITED",
-            ),
+            (rate_limited(), 429, "RESOURCE_EXHAUSTED", "RATE_LIMITED"),
             (
                 GatewayError::NotFound,
                 404,
@@ -500,7 +498,10 @@ mod tests {
         assert_eq!(value["error"]["reason"], "RATE_LIMITED");
         let response = rate_limited().into_response("r");
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
-        assert_eq!(response.headers()[RATELIMIT_POLICY], r#""per-user";q=2;w=1"#);
+        assert_eq!(
+            response.headers()[RATELIMIT_POLICY],
+            r#""per-user";q=2;w=1"#
+        );
         assert_eq!(response.headers()[RATELIMIT], r#""per-user";r=0;t=1"#);
     }
 

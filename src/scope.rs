@@ -9,7 +9,9 @@
 //! outside a key limited to `/api/`, since a case-sensitive upstream may
 //! serve something else there.
 
-use crate::routes::{check_path, other_readings, prefix_matches, prefix_reads_one_way, valid_prefix};
+use crate::routes::{
+    check_path, other_readings, prefix_matches, prefix_reads_one_way, valid_prefix,
+};
 
 /// Most methods a key may list.
 pub const MAX_METHODS: usize = 16;
@@ -153,12 +155,30 @@ mod tests {
         assert!(!read.allows("POST", "/x"));
         assert!(!read.allows("get", "/x"));
         let public = scope(&[], &["/public/", "/api"]);
-        for inside in ["/public/", "/public/a", "/api", "/api/", "/api/v1;x=1", "/public/a."] {
+        for inside in [
+            "/public/",
+            "/public/a",
+            "/api",
+            "/api/",
+            "/api/v1;x=1",
+            "/public/a.",
+        ] {
             assert!(public.allows("GET", inside), "{inside}");
         }
         for outside in [
-            "/", "/public", "/apix", "/admin", "/API/x", "/Public/a", "/api;x/", "/API;x/",
-            "/public;x/", "/api./", "/api~", "/api%20/x", "/admin;/public/",
+            "/",
+            "/public",
+            "/apix",
+            "/admin",
+            "/API/x",
+            "/Public/a",
+            "/api;x/",
+            "/API;x/",
+            "/public;x/",
+            "/api./",
+            "/api~",
+            "/api%20/x",
+            "/admin;/public/",
         ] {
             assert!(!public.allows("GET", outside), "{outside}");
         }
@@ -193,7 +213,9 @@ mod tests {
         for good in ["/", "/api", "/api/", "/a-b_c.d/e"] {
             assert_eq!(prefix_problem(good), None, "{good}");
         }
-        for bad in ["api", "/a//b", "/a/../b", "/a;b", "/a%2fb", "/api.", "/a~/b", "/a b"] {
+        for bad in [
+            "api", "/a//b", "/a/../b", "/a;b", "/a%2fb", "/api.", "/a~/b", "/a b",
+        ] {
             assert!(prefix_problem(bad).is_some(), "{bad}");
         }
     }

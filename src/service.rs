@@ -109,7 +109,12 @@ async fn handle_inner(
     // verify endpoint judges the same way).
     check_scope(permit.identity(), request.method(), path)?;
     let address = client_address(gateway, &client, &request);
-    ctx.rate_limits(gateway.ratelimits.check(permit.identity(), address, path).await?);
+    ctx.rate_limits(
+        gateway
+            .ratelimits
+            .check(permit.identity(), address, path)
+            .await?,
+    );
 
     let upstream_started = Instant::now();
     let result = gateway

@@ -81,7 +81,9 @@ fn assert_limited(r: &Resp, rule: &str) {
         .parse()
         .expect("whole seconds");
     assert!(retry >= 1, "Retry-After {retry}");
-    let policy = r.header("ratelimit-policy").expect("RateLimit-Policy on a 429");
+    let policy = r
+        .header("ratelimit-policy")
+        .expect("RateLimit-Policy on a 429");
     assert!(policy.contains(&format!("\"{rule}\";q=")), "{policy}");
     let state = r.header("ratelimit").expect("RateLimit on a 429");
     assert!(state.contains(&format!("\"{rule}\";r=0;t=")), "{state}");
@@ -90,7 +92,12 @@ fn assert_limited(r: &Resp, rule: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_burst_refill_headers_and_the_429() {
     let upstream = Upstream::start().await;
-    let toml = limits_toml("memory", "allow", "x:", &[("per-addr", "address", 2.0, 3, None)]);
+    let toml = limits_toml(
+        "memory",
+        "allow",
+        "x:",
+        &[("per-addr", "address", 2.0, 3, None)],
+    );
     let gw = start(&upstream, toml).await;
     for remaining in [2, 1, 0] {
         let r = hit(&gw, "/public/x", None).await;
@@ -210,8 +217,16 @@ async fn address_rules_count_the_login_endpoint_but_not_probes() {
         r.expect_status(401);
         assert!(r.header("ratelimit").is_some());
     }
-    assert_limited(&post_json(&gw.url("/auth/login"), None, &body).await, "auth-per-address");
-    let everything = limits_toml("memory", "allow", "x:", &[("all", "address", 0.01, 1, None)]);
+    assert_limited(
+        &post_json(&gw.url("/auth/login"), None, &body).await,
+        "auth-per-address",
+    );
+    let everything = limits_toml(
+        "memory",
+        "allow",
+        "x:",
+        &[("all", "address", 0.01, 1, None)],
+    );
     let gw = start(&upstream, everything).await;
     for _ in 0..3 {
         hit(&gw, "/healthz", None).await.expect_status(200);
@@ -293,7 +308,11 @@ async fn redis_bursts_refill_and_expire() {
     assert_eq!(keys, vec![format!("{prefix}per-addr:a:127.0.0.1")]);
     let client = redis::Client::open(SHARED_REDIS).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(ttl > 0 && ttl <= 3000, "PTTL {ttl}");
     redis_cleanup(SHARED_REDIS, &prefix).await;
 }
@@ -420,7 +439,10 @@ async fn redis_outage(on_store_error: &str) {
     redis.restart();
     // The restarted Redis is empty: a full bucket again, then limited.
     let back = poll_until(Duration::from_secs(10), || async {
-        hit(&gw, "/public/x", None).await.header("ratelimit").is_some()
+        hit(&gw, "/public/x", None)
+            .await
+            .header("ratelimit")
+            .is_some()
     })
     .await;
     assert!(back, "the gateway uses Redis again after it restarts");
@@ -441,7 +463,8 @@ async fn redis_outage(on_store_error: &str) {
     );
     let metrics = hit(&gw, "/metrics", None).await.text();
     assert!(
-        metrics.contains(r#"authgate_ratelimit_checks_total{rule="per-addr",result="store_error"}"#),
+        metrics
+            .contains(r#"authgate_ratelimit_checks_total{rule="per-addr",result="store_error"}"#),
         "{metrics}"
     );
 }

@@ -21,11 +21,23 @@ async fn setup(roles: &[&str]) -> (Upstream, Gateway, String, String) {
 
 async fn create(gw: &Gateway, jwt: &str, body: Value) -> Resp {
     let auth = format!("Bearer {jwt}");
-    request("POST", &gw.url(KEYS), &[("authorization", &auth)], Some(&body)).await
+    request(
+        "POST",
+        &gw.url(KEYS),
+        &[("authorization", &auth)],
+        Some(&body),
+    )
+    .await
 }
 
 async fn use_key(gw: &Gateway, method: &str, path: &str, key: &str) -> Resp {
-    request(method, &gw.url(path), &[("cookie", &format!("accesskey={key}"))], None).await
+    request(
+        method,
+        &gw.url(path),
+        &[("cookie", &format!("accesskey={key}"))],
+        None,
+    )
+    .await
 }
 
 fn assert_out_of_scope(r: &Resp) {
@@ -61,19 +73,38 @@ async fn a_scoped_key_reaches_only_its_methods_and_prefixes() {
         assert_eq!(seen.header("x-auth-roles").as_deref(), Some("ops"));
     }
     let forwarded = upstream.count();
-    use_key(&gw, "HEAD", "/api/x", &key).await.expect_status(200);
+    use_key(&gw, "HEAD", "/api/x", &key)
+        .await
+        .expect_status(200);
     assert_out_of_scope(&use_key(&gw, "POST", "/api/x", &key).await);
     assert_out_of_scope(&use_key(&gw, "DELETE", "/api/x", &key).await);
     // Outside the prefixes under any reading of the path.
     for path in [
-        "/apix", "/", "/docs", "/other/api", "/API/x", "/Api", "/api;x/", "/API;x/", "/api./x",
-        "/api~/x", "/api%20/x", "/docs;a/x", "/other;/api/",
+        "/apix",
+        "/",
+        "/docs",
+        "/other/api",
+        "/API/x",
+        "/Api",
+        "/api;x/",
+        "/API;x/",
+        "/api./x",
+        "/api~/x",
+        "/api%20/x",
+        "/docs;a/x",
+        "/other;/api/",
     ] {
         assert_out_of_scope(&use_key(&gw, "GET", path, &key).await);
     }
     // Under /admin (role admin) the route's role check refuses first.
-    use_key(&gw, "GET", "/admin;/api/", &key).await.expect_status(403);
-    assert_eq!(upstream.count(), forwarded + 1, "nothing outside the scope was forwarded");
+    use_key(&gw, "GET", "/admin;/api/", &key)
+        .await
+        .expect_status(403);
+    assert_eq!(
+        upstream.count(),
+        forwarded + 1,
+        "nothing outside the scope was forwarded"
+    );
     // Key endpoints lie outside its prefixes too.
     assert_out_of_scope(&use_key(&gw, "GET", KEYS, &key).await);
 }
@@ -84,7 +115,9 @@ async fn route_roles_are_checked_against_the_key_roles() {
     let narrowed = create(&gw, &jwt, json!({"expire": 3600, "roles": ["ops"]})).await;
     narrowed.expect_status(200);
     let narrowed = narrowed.json()["token"].as_str().unwrap().to_owned();
-    let none = create(&gw, &jwt, json!({"expire": 3600, "roles": []})).await.json();
+    let none = create(&gw, &jwt, json!({"expire": 3600, "roles": []}))
+        .await
+        .json();
     let none = none["token"].as_str().unwrap().to_owned();
     let follows = create(&gw, &jwt, json!({"expire": 3600})).await.json();
     assert_eq!(follows["roles"], Value::Null, "follows its owner");
@@ -109,7 +142,12 @@ async fn route_roles_are_checked_against_the_key_roles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_scopes_are_refused_and_a_scope_is_fixed() {
     let (_upstream, gw, _user, jwt) = setup(&["ops"]).await;
-    let r = create(&gw, &jwt, json!({"expire": 3600, "roles": ["ops", "admin"]})).await;
+    let r = create(
+        &gw,
+        &jwt,
+        json!({"expire": 3600, "roles": ["ops", "admin"]}),
+    )
+    .await;
     r.expect_status(400);
     assert_eq!(r.json()["error"]["reason"], "ROLE_NOT_HELD");
     assert_eq!(r.json()["error"]["status"], "INVALID_ARGUMENT");
@@ -126,7 +164,9 @@ async fn bad_scopes_are_refused_and_a_scope_is_fixed() {
         let r = create(&gw, &jwt, bad.clone()).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
-    let created = create(&gw, &jwt, json!({"expire": 3600, "methods": ["GET"]})).await.json();
+    let created = create(&gw, &jwt, json!({"expire": 3600, "methods": ["GET"]}))
+        .await
+        .json();
     let id = created["id"].as_str().unwrap();
     let auth = format!("Bearer {jwt}");
     let url = gw.url(&format!("{KEYS}/{id}"));
@@ -138,8 +178,13 @@ async fn bad_scopes_are_refused_and_a_scope_is_fixed() {
     )
     .await;
     widen.expect_status(400);
-    let renamed = request("PUT", &url, &[("authorization", &auth)], Some(&json!({"name": "n2"})))
-        .await;
+    let renamed = request(
+        "PUT",
+        &url,
+        &[("authorization", &auth)],
+        Some(&json!({"name": "n2"})),
+    )
+    .await;
     renamed.expect_status(200);
     assert_eq!(renamed.json()["name"], "n2");
     assert_eq!(renamed.json()["methods"], json!(["GET"]));
@@ -151,11 +196,16 @@ async fn the_cli_creates_and_lists_scoped_keys() {
     let (id, key) = gw
         .create_key_cli(
             &user,
-            &["--role", "dev", "--method", "GET", "--path", "/api/", "--path", "/v2"],
+            &[
+                "--role", "dev", "--method", "GET", "--path", "/api/", "--path", "/v2",
+            ],
         )
         .await;
     use_key(&gw, "GET", "/api/x", &key).await.expect_status(200);
-    assert_eq!(upstream.last().header("x-auth-roles").as_deref(), Some("dev"));
+    assert_eq!(
+        upstream.last().header("x-auth-roles").as_deref(),
+        Some("dev")
+    );
     assert_out_of_scope(&use_key(&gw, "PUT", "/api/x", &key).await);
     assert_out_of_scope(&use_key(&gw, "GET", "/v3", &key).await);
     let list = gw.cli_ok(&["key", "list", "--user", &user], None).await;
@@ -204,7 +254,10 @@ async fn tm_last_used_is_written_in_batches_at_most_once_a_minute() {
         let jwt = jwt.clone();
         async move {
             let r = get(&gw.url(&format!("{KEYS}/{id}")), Some(&jwt), &[]).await;
-            r.json()["tm_last_used"].as_str().unwrap_or_default().to_owned()
+            r.json()["tm_last_used"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
         }
     };
     assert_eq!(shown(id.clone()).await, "");
@@ -259,9 +312,10 @@ async fn keys_made_before_scopes_existed_keep_working() {
         }
     }
     let db_path = gw.dir().join("authgate.db");
-    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", db_path.display()))
-        .await
-        .unwrap();
+    let mut db =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", db_path.display()))
+            .await
+            .unwrap();
     sqlx::migrate::Migrator::new(old.as_path())
         .await
         .unwrap()

@@ -21,7 +21,9 @@ use tracing::warn;
 
 use crate::auth::Identity;
 use crate::auth::throttle::address_block;
-use crate::config::ratelimit::{LimitBy, OnStoreError, RateLimitConfig, RateLimitRule, RateLimitStore};
+use crate::config::ratelimit::{
+    LimitBy, OnStoreError, RateLimitConfig, RateLimitRule, RateLimitStore,
+};
 use crate::error::{GatewayError, RATELIMIT, RATELIMIT_POLICY};
 use crate::metrics::Metrics;
 use crate::routes::{other_readings, prefix_matches_folded};
@@ -153,7 +155,9 @@ impl RateLimits {
                 .or_else(|| {
                     RedisBuckets::new(url, &config.key_prefix, config.timeout)
                         .map(Arc::new)
-                        .map_err(|err| warn!(error = %err, "cannot set up the Redis rate-limit store"))
+                        .map_err(
+                            |err| warn!(error = %err, "cannot set up the Redis rate-limit store"),
+                        )
                         .ok()
                 }),
         };
@@ -331,8 +335,17 @@ mod tests {
 
     #[test]
     fn rules_apply_under_every_reading_of_their_prefix() {
-        for under in ["/auth/login", "/AUTH/x", "/auth;x/login", "/auth./x", "/auth"] {
-            assert!(applies_under("/auth/", under) || applies_under("/auth", under), "{under}");
+        for under in [
+            "/auth/login",
+            "/AUTH/x",
+            "/auth;x/login",
+            "/auth./x",
+            "/auth",
+        ] {
+            assert!(
+                applies_under("/auth/", under) || applies_under("/auth", under),
+                "{under}"
+            );
         }
         assert!(applies_under("/auth", "/AUTH;x/"));
         assert!(!applies_under("/auth", "/authx"));
@@ -348,7 +361,10 @@ mod tests {
             answer.add_headers(&mut headers);
             assert_eq!(headers[RATELIMIT_POLICY], r#""per-addr";q=3;w=3"#);
             let state = headers[RATELIMIT].to_str().unwrap().to_owned();
-            assert!(state.starts_with(&format!("\"per-addr\";r={remaining};t=")), "{state}");
+            assert!(
+                state.starts_with(&format!("\"per-addr\";r={remaining};t=")),
+                "{state}"
+            );
         }
         match limits.check(None, CLIENT, "/x").await {
             Err(GatewayError::RateLimited {
@@ -360,7 +376,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Another address has its own bucket; an IPv6 /64 is one subject.
-        assert!(limits.check(None, "192.0.2.2".parse().unwrap(), "/x").await.is_ok());
+        assert!(
+            limits
+                .check(None, "192.0.2.2".parse().unwrap(), "/x")
+                .await
+                .is_ok()
+        );
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
         for _ in 0..3 {

@@ -67,7 +67,10 @@ pub struct RedisBuckets {
 #[error("{0}")]
 pub struct RedisSetupError(String);
 
-fn manager(client: &redis::Client, timeout: Duration) -> Result<ConnectionManager, RedisSetupError> {
+fn manager(
+    client: &redis::Client,
+    timeout: Duration,
+) -> Result<ConnectionManager, RedisSetupError> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))

@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::config::CacheConfig;
 use crate::scope::KeyScope;
-use crate::store::last_use::LastUse;
 use crate::store::Change;
+use crate::store::last_use::LastUse;
 use crate::token::TokenRevocations;
 
 /// An access key's SHA-256, the key of the access-key cache (the same type
