@@ -78,10 +78,12 @@ async fn handle_inner(
         ctx.served(Outcome::Own);
         // Login and key endpoints count against address rules (no
         // identity is known yet); health, metrics and the admin page do not.
-        if !matches!(
-            endpoint,
-            Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Reserved
-        ) {
+        if !gateway.ratelimits.is_empty()
+            && !matches!(
+                endpoint,
+                Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Reserved
+            )
+        {
             let address = client_address(gateway, &client, &request);
             ctx.rate_limits(gateway.ratelimits.check(None, address, path).await?);
         }
@@ -108,13 +110,11 @@ async fn handle_inner(
     // Scope and rate limits: after authorization, before forwarding (the
     // verify endpoint judges the same way).
     check_scope(permit.identity(), request.method(), path)?;
-    let address = client_address(gateway, &client, &request);
-    ctx.rate_limits(
-        gateway
-            .ratelimits
-            .check(permit.identity(), address, path)
-            .await?,
-    );
+    if !gateway.ratelimits.is_empty() {
+        let address = client_address(gateway, &client, &request);
+        let limits = gateway.ratelimits.check(permit.identity(), address, path);
+        ctx.rate_limits(limits.await?);
+    }
 
     let upstream_started = Instant::now();
     let result = gateway
