@@ -355,3 +355,62 @@ async fn keys_made_before_scopes_existed_keep_working() {
     let list = gw.cli_ok(&["key", "list", "--user", "legacy"], None).await;
     assert!(list.contains("(owner's)\t*\t*"), "{list}");
 }
+
+/// The same on PostgreSQL (migration 0004 there): scoped and unscoped keys,
+/// and `tm_last_used`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_and_last_use_on_postgres() {
+    use sqlx::Connection;
+    let admin_url = std::env::var("AUTHGATE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let name = format!("authgate_{}", unique("sc").replace('-', "_")).to_lowercase();
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("PostgreSQL must be running on 127.0.0.1:5432");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (server, _) = admin_url.rsplit_once('/').unwrap();
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.store_url = Some(format!("{server}/{name}"));
+    let gw = Gateway::start_with(opts).await;
+    let user = unique("pg");
+    gw.add_user(&user, &random_password(), &["ops", "dev"])
+        .await;
+    let (scoped_id, scoped) = gw
+        .create_key_cli(
+            &user,
+            &["--role", "ops", "--method", "GET", "--path", "/api"],
+        )
+        .await;
+    let (_, plain) = gw.create_key_cli(&user, &[]).await;
+    use_key(&gw, "GET", "/api/x", &scoped)
+        .await
+        .expect_status(200);
+    assert_eq!(
+        upstream.last().header("x-auth-roles").as_deref(),
+        Some("ops")
+    );
+    assert_out_of_scope(&use_key(&gw, "GET", "/apix", &scoped).await);
+    use_key(&gw, "DELETE", "/x", &plain)
+        .await
+        .expect_status(200);
+    let jwt = gw.issue_token(&user).await;
+    let shown = poll_until(Duration::from_secs(10), || async {
+        let r = get(&gw.url(&format!("{KEYS}/{scoped_id}")), Some(&jwt), &[]).await;
+        let v = r.json();
+        assert_eq!(v["roles"], json!(["ops"]));
+        assert_eq!(v["path_prefixes"], json!(["/api"]));
+        !v["tm_last_used"].as_str().unwrap_or_default().is_empty()
+    })
+    .await;
+    assert!(shown, "tm_last_used shows the use within 10 seconds");
+    drop(gw);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
+}
