@@ -8,9 +8,19 @@
 #   CALLGRIND_SECONDS=5 bash bench/callgrind.sh
 #
 # Paths: public (a public route, no credential), hs256 (Bearer HS256 JWT),
-# accesskey (?accesskey=), and the same two credentials as forward-auth
-# decisions only: verify-hs256 and verify-accesskey
-# (/_authgate/verify/PATH, Envoy's path-prefix form; nothing is proxied). For each it prints the instructions per request
+# accesskey (?accesskey=), hs256-rule (the HS256 JWT under /limited, where
+# one rate-limit rule by user applies that never refuses), and the HS256 and
+# access-key credentials as forward-auth decisions only: verify-hs256 and
+# verify-accesskey (/_authgate/verify/PATH, Envoy's path-prefix form;
+# nothing is proxied).
+# CALLGRIND_RATELIMIT_STORE picks the rule's store: memory (default), a
+# Redis URL (Redis's own work is not counted, only the gateway's), or none
+# (no [ratelimit] at all: the baseline; hs256-rule is then a plain route):
+#
+#   bash bench/callgrind.sh hs256 hs256-rule
+#   CALLGRIND_RATELIMIT_STORE=redis://127.0.0.1:6379/0 bash bench/callgrind.sh hs256 hs256-rule
+#
+# For each it prints the instructions per request
 # (user space only; system calls are not counted) and the heaviest functions
 # by inclusive cost. The callgrind files stay in the printed folder for
 # `callgrind_annotate` or kcachegrind.
@@ -19,6 +29,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 AUTHGATE=${AUTHGATE_BIN:-$ROOT/target/release/authgate}
 SECONDS_PER_PATH=${CALLGRIND_SECONDS:-10}
+RATELIMIT_STORE=${CALLGRIND_RATELIMIT_STORE:-memory}
 PATHS=("$@")
 [ ${#PATHS[@]} -gt 0 ] || PATHS=(public hs256 accesskey)
 
@@ -94,6 +105,19 @@ path_prefix = "/public"
 upstream = "http://127.0.0.1:$P_UP"
 auth = "public"
 EOF
+[ "$RATELIMIT_STORE" = none ] || cat >>"$W/authgate.toml" <<EOF
+
+[ratelimit]
+store = "$RATELIMIT_STORE"
+key_prefix = "authgate-callgrind:$$:"
+
+[[ratelimit.rule]]
+name = "bench"
+by = "user"
+rate = 1000000
+burst = 1000000
+path_prefix = "/limited"
+EOF
 ag() { "$AUTHGATE" --config "$W/authgate.toml" "$@"; }
 echo "callgrind-password-$$" | ag user add bench --password-stdin >/dev/null
 TOKEN=$(ag token issue --user bench)
@@ -114,10 +138,11 @@ for path in "${PATHS[@]}"; do
     case $path in
         public) args=("http://127.0.0.1:$P_AG/public/x") ;;
         hs256) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/x") ;;
+        hs256-rule) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/limited/x") ;;
         accesskey) args=("http://127.0.0.1:$P_AG/x?accesskey=$ACCESS_KEY") ;;
         verify-hs256) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/_authgate/verify/x") ;;
         verify-accesskey) args=("http://127.0.0.1:$P_AG/_authgate/verify/x?accesskey=$ACCESS_KEY") ;;
-        *) die "unknown path $path (public, hs256, accesskey, verify-hs256, verify-accesskey)" ;;
+        *) die "unknown path $path (public, hs256, accesskey, hs256-rule, verify-hs256, verify-accesskey)" ;;
     esac
     [ "$(curl -s -o /dev/null -w '%{http_code}' "${args[@]}")" = 200 ] || die "$path does not answer 200"
     # Warm caches and pools, then count only the measured window.

@@ -177,9 +177,9 @@ core_busy_ticks() {
     awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
 }
 
-read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH < <($PY -c '
+read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH P_AG_RL < <($PY -c '
 import socket
-socks = [socket.socket() for _ in range(9)]
+socks = [socket.socket() for _ in range(10)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 
@@ -327,7 +327,7 @@ backend up
 EOF
 haproxy -c -q -f "$W/haproxy.cfg" >&2 || die "HAProxy rejects $W/haproxy.cfg"
 
-authgate_config() { # PORT STORE JWT-SECTION
+authgate_config() { # PORT STORE JWT-SECTION [RATELIMIT-SECTION]
     cat <<EOF
 [server]
 listen = "127.0.0.1:$1"
@@ -364,8 +364,27 @@ roles = []
 path_prefix = "/public"
 upstream = "http://127.0.0.1:$P_UP"
 auth = "public"
+${4:-}
 EOF
 }
+# One rate-limit rule under /limited that never refuses (the bench measures
+# its cost, not its refusals); requests elsewhere pass the rule's prefix
+# check only. STORE: memory or a Redis URL (BENCH_REDIS_URL).
+ratelimit_section() {
+    cat <<EOF
+[ratelimit]
+store = "$1"
+key_prefix = "authgate-bench:$$:"
+
+[[ratelimit.rule]]
+name = "bench"
+by = "user"
+rate = 1000000
+burst = 1000000
+path_prefix = "/limited"
+EOF
+}
+REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
 HS_JWT="secret_file = \"$W/jwt.secret\""
 ES_JWT="
 [[jwt.keys]]
@@ -373,17 +392,19 @@ kid = \"bench-es256\"
 algorithm = \"ES256\"
 private_key = \"$W/es256.pem\"
 public_key = \"$W/es256.pub.pem\""
-authgate_config "$P_AG_HS" ag-hs "$HS_JWT" >"$W/ag-hs.toml"
+authgate_config "$P_AG_HS" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-hs.toml"
+authgate_config "$P_AG_RL" ag-rl "$HS_JWT" "$(ratelimit_section "$REDIS_URL")" >"$W/ag-rl.toml"
 authgate_config "$P_AG_ES" ag-es "$ES_JWT" >"$W/ag-es.toml"
 authgate_config "$P_AG_IDLE" ag-idle "$HS_JWT" >"$W/ag-idle.toml"
 authgate_config "$P_AG_KEYS" ag-keys "$HS_JWT" >"$W/ag-keys.toml"
 
 ag() { "$AUTHGATE" "$@"; }
-for cfg in ag-hs ag-es ag-idle; do
+for cfg in ag-hs ag-es ag-idle ag-rl; do
     ag check-config --config "$W/$cfg.toml" >/dev/null || die "authgate rejects $W/$cfg.toml"
     printf '%s\n' "$PASSWORD" | ag user add bench --password-stdin --config "$W/$cfg.toml" >/dev/null
 done
 HS_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-hs.toml")
+RL_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-rl.toml")
 ES_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-es.toml")
 IDLE_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-idle.toml")
 ACCESS_KEY=$(ag key create --user bench --name bench --config "$W/ag-hs.toml" | sed -n 's/^key: //p')
@@ -397,12 +418,14 @@ start nginx-authreq "$PROXY_CPU" nginx -p "$W" -e "$W/nginx-authreq.err" -c "$W/
 start haproxy "$PROXY_CPU" haproxy -db -f "$W/haproxy.cfg"
 start ag-hs "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hs.toml"
 start ag-es "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-es.toml"
+start ag-rl "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-rl.toml"
 wait_up "http://127.0.0.1:$P_UP/" upstream
 wait_up "http://127.0.0.1:$P_NGX/" nginx-proxy
 wait_up "http://127.0.0.1:$P_HAP_HS/" haproxy
 wait_up "http://127.0.0.1:$P_AG_HS/healthz" ag-hs
 wait_up "http://127.0.0.1:$P_AG_ES/healthz" ag-es
 wait_up "http://127.0.0.1:$P_NGX_AUTH/" nginx-authreq
+wait_up "http://127.0.0.1:$P_AG_RL/healthz" ag-rl
 
 # ---------------------------------------------------------------- meta
 DATE=$(date +%F)
@@ -468,7 +491,8 @@ preflight() {
 
 # ---------------------------------------------------------------- targets
 T_NAMES=(upstream-direct nginx-proxy-noauth haproxy-jwt-hs256 haproxy-jwt-es256
-    authgate-jwt-hs256 authgate-jwt-es256 authgate-accesskey authgate-public
+    authgate-jwt-hs256 authgate-jwt-hs256-memrule authgate-jwt-hs256-redisrule
+    authgate-jwt-es256 authgate-accesskey authgate-public
     authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate)
 declare -A T_URL T_HDR T_PID T_DESC
 T_URL[upstream-direct]="http://127.0.0.1:$P_UP/bench"
@@ -476,6 +500,8 @@ T_URL[nginx-proxy-noauth]="http://127.0.0.1:$P_NGX/bench"
 T_URL[haproxy-jwt-hs256]="http://127.0.0.1:$P_HAP_HS/bench"
 T_URL[haproxy-jwt-es256]="http://127.0.0.1:$P_HAP_ES/bench"
 T_URL[authgate-jwt-hs256]="http://127.0.0.1:$P_AG_HS/bench"
+T_URL[authgate-jwt-hs256-memrule]="http://127.0.0.1:$P_AG_HS/limited/bench"
+T_URL[authgate-jwt-hs256-redisrule]="http://127.0.0.1:$P_AG_RL/limited/bench"
 T_URL[authgate-jwt-es256]="http://127.0.0.1:$P_AG_ES/bench"
 T_URL[authgate-accesskey]="http://127.0.0.1:$P_AG_HS/bench?accesskey=$ACCESS_KEY"
 T_URL[authgate-public]="http://127.0.0.1:$P_AG_HS/public/bench"
@@ -486,6 +512,8 @@ T_URL[nginx-authreq-authgate]="http://127.0.0.1:$P_NGX_AUTH/bench"
 T_HDR[haproxy-jwt-hs256]="Authorization: Bearer $HS_TOKEN"
 T_HDR[haproxy-jwt-es256]="Authorization: Bearer $ES_TOKEN"
 T_HDR[authgate-jwt-hs256]="Authorization: Bearer $HS_TOKEN"
+T_HDR[authgate-jwt-hs256-memrule]="Authorization: Bearer $HS_TOKEN"
+T_HDR[authgate-jwt-hs256-redisrule]="Authorization: Bearer $RL_TOKEN"
 T_HDR[authgate-jwt-es256]="Authorization: Bearer $ES_TOKEN"
 T_HDR[authgate-verify-jwt]="Authorization: Bearer $HS_TOKEN"
 T_HDR[nginx-authreq-authgate]="Authorization: Bearer $HS_TOKEN"
@@ -494,6 +522,8 @@ T_PID[nginx-proxy-noauth]=$PID_nginx_proxy
 T_PID[haproxy-jwt-hs256]=$PID_haproxy
 T_PID[haproxy-jwt-es256]=$PID_haproxy
 T_PID[authgate-jwt-hs256]=$PID_ag_hs
+T_PID[authgate-jwt-hs256-memrule]=$PID_ag_hs
+T_PID[authgate-jwt-hs256-redisrule]=$PID_ag_rl
 T_PID[authgate-jwt-es256]=$PID_ag_es
 T_PID[authgate-accesskey]=$PID_ag_hs
 T_PID[authgate-public]=$PID_ag_hs
@@ -506,6 +536,8 @@ T_DESC[nginx-proxy-noauth]="nginx proxy_pass, upstream keep-alive, no auth"
 T_DESC[haproxy-jwt-hs256]="HAProxy jwt_verify HS256: alg, signature, exp; Authorization removed"
 T_DESC[haproxy-jwt-es256]="HAProxy jwt_verify ES256: alg, signature, exp; Authorization removed"
 T_DESC[authgate-jwt-hs256]="Bearer HS256 JWT"
+T_DESC[authgate-jwt-hs256-memrule]="Bearer HS256 JWT under one memory rate-limit rule (by user)"
+T_DESC[authgate-jwt-hs256-redisrule]="Bearer HS256 JWT under one Redis rate-limit rule (by user; Redis on the load core)"
 T_DESC[authgate-jwt-es256]="Bearer ES256 JWT ([[jwt.keys]])"
 T_DESC[authgate-accesskey]="?accesskey= (one key, repeated)"
 T_DESC[authgate-public]="public route, no credential"
@@ -523,8 +555,8 @@ tamper() {
     printf '%s' "${s:0:$i}$c${s:$((i + 1))}"
 }
 declare -A T_BAD_URL T_BAD_HDR
-for t in haproxy-jwt-hs256 haproxy-jwt-es256 authgate-jwt-hs256 authgate-jwt-es256 \
-    authgate-verify-jwt nginx-authreq-authgate; do
+for t in haproxy-jwt-hs256 haproxy-jwt-es256 authgate-jwt-hs256 authgate-jwt-hs256-memrule \
+    authgate-jwt-hs256-redisrule authgate-jwt-es256 authgate-verify-jwt nginx-authreq-authgate; do
     T_BAD_URL[$t]=${T_URL[$t]}
     T_BAD_HDR[$t]=$(tamper "${T_HDR[$t]}")
 done

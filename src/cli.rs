@@ -123,6 +123,16 @@ pub enum KeyCommand {
         /// Validity in seconds (default: one year).
         #[arg(long, default_value_t = DEFAULT_KEY_EXPIRE_SECS)]
         expire: u64,
+        /// Narrow the key to this role of its owner (repeatable; default:
+        /// the key follows its owner's roles).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Allow only this method (repeatable; default: all).
+        #[arg(long = "method")]
+        methods: Vec<String>,
+        /// Allow only paths under this prefix (repeatable; default: all).
+        #[arg(long = "path")]
+        paths: Vec<String>,
     },
     /// List live access keys.
     List {
@@ -178,6 +188,9 @@ impl From<StoreError> for CliError {
             StoreError::NotFound => "not found".into(),
             StoreError::AlreadyExists => "already exists".into(),
             StoreError::Unavailable(detail) => format!("store unavailable: {detail}"),
+            StoreError::RoleNotHeld(role) => {
+                format!("the key's owner does not hold role {}", escape(&role))
+            }
         })
     }
 }
@@ -499,6 +512,9 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
             name,
             detail,
             expire,
+            roles,
+            methods,
+            paths,
         } => {
             let expire = i64::try_from(expire)
                 .ok()
@@ -506,11 +522,18 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
                 .ok_or_else(|| fail("--expire must be between 1 second and ten years"))?;
             check_cli_label("--name", &name, crate::text::MAX_NAME_CHARS)?;
             check_cli_label("--detail", &detail, crate::text::MAX_DETAIL_CHARS)?;
+            let scope = crate::scope::KeyScope {
+                roles: (!roles.is_empty()).then_some(roles),
+                methods,
+                path_prefixes: paths,
+            };
+            crate::scope::check_fields(&scope).map_err(fail)?;
             let request = accesskey::KeyRequest {
                 owner: &user,
                 name: &name,
                 detail: &detail,
                 expires_in: expire,
+                scope: &scope,
             };
             let created = accesskey::issue(&store, request, unix_now()).await;
             let created = match created {
@@ -523,18 +546,29 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
             println!("key: {}", created.key);
         }
         KeyCommand::List { user } => {
-            println!("ID\tUSER\tNAME\tTOKEN_PREFIX\tEXPIRES");
+            println!("ID\tUSER\tNAME\tTOKEN_PREFIX\tEXPIRES\tLAST_USED\tROLES\tMETHODS\tPATHS");
             let mut before: Option<String> = None;
             loop {
                 let page = store.keys(user.as_deref(), before.as_deref(), 500).await?;
                 for key in &page {
+                    let list = |items: &[String]| match items {
+                        [] => "*".to_owned(),
+                        items => items.join(","),
+                    };
                     println!(
-                        "{}\t{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                         key.id,
                         escape(&key.username),
                         escape(&key.name),
                         escape(&key.token_prefix),
-                        rfc3339(key.tm_expire)
+                        rfc3339(key.tm_expire),
+                        key.tm_last_used.map(rfc3339).unwrap_or_else(|| "-".into()),
+                        key.scope
+                            .roles
+                            .as_deref()
+                            .map_or_else(|| "(owner's)".to_owned(), |roles| roles.join(",")),
+                        list(&key.scope.methods),
+                        list(&key.scope.path_prefixes),
                     );
                 }
                 match page.last() {

@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
+pub mod ratelimit;
+
 use crate::routes::{Route, RouteAuth, RouteTable};
 use crate::token::jwks::JwksSource;
 use crate::token::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
@@ -70,6 +72,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Routes, longest prefix first.
     pub routes: RouteTable,
+    /// Rate limits (`[ratelimit]`).
+    pub ratelimit: ratelimit::RateLimitConfig,
     /// External OpenID Connect providers for browser sign-in.
     pub oidc: Vec<OidcProviderConfig>,
 }
@@ -287,6 +291,7 @@ struct RawConfig {
     #[serde(default)]
     route: Vec<RawRoute>,
     #[serde(default)]
+    ratelimit: ratelimit::RawRateLimit,
     oidc: Vec<RawOidc>,
 }
 
@@ -737,6 +742,8 @@ fn known_keys(path: &str) -> Option<Vec<String>> {
         "cache" => Some(fields_of::<RawCache>()),
         "route" => Some(fields_of::<RawRoute>()),
         "oidc" => Some(fields_of::<RawOidc>()),
+        "ratelimit" => Some(fields_of::<ratelimit::RawRateLimit>()),
+        "ratelimit.rule" => Some(fields_of::<ratelimit::RawRule>()),
         _ => None,
     }
 }
@@ -990,6 +997,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             );
         }
     }
+    let ratelimit = ratelimit::validate(raw.ratelimit, p);
 
     Some(Config {
         server,
@@ -1002,6 +1010,7 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         cache,
         routes,
         oidc,
+        ratelimit,
     })
 }
 
@@ -1625,6 +1634,8 @@ mod tests {
             "cache",
             "route",
             "oidc",
+            "ratelimit",
+            "ratelimit.rule",
         ] {
             let keys = known_keys(path).unwrap();
             assert!(!keys.is_empty(), "{path:?}");

@@ -15,6 +15,7 @@ use crate::body::Body;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::headers;
+use crate::ratelimit::RateLimitAnswer;
 
 /// What is known about a request so far.
 #[derive(Debug)]
@@ -26,6 +27,7 @@ pub struct RequestContext {
     upstream: Option<Duration>,
     /// A forward-authentication decision rather than a proxied request.
     verifying: bool,
+    rate_limits: RateLimitAnswer,
 }
 
 impl RequestContext {
@@ -38,6 +40,7 @@ impl RequestContext {
             outcome: Outcome::Public,
             upstream: None,
             verifying: false,
+            rate_limits: RateLimitAnswer::default(),
         }
     }
 
@@ -71,6 +74,12 @@ impl RequestContext {
         self.outcome = outcome;
     }
 
+    /// The rate-limit rules that counted the request: their headers go on
+    /// the answer, whatever it is.
+    pub fn rate_limits(&mut self, answer: RateLimitAnswer) {
+        self.rate_limits = answer;
+    }
+
     /// The upstream took `elapsed` to answer (or fail).
     pub fn upstream_took(&mut self, elapsed: Duration) {
         self.upstream = Some(elapsed);
@@ -95,6 +104,7 @@ impl RequestContext {
                 err.into_response(self.request_id.to_str().unwrap_or_default())
             }
         };
+        self.rate_limits.add_headers(response.headers_mut());
         response
             .headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), self.request_id);

@@ -63,6 +63,28 @@ pub enum GatewayError {
     /// The caller lacks every role the route asks for.
     #[error("the caller has none of the roles this route requires")]
     MissingRole,
+    /// An access key was to be narrowed to a role its owner does not hold.
+    #[error("an access key can only be given roles its owner holds")]
+    RoleNotHeld,
+    /// An access key was used outside the methods or paths it is limited to.
+    #[error("this access key is not allowed this method or path")]
+    OutOfScope,
+    /// A `[[ratelimit.rule]]` refused the request.
+    #[error("too many requests; try again later")]
+    RateLimited {
+        /// The rule's name (`details.limited_by`).
+        rule: std::sync::Arc<str>,
+        /// Whole seconds until a request may succeed again, at least 1.
+        retry_after: u64,
+        /// The `RateLimit-Policy` value of the rules checked.
+        policy: HeaderValue,
+        /// The `RateLimit` value.
+        state: HeaderValue,
+    },
+    /// The shared rate-limit store cannot be reached and
+    /// `ratelimit.on_store_error = "deny"`.
+    #[error("the rate-limit store is unavailable; try again shortly")]
+    RateLimitUnavailable,
     /// An access key tried to create, change or delete access keys.
     #[error("access keys cannot manage access keys; use a JWT from /auth/login")]
     AccessKeyNotAllowed,
@@ -135,6 +157,11 @@ pub enum GatewayError {
     Internal,
 }
 
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
+pub const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-09).
+pub const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
 /// An HTTP status with the envelope's canonical `status` name (the seed
 /// service's codes): several reasons share one class.
 #[derive(Debug, Clone, Copy)]
@@ -176,6 +203,10 @@ impl GatewayError {
             AuthenticationRequired => (UNAUTHENTICATED, "AUTHENTICATION_REQUIRED"),
             InvalidCredentials { .. } => (UNAUTHENTICATED, "INVALID_CREDENTIALS"),
             MissingRole => (FORBIDDEN, "MISSING_ROLE"),
+            RoleNotHeld => (BAD_REQUEST, "ROLE_NOT_HELD"),
+            OutOfScope => (FORBIDDEN, "OUT_OF_SCOPE"),
+            RateLimited { .. } => (TOO_MANY, "RATE_LIMITED"),
+            RateLimitUnavailable => (UNAVAILABLE, "RATE_LIMIT_STORE_UNAVAILABLE"),
             AccessKeyNotAllowed => (FORBIDDEN, "ACCESSKEY_NOT_ALLOWED"),
             NoRoute => (NOT_FOUND, "NO_ROUTE"),
             NotFound => (NOT_FOUND, "RESOURCE_NOT_FOUND"),
@@ -223,6 +254,17 @@ impl GatewayError {
 
     /// The JSON envelope, without the response around it.
     pub fn envelope(&self, request_id: &str) -> serde_json::Value {
+        if let GatewayError::RateLimited { rule, .. } = self {
+            return serde_json::json!({
+                "error": {
+                    "status": self.status_name(),
+                    "reason": self.reason(),
+                    "message": self.to_string(),
+                    "request_id": request_id,
+                    "details": { "limited_by": &**rule },
+                }
+            });
+        }
         serde_json::json!({
             "error": {
                 "status": self.status_name(),
@@ -268,6 +310,22 @@ impl GatewayError {
             | GatewayError::LoginBusy { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
+            GatewayError::RateLimited {
+                retry_after,
+                policy,
+                state,
+                ..
+            } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after).max(1)),
+                );
+                headers.insert(RATELIMIT_POLICY, policy.clone());
+                headers.insert(RATELIMIT, state.clone());
+            }
+            GatewayError::RateLimitUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         response
@@ -280,6 +338,7 @@ impl From<crate::store::StoreError> for GatewayError {
         match err {
             StoreError::NotFound => GatewayError::NotFound,
             StoreError::AlreadyExists => GatewayError::Conflict("that name is already taken"),
+            StoreError::RoleNotHeld(_) => GatewayError::RoleNotHeld,
             StoreError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "store unavailable");
                 GatewayError::StoreUnavailable
@@ -395,6 +454,19 @@ mod tests {
                 "PROVIDER_UNREACHABLE",
             ),
             (
+                GatewayError::RoleNotHeld,
+                400,
+                "INVALID_ARGUMENT",
+                "ROLE_NOT_HELD",
+            ),
+            (
+                GatewayError::OutOfScope,
+                403,
+                "PERMISSION_DENIED",
+                "OUT_OF_SCOPE",
+            ),
+            (rate_limited(), 429, "RESOURCE_EXHAUSTED", "RATE_LIMITED"),
+            (
                 GatewayError::NotFound,
                 404,
                 "NOT_FOUND",
@@ -460,6 +532,29 @@ mod tests {
             assert_eq!(err.status_name(), name, "{err:?}");
             assert_eq!(err.reason(), reason, "{err:?}");
         }
+    }
+
+    fn rate_limited() -> GatewayError {
+        GatewayError::RateLimited {
+            rule: "per-user".into(),
+            retry_after: 2,
+            policy: HeaderValue::from_static(r#""per-user";q=2;w=1"#),
+            state: HeaderValue::from_static(r#""per-user";r=0;t=1"#),
+        }
+    }
+
+    #[test]
+    fn rate_limited_names_the_rule_and_carries_the_headers() {
+        let value = rate_limited().envelope("r");
+        assert_eq!(value["error"]["details"]["limited_by"], "per-user");
+        assert_eq!(value["error"]["reason"], "RATE_LIMITED");
+        let response = rate_limited().into_response("r");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(
+            response.headers()[RATELIMIT_POLICY],
+            r#""per-user";q=2;w=1"#
+        );
+        assert_eq!(response.headers()[RATELIMIT], r#""per-user";r=0;t=1"#);
     }
 
     #[test]

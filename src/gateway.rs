@@ -14,6 +14,7 @@ use crate::clock::unix_now;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
+use crate::ratelimit::RateLimits;
 use crate::store::cache::CredentialCache;
 use crate::store::{Store, follow};
 use crate::tls::{self, TlsError};
@@ -43,6 +44,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// External OpenID Connect providers for browser sign-in.
     pub oidc: crate::oidc::Providers,
+    /// The rate-limit rules and their buckets.
+    pub ratelimits: RateLimits,
 }
 
 /// Why a new config was not taken.
@@ -80,7 +83,7 @@ impl Gateway {
         follow::start(&store, &cache, config.store.poll_interval).await?;
         let hashes = HashLimiter::new(config.login.max_concurrent_hashes);
         let metrics = Arc::new(Metrics::default());
-        let gateway = Gateway::assemble(config, store, cache, metrics, hashes)?;
+        let gateway = Gateway::assemble(config, store, cache, metrics, hashes, None)?;
         Ok(Arc::new(gateway))
     }
 
@@ -90,6 +93,7 @@ impl Gateway {
         cache: Arc<CredentialCache>,
         metrics: Arc<Metrics>,
         hashes: HashLimiter,
+        previous_limits: Option<&RateLimits>,
     ) -> Result<Gateway, TlsError> {
         let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
         let mut providers = Vec::with_capacity(config.jwt.external.len());
@@ -117,6 +121,7 @@ impl Gateway {
                 &config.upstream,
                 config.jwt.leeway,
             )?,
+            ratelimits: RateLimits::new(&config.ratelimit, metrics.clone(), previous_limits),
             tls,
             metrics,
             store,
@@ -153,6 +158,7 @@ impl Gateway {
             self.cache.clone(),
             self.metrics.clone(),
             hashes,
+            Some(&self.ratelimits),
         )?)
     }
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, Method};
 
-use crate::auth::{Permit, authorize};
+use crate::auth::{Permit, authorize, check_scope};
 use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -94,8 +94,14 @@ pub async fn judge<'g>(
         None
     };
     let permit = authorize(&matched, identity)?;
-    // Checks that need the permit and the judged method, path or client
-    // address (access-key scopes, rate limits) belong here, so that both
-    // endings apply them.
+    // The access key's scope and the rate limits need the judged method,
+    // path and client address: here, so both endings apply them.
+    check_scope(permit.identity(), request.method, path)?;
+    if !gateway.ratelimits.is_empty() {
+        let limits = gateway
+            .ratelimits
+            .check(permit.identity(), request.client_ip, path);
+        ctx.rate_limits(limits.await?);
+    }
     Ok(permit)
 }

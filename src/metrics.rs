@@ -162,6 +162,13 @@ struct UpstreamErrorLabels {
     kind: &'static str,
 }
 
+/// Labels of `authgate_ratelimit_checks_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RateLimitLabels {
+    rule: Arc<str>,
+    result: &'static str,
+}
+
 /// Every metric the gateway exports. The handles below share their values
 /// with `registry`, which renders them.
 pub struct Metrics {
@@ -170,6 +177,7 @@ pub struct Metrics {
     logins: CounterFamily<LoginLabels>,
     upstream_errors: CounterFamily<UpstreamErrorLabels>,
     verify_decisions: CounterFamily<VerifyLabels>,
+    ratelimits: CounterFamily<RateLimitLabels>,
     keys_created: Counter,
     reloads: Counter,
     request_latency: SharedHistogram,
@@ -185,6 +193,7 @@ impl Default for Metrics {
             logins: CounterFamily::default(),
             upstream_errors: CounterFamily::default(),
             verify_decisions: CounterFamily::default(),
+            ratelimits: CounterFamily::default(),
             keys_created: Counter::default(),
             reloads: Counter::default(),
             request_latency: SharedHistogram::default(),
@@ -217,6 +226,11 @@ impl Default for Metrics {
             "authgate_verify_decisions",
             "Forward-authentication decisions by judged route, decision (allowed, public, denied) and reason",
             metrics.verify_decisions.clone(),
+        );
+        registry.register(
+            "authgate_ratelimit_checks",
+            "Rate-limit checks by rule and result (allowed, limited, store_error)",
+            metrics.ratelimits.clone(),
         );
         registry.register(
             "authgate_login_attempts",
@@ -331,6 +345,14 @@ impl Metrics {
     /// A login attempt of `kind` with `result`.
     pub fn login(&self, kind: &'static str, result: &'static str) {
         self.logins.inc(LoginLabels { kind, result });
+    }
+
+    /// A rate-limit check of `rule` ended with `result`.
+    pub fn ratelimit(&self, rule: &Arc<str>, result: &'static str) {
+        self.ratelimits.inc(RateLimitLabels {
+            rule: rule.clone(),
+            result,
+        });
     }
 
     /// An access key was created.

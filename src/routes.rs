@@ -131,6 +131,35 @@ fn has_trailing_ignorable(path: &str) -> bool {
     })
 }
 
+/// Every reading of `path` other than byte for byte that an upstream could
+/// act on (see [`RouteTable::route_for`]): without `;parameters`, without
+/// trailing `.`, `~` or `%20`, and both. Empty, without allocating, for
+/// the usual path that has none of those.
+pub fn other_readings(path: &str) -> Vec<String> {
+    let params = path.contains(';');
+    let trailing = has_trailing_ignorable(path);
+    let mut readings: Vec<String> = Vec::new();
+    if !params && !trailing {
+        return readings;
+    }
+    for (params_read, trailing_read) in [(true, false), (false, true), (true, true)] {
+        if (params_read && !params) || (trailing_read && !trailing) {
+            continue;
+        }
+        let read = read_as(
+            path,
+            Reading {
+                params: params_read,
+                trailing: trailing_read,
+            },
+        );
+        if read != path && !readings.contains(&read) {
+            readings.push(read);
+        }
+    }
+    readings
+}
+
 /// The route a request is forwarded by, and the other routes an upstream
 /// could read its path as lying under. The rules of all of them apply:
 /// a path that one server reads as `/admin/...` is held to `/admin`'s

@@ -4,6 +4,7 @@
 //! [`RequestContext`] collects what happened; it logs and counts the
 //! request once and turns errors into the JSON envelope.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -81,6 +82,18 @@ async fn handle_inner(
     if let Some(endpoint) = Endpoint::for_path(path.as_str()) {
         ctx.route(Arc::from(endpoint.name()), endpoint.name());
         ctx.served(Outcome::Own);
+        // Login and key endpoints count against address rules (no
+        // identity is known yet); health, metrics and the admin page do not.
+        if !gateway.ratelimits.is_empty()
+            && !matches!(
+                endpoint,
+                Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Reserved
+            )
+        {
+            let address = client_ip(gateway, &client, &request);
+            let limits = gateway.ratelimits.check(None, address, path.as_str());
+            ctx.rate_limits(limits.await?);
+        }
         let api_ctx = api::Context { gateway, client };
         return api::serve(endpoint, request, api_ctx).await;
     }
@@ -90,11 +103,7 @@ async fn handle_inner(
         path,
         query: request.uri().query(),
         headers: request.headers(),
-        client_ip: headers::client_ip(
-            client.addr.ip(),
-            request.headers(),
-            &gateway.config.server.trusted_proxies,
-        ),
+        client_ip: client_ip(gateway, &client, &request),
         host: request
             .headers()
             .get(header::HOST)
@@ -111,4 +120,14 @@ async fn handle_inner(
         .await;
     ctx.upstream_took(upstream_started.elapsed());
     result
+}
+
+/// The client's address: the peer, or what a trusted proxy says in
+/// `X-Forwarded-For`.
+fn client_ip(gateway: &Gateway, client: &ClientInfo, request: &Request<Incoming>) -> IpAddr {
+    headers::client_ip(
+        client.addr.ip(),
+        request.headers(),
+        &gateway.config.server.trusted_proxies,
+    )
 }

@@ -303,6 +303,7 @@ mod tests {
             method: crate::auth::AuthMethod::AccessKey,
             key_id: Some(uuid::Uuid::nil()),
             token: None,
+            scope: None,
         };
         let allowed = decision(Some(&identity));
         let h = allowed.headers();

@@ -123,8 +123,8 @@ export function listKeys(pageSize, pageToken) {
 }
 
 /** Creates a key valid for `expire` seconds; the answer's `token` is the key. */
-export const createKey = (name, detail, expire) =>
-  call("POST", "/v1.0/accesskeys", { name, detail, expire });
+export const createKey = (name, detail, expire, scope = {}) =>
+  call("POST", "/v1.0/accesskeys", { name, detail, expire, ...scope });
 
 /** Changes a key's name and detail. */
 export const updateKey = (id, name, detail) =>

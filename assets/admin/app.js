@@ -245,6 +245,14 @@ function row(key, showOwner, now) {
     value.append(when);
   }
 
+  addCell(tr, "Scope", "key-scope", ...scopeLines(key));
+  addCell(
+    tr,
+    "Last used",
+    "key-last-used",
+    key.tm_last_used ? timeElement(key.tm_last_used).element : el("span", "muted", "Never"),
+  );
+
   const label = key.name || key.token_prefix;
   const rename = el("button", "button button-small", "Rename");
   rename.type = "button";
@@ -256,6 +264,38 @@ function row(key, showOwner, now) {
   revoke.addEventListener("click", () => openRevoke(key));
   addCell(tr, "Actions", "key-actions", rename, revoke);
   return tr;
+}
+
+/** The key's scope, one line per limit; "Full access" when it has none. */
+function scopeLines(key) {
+  const lines = [];
+  if (Array.isArray(key.roles)) {
+    lines.push(el("span", "scope-line", `Roles: ${key.roles.length ? key.roles.join(", ") : "none"}`));
+  }
+  if (key.methods?.length) {
+    lines.push(el("span", "scope-line", `Methods: ${key.methods.join(", ")}`));
+  }
+  if (key.path_prefixes?.length) {
+    lines.push(el("span", "scope-line", `Paths: ${key.path_prefixes.join(", ")}`));
+  }
+  return lines.length ? lines : [el("span", "muted", "Full access")];
+}
+
+/** The scope fields of the create form, as the API takes them. */
+function scopeInput() {
+  const list = (text, separator) =>
+    text
+      .split(separator)
+      .map((item) => item.trim())
+      .filter(Boolean);
+  const scope = {};
+  const roles = list($("create-roles").value, ",");
+  if (roles.length) scope.roles = roles;
+  const methods = list($("create-methods").value, /[\s,]+/).map((m) => m.toUpperCase());
+  if (methods.length) scope.methods = methods;
+  const paths = list($("create-paths").value, /\n/);
+  if (paths.length) scope.path_prefixes = paths;
+  return scope;
 }
 
 // ---------------------------------------------------------------------------
@@ -304,7 +344,7 @@ async function submitCreate(event) {
   }
   try {
     const key = await busy($("create-submit"), "Creating…", () =>
-      api.createKey(name, detail, daysToSeconds(days)),
+      api.createKey(name, detail, daysToSeconds(days), scopeInput()),
     );
     showCreated(key);
     announce(`Key “${key.name}” created.`);

@@ -16,6 +16,7 @@ use crate::auth::{AuthMethod, Identity, accesskey};
 use crate::body::Body;
 use crate::clock::{rfc3339, unix_now};
 use crate::error::GatewayError;
+use crate::scope::{KeyScope, check_fields};
 use crate::store::{AccessKey, Change};
 use crate::text::{MAX_DETAIL_CHARS, MAX_NAME_CHARS};
 
@@ -30,12 +31,22 @@ struct CreateRequest {
     #[serde(default)]
     detail: String,
     expire: Option<serde_json::Value>,
+    /// Omitted or `null`: the key follows its owner's roles.
+    roles: Option<Vec<String>>,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    path_prefixes: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
 struct UpdateRequest {
     name: Option<String>,
     detail: Option<String>,
+    // Present only to be refused: a scope is fixed at creation.
+    roles: Option<serde_json::Value>,
+    methods: Option<serde_json::Value>,
+    path_prefixes: Option<serde_json::Value>,
 }
 
 /// The accesskey object of the contract (never the key itself).
@@ -49,6 +60,10 @@ fn view(key: &AccessKey) -> serde_json::Value {
         "tm_expire": rfc3339(key.tm_expire),
         "tm_create": rfc3339(key.tm_create),
         "tm_update": rfc3339(key.tm_update),
+        "tm_last_used": key.tm_last_used.map(rfc3339).unwrap_or_default(),
+        "roles": key.scope.roles,
+        "methods": key.scope.methods,
+        "path_prefixes": key.scope.path_prefixes,
     })
 }
 
@@ -162,11 +177,18 @@ pub async fn create(
             "expire must be a whole number of seconds from 1 to ten years",
         ))?;
     check_text(&body.name, &body.detail)?;
+    let scope = KeyScope {
+        roles: body.roles,
+        methods: body.methods.unwrap_or_default(),
+        path_prefixes: body.path_prefixes.unwrap_or_default(),
+    };
+    check_fields(&scope).map_err(GatewayError::InvalidArgument)?;
     let request = accesskey::KeyRequest {
         owner: &identity.user,
         name: &body.name,
         detail: &body.detail,
         expires_in: expire,
+        scope: &scope,
     };
     let issued = accesskey::issue(&ctx.gateway.store, request, unix_now()).await?;
     ctx.gateway.metrics.keys_created();
@@ -197,6 +219,11 @@ pub async fn update(
     let identity = writer(&request, ctx).await?;
     check_id(id)?;
     let body: UpdateRequest = read_json(request, ctx).await?;
+    if body.roles.is_some() || body.methods.is_some() || body.path_prefixes.is_some() {
+        return Err(GatewayError::InvalidArgument(
+            "a key's roles, methods and path_prefixes are fixed when it is created",
+        ));
+    }
     let store = &ctx.gateway.store;
     let current = store.key(id, scope(&identity)).await?;
     let name = body.name.unwrap_or(current.name);

@@ -179,10 +179,14 @@ pub async fn serve_admin(
 
 /// The caller of an own endpoint, authenticated like a proxied request.
 async fn caller(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Identity, GatewayError> {
-    ctx.gateway
+    let identity = ctx
+        .gateway
         .auth
         .authenticate_request(request.headers(), request.uri().query())
-        .await
+        .await?;
+    // A key limited to other paths or methods cannot read keys either.
+    crate::auth::check_scope(Some(&identity), request.method(), request.uri().path())?;
+    Ok(identity)
 }
 
 /// Whether `Content-Type` declares JSON: the media type `application/json`

@@ -4,6 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::scope::KeyScope;
 use crate::store::{AccessKey, NewKey, Store, StoreError};
 
 /// Every key starts with this.
@@ -46,6 +47,9 @@ pub struct KeyRequest<'a> {
     pub detail: &'a str,
     /// Seconds from `now` until it expires, 1 to [`MAX_EXPIRE_SECS`].
     pub expires_in: i64,
+    /// What the key is narrowed to (fields checked by the caller; the
+    /// owner's roles are checked by the store, at commit).
+    pub scope: &'a KeyScope,
 }
 
 /// A key made and stored: its record, and the key itself (shown once).
@@ -73,6 +77,7 @@ pub async fn issue(
         token_hash_hex: &token_hash_hex,
         token_prefix: token_prefix(&key),
         tm_expire: now.saturating_add(request.expires_in),
+        scope: request.scope,
     };
     let stored = store.create_key(new, now).await?;
     Ok(IssuedKey { stored, key })

@@ -16,6 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::clock::unix_now;
 use crate::error::GatewayError;
 use crate::routes::{Route, RouteAuth, RouteMatch};
+use crate::scope::KeyScope;
 use crate::store::Store;
 use crate::store::cache::{CredentialCache, KeyFacts, Lookup, UserFacts};
 use crate::token::jwks;
@@ -54,6 +55,8 @@ pub struct Identity {
     pub key_id: Option<uuid::Uuid>,
     /// The token's id and expiry, for JWTs (logout needs them).
     pub token: Option<(String, i64)>,
+    /// The methods and paths an access key is limited to; `None`: any.
+    pub scope: Option<Arc<KeyScope>>,
 }
 
 impl Identity {
@@ -118,6 +121,20 @@ pub fn authorize<'a>(
         route,
         identity: Some(identity),
     })
+}
+
+/// Refuses a request outside its access key's scope (403 `OUT_OF_SCOPE`):
+/// a method the key does not list, or a path some reading of which lies
+/// outside the key's prefixes. Requests without a scoped key pass.
+pub fn check_scope(
+    identity: Option<&Identity>,
+    method: &http::Method,
+    path: &str,
+) -> Result<(), GatewayError> {
+    match identity.and_then(|identity| identity.scope.as_deref()) {
+        Some(scope) if !scope.allows(method.as_str(), path) => Err(GatewayError::OutOfScope),
+        _ => Ok(()),
+    }
 }
 
 /// `bytes` random bytes from the OS CSPRNG, base64url without padding.
@@ -230,6 +247,7 @@ impl Authenticator {
             method: AuthMethod::Jwt,
             key_id: None,
             token: Some((claims.jti.clone(), claims.exp)),
+            scope: None,
         })
     }
 
@@ -268,6 +286,7 @@ impl Authenticator {
             method: AuthMethod::Jwt,
             key_id: None,
             token: claims.jti.map(|jti| (jti, claims.exp)),
+            scope: None,
         })
     }
 
@@ -283,12 +302,14 @@ impl Authenticator {
         if facts.expires_at <= unix_now() {
             return Err(GatewayError::invalid("the access key has expired"));
         }
+        self.cache.last_use.note(facts.key_id, unix_now());
         Ok(Identity {
             user: facts.owner.username.clone(),
-            roles: facts.owner.roles.clone(),
+            roles: facts.roles,
             method: AuthMethod::AccessKey,
             key_id: Some(facts.key_id),
             token: None,
+            scope: facts.scope,
         })
     }
 
@@ -323,10 +344,19 @@ impl Authenticator {
         };
         match self.store.key_grant(&hex::encode(hash)).await {
             Ok(grant) => {
-                let facts = grant.map(|grant| KeyFacts {
-                    key_id: grant.key_id,
-                    owner: self.cache.key_owner(&grant.username, grant.roles),
-                    expires_at: grant.expires_at,
+                let facts = grant.map(|grant| {
+                    let owner = self.cache.key_owner(&grant.username, grant.roles);
+                    let roles = match grant.scope.roles {
+                        None => owner.roles.clone(),
+                        Some(_) => Arc::from(grant.scope.effective_roles(&owner.roles)),
+                    };
+                    KeyFacts {
+                        key_id: grant.key_id,
+                        owner,
+                        expires_at: grant.expires_at,
+                        roles,
+                        scope: (!grant.scope.any_request()).then(|| Arc::new(grant.scope)),
+                    }
                 });
                 self.cache.put_key(*hash, facts.clone(), Instant::now());
                 Ok(facts)
@@ -363,6 +393,7 @@ mod tests {
             method: AuthMethod::Jwt,
             key_id: None,
             token: None,
+            scope: None,
         }
     }
 

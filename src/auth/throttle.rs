@@ -46,14 +46,24 @@ pub fn user_subject(username: &str) -> String {
 /// The throttle row of a client address: IPv4 (also when IPv4-mapped) as
 /// is, IPv6 by its /64, which one host usually has whole.
 pub fn address_subject(ip: IpAddr) -> String {
+    match address_block(ip) {
+        IpAddr::V6(block) if ip.to_canonical().is_ipv6() => format!("addr:{block}/64"),
+        block => format!("addr:{block}"),
+    }
+}
+
+/// The address that stands for a client: IPv4 (also when IPv4-mapped) as
+/// is, IPv6 as its /64 with the host bits cleared. Shared by the login
+/// throttle and the rate limits.
+pub fn address_block(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V4(v4) => format!("addr:{v4}"),
+        IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => format!("addr:{v4}"),
+            Some(v4) => IpAddr::V4(v4),
             // A /64 always exists; `trunc` clears the host bits.
             None => match Ipv6Net::new(v6, 64) {
-                Ok(net) => format!("addr:{}", net.trunc()),
-                Err(_) => format!("addr:{v6}"),
+                Ok(net) => IpAddr::V6(net.trunc().addr()),
+                Err(_) => IpAddr::V6(v6),
             },
         },
     }

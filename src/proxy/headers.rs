@@ -637,6 +637,7 @@ mod tests {
                 0x0190_0000_0000_7000_8000_0000_0000_002a,
             )),
             token: None,
+            scope: None,
         };
         set_identity_headers(&mut h, &identity);
         assert_eq!(h["x-auth-user"], "alice");

@@ -5,8 +5,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::changes::Change;
-use super::users::split_roles;
+use super::users::{join_roles, split_roles};
 use super::{Store, StoreError};
+use crate::scope::KeyScope;
 
 /// An access key as stored (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,10 @@ pub struct AccessKey {
     pub tm_create: i64,
     /// Last change, unix seconds.
     pub tm_update: i64,
+    /// Last use, unix seconds (at most a minute old); `None`: never used.
+    pub tm_last_used: Option<i64>,
+    /// What the key was narrowed to at creation.
+    pub scope: KeyScope,
 }
 
 /// A key to store: everything but the key itself, which only its
@@ -45,6 +50,8 @@ pub struct NewKey<'a> {
     pub token_prefix: &'a str,
     /// Expiry, unix seconds.
     pub tm_expire: i64,
+    /// What the key is narrowed to.
+    pub scope: &'a KeyScope,
 }
 
 /// What the cache needs to know about a valid key.
@@ -58,6 +65,23 @@ pub struct KeyGrant {
     pub roles: Vec<String>,
     /// Expiry, unix seconds.
     pub expires_at: i64,
+    /// The key's scope.
+    pub scope: KeyScope,
+}
+
+/// A comma-separated list column (no element holds a comma).
+fn split_list(list: &str) -> Vec<String> {
+    split_roles(list)
+}
+
+fn scope_from_row(row: &AnyRow, roles_column: &str) -> Result<KeyScope, sqlx::Error> {
+    Ok(KeyScope {
+        roles: row
+            .try_get::<Option<String>, _>(roles_column)?
+            .map(|roles| split_list(&roles)),
+        methods: split_list(&row.try_get::<String, _>("methods")?),
+        path_prefixes: split_list(&row.try_get::<String, _>("path_prefixes")?),
+    })
 }
 
 fn key_from_row(row: &AnyRow) -> Result<AccessKey, sqlx::Error> {
@@ -70,11 +94,13 @@ fn key_from_row(row: &AnyRow) -> Result<AccessKey, sqlx::Error> {
         tm_expire: row.try_get("tm_expire")?,
         tm_create: row.try_get("tm_create")?,
         tm_update: row.try_get("tm_update")?,
+        tm_last_used: row.try_get("tm_last_used")?,
+        scope: scope_from_row(row, "roles")?,
     })
 }
 
-const KEY_COLUMNS: &str =
-    "id, username, name, detail, token_prefix, tm_expire, tm_create, tm_update";
+const KEY_COLUMNS: &str = "id, username, name, detail, token_prefix, tm_expire, tm_create, tm_update, \
+     tm_last_used, roles, methods, path_prefixes";
 
 pub(super) async fn revoke_user_keys(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -101,6 +127,7 @@ impl Store {
             token_hash_hex,
             token_prefix,
             tm_expire,
+            scope,
         } = new;
         let key = AccessKey {
             id: uuid::Uuid::now_v7().to_string(),
@@ -111,19 +138,27 @@ impl Store {
             tm_expire,
             tm_create: now,
             tm_update: now,
+            tm_last_used: None,
+            scope: scope.clone(),
         };
         let mut tx = self.begin_write().await?;
-        // The owner must exist at commit time, not only when the request began.
-        let owner = sqlx::query("SELECT 1 FROM users WHERE username = $1")
+        // The owner must exist at commit time, not only when the request
+        // began, and still hold every role the key is narrowed to.
+        let owner = sqlx::query("SELECT roles FROM users WHERE username = $1")
             .bind(username)
             .fetch_optional(&mut *tx)
-            .await?;
-        if owner.is_none() {
-            return Err(StoreError::NotFound);
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let owner_roles = split_roles(&owner.try_get::<String, _>("roles")?);
+        if let Some(roles) = &scope.roles
+            && let Some(missing) = roles.iter().find(|role| !owner_roles.contains(role))
+        {
+            return Err(StoreError::RoleNotHeld(missing.clone()));
         }
         sqlx::query(
-            "INSERT INTO accesskeys (id, username, name, detail, token_hash, token_prefix, tm_expire, tm_create, tm_update) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+            "INSERT INTO accesskeys (id, username, name, detail, token_hash, token_prefix, tm_expire, tm_create, tm_update, \
+               roles, methods, path_prefixes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)",
         )
         .bind(&key.id)
         .bind(&key.username)
@@ -133,6 +168,9 @@ impl Store {
         .bind(&key.token_prefix)
         .bind(tm_expire)
         .bind(now)
+        .bind(scope.roles.as_deref().map(join_roles))
+        .bind(join_roles(&scope.methods))
+        .bind(join_roles(&scope.path_prefixes))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -142,7 +180,8 @@ impl Store {
     /// The live (not deleted) key with this hash and its owner's roles.
     pub async fn key_grant(&self, token_hash_hex: &str) -> Result<Option<KeyGrant>, StoreError> {
         let row = sqlx::query(
-            "SELECT k.id, k.username, k.tm_expire, u.roles FROM accesskeys k \
+            "SELECT k.id, k.username, k.tm_expire, u.roles, k.roles AS key_roles, k.methods, \
+               k.path_prefixes FROM accesskeys k \
              JOIN users u ON u.username = k.username \
              WHERE k.token_hash = $1 AND k.tm_delete IS NULL",
         )
@@ -158,6 +197,7 @@ impl Store {
             username: row.try_get("username")?,
             roles: split_roles(&row.try_get::<String, _>("roles")?),
             expires_at: row.try_get("tm_expire")?,
+            scope: scope_from_row(&row, "key_roles")?,
         }))
     }
 
@@ -194,6 +234,30 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Records when keys were last used, in one transaction: `uses` are
+    /// `(key id, unix seconds)`; a time never moves backwards. Returns the
+    /// rows changed.
+    pub async fn record_key_uses(&self, uses: &[(uuid::Uuid, i64)]) -> Result<u64, StoreError> {
+        if uses.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let mut changed = 0;
+        for (id, at) in uses {
+            changed += sqlx::query(
+                "UPDATE accesskeys SET tm_last_used = $1 \
+                 WHERE id = $2 AND (tm_last_used IS NULL OR tm_last_used < $1)",
+            )
+            .bind(*at)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Renames a live key.

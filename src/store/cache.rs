@@ -18,7 +18,9 @@ use dashmap::DashMap;
 use uuid::Uuid;
 
 use crate::config::CacheConfig;
+use crate::scope::KeyScope;
 use crate::store::Change;
+use crate::store::last_use::LastUse;
 use crate::token::TokenRevocations;
 
 /// An access key's SHA-256, the key of the access-key cache (the same type
@@ -42,6 +44,11 @@ pub struct KeyFacts {
     pub owner: Arc<KeyOwner>,
     /// Expiry, unix seconds; checked on every request.
     pub expires_at: i64,
+    /// The roles requests with this key carry: the owner's, or the key's
+    /// own that the owner holds.
+    pub roles: Arc<[String]>,
+    /// The methods and paths the key is limited to; `None`: any.
+    pub scope: Option<Arc<KeyScope>>,
 }
 
 /// Who owns an access key. One per user in the cache, however many of the
@@ -178,6 +185,8 @@ pub struct CredentialCache {
     token_caches: Mutex<Vec<Weak<dyn TokenRevocations>>>,
     /// Hit, miss and eviction counters.
     pub stats: CacheStats,
+    /// Key uses waiting to be written to the store.
+    pub last_use: LastUse,
 }
 
 impl CredentialCache {
@@ -191,6 +200,7 @@ impl CredentialCache {
             revoked_tokens: DashMap::new(),
             token_caches: Mutex::new(Vec::new()),
             stats: CacheStats::default(),
+            last_use: LastUse::default(),
         }
     }
 
@@ -360,6 +370,8 @@ mod tests {
                 roles: Arc::from(vec![]),
             }),
             expires_at: 0,
+            roles: Arc::from(vec![]),
+            scope: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Following the store from a running gateway: the change log, read at
 //! every poll and at once when PostgreSQL announces a change, evicts what
 //! other processes (the CLI, other replicas) revoked from this process's
-//! cache; and a sweep deletes expired rows.
+//! cache; access-key uses noted on the request path are written in
+//! batches; and a sweep deletes expired rows.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
@@ -12,6 +13,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use super::cache::CredentialCache;
+use super::last_use;
 use super::{CHANGES_CHANNEL, Store, StoreError};
 use crate::clock::unix_now;
 
@@ -47,6 +49,7 @@ pub async fn start(
         wake,
     ));
     tokio::spawn(sweep(store.clone(), Arc::downgrade(cache)));
+    tokio::spawn(write_key_uses(store.clone(), Arc::downgrade(cache)));
     Ok(())
 }
 
@@ -156,6 +159,29 @@ async fn listen_for_changes(url: String, cache: Weak<CredentialCache>, wake: Arc
             Err(err) => debug!(error = %err, "cannot connect the change listener; will retry"),
         }
         tokio::time::sleep(LISTEN_RETRY).await;
+    }
+}
+
+/// Writes the access-key uses noted on the request path, in one
+/// transaction every [`last_use::FLUSH_INTERVAL`]; a failed batch is put
+/// back for the next.
+async fn write_key_uses(store: Store, cache: Weak<CredentialCache>) {
+    loop {
+        tokio::time::sleep(last_use::FLUSH_INTERVAL).await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let uses = cache.last_use.take(unix_now());
+        if uses.is_empty() {
+            continue;
+        }
+        match store.record_key_uses(&uses).await {
+            Ok(rows) => cache.last_use.written(rows),
+            Err(err) => {
+                debug!(error = %err, "cannot record access-key uses; will retry");
+                cache.last_use.put_back(uses);
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod accesskeys;
 pub mod cache;
 mod changes;
 pub mod follow;
+pub mod last_use;
 mod onetimekeys;
 mod revocations;
 mod throttle;
@@ -47,6 +48,9 @@ pub enum StoreError {
     /// The database could not be reached or failed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A key was to be narrowed to a role its owner does not hold.
+    #[error("the owner does not hold role {0:?}")]
+    RoleNotHeld(String),
 }
 
 impl StoreError {
@@ -56,6 +60,7 @@ impl StoreError {
             StoreError::NotFound => "not found",
             StoreError::AlreadyExists => "already exists",
             StoreError::Unavailable(detail) => detail,
+            StoreError::RoleNotHeld(_) => "role not held",
         }
     }
 }

@@ -434,6 +434,45 @@ describe("the /_authgate/ admin page", () => {
       assert.equal(seen[0].headers["x-auth-key-id"], keyId);
     });
 
+    await t.test("a scoped key lists its scope and is refused outside it", async () => {
+      await page.getByRole("button", { name: "Create key" }).click();
+      const dialog = page.locator("#create-dialog");
+      await visible(dialog);
+      await dialog.getByLabel("Name").fill("Reports reader");
+      await dialog.getByLabel("Methods").fill("get, head");
+      await dialog.getByLabel("Path prefixes").fill("/api/reports\n/api/exports/");
+      await dialog.getByRole("button", { name: "Create key" }).click();
+      const shown = dialog.getByLabel(/Access key for/);
+      await visible(shown);
+      const scoped = await shown.inputValue();
+      await dialog.getByRole("button", { name: "Done" }).click();
+      await gone(dialog);
+      const row = keyRow(page, "Reports reader");
+      await visible(row);
+      await expectText(row.locator(".key-scope"), /Methods: GET, HEAD/);
+      await expectText(row.locator(".key-scope"), /Paths: \/api\/reports, \/api\/exports\//);
+      await expectText(row.locator(".key-last-used"), /Never/);
+      await expectText(keyRow(page, "CI deploy").locator(".key-scope"), /Full access/);
+
+      const before = upstream.seen.length;
+      const inside = await httpGet(`${gateway.base}/api/reports/2026?accesskey=${scoped}`);
+      assert.equal(inside.status, 200, inside.body);
+      const outside = await httpGet(`${gateway.base}/api/things?accesskey=${scoped}`);
+      assert.equal(outside.status, 403, outside.body);
+      assert.equal(JSON.parse(outside.body).error.reason, "OUT_OF_SCOPE");
+      assert.equal(upstream.seen.length, before + 1, "only the request inside the scope went through");
+      // The use shows within seconds after a reload of the list.
+      const deadline = Date.now() + STEP_TIMEOUT_MS;
+      let text = "";
+      while (Date.now() < deadline) {
+        await page.reload();
+        text = await keyRow(page, "Reports reader").locator(".key-last-used").innerText();
+        if (!/Never/.test(text)) break;
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+      assert.doesNotMatch(text, /Never/, "last use shown");
+    });
+
     await t.test("rename", async () => {
       await page.getByRole("button", { name: "Rename key CI deploy" }).click();
       const dialog = page.locator("#edit-dialog");
