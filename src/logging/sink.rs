@@ -25,6 +25,9 @@ const MAX_QUEUED: usize = 64 * 1024;
 const WRITE_CHUNK: usize = 64 * 1024;
 
 /// One queued piece of output, in arrival order.
+// Access records are nearly every entry: boxing them would cost an
+// allocation per request to save space on the rare lines.
+#[allow(clippy::large_enum_variant)]
 enum Entry {
     /// A line the tracing subscriber already formatted.
     Line(Vec<u8>),
