@@ -240,8 +240,13 @@ mod tests {
     fn access_lines_are_written_in_batches_and_in_order() {
         let recorder = Recorder::default();
         let (sink, guard) = Sink::start(recorder.clone(), Format::Text).unwrap();
+        // Spread over ~40 ms, well inside one batch interval: a writer that
+        // wrote each line as it came would make dozens of writes.
         for n in 0..300 {
             sink.access(record(n));
+            if n % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         drop(guard);
         let writes = recorder.0.lock().unwrap();
