@@ -6,6 +6,7 @@
 #   bash bench/callgrind.sh                  # all three paths, 10 s of load each
 #   bash bench/callgrind.sh hs256 public     # some of them
 #   CALLGRIND_SECONDS=5 bash bench/callgrind.sh
+#   CALLGRIND_LOG=info bash bench/callgrind.sh   # as shipped: the access log on
 #
 # Paths: public (a public route, no credential), hs256 (Bearer HS256 JWT),
 # accesskey (?accesskey=), hs256-rule (the HS256 JWT under /limited, where
@@ -30,6 +31,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 AUTHGATE=${AUTHGATE_BIN:-$ROOT/target/release/authgate}
 SECONDS_PER_PATH=${CALLGRIND_SECONDS:-10}
 RATELIMIT_STORE=${CALLGRIND_RATELIMIT_STORE:-memory}
+# AUTHGATE_LOG of the measured gateway: warn (tuned, no access log) unless
+# told otherwise; `info` is the default a user gets, one access line a request.
+LOG_LEVEL=${CALLGRIND_LOG:-warn}
+WORKERS=${CALLGRIND_WORKERS:-1}    # "default": no --workers flag
 PATHS=("$@")
 [ ${#PATHS[@]} -gt 0 ] || PATHS=(public hs256 accesskey)
 
@@ -123,8 +128,10 @@ echo "callgrind-password-$$" | ag user add bench --password-stdin >/dev/null
 TOKEN=$(ag token issue --user bench)
 ACCESS_KEY=$(ag key create --user bench | awk '/^key:/ {print $2}')
 
-AUTHGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$W/callgrind.%p" \
-    "$AUTHGATE" serve --config "$W/authgate.toml" --workers 1 >"$W/authgate.log" 2>&1 &
+WORKER_ARGS=(--workers "$WORKERS")
+[ "$WORKERS" = default ] && WORKER_ARGS=()
+AUTHGATE_LOG=$LOG_LEVEL valgrind --tool=callgrind --callgrind-out-file="$W/callgrind.%p" \
+    "$AUTHGATE" serve --config "$W/authgate.toml" "${WORKER_ARGS[@]}" >"$W/authgate.log" 2>&1 &
 GW=$!
 PIDS+=("$GW")
 for _ in $(seq 300); do
@@ -133,7 +140,12 @@ for _ in $(seq 300); do
 done
 curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$P_AG/healthz" || die "authgate did not start under valgrind (see $W/authgate.log)"
 
-printf '%-16s %12s %14s\n' path requests "instr/request"
+log "AUTHGATE_LOG=$LOG_LEVEL, --workers $WORKERS"
+# Write-type system calls (write, writev, sendto: /proc/PID/io syscw) per
+# request: two are the floor (the answer to the client, the request to the
+# upstream); an unbuffered log adds one per line.
+syscw() { awk '/^syscw:/ {print $2}' "/proc/$GW/io"; }
+printf '%-16s %12s %14s %12s\n' path requests "instr/request" "writes/req"
 for path in "${PATHS[@]}"; do
     case $path in
         public) args=("http://127.0.0.1:$P_AG/public/x") ;;
@@ -148,14 +160,17 @@ for path in "${PATHS[@]}"; do
     # Warm caches and pools, then count only the measured window.
     wrk -t1 -c8 -d2s "${args[@]}" >/dev/null
     callgrind_control -z "$GW" >/dev/null 2>&1
+    writes_before=$(syscw)
     out=$(wrk -t1 -c8 -d"${SECONDS_PER_PATH}s" "${args[@]}")
+    writes_after=$(syscw)
     callgrind_control --dump="$path" "$GW" >/dev/null 2>&1
     grep -q "Non-2xx" <<<"$out" && die "$path: non-2xx answers under load"
     requests=$(awk '/requests in/ {print $1}' <<<"$out")
     file=$(ls -t "$W"/callgrind.*.[0-9]* | head -1)
     cp "$file" "$W/$path.callgrind"
     total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    printf '%-16s %12s %14s\n' "$path" "$requests" "$(( total / requests ))"
+    printf '%-16s %12s %14s %12s\n' "$path" "$requests" "$(( total / requests ))" \
+        "$(awk -v w=$((writes_after - writes_before)) -v r="$requests" 'BEGIN {printf "%.2f", w / r}')"
     callgrind_annotate --inclusive=yes "$file" 2>/dev/null \
         | grep -E '^ *[0-9,]+ +\( *[0-9.]+%\)  \?\?\?:authgate::' \
         | grep -vE 'authgate::(main|cli::run) ' | head -8 | sed 's/^/    /' || true

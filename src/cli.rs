@@ -2,7 +2,7 @@
 //! users, keys and tokens. Every command exits non-zero with one line on
 //! bad input.
 
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -201,45 +201,35 @@ fn fail(message: impl Into<String>) -> CliError {
 
 /// Sets up logging to stderr: `AUTHGATE_LOG` (default `info`) for `serve`,
 /// warnings only for the other commands so their output stays clean.
-/// `AUTHGATE_LOG_FORMAT=json` writes one JSON object per line.
-pub fn init_tracing(cli: &Cli) {
-    let default = match cli.command {
-        Command::Serve { .. } => "info",
-        _ => "warn",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTHGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("AUTHGATE_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"))
-    {
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init();
-    } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+/// `AUTHGATE_LOG_FORMAT=json` writes one JSON object per line. `serve` logs
+/// through the batched sink ([`crate::logging`]); keep the guard until the
+/// process ends, so that what is queued gets written.
+pub fn init_tracing(cli: &Cli) -> crate::logging::LogGuard {
+    match cli.command {
+        Command::Serve { .. } => crate::logging::init("info", true),
+        _ => crate::logging::init("warn", false),
     }
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    // Default: one worker per core this process may run on (the affinity
+    // mask and cgroup quota count, so `taskset -c 1` means one).
     let workers = match &cli.command {
-        Command::Serve { workers } => *workers,
-        _ => Some(1),
+        Command::Serve { workers } => workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }),
+        _ => 1,
     };
     // One worker runs on a current-thread runtime: the same event loop
     // without the work-stealing scheduler's queues and cross-thread wakeups.
     let mut runtime = match workers {
-        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
-        Some(workers) => {
+        0 | 1 => tokio::runtime::Builder::new_current_thread(),
+        workers => {
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             runtime.worker_threads(workers);
             runtime
         }
-        None => tokio::runtime::Builder::new_multi_thread(),
     };
     runtime.enable_all();
     let runtime = runtime

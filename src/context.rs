@@ -2,17 +2,25 @@
 //! who the caller is, time spent upstream) and reported once, at the end:
 //! the access log line and the request metrics both come from
 //! [`RequestContext::finish`], denials with their reason.
+//!
+//! The access line is a record handed to [`crate::logging`], which formats
+//! and writes it off the request path. The request's span is a debug span:
+//! at the default level it costs nothing, and the access line carries its
+//! fields itself.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use http::Response;
 use http::header::HeaderValue;
-use tracing::info;
+use http::{Method, Request, Response, Uri};
+use tracing::{Span, debug_span, field};
 
 use crate::auth::Identity;
 use crate::body::Body;
+use crate::conn::ClientInfo;
 use crate::error::GatewayError;
+use crate::logging::{self, access::AccessRecord};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::headers;
 use crate::ratelimit::RateLimitAnswer;
@@ -22,26 +30,52 @@ use crate::ratelimit::RateLimitAnswer;
 pub struct RequestContext {
     request_id: HeaderValue,
     started: Instant,
+    method: Method,
+    uri: Uri,
+    client: SocketAddr,
+    tls: bool,
     route: Option<Arc<str>>,
+    caller: Option<(&'static str, Arc<str>)>,
     outcome: Outcome,
     upstream: Option<Duration>,
     /// A forward-authentication decision rather than a proxied request.
     verifying: bool,
     rate_limits: RateLimitAnswer,
+    span: Span,
 }
 
 impl RequestContext {
-    /// A request that arrived now, with `request_id`.
-    pub fn new(request_id: HeaderValue) -> Self {
+    /// `request`, arriving now from `client`, with `request_id`.
+    pub fn new<B>(request_id: HeaderValue, request: &Request<B>, client: &ClientInfo) -> Self {
+        let span = debug_span!(
+            "request",
+            request.id = request_id.to_str().unwrap_or_default(),
+            http.method = %request.method(),
+            http.target = %crate::auth::extract::redact_target(request.uri()),
+            route = field::Empty,
+            auth.method = field::Empty,
+            auth.user = field::Empty,
+        );
         RequestContext {
             request_id,
             started: Instant::now(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            client: client.addr,
+            tls: client.tls,
             route: None,
+            caller: None,
             outcome: Outcome::Public,
             upstream: None,
             verifying: false,
             rate_limits: RateLimitAnswer::default(),
+            span,
         }
+    }
+
+    /// The request's span, for the pipeline to run in.
+    pub fn span(&self) -> Span {
+        self.span.clone()
     }
 
     /// The request's id.
@@ -52,15 +86,20 @@ impl RequestContext {
     /// The request is served by `label` (a route prefix or an own
     /// endpoint's name); `shown` goes into the request span.
     pub fn route(&mut self, label: Arc<str>, shown: &str) {
-        tracing::Span::current().record("route", shown);
+        if !self.span.is_disabled() {
+            self.span.record("route", shown);
+        }
         self.route = Some(label);
     }
 
     /// The caller proved to be `identity`.
     pub fn caller(&mut self, identity: &Identity) {
-        let span = tracing::Span::current();
-        span.record("auth.method", identity.method.as_str());
-        span.record("auth.user", &*identity.user);
+        let method = identity.method.as_str();
+        if !self.span.is_disabled() {
+            self.span.record("auth.method", method);
+            self.span.record("auth.user", &*identity.user);
+        }
+        self.caller = Some((method, identity.user.clone()));
     }
 
     /// The request asks `/_authgate/verify` for a decision: it is counted
@@ -107,25 +146,34 @@ impl RequestContext {
         self.rate_limits.add_headers(response.headers_mut());
         response
             .headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), self.request_id);
+            .insert(headers::X_REQUEST_ID.clone(), self.request_id.clone());
         if let Some(upstream) = self.upstream {
             metrics.upstream(upstream);
         }
         let elapsed = self.started.elapsed();
-        let mut route = self.route.unwrap_or_else(|| Arc::from("none"));
         let (outcome, reason) = self.outcome.label();
+        let status = response.status().as_u16();
+        let route = self.route.clone();
+        logging::access(|| AccessRecord {
+            time: SystemTime::now(),
+            client: self.client,
+            tls: self.tls,
+            request_id: self.request_id,
+            method: self.method,
+            uri: self.uri,
+            route,
+            caller: self.caller,
+            status,
+            latency: elapsed,
+            outcome,
+            reason,
+        });
+        let mut route = self.route.unwrap_or_else(|| Arc::from("none"));
         if self.verifying {
             metrics.verify_decision(route, self.outcome);
             route = Arc::from(VERIFY_ROUTE_LABEL);
         }
         metrics.request(route, self.outcome, elapsed);
-        info!(
-            http.status = response.status().as_u16(),
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            outcome,
-            reason,
-            "access"
-        );
         response
     }
 }

@@ -13,8 +13,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = authgate::cli::Cli::parse();
-    authgate::cli::init_tracing(&cli);
-    match authgate::cli::run(cli) {
+    let logging = authgate::cli::init_tracing(&cli);
+    let result = authgate::cli::run(cli);
+    // Queued log lines first, then the error line.
+    drop(logging);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, whatever the cause's text holds.

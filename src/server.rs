@@ -11,23 +11,24 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::config::Limits;
 use crate::conn::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::gateway::Gateway;
+use crate::protocol::{self, Protocol, Rewound};
 
 /// Smallest read buffer hyper accepts; the header limit cannot go below it.
 const MIN_HTTP1_BUFFER: usize = 8192;
@@ -144,30 +145,35 @@ pub async fn serve(
     gateway.store.close().await;
 }
 
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+/// hyper's HTTP/1 and HTTP/2 server settings, built once.
+pub(crate) struct HttpBuilders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+fn http_builder(limits: &Limits) -> HttpBuilders {
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HTTP1_BUFFER));
     // hyper keeps the default number of header slots on the stack and
     // allocates for any other; set it only when it differs.
     if limits.max_headers != crate::config::DEFAULT_MAX_HEADERS {
-        builder.http1().max_headers(limits.max_headers);
+        http1.max_headers(limits.max_headers);
     }
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
-    builder
+    HttpBuilders { http1, http2 }
 }
 
 struct AcceptContext {
     shared: SharedGateway,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<HttpBuilders>,
     slots: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
@@ -188,7 +194,9 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
         // until `idle_timeout`.
         let head_deadline = tokio::time::Instant::now() + ctx.limits.header_read_timeout;
         let _ = stream.set_nodelay(true);
-        let span = info_span!("connection", client.addr = %peer, tls = listener.tls);
+        // A debug span: the access log carries the client address itself,
+        // and an info span would cost every idle connection its fields.
+        let span = debug_span!("connection", client.addr = %peer, tls = listener.tls);
         let current = ctx.shared.load_full();
         let tls = if listener.tls {
             match current.tls.clone() {
@@ -218,17 +226,21 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
             async move {
                 metrics.connections(1);
                 match tls {
-                    None => task.run(stream).await,
+                    None => task.run(stream, None).await,
                     Some(acceptor) => {
                         match tokio::time::timeout_at(head_deadline, acceptor.accept(stream)).await
                         {
                             Ok(Ok(tls_stream)) => {
                                 let subject = crate::tls::peer_subject(tls_stream.get_ref().1);
                                 task.client.cert_subject = subject.map(Arc::from);
-                                task.run(tls_stream).await
+                                let alpn = tls_stream.get_ref().1.alpn_protocol();
+                                let protocol = (alpn == Some(b"h2")).then_some(Protocol::Http2);
+                                task.run(tls_stream, protocol).await
                             }
-                            Ok(Err(err)) => info!(error = %err, "TLS handshake failed"),
-                            Err(_) => info!("TLS handshake timed out"),
+                            Ok(Err(err)) => {
+                                info!(client.addr = %peer, error = %err, "TLS handshake failed")
+                            }
+                            Err(_) => info!(client.addr = %peer, "TLS handshake timed out"),
                         }
                     }
                 }
@@ -241,7 +253,7 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
 
 struct ConnectionTask {
     shared: SharedGateway,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<HttpBuilders>,
     stop: watch::Receiver<bool>,
     idle_timeout: Duration,
     /// When the first request head must be complete.
@@ -251,13 +263,35 @@ struct ConnectionTask {
 
 impl ConnectionTask {
     /// Serves one connection until it closes, goes idle, misses its first
-    /// request head's deadline, or shutdown asks it to finish.
-    async fn run<S>(mut self, stream: S)
+    /// request head's deadline, or shutdown asks it to finish. `known` is
+    /// the protocol TLS negotiated; without one the first bytes tell.
+    async fn run<S>(mut self, stream: S, known: Option<Protocol>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+        let stream = ActivityIo::new(stream, activity.clone());
+        let (protocol, stream) = match known {
+            Some(protocol) => (protocol, Rewound::untouched(stream)),
+            None => {
+                let sniffed = tokio::select! {
+                    sniffed = protocol::sniff(stream) => sniffed,
+                    _ = tokio::time::sleep_until(self.head_deadline) => {
+                        debug!("no request head within header_read_timeout; closing");
+                        return;
+                    }
+                    _ = stopped(&mut self.stop) => return,
+                };
+                match sniffed {
+                    Ok(sniffed) => sniffed,
+                    Err(err) => {
+                        debug!(error = %err, "connection ended before its first request");
+                        return;
+                    }
+                }
+            }
+        };
+        let io = TokioIo::new(stream);
         let shared = self.shared.clone();
         let client = self.client.clone();
         // Set when hyper hands over the first complete request head.
@@ -277,8 +311,41 @@ impl ConnectionTask {
                 )
             })
         });
-        let mut connection = pin!(self.builder.serve_connection_with_upgrades(io, service));
-        let mut idle = pin!(idle_for(&activity, self.idle_timeout));
+        match protocol {
+            Protocol::Http1 => {
+                let connection = self
+                    .builder
+                    .http1
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                let graceful = http1::UpgradeableConnection::graceful_shutdown;
+                self.drive(connection, graceful, &activity, &first_head)
+                    .await;
+            }
+            // Boxed: the rarer protocol's state does not size every
+            // HTTP/1 connection's task.
+            Protocol::Http2 => {
+                let connection = self.builder.http2.serve_connection(io, service);
+                let graceful = http2::Connection::graceful_shutdown;
+                Box::pin(self.drive(connection, graceful, &activity, &first_head)).await;
+            }
+        }
+    }
+
+    /// Runs `connection` to its end, asking it to finish (`graceful`:
+    /// hyper's `graceful_shutdown` of its kind) on shutdown and when idle,
+    /// and dropping it when its first head is late.
+    async fn drive<C>(
+        mut self,
+        connection: C,
+        graceful: fn(Pin<&mut C>),
+        activity: &Activity,
+        first_head: &AtomicBool,
+    ) where
+        C: Future<Output = Result<(), hyper::Error>>,
+    {
+        let mut connection = pin!(connection);
+        let mut idle = pin!(idle_for(activity, self.idle_timeout));
         let mut head_due = pin!(tokio::time::sleep_until(self.head_deadline));
         let mut awaiting_head = true;
         let mut closing = false;
@@ -294,7 +361,7 @@ impl ConnectionTask {
                 }
                 _ = stopped(&mut self.stop), if !closing => {
                     closing = true;
-                    connection.as_mut().graceful_shutdown();
+                    graceful(connection.as_mut());
                 }
                 _ = head_due.as_mut(), if awaiting_head => {
                     if !first_head.load(Ordering::Relaxed) {
@@ -309,7 +376,7 @@ impl ConnectionTask {
                 _ = idle.as_mut(), if !closing => {
                     debug!("closing idle connection");
                     closing = true;
-                    connection.as_mut().graceful_shutdown();
+                    graceful(connection.as_mut());
                 }
             }
         }

@@ -11,10 +11,9 @@ use std::time::Instant;
 use http::header;
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use tracing::{Instrument, field, info_span};
+use tracing::Instrument;
 
 use crate::api::{self, Endpoint};
-use crate::auth::extract;
 use crate::body::Body;
 use crate::conn::ClientInfo;
 use crate::context::RequestContext;
@@ -39,17 +38,9 @@ pub async fn handle(
         .filter(|value| headers::sane_request_id(value))
         .cloned()
         .unwrap_or_else(new_request_id);
-    let span = info_span!(
-        "request",
-        request.id = request_id.to_str().unwrap_or_default(),
-        http.method = %request.method(),
-        http.target = %extract::redact_target(request.uri()),
-        route = field::Empty,
-        auth.method = field::Empty,
-        auth.user = field::Empty,
-    );
+    let mut ctx = RequestContext::new(request_id, &request, &client);
+    let span = ctx.span();
     async move {
-        let mut ctx = RequestContext::new(request_id);
         let result = handle_inner(&gateway, client, request, &mut ctx).await;
         ctx.finish(&gateway.metrics, result)
     }

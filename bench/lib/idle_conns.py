@@ -4,7 +4,10 @@ them all open and idle, and report the server's resident memory (VmRSS, summed
 over the given process ids and their children) before and after.
 
 usage: idle_conns.py --port P --path /x [--header 'Name: value']... --count 10000
-                     --pid PID [--pid PID]... [--settle 3]
+                     --pid PID [--pid PID]... [--settle 3] [--close-settle S]
+                     [--websocket]
+With --websocket each connection sends a WebSocket handshake instead, expects
+101 and then stays open (an idle upgraded connection through the proxy).
 Prints one JSON object.
 """
 import argparse
@@ -55,6 +58,12 @@ async def open_one(args, request: bytes, sem: asyncio.Semaphore, conns: list, fa
             await writer.drain()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
             status = int(head.split(b" ", 2)[1])
+            if args.websocket:
+                if status != 101:
+                    failures.append(f"HTTP {status}")
+                else:
+                    conns.append((reader, writer))
+                return
             length = 0
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
@@ -78,6 +87,9 @@ async def main() -> None:
     parser.add_argument("--pid", type=int, action="append", required=True)
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--parallel", type=int, default=256)
+    parser.add_argument("--close-settle", type=float, default=None,
+                        help="seconds to wait after closing (default: --settle)")
+    parser.add_argument("--websocket", action="store_true")
     args = parser.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -86,9 +98,15 @@ async def main() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
 
     headers = "".join(f"{h}\r\n" for h in args.header)
+    if args.websocket:
+        headers += (
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        )
+    else:
+        headers += "Connection: keep-alive\r\n"
     request = (
-        f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
-        f"Connection: keep-alive\r\n{headers}\r\n"
+        f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n{headers}\r\n"
     ).encode()
 
     before = rss_kib(args.pid)
@@ -106,7 +124,7 @@ async def main() -> None:
     during = rss_kib(args.pid)
     for _, writer in conns:
         writer.close()
-    await asyncio.sleep(args.settle)
+    await asyncio.sleep(args.settle if args.close_settle is None else args.close_settle)
     after = rss_kib(args.pid)
     reasons: dict = {}
     for failure in failures:

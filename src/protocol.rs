@@ -1,0 +1,183 @@
+//! Which HTTP a client connection speaks: HTTP/2 when TLS negotiated `h2`
+//! or the first bytes are the HTTP/2 connection preface (prior knowledge),
+//! HTTP/1 otherwise. The bytes read to tell are replayed to hyper by
+//! [`Rewound`]. Deciding here, instead of in hyper-util's `auto` builder,
+//! lets each connection hold only the state of the protocol it speaks.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// What the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.0 or HTTP/1.1.
+    Http1,
+    /// HTTP/2.
+    Http2,
+}
+
+/// RFC 9113 section 3.4: every HTTP/2 client connection starts with this.
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol `first` (the bytes read so far) starts, or `None` while it
+/// is still a strict beginning of the HTTP/2 preface.
+pub fn classify(first: &[u8]) -> Option<Protocol> {
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] != H2_PREFACE[..n] {
+        Some(Protocol::Http1)
+    } else if n == H2_PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        None
+    }
+}
+
+/// Reads from `stream` until the protocol is known (at most the preface's
+/// 24 bytes; fewer once they differ from it) and hands back the stream
+/// with those bytes to be read again. A stream that ends first is HTTP/1:
+/// hyper then sees the same end.
+pub async fn sniff<S: AsyncRead + Unpin>(mut stream: S) -> io::Result<(Protocol, Rewound<S>)> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    let protocol = loop {
+        let n = stream.read(&mut first[filled..]).await?;
+        filled += n;
+        if let Some(protocol) = classify(&first[..filled]) {
+            break protocol;
+        }
+        if n == 0 {
+            break Protocol::Http1;
+        }
+    };
+    Ok((protocol, Rewound::new(stream, first, filled)))
+}
+
+/// A stream whose first bytes were already read; they come again first.
+pub struct Rewound<S> {
+    inner: S,
+    first: [u8; H2_PREFACE.len()],
+    /// `first[start..end]` is still to be read.
+    start: u8,
+    end: u8,
+}
+
+impl<S> Rewound<S> {
+    /// `inner` after `first[..len]` was read from it.
+    pub fn new(inner: S, first: [u8; H2_PREFACE.len()], len: usize) -> Self {
+        Rewound {
+            inner,
+            first,
+            start: 0,
+            // At most 24: fits.
+            end: u8::try_from(len.min(H2_PREFACE.len())).unwrap_or(0),
+        }
+    }
+
+    /// `inner` with nothing read from it yet.
+    pub fn untouched(inner: S) -> Self {
+        Rewound::new(inner, [0; H2_PREFACE.len()], 0)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.start < self.end {
+            let (start, end) = (usize::from(self.start), usize::from(self.end));
+            let n = buf.remaining().min(end - start);
+            buf.put_slice(&self.first[start..start + n]);
+            // n <= 24.
+            self.start += u8::try_from(n).unwrap_or(0);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(b""), None);
+        assert_eq!(classify(b"PRI * HTTP/2"), None);
+        assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"P"), None);
+        assert_eq!(classify(b"POST / HTTP/1.1"), Some(Protocol::Http1));
+        assert_eq!(classify(b"PRI * HTTP/1.1\r\n"), Some(Protocol::Http1));
+    }
+
+    #[tokio::test]
+    async fn sniffed_bytes_are_read_again_in_order() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            // In pieces: the decision waits for enough bytes.
+            for piece in [&b"PO"[..], b"ST /x HTTP/1.1\r\n", b"\r\n"] {
+                client.write_all(piece).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        let (protocol, mut rewound) = sniff(server).await.unwrap();
+        assert_eq!(protocol, Protocol::Http1);
+        writer.await.unwrap();
+        let mut all = Vec::new();
+        rewound.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"POST /x HTTP/1.1\r\n\r\n");
+
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        client.write_all(&H2_PREFACE[10..]).await.unwrap();
+        client.write_all(b"frames").await.unwrap();
+        drop(client);
+        let (protocol, mut rewound) = sniff(server).await.unwrap();
+        assert_eq!(protocol, Protocol::Http2);
+        let mut all = Vec::new();
+        rewound.read_to_end(&mut all).await.unwrap();
+        assert_eq!(&all[..24], H2_PREFACE);
+        assert_eq!(&all[24..], b"frames");
+
+        let (client, server) = tokio::io::duplex(64);
+        drop(client);
+        let (protocol, _) = sniff(server).await.unwrap();
+        assert_eq!(protocol, Protocol::Http1);
+    }
+}
