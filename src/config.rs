@@ -292,6 +292,7 @@ struct RawConfig {
     route: Vec<RawRoute>,
     #[serde(default)]
     ratelimit: ratelimit::RawRateLimit,
+    #[serde(default)]
     oidc: Vec<RawOidc>,
 }
 
