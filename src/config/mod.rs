@@ -1,0 +1,764 @@
+//! Configuration: the validated [`Config`] the gateway runs with, and how
+//! it is made: the file's text (`raw`) is checked for unknown keys (`keys`)
+//! and validated (`validate`), every problem collected instead of stopping
+//! at the first, so `check-config` can print them all. The disk is read in
+//! two places only: [`Config::load`] reads the config file, and [`Disk`],
+//! behind the [`Files`] seam, the files it names; [`Config::from_toml_in`]
+//! with files in memory touches no disk.
+
+mod keys;
+pub mod ratelimit;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::routes::RouteTable;
+use crate::token::jwks::JwksSource;
+use crate::token::jwt::JwtKeys;
+
+use keys::*;
+use raw::*;
+
+pub use validate::parse_store_url;
+use validate::*;
+
+/// Paths the gateway serves itself under this prefix; routes may not use it.
+pub const RESERVED_PREFIX: &str = "/_authgate/";
+
+/// Shortest HS256 secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Default most header fields per request (hyper's own default, which keeps
+/// its parser's header array on the stack).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+
+/// Largest `limits.max_headers` accepted.
+const MAX_MAX_HEADERS: u64 = 1000;
+
+/// Largest `limits.max_proxy_body_bytes` accepted (1 TiB).
+const MAX_PROXY_BODY_BYTES: u64 = 1 << 40;
+
+/// Highest `login.max_concurrent_hashes` (19 MiB each: 20 GiB at this bound).
+const MAX_CONCURRENT_HASHES: u64 = 1024;
+
+/// A config that could not be loaded: every problem found, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct ConfigError {
+    /// `<key>: <problem>` lines.
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: String) -> Self {
+        ConfigError {
+            problems: vec![problem],
+        }
+    }
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners and shutdown.
+    pub server: ServerConfig,
+    /// Where users and keys live.
+    pub store: StoreConfig,
+    /// Token issuing and checking.
+    pub jwt: JwtConfig,
+    /// One-time-key login.
+    pub onetimekey: OneTimeKeyConfig,
+    /// Request limits and timeouts on the client side.
+    pub limits: Limits,
+    /// Upstream connection defaults.
+    pub upstream: UpstreamConfig,
+    /// Throttling of failed logins.
+    pub login: LoginConfig,
+    /// The credential caches.
+    pub cache: CacheConfig,
+    /// Routes, longest prefix first.
+    pub routes: RouteTable,
+    /// Rate limits (`[ratelimit]`).
+    pub ratelimit: ratelimit::RateLimitConfig,
+    /// External OpenID Connect providers for browser sign-in.
+    pub oidc: Vec<OidcProviderConfig>,
+}
+
+/// One `[[oidc]]` provider, validated.
+#[derive(Debug, Clone)]
+pub struct OidcProviderConfig {
+    /// `[a-z0-9-]+`, used in paths and on the sign-in page.
+    pub name: String,
+    /// Discovery at `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// This gateway's client id at the provider.
+    pub client_id: String,
+    /// The client secret (never printed), for the token request.
+    client_secret_text: SecretText,
+    /// Where the provider sends the browser back.
+    pub redirect_url: String,
+    /// Scopes asked for.
+    pub scopes: Vec<String>,
+    /// Claim holding the authgate user name.
+    pub username_claim: String,
+    /// Dotted claim path holding the roles; `None`: no roles.
+    pub roles_claim: Option<String>,
+    /// Extra CA roots for the provider's TLS.
+    pub ca_file: Option<PathBuf>,
+    /// The key sealing the sign-in state cookie, derived from the JWT
+    /// signing secret and the client secret (the same on every replica).
+    pub sealer: Arc<crate::token::state::Sealer>,
+}
+
+impl OidcProviderConfig {
+    /// The client secret, for the token request only.
+    pub fn client_secret_text(&self) -> &str {
+        &self.client_secret_text.0
+    }
+}
+
+/// Text that must never be printed.
+#[derive(Clone)]
+struct SecretText(String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(..)")
+    }
+}
+
+/// Listeners and shutdown behaviour.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Plain HTTP listener (HTTP/1.1 and h2c).
+    pub listen: Option<SocketAddr>,
+    /// HTTPS listener.
+    pub tls: Option<TlsConfig>,
+    /// `server.admin_listen` (optional, no default): a plain HTTP listener
+    /// serving only `/metrics`, `/healthz` and `/readyz`. When set,
+    /// `/metrics` is 404 on the other listeners (the health checks stay
+    /// there too), so it can be kept off the public port.
+    pub admin_listen: Option<SocketAddr>,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed when finding the client
+    /// address (for login throttling).
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// The HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required (`true`) or only checked
+    /// when one is sent.
+    pub client_cert_required: bool,
+}
+
+/// Which store backs users and keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// An SQLite file, created on first start.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server shared by several replicas.
+    Postgres(String),
+}
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Backend and location.
+    pub url: StoreUrl,
+    /// How often the gateway looks for revocations made by other processes.
+    pub poll_interval: Duration,
+}
+
+/// JWT settings.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// `iss` of issued tokens, and the only issuer accepted.
+    pub issuer: String,
+    /// Lifetime of issued tokens.
+    pub ttl: Duration,
+    /// Clock skew accepted on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway: u64,
+    /// The signing and verification keys, loaded and checked.
+    pub keys: Arc<JwtKeys>,
+    /// External identity providers whose JWK sets verify their tokens.
+    pub external: Vec<JwksSource>,
+    /// The signing secret (HS256) or signer's private key, for keys derived
+    /// from it (the OIDC state cookie's).
+    pub derive_root: crate::token::state::RootSecret,
+}
+
+/// One-time-key login settings.
+#[derive(Debug, Clone)]
+pub struct OneTimeKeyConfig {
+    /// Realm inside HA1 = md5(user:realm:password).
+    pub realm: String,
+    /// How long an issued key stays usable.
+    pub ttl: Duration,
+}
+
+/// Client-side limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head accepted.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request head.
+    pub max_headers: usize,
+    /// Largest body of the gateway's own JSON endpoints.
+    pub max_body_bytes: usize,
+    /// Largest body forwarded to an upstream; `None`: unlimited (streamed).
+    pub max_proxy_body_bytes: Option<u64>,
+    /// Time allowed to receive a request head.
+    pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may sit idle.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+/// Upstream connection defaults.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Time allowed to open a connection (→ 502).
+    pub connect_timeout: Duration,
+    /// Time allowed until the response head (→ 504).
+    pub timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per upstream.
+    pub pool_max_idle_per_host: usize,
+    /// Extra CA certificates (PEM) trusted for `https://` upstreams, besides
+    /// the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) presented to `https://`
+    /// upstreams that ask for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// Throttling of failed logins and the bound on password hashing.
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    /// Failed attempts per user within `window` before lockout (default 5).
+    pub max_failures: u32,
+    /// Failed attempts per client address within `window` before lockout
+    /// (default 50: many users may share one address behind NAT or a proxy).
+    pub address_max_failures: u32,
+    /// Password hashes computed at once (`login.max_concurrent_hashes`;
+    /// 0 in the file, the default, means the number of cores). Logins
+    /// beyond it are answered 503 with `Retry-After` at once: each argon2id
+    /// hash holds 19 MiB while it runs.
+    pub max_concurrent_hashes: usize,
+    /// Window over which failures are counted.
+    pub window: Duration,
+    /// How long a locked-out user or address is refused.
+    pub lockout: Duration,
+}
+
+/// Credential cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Most entries held per cache.
+    pub max_entries: usize,
+    /// How long a positive entry is trusted before it is checked again.
+    pub ttl: Duration,
+    /// How long a "no such key/user" answer is remembered.
+    pub negative_ttl: Duration,
+}
+
+/// Where validation reads the files a config names (secrets, keys,
+/// certificates): the one seam between the config and the disk.
+pub trait Files {
+    /// The bytes of the file at `path`.
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+}
+
+/// The files on disk, relative paths against the working directory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk;
+
+impl Files for Disk {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+}
+
+impl Config {
+    /// Reads and validates the config at `path`, and every file it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError::one(format!("config: cannot read {}: {err}", path.display()))
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates config text; files it names are read from the
+    /// disk, relative to the working directory.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_in(text, &Disk)
+    }
+
+    /// Parses and validates config text, reading the files it names from
+    /// `files` only: with files in memory, no disk is touched.
+    pub fn from_toml_in(text: &str, files: &dyn Files) -> Result<Config, ConfigError> {
+        let syntax = |err: &dyn std::fmt::Display| {
+            ConfigError::one(format!("config: {}", err.to_string().trim_end()))
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|err| syntax(&err))?;
+        let mut problems = Problems::new(files);
+        unknown_keys(&mut table, "", "", &mut problems);
+        // Without unknown keys the text is parsed again so that type errors
+        // keep their line and column; with them, the rest of the config is
+        // still checked (without those keys), so every problem is listed.
+        let raw: Result<RawConfig, String> = if problems.0.is_empty() {
+            toml::from_str(text).map_err(|err| err.to_string())
+        } else {
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|err: toml::de::Error| err.to_string())
+        };
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(err) => {
+                problems.0.push(format!("config: {}", err.trim_end()));
+                return Err(ConfigError {
+                    problems: problems.0,
+                });
+            }
+        };
+        match validate(raw, &mut problems) {
+            Some(config) if problems.0.is_empty() => Ok(config),
+            _ => Err(ConfigError {
+                problems: problems.0,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn secret_file() -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "0123456789abcdef0123456789abcdef-secret").unwrap();
+        file
+    }
+
+    /// Files held in memory.
+    struct InMemory(std::collections::HashMap<PathBuf, Vec<u8>>);
+
+    impl Files for InMemory {
+        fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+            self.0
+                .get(path)
+                .cloned()
+                .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+        }
+    }
+
+    #[test]
+    fn the_files_a_config_names_are_read_through_the_seam_only() {
+        let secret = b"0123456789abcdef0123456789abcdef-secret\n".to_vec();
+        let files = InMemory([(PathBuf::from("/nowhere/jwt.secret"), secret)].into());
+        let config = Config::from_toml_in(&minimal(Path::new("/nowhere/jwt.secret"), ""), &files)
+            .expect("a config whose secret exists only in memory");
+        assert_eq!(config.jwt.issuer, "authgate");
+        let err = Config::from_toml_in(&minimal(Path::new("/nowhere/other"), ""), &files)
+            .expect_err("a secret the seam does not have");
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.starts_with("jwt.secret_file: cannot read /nowhere/other")),
+            "{:?}",
+            err.problems
+        );
+    }
+
+    fn minimal(secret: &Path, extra: &str) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[jwt]\nsecret_file = {:?}\n{extra}",
+            secret.display().to_string()
+        )
+    }
+
+    fn oidc_section(name: &str, secret: &Path) -> String {
+        format!(
+            "[[oidc]]\nname = \"{name}\"\nissuer = \"https://idp.example.com\"\nclient_id = \"authgate\"\n\
+             client_secret_file = {:?}\nredirect_url = \"https://gw.example.com/auth/oidc/{name}/callback\"\n",
+            secret.display().to_string()
+        )
+    }
+
+    #[test]
+    fn oidc_providers_get_defaults_and_routes_must_name_one() {
+        let secret = secret_file();
+        let route = |login: &str| {
+            format!(
+                "[[route]]\npath_prefix = \"/app\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"{login}\"\n"
+            )
+        };
+        let text = minimal(
+            secret.path(),
+            &format!("{}{}", route("corp"), oidc_section("corp", secret.path())),
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let corp = &config.oidc[0];
+        assert_eq!(corp.scopes, ["openid", "email", "profile"]);
+        assert_eq!(corp.username_claim, "sub");
+        assert_eq!(corp.roles_claim, None);
+        assert_eq!(
+            corp.client_secret_text(),
+            "0123456789abcdef0123456789abcdef-secret",
+            "one trailing newline stripped"
+        );
+        assert!(!format!("{config:?}").contains("0123456789abcdef0123456789abcdef-secret"));
+        assert_eq!(
+            config
+                .routes
+                .iter()
+                .find(|r| r.prefix == "/app")
+                .unwrap()
+                .login
+                .as_deref(),
+            Some("corp")
+        );
+
+        let text = minimal(
+            secret.path(),
+            &format!("{}{}", route("nope"), oidc_section("corp", secret.path())),
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{:?}", err.problems);
+        assert!(
+            err.problems[0].starts_with("route.login: \"nope\""),
+            "{:?}",
+            err.problems
+        );
+
+        let text = minimal(
+            secret.path(),
+            &format!(
+                "{}{}",
+                oidc_section("Bad/Name", secret.path()),
+                oidc_section("corp", Path::new("/nonexistent/oidc.secret"))
+            ),
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.starts_with("oidc[0].name: ")),
+            "{:?}",
+            err.problems
+        );
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.starts_with("oidc[1].client_secret_file: cannot read")),
+            "{:?}",
+            err.problems
+        );
+    }
+
+    #[test]
+    fn every_unknown_key_is_one_problem_with_a_suggestion() {
+        let secret = secret_file();
+        let text = format!(
+            "lmits = 1\n[server]\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n\
+             [server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"c\"\nkey = \"k\"\ncrt = \"c\"\n\
+             [jwt]\nsecret_file = {:?}\nzzzzzz = 1\n\
+             [[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n\
+             [[route]]\npath_prefx = \"/b\"\nupstream = \"http://127.0.0.1:9\"\nAuth = \"public\"\n",
+            secret.path().display().to_string()
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        let mut problems = err.problems.clone();
+        problems.retain(|p| p.contains("unknown key"));
+        problems.sort();
+        assert_eq!(
+            problems,
+            vec![
+                "jwt.zzzzzz: unknown key",
+                "lmits: unknown key (did you mean limits?)",
+                "route[1].Auth: unknown key (did you mean route[1].auth?)",
+                "route[1].path_prefx: unknown key (did you mean route[1].path_prefix?)",
+                "server.lisen: unknown key (did you mean server.listen?)",
+                "server.tls.crt: unknown key (did you mean server.tls.cert?)",
+            ],
+            "{:?}",
+            err.problems
+        );
+    }
+
+    #[test]
+    fn known_keys_come_from_the_raw_structs() {
+        for path in [
+            "",
+            "server",
+            "server.tls",
+            "store",
+            "jwt",
+            "jwt.keys",
+            "jwt.jwks",
+            "onetimekey",
+            "limits",
+            "upstream",
+            "login",
+            "cache",
+            "route",
+            "oidc",
+            "ratelimit",
+            "ratelimit.rule",
+        ] {
+            let keys = known_keys(path).unwrap();
+            assert!(!keys.is_empty(), "{path:?}");
+        }
+        assert!(
+            known_keys("server")
+                .unwrap()
+                .contains(&"admin_listen".to_owned())
+        );
+        assert_eq!(edit_distance("crt", "cert"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(closest("x", &["key".to_owned()]), None);
+    }
+
+    #[test]
+    fn admin_listen_must_not_collide_with_another_listener() {
+        let secret = secret_file();
+        let with = |listen: &str, admin: &str| {
+            let text = format!(
+                "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n[jwt]\nsecret_file = {:?}\n",
+                secret.path().display().to_string()
+            );
+            Config::from_toml(&text).map(|c| c.server.admin_listen)
+        };
+        assert_eq!(
+            with("127.0.0.1:8080", "127.0.0.1:9901").unwrap(),
+            Some("127.0.0.1:9901".parse().unwrap())
+        );
+        // Port 0 is a fresh port each time; another address on the port is fine.
+        assert!(with("127.0.0.1:0", "127.0.0.1:0").is_ok());
+        assert!(with("127.0.0.1:8080", "127.0.0.2:8080").is_ok());
+        for (listen, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "127.0.0.1:8080"),
+        ] {
+            let err = with(listen, admin).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{:?}", err.problems);
+            assert!(
+                err.problems[0].starts_with("server.admin_listen: ")
+                    && err.problems[0].contains("server.listen"),
+                "{:?}",
+                err.problems
+            );
+        }
+        let err = with("127.0.0.1:8080", "metrics").unwrap_err();
+        assert!(err.problems[0].starts_with("server.admin_listen: "));
+        assert_eq!(
+            Config::from_toml(&minimal(secret.path(), ""))
+                .unwrap()
+                .server
+                .admin_listen,
+            None
+        );
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(secret.path(), "")).unwrap();
+        assert_eq!(config.jwt.ttl, Duration::from_secs(604_800));
+        assert_eq!(config.jwt.leeway, 30);
+        assert_eq!(config.jwt.issuer, "authgate");
+        assert_eq!(config.onetimekey.realm, "voximplant.com");
+        assert_eq!(config.onetimekey.ttl, Duration::from_secs(300));
+        assert_eq!(config.limits.max_header_bytes, 16384);
+        assert_eq!(config.limits.max_body_bytes, 65536);
+        assert_eq!(config.upstream.connect_timeout, Duration::from_secs(5));
+        assert_eq!(config.upstream.timeout, Duration::from_secs(30));
+        assert_eq!(config.login.max_failures, 5);
+        assert_eq!(
+            config.store.url,
+            StoreUrl::Sqlite("data/authgate.db".into())
+        );
+        // One trailing newline stripped, the rest kept: a token signed with
+        // exactly those bytes verifies.
+        let claims = serde_json::json!({
+            "sub": "a", "iss": "authgate", "iat": 1, "nbf": 1,
+            "exp": i64::MAX / 2, "jti": "j", "gen": 1
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef-secret"),
+        )
+        .unwrap();
+        assert!(config.jwt.keys.verify(&token, 2).is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let secret = secret_file();
+        let err = Config::from_toml(&minimal(secret.path(), "[limits]\nmax_header_byte = 1\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("max_header_byte"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let secret = secret_file();
+        let text = minimal(
+            secret.path(),
+            "[onetimekey]\nttl = 0\n[[route]]\npath_prefix = \"api\"\nupstream = \"ftp://x\"\nauth = \"maybe\"\n",
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        let all = err.problems.join("\n");
+        for key in [
+            "onetimekey.ttl",
+            "route[0].path_prefix",
+            "route[0].upstream",
+            "route[0].auth",
+        ] {
+            assert!(all.contains(key), "missing {key} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn short_or_missing_secrets_are_refused() {
+        let mut short = tempfile::NamedTempFile::new().unwrap();
+        writeln!(short, "too-short").unwrap();
+        let err = Config::from_toml(&minimal(short.path(), "")).unwrap_err();
+        assert!(err.to_string().contains("at least 32"), "{err}");
+        let err = Config::from_toml(&minimal(Path::new("/nonexistent/secret"), "")).unwrap_err();
+        assert!(err.to_string().contains("jwt.secret_file"), "{err}");
+    }
+
+    #[test]
+    fn reserved_prefix_and_duplicates_are_refused() {
+        let secret = secret_file();
+        let text = minimal(
+            secret.path(),
+            "[[route]]\npath_prefix = \"/_authgate/x\"\nupstream = \"http://127.0.0.1:1\"\n\
+             [[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n\
+             [[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(all.contains("reserved"), "{all}");
+        assert!(all.contains("more than once"), "{all}");
+    }
+
+    #[test]
+    fn request_limits() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(secret.path(), "")).unwrap();
+        assert_eq!(config.limits.max_headers, 100);
+        assert_eq!(config.limits.max_proxy_body_bytes, None);
+        let config = Config::from_toml(&minimal(
+            secret.path(),
+            "[limits]\nmax_headers = 50\nmax_proxy_body_bytes = 1048576\n",
+        ))
+        .unwrap();
+        assert_eq!(config.limits.max_headers, 50);
+        assert_eq!(config.limits.max_proxy_body_bytes, Some(1 << 20));
+        let err = Config::from_toml(&minimal(
+            secret.path(),
+            "[limits]\nmax_headers = 2\nmax_proxy_body_bytes = 0\n",
+        ))
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("limits.max_headers"), "{all}");
+        assert!(all.contains("limits.max_proxy_body_bytes"), "{all}");
+    }
+
+    #[test]
+    fn route_prefixes_have_one_spelling() {
+        let secret = secret_file();
+        for good in ["/", "/api", "/v1.0/x_y-z~a/", "/~user"] {
+            let text = minimal(
+                secret.path(),
+                &format!("[[route]]\npath_prefix = {good:?}\nupstream = \"http://127.0.0.1:1\"\n"),
+            );
+            assert!(Config::from_toml(&text).is_ok(), "{good}");
+        }
+        // A segment ending in `.` or `~` is another path to servers that
+        // trim them.
+        for bad in ["/a:b", "/a%20b", "/a;b", "/a@b", "/v1.0/x_y-z~/", "/api."] {
+            let text = minimal(
+                secret.path(),
+                &format!("[[route]]\npath_prefix = {bad:?}\nupstream = \"http://127.0.0.1:1\"\n"),
+            );
+            let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+            assert!(all.contains("route[0].path_prefix"), "{bad}: {all}");
+        }
+    }
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            parse_store_url("sqlite:///var/lib/authgate/a.db").unwrap(),
+            StoreUrl::Sqlite("/var/lib/authgate/a.db".into())
+        );
+        assert_eq!(
+            parse_store_url("sqlite://data/a.db").unwrap(),
+            StoreUrl::Sqlite("data/a.db".into())
+        );
+        assert!(matches!(
+            parse_store_url("postgres://localhost/test").unwrap(),
+            StoreUrl::Postgres(_)
+        ));
+        assert!(parse_store_url("mysql://x").is_err());
+        assert!(parse_store_url("sqlite://").is_err());
+    }
+
+    #[test]
+    fn login_thresholds_and_hash_bound() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(secret.path(), "")).unwrap();
+        assert_eq!(config.login.max_failures, 5);
+        assert_eq!(config.login.address_max_failures, 50);
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(config.login.max_concurrent_hashes, cores, "0 = the cores");
+        let text = minimal(
+            secret.path(),
+            "[login]\nmax_failures = 3\naddress_max_failures = 7\nmax_concurrent_hashes = 1\n",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            (
+                config.login.max_failures,
+                config.login.address_max_failures,
+                config.login.max_concurrent_hashes
+            ),
+            (3, 7, 1)
+        );
+        for (bad, key) in [
+            ("address_max_failures = 0", "login.address_max_failures"),
+            (
+                "max_concurrent_hashes = 5000",
+                "login.max_concurrent_hashes",
+            ),
+        ] {
+            let text = minimal(secret.path(), &format!("[login]\n{bad}\n"));
+            let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+            assert!(all.contains(key), "{bad}: {all}");
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The config file as serde reads it: one struct per table, every key
+//! with its default, nothing checked yet.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::ratelimit;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) store: RawStore,
+    pub(super) jwt: RawJwt,
+    #[serde(default)]
+    pub(super) onetimekey: RawOneTimeKey,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    #[serde(default)]
+    pub(super) upstream: RawUpstream,
+    #[serde(default)]
+    pub(super) login: RawLogin,
+    #[serde(default)]
+    pub(super) cache: RawCache,
+    #[serde(default)]
+    pub(super) route: Vec<RawRoute>,
+    #[serde(default)]
+    pub(super) ratelimit: ratelimit::RawRateLimit,
+    #[serde(default)]
+    pub(super) oidc: Vec<RawOidc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOidc {
+    pub(super) name: String,
+    pub(super) issuer: String,
+    pub(super) client_id: String,
+    pub(super) client_secret_file: PathBuf,
+    pub(super) redirect_url: String,
+    #[serde(default = "defaults::oidc_scopes")]
+    pub(super) scopes: Vec<String>,
+    #[serde(default = "defaults::oidc_username_claim")]
+    pub(super) username_claim: String,
+    pub(super) roles_claim: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) listen: Option<String>,
+    pub(super) admin_listen: Option<String>,
+    pub(super) tls: Option<RawTls>,
+    #[serde(default = "defaults::shutdown_grace")]
+    pub(super) shutdown_grace: u64,
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) listen: String,
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+    pub(super) client_ca: Option<PathBuf>,
+    pub(super) client_auth: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    #[serde(default = "defaults::store_url")]
+    pub(super) url: String,
+    #[serde(default = "defaults::poll_interval_ms")]
+    pub(super) poll_interval_ms: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            url: defaults::store_url(),
+            poll_interval_ms: defaults::poll_interval_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJwtKey {
+    pub(super) kid: String,
+    pub(super) algorithm: String,
+    pub(super) private_key: Option<PathBuf>,
+    pub(super) public_key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJwks {
+    pub(super) url: String,
+    pub(super) issuer: String,
+    pub(super) audience: Option<String>,
+    #[serde(default = "defaults::roles_claim")]
+    pub(super) roles_claim: String,
+    #[serde(default = "defaults::jwks_refresh")]
+    pub(super) refresh: u64,
+    #[serde(default = "defaults::jwks_min_refresh")]
+    pub(super) min_refresh: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJwt {
+    #[serde(default)]
+    pub(super) keys: Vec<RawJwtKey>,
+    #[serde(default)]
+    pub(super) jwks: Vec<RawJwks>,
+    #[serde(default = "defaults::issuer")]
+    pub(super) issuer: String,
+    #[serde(default = "defaults::jwt_ttl")]
+    pub(super) ttl: u64,
+    #[serde(default = "defaults::leeway")]
+    pub(super) leeway: u64,
+    pub(super) secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOneTimeKey {
+    #[serde(default = "defaults::realm")]
+    pub(super) realm: String,
+    #[serde(default = "defaults::otk_ttl")]
+    pub(super) ttl: u64,
+}
+
+impl Default for RawOneTimeKey {
+    fn default() -> Self {
+        RawOneTimeKey {
+            realm: defaults::realm(),
+            ttl: defaults::otk_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    #[serde(default = "defaults::max_header_bytes")]
+    pub(super) max_header_bytes: u64,
+    #[serde(default = "defaults::max_headers")]
+    pub(super) max_headers: u64,
+    #[serde(default = "defaults::max_body_bytes")]
+    pub(super) max_body_bytes: u64,
+    pub(super) max_proxy_body_bytes: Option<u64>,
+    #[serde(default = "defaults::header_read_timeout")]
+    pub(super) header_read_timeout: u64,
+    #[serde(default = "defaults::idle_timeout")]
+    pub(super) idle_timeout: u64,
+    #[serde(default = "defaults::max_connections")]
+    pub(super) max_connections: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+            max_body_bytes: defaults::max_body_bytes(),
+            max_proxy_body_bytes: None,
+            header_read_timeout: defaults::header_read_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+            max_connections: defaults::max_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    #[serde(default = "defaults::connect_timeout")]
+    pub(super) connect_timeout: u64,
+    #[serde(default = "defaults::upstream_timeout")]
+    pub(super) timeout: u64,
+    #[serde(default = "defaults::pool_idle_timeout")]
+    pub(super) pool_idle_timeout: u64,
+    #[serde(default = "defaults::pool_max_idle_per_host")]
+    pub(super) pool_max_idle_per_host: u64,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) client_cert: Option<PathBuf>,
+    pub(super) client_key: Option<PathBuf>,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            connect_timeout: defaults::connect_timeout(),
+            timeout: defaults::upstream_timeout(),
+            pool_idle_timeout: defaults::pool_idle_timeout(),
+            pool_max_idle_per_host: defaults::pool_max_idle_per_host(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogin {
+    #[serde(default = "defaults::max_failures")]
+    pub(super) max_failures: u64,
+    #[serde(default = "defaults::address_max_failures")]
+    pub(super) address_max_failures: u64,
+    #[serde(default)]
+    pub(super) max_concurrent_hashes: u64,
+    #[serde(default = "defaults::login_window")]
+    pub(super) window: u64,
+    #[serde(default = "defaults::lockout")]
+    pub(super) lockout: u64,
+}
+
+impl Default for RawLogin {
+    fn default() -> Self {
+        RawLogin {
+            max_failures: defaults::max_failures(),
+            address_max_failures: defaults::address_max_failures(),
+            max_concurrent_hashes: 0,
+            window: defaults::login_window(),
+            lockout: defaults::lockout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    #[serde(default = "defaults::cache_max_entries")]
+    pub(super) max_entries: u64,
+    #[serde(default = "defaults::cache_ttl")]
+    pub(super) ttl: u64,
+    #[serde(default = "defaults::cache_negative_ttl")]
+    pub(super) negative_ttl: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            max_entries: defaults::cache_max_entries(),
+            ttl: defaults::cache_ttl(),
+            negative_ttl: defaults::cache_negative_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) path_prefix: String,
+    pub(super) upstream: Option<String>,
+    #[serde(default = "defaults::route_auth")]
+    pub(super) auth: String,
+    #[serde(default)]
+    pub(super) roles: Vec<String>,
+    pub(super) timeout: Option<u64>,
+    pub(super) login: Option<String>,
+}
+
+/// Default values, documented in the README's configuration reference.
+pub(super) mod defaults {
+    pub fn oidc_scopes() -> Vec<String> {
+        ["openid", "email", "profile"].map(String::from).to_vec()
+    }
+    pub fn oidc_username_claim() -> String {
+        "sub".into()
+    }
+    pub fn shutdown_grace() -> u64 {
+        30
+    }
+    pub fn store_url() -> String {
+        "sqlite://data/authgate.db".into()
+    }
+    pub fn poll_interval_ms() -> u64 {
+        1000
+    }
+    pub fn issuer() -> String {
+        "authgate".into()
+    }
+    pub fn jwt_ttl() -> u64 {
+        7 * 24 * 3600
+    }
+    pub fn leeway() -> u64 {
+        30
+    }
+    pub fn realm() -> String {
+        "voximplant.com".into()
+    }
+    pub fn otk_ttl() -> u64 {
+        300
+    }
+    pub fn max_header_bytes() -> u64 {
+        16 * 1024
+    }
+    pub fn max_headers() -> u64 {
+        crate::config::DEFAULT_MAX_HEADERS as u64
+    }
+    pub fn max_body_bytes() -> u64 {
+        64 * 1024
+    }
+    pub fn header_read_timeout() -> u64 {
+        10
+    }
+    pub fn idle_timeout() -> u64 {
+        60
+    }
+    pub fn max_connections() -> u64 {
+        10_000
+    }
+    pub fn connect_timeout() -> u64 {
+        5
+    }
+    pub fn upstream_timeout() -> u64 {
+        30
+    }
+    pub fn pool_idle_timeout() -> u64 {
+        90
+    }
+    pub fn pool_max_idle_per_host() -> u64 {
+        64
+    }
+    pub fn max_failures() -> u64 {
+        5
+    }
+    pub fn address_max_failures() -> u64 {
+        50
+    }
+    pub fn login_window() -> u64 {
+        300
+    }
+    pub fn lockout() -> u64 {
+        300
+    }
+    pub fn cache_max_entries() -> u64 {
+        1_000_000
+    }
+    pub fn cache_ttl() -> u64 {
+        300
+    }
+    pub fn cache_negative_ttl() -> u64 {
+        5
+    }
+    pub fn roles_claim() -> String {
+        "roles".into()
+    }
+    pub fn jwks_refresh() -> u64 {
+        300
+    }
+    pub fn jwks_min_refresh() -> u64 {
+        30
+    }
+    pub fn route_auth() -> String {
+        "required".into()
+    }
+}

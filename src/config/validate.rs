@@ -1,0 +1,712 @@
+//! Validation: from the raw tables to the typed [`Config`](super::Config),
+//! every problem collected with its key. The files the config names are
+//! read through the [`Files`](super::Files) seam, never from the disk
+//! directly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+use ipnet::IpNet;
+
+use crate::routes::{Route, RouteAuth, RouteTable};
+use crate::token::jwks::JwksSource;
+use crate::token::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
+
+use super::raw::*;
+use super::*;
+
+/// Collects problems while validating, and reads the files the config
+/// names through `files`.
+pub(super) struct Problems<'f>(pub(super) Vec<String>, &'f dyn Files);
+
+impl<'f> Problems<'f> {
+    /// No problems yet; files read from `files`.
+    pub(super) fn new(files: &'f dyn Files) -> Self {
+        Problems(Vec::new(), files)
+    }
+
+    /// The bytes of the file at `path`, named by `key`; `None` and a
+    /// problem when it cannot be read.
+    pub(super) fn read(&mut self, key: &str, path: &Path) -> Option<Vec<u8>> {
+        match self.1.read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(err) => {
+                self.add(key, format_args!("cannot read {}: {err}", path.display()));
+                None
+            }
+        }
+    }
+
+    pub(super) fn add(&mut self, key: &str, problem: impl std::fmt::Display) {
+        self.0.push(format!("{key}: {problem}"));
+    }
+
+    /// A number of seconds that must lie in `min..=max`.
+    pub(super) fn seconds(&mut self, key: &str, value: u64, min: u64, max: u64) -> Duration {
+        if value < min || value > max {
+            self.add(
+                key,
+                format_args!("must be between {min} and {max} seconds, got {value}"),
+            );
+        }
+        Duration::from_secs(value.clamp(min, max))
+    }
+
+    /// A count that must lie in `min..=max`.
+    pub(super) fn count(&mut self, key: &str, value: u64, min: u64, max: u64) -> usize {
+        if value < min || value > max {
+            self.add(
+                key,
+                format_args!("must be between {min} and {max}, got {value}"),
+            );
+        }
+        usize::try_from(value.clamp(min, max)).unwrap_or(usize::MAX)
+    }
+
+    pub(super) fn socket_addr(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.add(key, format_args!("{value:?} is not an IP:port address"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn readable_file(&mut self, key: &str, path: &Path) {
+        self.read(key, path);
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
+    let server = validate_server(raw.server, p);
+    let store = validate_store(raw.store, p);
+    let jwt = validate_jwt(raw.jwt, p);
+
+    let onetimekey = OneTimeKeyConfig {
+        ttl: p.seconds("onetimekey.ttl", raw.onetimekey.ttl, 10, 3600),
+        realm: raw.onetimekey.realm,
+    };
+    if onetimekey.realm.is_empty() || onetimekey.realm.contains(':') {
+        p.add("onetimekey.realm", "must be non-empty and contain no ':'");
+    }
+
+    let limits = Limits {
+        max_header_bytes: p.count(
+            "limits.max_header_bytes",
+            raw.limits.max_header_bytes,
+            1024,
+            1 << 20,
+        ),
+        max_headers: p.count(
+            "limits.max_headers",
+            raw.limits.max_headers,
+            8,
+            MAX_MAX_HEADERS,
+        ),
+        max_body_bytes: p.count(
+            "limits.max_body_bytes",
+            raw.limits.max_body_bytes,
+            1024,
+            16 << 20,
+        ),
+        max_proxy_body_bytes: raw.limits.max_proxy_body_bytes.map(|bytes| {
+            if !(1..=MAX_PROXY_BODY_BYTES).contains(&bytes) {
+                p.add(
+                    "limits.max_proxy_body_bytes",
+                    format_args!(
+                        "must be between 1 and {MAX_PROXY_BODY_BYTES} (leave it out for no limit), got {bytes}"
+                    ),
+                );
+            }
+            bytes.clamp(1, MAX_PROXY_BODY_BYTES)
+        }),
+        header_read_timeout: p.seconds(
+            "limits.header_read_timeout",
+            raw.limits.header_read_timeout,
+            1,
+            300,
+        ),
+        idle_timeout: p.seconds("limits.idle_timeout", raw.limits.idle_timeout, 1, 3600),
+        max_connections: p.count(
+            "limits.max_connections",
+            raw.limits.max_connections,
+            1,
+            1_000_000,
+        ),
+    };
+
+    let upstream = UpstreamConfig {
+        ca_file: raw.upstream.ca_file.clone(),
+        client_cert: match (&raw.upstream.client_cert, &raw.upstream.client_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => {
+                p.add(
+                    "upstream.client_cert",
+                    "client_cert and client_key go together",
+                );
+                None
+            }
+        },
+        connect_timeout: p.seconds(
+            "upstream.connect_timeout",
+            raw.upstream.connect_timeout,
+            1,
+            300,
+        ),
+        timeout: p.seconds("upstream.timeout", raw.upstream.timeout, 1, 3600),
+        pool_idle_timeout: p.seconds(
+            "upstream.pool_idle_timeout",
+            raw.upstream.pool_idle_timeout,
+            1,
+            3600,
+        ),
+        pool_max_idle_per_host: p.count(
+            "upstream.pool_max_idle_per_host",
+            raw.upstream.pool_max_idle_per_host,
+            0,
+            10_000,
+        ),
+    };
+    for (key, path) in [
+        ("upstream.ca_file", &raw.upstream.ca_file),
+        ("upstream.client_cert", &raw.upstream.client_cert),
+        ("upstream.client_key", &raw.upstream.client_key),
+    ] {
+        if let Some(path) = path {
+            p.readable_file(key, path);
+        }
+    }
+
+    let login = LoginConfig {
+        max_failures: u32::try_from(p.count("login.max_failures", raw.login.max_failures, 1, 1000))
+            .unwrap_or(u32::MAX),
+        address_max_failures: u32::try_from(p.count(
+            "login.address_max_failures",
+            raw.login.address_max_failures,
+            1,
+            1_000_000,
+        ))
+        .unwrap_or(u32::MAX),
+        max_concurrent_hashes: match p.count(
+            "login.max_concurrent_hashes",
+            raw.login.max_concurrent_hashes,
+            0,
+            MAX_CONCURRENT_HASHES,
+        ) {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        },
+        window: p.seconds("login.window", raw.login.window, 1, 86_400),
+        lockout: p.seconds("login.lockout", raw.login.lockout, 1, 86_400),
+    };
+
+    let cache = CacheConfig {
+        max_entries: p.count("cache.max_entries", raw.cache.max_entries, 100, 100_000_000),
+        ttl: p.seconds("cache.ttl", raw.cache.ttl, 1, 86_400),
+        negative_ttl: p.seconds("cache.negative_ttl", raw.cache.negative_ttl, 1, 3600),
+    };
+
+    // Without valid JWT keys the config fails anyway; the providers are
+    // still checked so every problem is listed.
+    let no_root = crate::token::state::RootSecret::new(Vec::new());
+    let root = jwt.as_ref().map_or(&no_root, |jwt| &jwt.derive_root);
+    let oidc = validate_oidc(raw.oidc, root, p);
+    let routes = validate_routes(raw.route, &upstream, p);
+    for route in routes.iter() {
+        if let Some(login) = &route.login
+            && !oidc.iter().any(|provider| provider.name == **login)
+        {
+            p.add(
+                "route.login",
+                format_args!(
+                    "{login:?} (route {:?}) names no [[oidc]] provider",
+                    route.prefix
+                ),
+            );
+        }
+    }
+    let ratelimit = ratelimit::validate(raw.ratelimit, p);
+
+    Some(Config {
+        server,
+        store,
+        jwt: jwt?,
+        onetimekey,
+        limits,
+        upstream,
+        login,
+        cache,
+        routes,
+        oidc,
+        ratelimit,
+    })
+}
+
+/// `[[oidc]]`: names unique and path-safe, URLs absolute, files readable.
+pub(super) fn validate_oidc(
+    raw: Vec<RawOidc>,
+    root: &crate::token::state::RootSecret,
+    p: &mut Problems,
+) -> Vec<OidcProviderConfig> {
+    let mut providers: Vec<OidcProviderConfig> = Vec::with_capacity(raw.len());
+    for (index, provider) in raw.into_iter().enumerate() {
+        let at = format!("oidc[{index}]");
+        let name_ok = (1..=32).contains(&provider.name.len())
+            && provider
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            p.add(
+                &format!("{at}.name"),
+                format_args!("{:?} must be 1 to 32 of a-z 0-9 -", provider.name),
+            );
+        }
+        if providers.iter().any(|other| other.name == provider.name) {
+            p.add(&format!("{at}.name"), "two providers with the same name");
+        }
+        for (key, url) in [
+            ("issuer", &provider.issuer),
+            ("redirect_url", &provider.redirect_url),
+        ] {
+            let ok = url.parse::<Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            });
+            if !ok {
+                p.add(
+                    &format!("{at}.{key}"),
+                    format_args!("{url:?} is not an http(s) URL"),
+                );
+            }
+        }
+        if provider.client_id.is_empty() {
+            p.add(&format!("{at}.client_id"), "must not be empty");
+        }
+        if !provider.scopes.iter().any(|scope| scope == "openid") {
+            p.add(&format!("{at}.scopes"), "must include \"openid\"");
+        }
+        if provider.username_claim.is_empty() {
+            p.add(&format!("{at}.username_claim"), "must not be empty");
+        }
+        if let Some(path) = &provider.ca_file {
+            p.readable_file(&format!("{at}.ca_file"), path);
+        }
+        let key = format!("{at}.client_secret_file");
+        let secret = match p
+            .read(&key, &provider.client_secret_file)
+            .map(String::from_utf8)
+        {
+            Some(Ok(text)) => {
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text).to_owned();
+                if text.is_empty() {
+                    p.add(&key, "the file is empty");
+                }
+                text
+            }
+            Some(Err(_)) => {
+                p.add(&key, "the secret is not UTF-8 text");
+                String::new()
+            }
+            None => String::new(),
+        };
+        let sealer = crate::token::state::Sealer::derive(
+            root,
+            secret.as_bytes(),
+            &format!("oidc:{}", provider.name),
+        );
+        providers.push(OidcProviderConfig {
+            client_secret_text: SecretText(secret),
+            name: provider.name,
+            issuer: provider.issuer,
+            client_id: provider.client_id,
+            redirect_url: provider.redirect_url,
+            scopes: provider.scopes,
+            username_claim: provider.username_claim,
+            roles_claim: provider.roles_claim.filter(|claim| !claim.is_empty()),
+            ca_file: provider.ca_file,
+            sealer: Arc::new(sealer),
+        });
+    }
+    providers
+}
+
+pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
+    let listen = raw
+        .listen
+        .as_deref()
+        .and_then(|value| p.socket_addr("server.listen", value));
+    let tls = raw.tls.and_then(|tls| {
+        p.readable_file("server.tls.cert", &tls.cert);
+        p.readable_file("server.tls.key", &tls.key);
+        if let Some(ca) = &tls.client_ca {
+            p.readable_file("server.tls.client_ca", ca);
+        }
+        let client_cert_required = match (tls.client_auth.as_deref(), &tls.client_ca) {
+            (None | Some("required"), _) => true,
+            (Some("optional"), _) => false,
+            (Some(other), _) => {
+                p.add(
+                    "server.tls.client_auth",
+                    format_args!("{other:?} must be \"required\" or \"optional\""),
+                );
+                true
+            }
+        };
+        if tls.client_auth.is_some() && tls.client_ca.is_none() {
+            p.add("server.tls.client_auth", "needs server.tls.client_ca");
+        }
+        let listen = p.socket_addr("server.tls.listen", &tls.listen)?;
+        Some(TlsConfig {
+            listen,
+            cert: tls.cert,
+            key: tls.key,
+            client_ca: tls.client_ca,
+            client_cert_required,
+        })
+    });
+    if raw.listen.is_none() && tls.is_none() {
+        p.add(
+            "server.listen",
+            "set server.listen or [server.tls] (or both)",
+        );
+    }
+    let mut trusted_proxies = Vec::with_capacity(raw.trusted_proxies.len());
+    for entry in &raw.trusted_proxies {
+        let parsed = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => p.add(
+                "server.trusted_proxies",
+                format_args!("{entry:?} is not an IP address or CIDR range"),
+            ),
+        }
+    }
+    let admin_listen = validate_admin_listen(raw.admin_listen.as_deref(), listen, &tls, p);
+    ServerConfig {
+        trusted_proxies,
+        listen,
+        admin_listen,
+        tls,
+        shutdown_grace: p.seconds("server.shutdown_grace", raw.shutdown_grace, 0, 3600),
+    }
+}
+
+/// `server.admin_listen`: an address that cannot collide with the other
+/// listeners (the same port on the same or a wildcard address; port 0 asks
+/// for a fresh port each time and so never collides).
+pub(super) fn validate_admin_listen(
+    raw: Option<&str>,
+    listen: Option<SocketAddr>,
+    tls: &Option<TlsConfig>,
+    p: &mut Problems,
+) -> Option<SocketAddr> {
+    let admin = p.socket_addr("server.admin_listen", raw?)?;
+    let collides = |other: SocketAddr| {
+        admin.port() != 0
+            && admin.port() == other.port()
+            && (admin.ip() == other.ip()
+                || admin.ip().is_unspecified()
+                || other.ip().is_unspecified())
+    };
+    for (key, other) in [
+        ("server.listen", listen),
+        ("server.tls.listen", tls.as_ref().map(|t| t.listen)),
+    ] {
+        if let Some(other) = other.filter(|other| collides(*other)) {
+            p.add(
+                "server.admin_listen",
+                format_args!("{admin} is the address of {key} ({other}); use another port"),
+            );
+            return None;
+        }
+    }
+    Some(admin)
+}
+
+pub(super) fn validate_store(raw: RawStore, p: &mut Problems) -> StoreConfig {
+    let url = match parse_store_url(&raw.url) {
+        Ok(url) => url,
+        Err(problem) => {
+            p.add("store.url", problem);
+            StoreUrl::Sqlite(PathBuf::from("data/authgate.db"))
+        }
+    };
+    let poll_ms = p.count("store.poll_interval_ms", raw.poll_interval_ms, 50, 2_000);
+    StoreConfig {
+        url,
+        poll_interval: Duration::from_millis(poll_ms as u64),
+    }
+}
+
+/// `sqlite://relative/path`, `sqlite:///absolute/path`, or `postgres://...`.
+pub fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() || path == ":memory:" {
+            return Err("an SQLite store needs a file path, e.g. sqlite://data/authgate.db".into());
+        }
+        return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(StoreUrl::Postgres(url.to_owned()));
+    }
+    Err("must start with sqlite:// or postgres://".into())
+}
+
+pub(super) fn validate_jwt(raw: RawJwt, p: &mut Problems) -> Option<JwtConfig> {
+    let problems_before = p.0.len();
+    if raw.issuer.is_empty() {
+        p.add("jwt.issuer", "must not be empty");
+    }
+    let secret = raw
+        .secret_file
+        .as_ref()
+        .and_then(|path| read_secret(path, p));
+    if raw.secret_file.is_none() && raw.keys.is_empty() {
+        p.add("jwt.secret_file", "set secret_file (HS256) or [[jwt.keys]]");
+    }
+    let mut specs = Vec::with_capacity(raw.keys.len());
+    for (index, key) in raw.keys.iter().enumerate() {
+        let at = format!("jwt.keys[{index}]");
+        if !valid_kid(&key.kid) {
+            p.add(&format!("{at}.kid"), "must be 1 to 64 of A-Z a-z 0-9 . _ -");
+        }
+        let Some(algorithm) = parse_algorithm(&key.algorithm) else {
+            p.add(
+                &format!("{at}.algorithm"),
+                format_args!("{:?} must be RS256, ES256 or EdDSA", key.algorithm),
+            );
+            continue;
+        };
+        let read =
+            |field: &str, path: &Path, p: &mut Problems| p.read(&format!("{at}.{field}"), path);
+        let public_pem = read("public_key", &key.public_key, p);
+        let private_pem = match &key.private_key {
+            Some(path) => match read("private_key", path, p) {
+                Some(bytes) => Some(bytes),
+                None => continue,
+            },
+            None => None,
+        };
+        if let Some(public_pem) = public_pem {
+            specs.push(KeySpec {
+                kid: key.kid.clone(),
+                algorithm,
+                private_pem,
+                public_pem,
+            });
+        }
+    }
+    let mut external = Vec::with_capacity(raw.jwks.len());
+    for (index, source) in raw.jwks.into_iter().enumerate() {
+        let at = format!("jwt.jwks[{index}]");
+        let url = match source.url.parse::<Uri>() {
+            Ok(url)
+                if matches!(url.scheme_str(), Some("http" | "https"))
+                    && url.authority().is_some() =>
+            {
+                url
+            }
+            _ => {
+                p.add(
+                    &format!("{at}.url"),
+                    format_args!("{:?} is not an http(s) URL", source.url),
+                );
+                continue;
+            }
+        };
+        if source.issuer.is_empty() || source.issuer == raw.issuer {
+            p.add(
+                &format!("{at}.issuer"),
+                "must be set and differ from jwt.issuer",
+            );
+        }
+        if external
+            .iter()
+            .any(|e: &JwksSource| e.issuer == source.issuer)
+        {
+            p.add(
+                &format!("{at}.issuer"),
+                "two providers with the same issuer",
+            );
+        }
+        external.push(JwksSource {
+            url,
+            issuer: source.issuer,
+            audience: source.audience,
+            roles_claim: source.roles_claim,
+            refresh: p.seconds(&format!("{at}.refresh"), source.refresh, 10, 86_400),
+            min_refresh: p.seconds(&format!("{at}.min_refresh"), source.min_refresh, 1, 3600),
+        });
+    }
+    let ttl = p.seconds("jwt.ttl", raw.ttl, 60, 366 * 86_400);
+    let leeway = p.seconds("jwt.leeway", raw.leeway, 0, 600).as_secs();
+    if p.0.len() > problems_before {
+        return None;
+    }
+    // Every replica has the same signing material: keys derived from it
+    // are shared without another secret to distribute.
+    let derive_root = crate::token::state::RootSecret::new(
+        secret
+            .clone()
+            .or_else(|| specs.iter().find_map(|spec| spec.private_pem.clone()))
+            .unwrap_or_default(),
+    );
+    match JwtKeys::try_new(&raw.issuer, ttl, leeway, secret.as_deref(), &specs) {
+        Ok(keys) => Some(JwtConfig {
+            issuer: raw.issuer,
+            ttl,
+            leeway,
+            keys: Arc::new(keys),
+            external,
+            derive_root,
+        }),
+        Err(problem) => {
+            p.add("jwt.keys", problem);
+            None
+        }
+    }
+}
+
+/// The HS256 secret: the file's bytes, one trailing newline stripped.
+pub(super) fn read_secret(path: &Path, p: &mut Problems) -> Option<Vec<u8>> {
+    let mut bytes = p.read("jwt.secret_file", path)?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.len() < MIN_SECRET_BYTES {
+        p.add(
+            "jwt.secret_file",
+            format_args!(
+                "the secret has {} bytes; at least {MIN_SECRET_BYTES} are required",
+                bytes.len()
+            ),
+        );
+        return None;
+    }
+    Some(bytes)
+}
+
+pub(super) fn validate_routes(
+    raw: Vec<RawRoute>,
+    upstream: &UpstreamConfig,
+    p: &mut Problems,
+) -> RouteTable {
+    let mut routes = Vec::with_capacity(raw.len());
+    for (index, route) in raw.into_iter().enumerate() {
+        let key = format!("route[{index}]");
+        let prefix = route.path_prefix;
+        if !prefix.starts_with('/') {
+            p.add(
+                &format!("{key}.path_prefix"),
+                format_args!("{prefix:?} must start with '/'"),
+            );
+        }
+        if prefix.starts_with(RESERVED_PREFIX) || prefix == RESERVED_PREFIX.trim_end_matches('/') {
+            p.add(
+                &format!("{key}.path_prefix"),
+                format_args!("{RESERVED_PREFIX} is reserved for the gateway's own pages"),
+            );
+        }
+        if crate::routes::check_path(&prefix).is_err() {
+            p.add(
+                &format!("{key}.path_prefix"),
+                "must be a normal path (no dot segments, empty segments or encoded separators)",
+            );
+        } else if !crate::routes::valid_prefix(&prefix) {
+            p.add(
+                &format!("{key}.path_prefix"),
+                "may contain only A-Z a-z 0-9 - . _ ~ and /, so that no escaped spelling of a path routes elsewhere",
+            );
+        }
+        if !crate::routes::prefix_reads_one_way(&prefix) {
+            p.add(
+                &format!("{key}.path_prefix"),
+                "no segment may end in '.' or '~': servers that trim them would read another path",
+            );
+        }
+        let auth = match route.auth.as_str() {
+            "required" => RouteAuth::Required,
+            "public" => RouteAuth::Public,
+            other => {
+                p.add(
+                    &format!("{key}.auth"),
+                    format_args!("{other:?} must be \"required\" or \"public\""),
+                );
+                RouteAuth::Required
+            }
+        };
+        if auth == RouteAuth::Public && !route.roles.is_empty() {
+            p.add(
+                &format!("{key}.roles"),
+                "a public route cannot require roles",
+            );
+        }
+        for role in &route.roles {
+            if !crate::names::valid_role(role) {
+                p.add(
+                    &format!("{key}.roles"),
+                    format_args!("{role:?} is not a valid role name"),
+                );
+            }
+        }
+        let timeout = match route.timeout {
+            Some(seconds) => p.seconds(&format!("{key}.timeout"), seconds, 1, 3600),
+            None => upstream.timeout,
+        };
+        // A route without `upstream` serves only forward authentication.
+        match route.upstream.as_deref().map(parse_upstream).transpose() {
+            Ok(upstream) => routes.push(Route {
+                label: prefix.as_str().into(),
+                prefix,
+                upstream,
+                auth,
+                roles: route.roles,
+                timeout,
+                login: route.login.map(Arc::from),
+            }),
+            Err(problem) => p.add(&format!("{key}.upstream"), problem),
+        }
+    }
+    let table = RouteTable::new(routes);
+    for duplicate in table.duplicate_prefixes() {
+        p.add(
+            "route",
+            format_args!("path_prefix {duplicate:?} appears more than once (prefixes compare ignoring ASCII case)"),
+        );
+    }
+    table
+}
+
+/// An upstream base URL: `http://host:port` with an optional path prefix.
+pub(super) fn parse_upstream(value: &str) -> Result<Uri, String> {
+    let uri: Uri = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {}
+        _ => return Err(format!("{value:?} must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{value:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{value:?} must not have a query string"));
+    }
+    Ok(uri)
+}
