@@ -246,23 +246,7 @@ impl RouteTable {
         if has_upper || !self.lowercase_prefixes {
             matched.add(self.find(path));
         }
-        let params = path.contains(';');
-        let trailing = has_trailing_ignorable(path);
-        if !params && !trailing {
-            return Some(matched);
-        }
-        let readings = [(true, false), (false, true), (true, true)];
-        for (params_read, trailing_read) in readings {
-            if (params_read && !params) || (trailing_read && !trailing) {
-                continue;
-            }
-            let read = read_as(
-                path,
-                Reading {
-                    params: params_read,
-                    trailing: trailing_read,
-                },
-            );
+        for read in other_readings(path) {
             matched.add(self.find_folded(&read));
             matched.add(self.find(&read));
         }

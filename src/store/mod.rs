@@ -2,7 +2,8 @@
 //! sqlx `Any` pool, migrations, and the connection settings each backend
 //! needs. Each domain's portable SQL has a file of its own (users, access
 //! keys, one-time keys, revocations, login throttling, the change log); the
-//! in-memory cache in front of it is [`cache`].
+//! in-memory cache in front of it is [`cache`], the uses noted for it
+//! [`last_use`], and [`follow`] keeps both true to the store.
 
 mod accesskeys;
 pub mod cache;

@@ -88,25 +88,7 @@ impl Store {
             created_at: now,
             provider: None,
         };
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO users (id, username, password_hash, ha1, ha1_realm, roles, generation, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-        )
-        .bind(&user.id)
-        .bind(&user.username)
-        .bind(&user.password_hash)
-        .bind(&user.ha1)
-        .bind(&user.ha1_realm)
-        .bind(join_roles(&user.roles))
-        .bind(user.generation)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        // A new user of a removed user's name must not revive cached state.
-        self.log_change(&mut tx, &Change::User(user.username.clone()), now)
-            .await?;
-        tx.commit().await?;
+        self.insert_user(&user, now).await?;
         Ok(user)
     }
 
@@ -157,35 +139,41 @@ impl Store {
                         created_at: now,
                         provider: Some(provider.to_owned()),
                     };
-                    let mut tx = self.begin_write().await?;
-                    let inserted = sqlx::query(
-                        "INSERT INTO users (id, username, password_hash, ha1, ha1_realm, roles, generation, created_at, updated_at, provider) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
-                    )
-                    .bind(&user.id)
-                    .bind(&user.username)
-                    .bind(&user.password_hash)
-                    .bind(&user.ha1)
-                    .bind(&user.ha1_realm)
-                    .bind(join_roles(&user.roles))
-                    .bind(user.generation)
-                    .bind(now)
-                    .bind(provider)
-                    .execute(&mut *tx)
-                    .await;
-                    match inserted.map_err(StoreError::from) {
-                        Ok(_) => {}
+                    match self.insert_user(&user, now).await {
+                        Ok(()) => return Ok(Ok(user)),
                         Err(StoreError::AlreadyExists) => continue,
                         Err(err) => return Err(err),
                     }
-                    self.log_change(&mut tx, &Change::User(user.username.clone()), now)
-                        .await?;
-                    tx.commit().await?;
-                    return Ok(Ok(user));
                 }
             }
         }
         Err(StoreError::AlreadyExists)
+    }
+
+    /// Inserts `user` (`AlreadyExists` when the name is taken) and logs
+    /// the change: a new user of a removed user's name must not revive
+    /// cached state.
+    async fn insert_user(&self, user: &User, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, ha1, ha1_realm, roles, generation, created_at, updated_at, provider) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+        )
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(&user.ha1)
+        .bind(&user.ha1_realm)
+        .bind(join_roles(&user.roles))
+        .bind(user.generation)
+        .bind(now)
+        .bind(user.provider.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        self.log_change(&mut tx, &Change::User(user.username.clone()), now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The user named `username`, if any.
