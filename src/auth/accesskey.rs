@@ -62,7 +62,8 @@ pub struct IssuedKey {
 }
 
 /// Makes a fresh key for `request` and stores its hash; `NotFound` when
-/// the owner does not exist.
+/// the owner does not exist, `RoleNotHeld` when the scope lists a role the
+/// owner does not hold.
 pub async fn issue(
     store: &Store,
     request: KeyRequest<'_>,

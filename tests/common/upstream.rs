@@ -109,7 +109,7 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream on 127.0.0.1:0");
-        Upstream::serve(listener, delay)
+        Upstream::serve_on(listener, delay, None)
     }
 
     /// A new upstream on `addr` (e.g. the address of one that was stopped:
@@ -123,11 +123,7 @@ impl Upstream {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
-        Upstream::serve(listener, Duration::ZERO)
-    }
-
-    fn serve(listener: TcpListener, delay: Duration) -> Upstream {
-        Upstream::serve_on(listener, delay, None)
+        Upstream::serve_on(listener, Duration::ZERO, None)
     }
 
     /// Like [`Upstream::start`], but every connection is TLS with `config`;
