@@ -23,7 +23,13 @@ CONNS=${BENCH_CONNECTIONS:-32}                  # keep-alive connections, same f
 THREADS=${BENCH_THREADS:-1}                     # wrk threads (all on the load core)
 PROXY_CPU=${BENCH_PROXY_CPU:-1}                 # core for the proxy under test
 LOAD_CPU=${BENCH_LOAD_CPU:-0}                   # core for wrk and the upstream
+TWO_CPUS=${BENCH_TWO_WORKERS_CPUS:-$LOAD_CPU,$PROXY_CPU} # cores for authgate-jwt-hs256-2w
 RUN_THROUGHPUT=${BENCH_THROUGHPUT:-1}
+RUN_SHIPPED=${BENCH_SHIPPED:-1}                 # authgate as a user starts it (default workers, access log) + nginx with its log
+RUN_2W=${BENCH_TWO_WORKERS:-1}                  # authgate --workers 2 on both cores (CPU per request only)
+RUN_HTTPS=${BENCH_HTTPS:-1}                     # TLS 1.3 keep-alive, wrk: authgate's TLS listener and nginx listen ssl
+RUN_H2=${BENCH_H2:-1}                           # HTTP/2 over TLS, h2load: the same two listeners with ALPN h2
+H2_STREAMS=${BENCH_H2_STREAMS:-10}              # h2load -m: concurrent streams per connection
 RUN_IDLE=${BENCH_IDLE:-1}                       # RSS with idle keep-alive connections
 IDLE_CONNS=${BENCH_IDLE_CONNECTIONS:-10000}
 RUN_KEYS=${BENCH_KEYS:-1}                       # RSS and lookups with many cached access keys
@@ -63,6 +69,7 @@ command -v curl >/dev/null || apt_install curl
 command -v openssl >/dev/null || apt_install openssl
 command -v taskset >/dev/null || apt_install util-linux
 command -v python3 >/dev/null || apt_install python3
+[ "$RUN_H2" != 1 ] || command -v h2load >/dev/null || apt_install nghttp2-client
 
 PY=python3
 PLOTPY=
@@ -143,7 +150,7 @@ stop() {
 # wait_up URL NAME: until something answers HTTP there (10 s at most).
 wait_up() {
     for _ in $(seq 100); do
-        curl -s -o /dev/null --max-time 1 "$1" && return 0
+        curl -s -k -o /dev/null --max-time 1 "$1" && return 0
         sleep 0.1
     done
     log "--- $W/$2.log:"
@@ -177,14 +184,25 @@ core_busy_ticks() {
     awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
 }
 
-read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH P_AG_RL < <($PY -c '
+read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH P_AG_RL \
+    P_AG_SHIP P_NGX_LOG P_AG_2W P_AG_TLS P_AG_TLS_PLAIN P_NGX_TLS < <($PY -c '
 import socket
-socks = [socket.socket() for _ in range(10)]
+socks = [socket.socket() for _ in range(16)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 
 # ---------------------------------------------------------------- configs
 mkdir -p "$W/tmp"
+# nginx_tls_listen PORT: "listen ... ssl http2" up to nginx 1.25.0, then "http2 on".
+nginx_tls_listen() {
+    local v
+    v=$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+    if printf '%s\n' 1.25.1 "$v" | sort -V -C; then
+        printf 'listen 127.0.0.1:%s ssl backlog=4096; http2 on;' "$1"
+    else
+        printf 'listen 127.0.0.1:%s ssl http2 backlog=4096;' "$1"
+    fi
+}
 nginx_common="
 worker_processes 1;
 worker_rlimit_nofile $NOFILE;
@@ -279,6 +297,61 @@ $nginx_http
 }
 EOF
 
+# nginx-proxy-noauth with an access log, as shipped configs have it: the peer of
+# authgate-jwt-hs256-shipped (whose access log goes to $W/ag-ship.log).
+cat >"$W/nginx-proxy-log.conf" <<EOF
+pid $W/nginx-proxy-log.pid;
+error_log $W/nginx-proxy-log.err warn;
+$nginx_common
+http {
+$nginx_http
+    upstream up {
+        server 127.0.0.1:$P_UP;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$P_NGX_LOG backlog=4096;
+        access_log $W/nginx-access.log combined buffer=64k;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+# TLS 1.3 with a self-signed EC P-256 certificate, the same for nginx and authgate.
+# One listener each offers h2 and http/1.1 by ALPN: wrk offers no ALPN (HTTP/1.1),
+# h2load asks for h2.
+if [ "$RUN_HTTPS" = 1 ] || [ "$RUN_H2" = 1 ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$W/tls-key.pem" -out "$W/tls-cert.pem" -subj /CN=127.0.0.1 \
+        -addext subjectAltName=IP:127.0.0.1,DNS:localhost 2>/dev/null || die "openssl req failed (the TLS certificate)"
+fi
+cat >"$W/nginx-tls.conf" <<EOF
+pid $W/nginx-tls.pid;
+error_log $W/nginx-tls.err warn;
+$nginx_common
+http {
+$nginx_http
+    upstream up {
+        server 127.0.0.1:$P_UP;
+        keepalive 64;
+    }
+    server {
+        $(nginx_tls_listen "$P_NGX_TLS")
+        ssl_certificate $W/tls-cert.pem;
+        ssl_certificate_key $W/tls-key.pem;
+        ssl_protocols TLSv1.3;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
 openssl rand -hex 32 >"$W/jwt.secret"
 SECRET=$(cat "$W/jwt.secret")
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$W/es256.pem" 2>/dev/null
@@ -327,11 +400,12 @@ backend up
 EOF
 haproxy -c -q -f "$W/haproxy.cfg" >&2 || die "HAProxy rejects $W/haproxy.cfg"
 
-authgate_config() { # PORT STORE JWT-SECTION [RATELIMIT-SECTION]
+authgate_config() { # PORT STORE JWT-SECTION [RATELIMIT-SECTION] [SERVER-TLS-SECTION]
     cat <<EOF
 [server]
 listen = "127.0.0.1:$1"
 shutdown_grace = 1
+${5:-}
 
 [store]
 url = "sqlite://$W/$2.db"
@@ -397,12 +471,27 @@ authgate_config "$P_AG_RL" ag-rl "$HS_JWT" "$(ratelimit_section "$REDIS_URL")" >
 authgate_config "$P_AG_ES" ag-es "$ES_JWT" >"$W/ag-es.toml"
 authgate_config "$P_AG_IDLE" ag-idle "$HS_JWT" >"$W/ag-idle.toml"
 authgate_config "$P_AG_KEYS" ag-keys "$HS_JWT" >"$W/ag-keys.toml"
+# The HS256 instance's config on other ports, on its store (one user, one token for all):
+# as shipped (started without --workers and AUTHGATE_LOG), with two workers, and with
+# [server.tls] (its plain listener only answers wait_up).
+authgate_config "$P_AG_SHIP" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-ship.toml"
+authgate_config "$P_AG_2W" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-2w.toml"
+authgate_config "$P_AG_TLS_PLAIN" ag-hs "$HS_JWT" "$(ratelimit_section memory)" "
+[server.tls]
+listen = \"127.0.0.1:$P_AG_TLS\"
+cert = \"$W/tls-cert.pem\"
+key = \"$W/tls-key.pem\"" >"$W/ag-tls.toml"
 
 ag() { "$AUTHGATE" "$@"; }
 for cfg in ag-hs ag-es ag-idle ag-rl; do
     ag check-config --config "$W/$cfg.toml" >/dev/null || die "authgate rejects $W/$cfg.toml"
     printf '%s\n' "$PASSWORD" | ag user add bench --password-stdin --config "$W/$cfg.toml" >/dev/null
 done
+[ "$RUN_SHIPPED" != 1 ] || ag check-config --config "$W/ag-ship.toml" >/dev/null || die "authgate rejects $W/ag-ship.toml"
+[ "$RUN_2W" != 1 ] || ag check-config --config "$W/ag-2w.toml" >/dev/null || die "authgate rejects $W/ag-2w.toml"
+if [ "$RUN_HTTPS" = 1 ] || [ "$RUN_H2" = 1 ]; then
+    ag check-config --config "$W/ag-tls.toml" >/dev/null || die "authgate rejects $W/ag-tls.toml"
+fi
 HS_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-hs.toml")
 RL_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-rl.toml")
 ES_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-es.toml")
@@ -426,6 +515,26 @@ wait_up "http://127.0.0.1:$P_AG_HS/healthz" ag-hs
 wait_up "http://127.0.0.1:$P_AG_ES/healthz" ag-es
 wait_up "http://127.0.0.1:$P_NGX_AUTH/" nginx-authreq
 wait_up "http://127.0.0.1:$P_AG_RL/healthz" ag-rl
+if [ "$RUN_SHIPPED" = 1 ]; then
+    # As a user runs it: no --workers (the affinity mask, one core, makes one), the default
+    # log level with the access log on, into a file as a log collector would take it.
+    start ag-ship "$PROXY_CPU" env -u AUTHGATE_LOG -u AUTHGATE_WORKERS "$AUTHGATE" serve --config "$W/ag-ship.toml"
+    start nginx-proxy-log "$PROXY_CPU" nginx -p "$W" -e "$W/nginx-proxy-log.err" -c "$W/nginx-proxy-log.conf"
+    wait_up "http://127.0.0.1:$P_AG_SHIP/healthz" ag-ship
+    wait_up "http://127.0.0.1:$P_NGX_LOG/" nginx-proxy-log
+    log "authgate as shipped: $(ls /proc/"$PID_ag_ship"/task | wc -l) threads (one runtime worker on core $PROXY_CPU, plus the log writer and helpers)"
+fi
+if [ "$RUN_2W" = 1 ]; then
+    start ag-2w "$TWO_CPUS" "$AUTHGATE" serve --workers 2 --config "$W/ag-2w.toml"
+    wait_up "http://127.0.0.1:$P_AG_2W/healthz" ag-2w
+fi
+if [ "$RUN_HTTPS" = 1 ] || [ "$RUN_H2" = 1 ]; then
+    start ag-tls "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-tls.toml"
+    start nginx-tls "$PROXY_CPU" nginx -p "$W" -e "$W/nginx-tls.err" -c "$W/nginx-tls.conf"
+    wait_up "http://127.0.0.1:$P_AG_TLS_PLAIN/healthz" ag-tls
+    wait_up "https://127.0.0.1:$P_AG_TLS/healthz" ag-tls
+    wait_up "https://127.0.0.1:$P_NGX_TLS/" nginx-tls
+fi
 
 # ---------------------------------------------------------------- meta
 DATE=$(date +%F)
@@ -450,8 +559,9 @@ CPU_MODEL=$(lscpu | sed -n 's/^Model name: *//p' | sed -n 1p)
     printf 'nginx\t%s\n' "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
     printf 'haproxy\t%s\n' "$(haproxy -v | sed -n 1p | sed 's/ - https.*//')"
     printf 'wrk\t%s\n' "$(wrk -v 2>&1 | sed -n 1p | awk '{print $1, $2}')"
-    printf 'settings\t%s\n' "wrk -t$THREADS -c$CONNS -d${DURATION}s --latency, HTTP/1.1 keep-alive; $ROUNDS interleaved rounds (order rotated each round), ${WARMUP}s warm-up per target first; medians reported"
-    printf 'pinning\t%s\n' "every proxy one worker on core $PROXY_CPU (taskset; nginx worker_processes 1, haproxy nbthread 1, authgate --workers 1, AUTHGATE_LOG=warn); wrk and the upstream nginx (return 200 \"ok\") on core $LOAD_CPU"
+    [ "$RUN_H2" != 1 ] || printf 'h2load\t%s\n' "$(h2load --version 2>&1 | sed -n 1p)"
+    printf 'settings\t%s\n' "wrk -t$THREADS -c$CONNS -d${DURATION}s --latency, HTTP/1.1 keep-alive; $ROUNDS interleaved rounds (order rotated each round), ${WARMUP}s warm-up per target first; medians reported$([ "$RUN_H2" != 1 ] || echo "; HTTP/2 rows: h2load -t$THREADS -c$CONNS -m$H2_STREAMS -D${DURATION}s over TLS 1.3 (ALPN h2)")$([ "$RUN_HTTPS" != 1 ] || echo "; HTTPS rows: wrk over TLS 1.3 (HTTP/1.1 keep-alive), self-signed EC P-256 certificate")"
+    printf 'pinning\t%s\n' "every proxy one worker on core $PROXY_CPU (taskset; nginx worker_processes 1, haproxy nbthread 1, authgate --workers 1, AUTHGATE_LOG=warn); wrk and the upstream nginx (return 200 \"ok\") on core $LOAD_CPU$([ "$RUN_SHIPPED" != 1 ] || echo "; authgate-jwt-hs256-shipped: no --workers (default from the affinity mask: 1), default log level, access log to a file")$([ "$RUN_2W" != 1 ] || echo "; authgate-jwt-hs256-2w: --workers 2 on cores $TWO_CPUS, shared with wrk")"
     [ -z "$NOTE" ] || printf 'note\t%s\n' "$NOTE"
     printf 'command\t%s\n' "$(env | grep -E '^BENCH_' | grep -vE '^BENCH_(NOTE|KEEP_WORKDIR|OUT_DIR|BUILD|INSTALL)=' | sort | while IFS= read -r kv; do printf '%s=%q ' "${kv%%=*}" "${kv#*=}"; done)bash bench/run.sh"
 } >"$W/meta.tsv"
@@ -482,6 +592,35 @@ wrk_parse() {
     END { printf "%s %s %s %d %d %s\n", (rps == "" ? "-" : rps), (p50 == "" ? "-" : p50), (p99 == "" ? "-" : p99), non, err, (reqs == "" ? 0 : reqs) }
     ' "$1"
 }
+# h2_run OUTFILE DURATION CONNS [h2load args...] URL: HTTP/2 over TLS (ALPN h2), CONNS
+# connections with H2_STREAMS streams each; per-request times go to OUTFILE.log.
+h2_run() {
+    local out=$1 dur=$2 conns=$3
+    shift 3
+    rm -f "$out.log"
+    timeout $((dur + 60)) taskset -c "$LOAD_CPU" h2load -t"$THREADS" -c"$conns" -m"$H2_STREAMS" -D"$dur" \
+        --log-file="$out.log" "$@" >"$out" 2>&1 || true
+}
+# h2_parse FILE: "rps p50_ms p99_ms non2xx errors requests" as wrk_parse; the percentiles
+# come from h2load's per-request log (status -1: a failed stream, not counted).
+h2_parse() {
+    local p50=- p99=-
+    if [ -s "$1.log" ]; then
+        read -r p50 p99 < <(awk -F'\t' '$2 != -1 { print $3 }' "$1.log" | sort -n | awk '
+            { v[NR] = $1 }
+            END {
+                if (!NR) { print "- -"; exit }
+                i50 = int((NR + 1) / 2); i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
+                printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000
+            }')
+    fi
+    awk -v p50="$p50" -v p99="$p99" '
+    /^finished in/ { rps = $4 }
+    /^requests:/ { gsub(/,/, ""); errored = $12; timeout = $14 }
+    /^status codes:/ { gsub(/,/, ""); ok = $3; non = $5 + $7 + $9 }
+    END { printf "%s %s %s %d %d %d\n", (rps == "" ? "-" : rps), p50, p99, non, errored + timeout, ok + non }
+    ' "$1"
+}
 # preflight URL HEADER...: HTTP code of one GET
 preflight() {
     local url=$1
@@ -494,7 +633,15 @@ T_NAMES=(upstream-direct nginx-proxy-noauth haproxy-jwt-hs256 haproxy-jwt-es256
     authgate-jwt-hs256 authgate-jwt-hs256-memrule authgate-jwt-hs256-redisrule
     authgate-jwt-es256 authgate-accesskey authgate-public
     authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate)
-declare -A T_URL T_HDR T_PID T_DESC
+[ "$RUN_SHIPPED" != 1 ] || T_NAMES+=(authgate-jwt-hs256-shipped nginx-proxy-noauth-log)
+[ "$RUN_2W" != 1 ] || T_NAMES+=(authgate-jwt-hs256-2w)
+[ "$RUN_HTTPS" != 1 ] || T_NAMES+=(authgate-https-hs256 nginx-https-proxy-noauth)
+[ "$RUN_H2" != 1 ] || T_NAMES+=(authgate-h2-hs256 nginx-h2-proxy-noauth)
+# T_TOOL: wrk (default) or h2load. T_CURL: more curl options for the pre-check; T_HTTP:
+# the protocol the pre-check must have used (curl's %{http_version}). T_PEER: the row the
+# "× peer" columns compare with (default nginx-proxy-noauth); T_FLAGS: "norps" (req/s not
+# comparable: other cores), "nohap" (no HAProxy counterpart: TLS, HTTP/2).
+declare -A T_URL T_HDR T_PID T_DESC T_TOOL T_CURL T_HTTP T_PEER T_FLAGS
 T_URL[upstream-direct]="http://127.0.0.1:$P_UP/bench"
 T_URL[nginx-proxy-noauth]="http://127.0.0.1:$P_NGX/bench"
 T_URL[haproxy-jwt-hs256]="http://127.0.0.1:$P_HAP_HS/bench"
@@ -544,7 +691,59 @@ T_DESC[authgate-public]="public route, no credential"
 T_DESC[authgate-verify-jwt]="decision only: /_authgate/verify/PATH, Bearer HS256 JWT (cached)"
 T_DESC[authgate-verify-accesskey]="decision only: /_authgate/verify/PATH?accesskey= (cached)"
 T_DESC[nginx-authreq-authgate]="nginx auth_request -> authgate verify (HS256 JWT), then proxy_pass; CPU of both"
-[ "$RUN_THROUGHPUT" != 1 ] || for t in "${T_NAMES[@]}"; do printf '%s\t%s\n' "$t" "${T_DESC[$t]}"; done >"$W/targets.tsv"
+if [ "$RUN_SHIPPED" = 1 ]; then
+    T_URL[authgate-jwt-hs256-shipped]="http://127.0.0.1:$P_AG_SHIP/bench"
+    T_URL[nginx-proxy-noauth-log]="http://127.0.0.1:$P_NGX_LOG/bench"
+    T_HDR[authgate-jwt-hs256-shipped]="Authorization: Bearer $HS_TOKEN"
+    T_PID[authgate-jwt-hs256-shipped]=$PID_ag_ship
+    T_PID[nginx-proxy-noauth-log]=$PID_nginx_proxy_log
+    T_PEER[nginx-proxy-noauth-log]=nginx-proxy-noauth
+    T_PEER[authgate-jwt-hs256-shipped]=nginx-proxy-noauth-log
+    T_DESC[authgate-jwt-hs256-shipped]="Bearer HS256 JWT, as shipped: no --workers (1 from the affinity mask), default log level, access log to a file"
+    T_DESC[nginx-proxy-noauth-log]="nginx proxy_pass as nginx-proxy-noauth, access_log combined buffer=64k to a file"
+fi
+if [ "$RUN_2W" = 1 ]; then
+    T_URL[authgate-jwt-hs256-2w]="http://127.0.0.1:$P_AG_2W/bench"
+    T_HDR[authgate-jwt-hs256-2w]="Authorization: Bearer $HS_TOKEN"
+    T_PID[authgate-jwt-hs256-2w]=$PID_ag_2w
+    T_PEER[authgate-jwt-hs256-2w]=nginx-proxy-noauth
+    T_FLAGS[authgate-jwt-hs256-2w]=norps
+    T_DESC[authgate-jwt-hs256-2w]="Bearer HS256 JWT, --workers 2 on cores $TWO_CPUS (shared with wrk: compare CPU/req only)"
+fi
+if [ "$RUN_HTTPS" = 1 ]; then
+    T_URL[authgate-https-hs256]="https://127.0.0.1:$P_AG_TLS/bench"
+    T_URL[nginx-https-proxy-noauth]="https://127.0.0.1:$P_NGX_TLS/bench"
+    T_HDR[authgate-https-hs256]="Authorization: Bearer $HS_TOKEN"
+    T_PID[authgate-https-hs256]=$PID_ag_tls
+    T_PID[nginx-https-proxy-noauth]=$PID_nginx_tls
+    for t in authgate-https-hs256 nginx-https-proxy-noauth; do
+        T_CURL[$t]="-k --http1.1 --tlsv1.3"
+        T_HTTP[$t]=1.1
+        T_FLAGS[$t]=nohap
+    done
+    T_PEER[authgate-https-hs256]=nginx-https-proxy-noauth
+    T_DESC[authgate-https-hs256]="Bearer HS256 JWT over TLS 1.3 ([server.tls], HTTP/1.1 keep-alive), plain HTTP upstream"
+    T_DESC[nginx-https-proxy-noauth]="nginx listen ssl, TLSv1.3, same certificate, proxy_pass with upstream keep-alive, no auth"
+fi
+if [ "$RUN_H2" = 1 ]; then
+    T_URL[authgate-h2-hs256]="https://127.0.0.1:$P_AG_TLS/bench"
+    T_URL[nginx-h2-proxy-noauth]="https://127.0.0.1:$P_NGX_TLS/bench"
+    T_HDR[authgate-h2-hs256]="Authorization: Bearer $HS_TOKEN"
+    T_PID[authgate-h2-hs256]=$PID_ag_tls
+    T_PID[nginx-h2-proxy-noauth]=$PID_nginx_tls
+    for t in authgate-h2-hs256 nginx-h2-proxy-noauth; do
+        T_TOOL[$t]=h2load
+        T_CURL[$t]="-k --http2 --tlsv1.3"
+        T_HTTP[$t]=2
+        T_FLAGS[$t]=nohap
+    done
+    T_PEER[authgate-h2-hs256]=nginx-h2-proxy-noauth
+    T_DESC[authgate-h2-hs256]="Bearer HS256 JWT, HTTP/2 over TLS 1.3 (ALPN h2, h2load -m$H2_STREAMS), the same listener"
+    T_DESC[nginx-h2-proxy-noauth]="nginx listen ssl with http2, TLSv1.3, proxy_pass with upstream keep-alive, no auth (h2load -m$H2_STREAMS)"
+fi
+[ "$RUN_THROUGHPUT" != 1 ] || for t in "${T_NAMES[@]}"; do
+    printf '%s\t%s\t%s\t%s\n' "$t" "${T_DESC[$t]}" "${T_PEER[$t]:-nginx-proxy-noauth}" "${T_FLAGS[$t]:-}"
+done >"$W/targets.tsv"
 
 # A credential with one signature/key character changed: must be refused.
 tamper() {
@@ -556,7 +755,9 @@ tamper() {
 }
 declare -A T_BAD_URL T_BAD_HDR
 for t in haproxy-jwt-hs256 haproxy-jwt-es256 authgate-jwt-hs256 authgate-jwt-hs256-memrule \
-    authgate-jwt-hs256-redisrule authgate-jwt-es256 authgate-verify-jwt nginx-authreq-authgate; do
+    authgate-jwt-hs256-redisrule authgate-jwt-es256 authgate-verify-jwt nginx-authreq-authgate \
+    authgate-jwt-hs256-shipped authgate-jwt-hs256-2w authgate-https-hs256 authgate-h2-hs256; do
+    [ -n "${T_URL[$t]:-}" ] || continue
     T_BAD_URL[$t]=${T_URL[$t]}
     T_BAD_HDR[$t]=$(tamper "${T_HDR[$t]}")
 done
@@ -569,15 +770,29 @@ hdr_args() { # TARGET -> curl/wrk header arguments, one per line
     [ -z "${T_HDR[$1]:-}" ] || printf '%s\n%s\n' -H "${T_HDR[$1]}"
 }
 
+# precheck TARGET URL HEADER-ARGS...: HTTP code of one GET with the target's curl options;
+# "alpn-got-http-V" when the target needs a protocol (T_HTTP) and curl spoke another.
+precheck() {
+    local t=$1 url=$2 out copts=()
+    shift 2
+    read -r -a copts <<<"${T_CURL[$t]:-}"
+    out=$(curl -s -o /dev/null -w '%{http_code} %{http_version}' --max-time 5 "${copts[@]}" "$@" "$url" || true)
+    if [ -n "${T_HTTP[$t]:-}" ] && [ "${out#* }" != "${T_HTTP[$t]}" ]; then
+        echo "alpn-got-http-${out#* }"
+    else
+        echo "${out% *}"
+    fi
+}
+
 # measure TARGET ROUND DURATION RECORD(0/1)
 measure() {
     local t=$1 round=$2 dur=$3 record=$4 code args=() before after file
     mapfile -t args < <(hdr_args "$t")
-    code=$(preflight "${T_URL[$t]}" "${args[@]}")
+    code=$(precheck "$t" "${T_URL[$t]}" "${args[@]}")
     if [ "$code" = 200 ] && [ -n "${T_BAD_URL[$t]:-}" ]; then
         local bad_code bad_args=()
         [ -z "${T_BAD_HDR[$t]}" ] || bad_args=(-H "${T_BAD_HDR[$t]}")
-        bad_code=$(preflight "${T_BAD_URL[$t]}" "${bad_args[@]}")
+        bad_code=$(precheck "$t" "${T_BAD_URL[$t]}" "${bad_args[@]}")
         case $bad_code in
             401 | 403) ;;
             *) code="tampered-credential-got-$bad_code" ;;
@@ -593,17 +808,33 @@ measure() {
     core_before=$(core_busy_ticks "$PROXY_CPU")
     before=$(cpu_ticks "${T_PID[$t]}")
     t0=$(date +%s%N)
-    wrk_run "$file" "$dur" "$CONNS" "${args[@]}" "${T_URL[$t]}"
+    if [ "${T_TOOL[$t]:-wrk}" = h2load ]; then
+        h2_run "$file" "$dur" "$CONNS" "${args[@]}" "${T_URL[$t]}"
+    else
+        wrk_run "$file" "$dur" "$CONNS" "${args[@]}" "${T_URL[$t]}"
+    fi
     wall=$(awk -v ns=$(($(date +%s%N) - t0)) 'BEGIN { printf "%.3f", ns / 1e9 }')
     after=$(cpu_ticks "${T_PID[$t]}")
     core_after=$(core_busy_ticks "$PROXY_CPU")
     [ "$record" = 1 ] || return 0
-    read -r rps p50 p99 non err reqs < <(wrk_parse "$file")
+    if [ "${T_TOOL[$t]:-wrk}" = h2load ]; then
+        read -r rps p50 p99 non err reqs < <(h2_parse "$file")
+        local proto
+        proto=$(sed -n 's/^TLS Protocol: //p; s/^Application protocol: //p' "$file" | paste -sd' ')
+        if [ "$proto" != "TLSv1.3 h2" ]; then
+            log "$t: h2load negotiated '$proto', not 'TLSv1.3 h2': this target's run is INVALID"
+            printf '%s\t%s\t%s\n' "$t" "$round" "h2load-negotiated-${proto// /-}" >>"$W/preflight.tsv"
+        fi
+    else
+        read -r rps p50 p99 non err reqs < <(wrk_parse "$file")
+    fi
     local cpu_us busy
     cpu_us=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print "-" }')
     busy=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v s="$wall" 'BEGIN { printf "%.1f", d / hz / s * 100 }')
     # What else ran on the proxy core meanwhile (other processes; for upstream-direct, everything).
-    if [ "$t" = upstream-direct ]; then
+    if [[ " ${T_FLAGS[$t]:-} " == *" norps "* ]]; then
+        others=- # on several cores: the proxy core's remainder says nothing
+    elif [ "$t" = upstream-direct ]; then
         others=$(awk -v d=$((core_after - core_before)) -v hz="$CLK_TCK" -v s="$wall" 'BEGIN { printf "%.1f", d / hz / s * 100 }')
     else
         others=$(awk -v d=$((core_after - core_before - after + before)) -v hz="$CLK_TCK" -v s="$wall" 'BEGIN { v = d / hz / s * 100; printf "%.1f", (v < 0 ? 0 : v) }')
@@ -798,7 +1029,7 @@ printf 'load\t%s\n' "load average (1, 5, 15 min) at start: $LOAD_START; at the e
 $PY "$LIB/report.py" "$W" "$OUT.md" "$W/chart.tsv"
 if [ -s "$W/chart.tsv" ] && [ -n "$PLOTPY" ]; then
     $PLOTPY "$LIB/chart.py" "$W/chart.tsv" "$OUT.png" \
-        "authgate bench $DATE, $MACHINE ($CPU_MODEL): wrk -c$CONNS -d${DURATION}s x $ROUNDS rounds, each proxy 1 worker on core $PROXY_CPU"
+        "authgate bench $DATE, $MACHINE ($CPU_MODEL): wrk -c$CONNS -d${DURATION}s x $ROUNDS rounds, each proxy 1 worker on core $PROXY_CPU$([ "$RUN_2W" != 1 ] || echo " (-2w: 2 on cores $TWO_CPUS)")$([ "$RUN_H2" != 1 ] || echo "; h2 rows: h2load -m$H2_STREAMS")"
     sed -i "0,/^## Throughput and latency/s||![chart]($(basename "$OUT").png)\n\n## Throughput and latency|" "$OUT.md"
 fi
 cat "$OUT.md"

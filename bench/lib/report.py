@@ -4,7 +4,10 @@
 usage: report.py WORKDIR OUT_MD CHART_TSV
 WORKDIR holds (each optional except meta.tsv):
   meta.tsv        key<TAB>value lines: date, machine, cpu, versions, settings
-  targets.tsv     target<TAB>description, in display order
+  targets.tsv     target<TAB>description[<TAB>nginx peer<TAB>flags], in display order; the peer
+                  is the row the "× nginx peer" columns compare with (default
+                  nginx-proxy-noauth); flags: "norps" (req/s not comparable, other cores),
+                  "nohap" (no HAProxy counterpart)
   raw.tsv         target round rps p50_ms p99_ms non2xx sockerr requests cpu_us_per_req busy_pct others_pct
   preflight.tsv   target round http_code
   rss_load.tsv    target rss_kib (after the throughput rounds)
@@ -41,11 +44,63 @@ def mib(kib):
     return None if kib is None else kib / 1024
 
 
+# The paired rows: (label, target, baseline, req/s comparable, goal on req/s (min a/b),
+# goal on CPU/req (max a/b)).
+PAIRS = [
+    ("as shipped / tuned", "authgate-jwt-hs256-shipped", "authgate-jwt-hs256", True, 0.90, 1.10),
+    ("nginx with / without access log", "nginx-proxy-noauth-log", "nginx-proxy-noauth", True, None, None),
+    ("as shipped / nginx with access log", "authgate-jwt-hs256-shipped", "nginx-proxy-noauth-log", True, None, None),
+    ("two workers / one", "authgate-jwt-hs256-2w", "authgate-jwt-hs256", False, None, 1.05),
+    ("HTTPS (TLS 1.3): authgate / nginx", "authgate-https-hs256", "nginx-https-proxy-noauth", True, None, None),
+    ("HTTP/2 over TLS: authgate / nginx", "authgate-h2-hs256", "nginx-h2-proxy-noauth", True, None, None),
+]
+
+
+def pair_ratios(summary):
+    """The ratios of the paired rows, a over b: req/s and CPU per request (not inverted)."""
+    rows = []
+    for label, a, b, rps_ok, rps_goal, cpu_goal in PAIRS:
+        sa, sb = summary.get(a), summary.get(b)
+        if not sa or not sb:
+            continue
+        valid = sa["valid"] and sb["valid"]
+        rps = sa["rps"] / sb["rps"] if rps_ok and sa["rps"] and sb["rps"] else None
+        cpu = sa["cpu_us"] / sb["cpu_us"] if sa["cpu_us"] and sb["cpu_us"] else None
+        goals = []
+        if rps_goal is not None:
+            goals.append(f"req/s ≥ {rps_goal:.2f}×: " + ("–" if rps is None else ("met" if rps >= rps_goal else "**not met**")))
+        if cpu_goal is not None:
+            goals.append(f"CPU/req ≤ {cpu_goal:.2f}×: " + ("–" if cpu is None else ("met" if cpu <= cpu_goal else "**not met**")))
+        rows.append(
+            f"| {label} | `{a}` / `{b}` | "
+            + ("not comparable (wrk shares the cores)" if not rps_ok else ("–" if rps is None else f"{rps:.2f}×"))
+            + f" | {'–' if cpu is None else f'{cpu:.2f}×'} | {'; '.join(goals) or '–'}"
+            + ("" if valid else " (**INVALID** rows)")
+            + " |"
+        )
+    if not rows:
+        return []
+    return [
+        "Paired rows, the first over the second (medians above). Unlike the *per CPU* columns, "
+        "the CPU ratio here is CPU/req over CPU/req: above 1 means the first row spends more "
+        "CPU per request. The goals are the issue's: as shipped within 10% of the tuned "
+        "configuration, two workers at most 5% more CPU per request than one.",
+        "",
+        "| pair | rows | req/s | CPU/req | goal |",
+        "| --- | --- | ---: | ---: | --- |",
+        *rows,
+        "",
+    ]
+
+
 def main() -> None:
     work, out_md, chart_tsv = sys.argv[1], sys.argv[2], sys.argv[3]
     meta = dict((row + [""])[:2] for row in read_tsv(os.path.join(work, "meta.tsv")))
     raw = read_tsv(os.path.join(work, "raw.tsv"))
-    targets = read_tsv(os.path.join(work, "targets.tsv")) if raw else []
+    target_rows = read_tsv(os.path.join(work, "targets.tsv")) if raw else []
+    targets = [(r[0], r[1]) for r in target_rows]
+    peer = {r[0]: (r[2] if len(r) > 2 and r[2] else "nginx-proxy-noauth") for r in target_rows}
+    flags = {r[0]: (r[3].split() if len(r) > 3 else []) for r in target_rows}
     preflight = read_tsv(os.path.join(work, "preflight.tsv"))
     rss_load = dict(read_tsv(os.path.join(work, "rss_load.tsv")))
 
@@ -80,7 +135,9 @@ def main() -> None:
 
     def ratio(name, base):
         a, b = summary.get(name, {}).get("rps"), summary.get(base, {}).get("rps")
-        if not a or not b or not summary[base]["valid"]:
+        if not a or not b or not summary[base]["valid"] or "norps" in flags.get(name, []):
+            return "–"
+        if "nohap" in flags.get(name, []) and base.startswith("haproxy"):
             return "–"
         return f"{a / b:.2f}×"
 
@@ -89,6 +146,8 @@ def main() -> None:
         # base CPU per request over this target's.
         a, b = summary.get(name, {}).get("cpu_us"), summary.get(base, {}).get("cpu_us")
         if not a or not b or not summary[base]["valid"] or name == "upstream-direct":
+            return "–"
+        if "nohap" in flags.get(name, []) and base.startswith("haproxy"):
             return "–"
         return f"{b / a:.2f}×"
 
@@ -108,7 +167,7 @@ def main() -> None:
     for key, label in [
         ("date", "date"), ("machine", "machine"), ("cpu", "CPU (lscpu)"), ("cpus", "CPUs"),
         ("kernel", "kernel"), ("authgate", "authgate"), ("nginx", "nginx"),
-        ("haproxy", "HAProxy"), ("wrk", "wrk"), ("settings", "settings"),
+        ("haproxy", "HAProxy"), ("wrk", "wrk"), ("h2load", "h2load"), ("settings", "settings"),
         ("pinning", "pinning"), ("load", "machine load"), ("note", "note"),
     ]:
         if meta.get(key):
@@ -120,7 +179,12 @@ def main() -> None:
         lines.append("")
         lines.append(
             "Medians over the rounds. The *×* columns are req/s against `haproxy-jwt-hs256` and "
-            "against `nginx-proxy-noauth`. *CPU/req* is the CPU time (user + system, all threads "
+            "against the row's *nginx peer* (named in its column: `nginx-proxy-noauth` for plain "
+            "HTTP/1.1, the nginx row of the same protocol and settings for the others; "
+            "`nginx-proxy-noauth` for the nginx rows themselves, which shows what TLS, HTTP/2 or "
+            "the access log cost nginx). The HAProxy columns are empty for TLS and HTTP/2 rows "
+            "(HAProxy is measured over plain HTTP only), and the req/s ratios for a row on other "
+            "cores (`authgate-jwt-hs256-2w`). *CPU/req* is the CPU time (user + system, all threads "
             "and child processes) the target spent per request, from /proc; the *per CPU* ratios "
             "compare requests served per CPU second (the other target's CPU/req over this one's), "
             "which is what req/s would show on a quiet machine where the proxy's core is the "
@@ -133,10 +197,10 @@ def main() -> None:
         lines.append("")
         lines.append(
             "| target | req/s | p50 ms | p99 ms | non-2xx | socket errors | × HAProxy HS256 "
-            "| × nginx no auth | CPU/req µs | per CPU × HAProxy HS256 | per CPU × nginx no auth "
-            "| core busy % | others on the proxy core % | what |"
+            "| × nginx peer | CPU/req µs | per CPU × HAProxy HS256 | per CPU × nginx peer "
+            "| nginx peer | core busy % | others on the proxy core % | what |"
         )
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |")
         chart = ["target\trps\tp50_ms\tp99_ms\tnon2xx\tvalid\tcpu_us"]
         for name, desc in targets:
             s = summary[name]
@@ -144,9 +208,9 @@ def main() -> None:
             lines.append(
                 f"| {label} | {fmt(s['rps'], 0)} | {fmt(s['p50'], 3)} | {fmt(s['p99'], 3)} "
                 f"| {s['non2xx']} | {s['sockerr']} | {ratio(name, 'haproxy-jwt-hs256')} "
-                f"| {ratio(name, 'nginx-proxy-noauth')} | {fmt(s['cpu_us'], 1)} "
-                f"| {cpu_ratio(name, 'haproxy-jwt-hs256')} | {cpu_ratio(name, 'nginx-proxy-noauth')} "
-                f"| {fmt(s['busy'], 0)} | {fmt(s['others'], 0)} | {desc} |"
+                f"| {ratio(name, peer[name])} | {fmt(s['cpu_us'], 1)} "
+                f"| {cpu_ratio(name, 'haproxy-jwt-hs256')} | {cpu_ratio(name, peer[name])} "
+                f"| `{peer[name]}` | {fmt(s['busy'], 0)} | {fmt(s['others'], 0)} | {desc} |"
             )
             chart.append(
                 f"{name}\t{s['rps'] or 0}\t{s['p50'] or 0}\t{s['p99'] or 0}\t{s['non2xx']}\t"
@@ -161,6 +225,7 @@ def main() -> None:
             for name, why in bad_preflight.items():
                 lines.append(f"- `{name}`: {'; '.join(why)}")
             lines.append("")
+        lines += pair_ratios(summary)
         lines.append("Per-round req/s (in the order measured):")
         lines.append("")
         for name, _ in targets:
