@@ -221,16 +221,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }),
         _ => 1,
     };
-    // One worker runs on a current-thread runtime: the same event loop
-    // without the work-stealing scheduler's queues and cross-thread wakeups.
-    let mut runtime = match workers {
-        0 | 1 => tokio::runtime::Builder::new_current_thread(),
-        workers => {
-            let mut runtime = tokio::runtime::Builder::new_multi_thread();
-            runtime.worker_threads(workers);
-            runtime
-        }
-    };
+    // Thread-per-core: this thread's current-thread runtime is worker 0
+    // and runs the background tasks; `server::serve` starts the others,
+    // each with its own runtime, listener and upstream pool.
+    crate::workers::set_count(workers);
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
     runtime.enable_all();
     let runtime = runtime
         .build()

@@ -36,6 +36,7 @@ pub mod text;
 pub mod tls;
 pub mod token;
 pub mod verify;
+pub mod workers;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

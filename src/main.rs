@@ -8,6 +8,7 @@ use clap::Parser;
 /// takes 19 MiB a hash) goes back to the system within seconds, where
 /// glibc's per-thread arenas keep it (bench/login_burst.sh: 641 MiB kept
 /// after five bursts with glibc, 16 MiB with jemalloc, 29 MiB with mimalloc).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -94,6 +94,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
             buf.put_slice(&self.first[start..start + n]);
             // n <= 24.
             self.start += u8::try_from(n).unwrap_or(0);
+            // And what has arrived after them, in the same read: hyper
+            // sizes its read buffer for a whole head, and a first read of
+            // only the replayed bytes makes it double that buffer (8 to
+            // 16 KiB, kept for the connection's life) for the next read.
+            // Pending or an error here surfaces on the next read.
+            if self.start == self.end && buf.remaining() > 0 {
+                let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -179,5 +187,26 @@ mod tests {
         drop(client);
         let (protocol, _) = sniff(server).await.unwrap();
         assert_eq!(protocol, Protocol::Http1);
+    }
+
+    #[tokio::test]
+    async fn the_first_read_returns_the_replayed_bytes_and_what_followed_them() {
+        let head = b"GET /x HTTP/1.1\r\nHost: a\r\nUser-Agent: test\r\n\r\n";
+        let (mut client, server) = tokio::io::duplex(256);
+        client.write_all(head).await.unwrap();
+        let (_, mut rewound) = sniff(server).await.unwrap();
+        let mut buf = [0u8; 128];
+        let n = rewound.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], head, "one read, as hyper's first read of a head");
+
+        // Nothing more yet: the replayed bytes alone, without waiting.
+        let (mut client, server) = tokio::io::duplex(256);
+        client.write_all(&head[..30]).await.unwrap();
+        let (_, mut rewound) = sniff(server).await.unwrap();
+        let n = rewound.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &head[..30]);
+        client.write_all(&head[30..]).await.unwrap();
+        let n = rewound.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &head[30..]);
     }
 }

@@ -3,6 +3,12 @@
 //! completes the TLS handshake with the acceptor [`crate::tls`] built, and
 //! serves each connection until it closes, idles out or shutdown drains it.
 //!
+//! Thread-per-core: with `--workers N` each public address is bound N times
+//! with `SO_REUSEPORT`, and each socket is served by one worker thread on a
+//! current-thread runtime of its own (this thread is worker 0), so the
+//! kernel spreads connections over the workers and a connection stays on
+//! the thread that accepted it.
+//!
 //! Each connection runs in its own task under a span with `client.addr`. On
 //! shutdown the listeners stop accepting, every connection is asked to
 //! finish its in-flight requests and close, and the process waits for them
@@ -39,6 +45,8 @@ pub struct Listener {
     tls: bool,
     /// `server.admin_listen`: serves only the operations endpoints.
     admin: bool,
+    /// The same address bound again for each other worker (`SO_REUSEPORT`).
+    siblings: Vec<std::net::TcpListener>,
 }
 
 impl Listener {
@@ -71,8 +79,10 @@ pub enum ServeError {
     },
 }
 
-/// Binds the plain, TLS and admin listeners the config names.
+/// Binds the plain, TLS and admin listeners the config names; the public
+/// ones once for each worker ([`crate::workers::count`]).
 pub async fn bind(config: &crate::config::ServerConfig) -> Result<Vec<Listener>, ServeError> {
+    let workers = crate::workers::count();
     // (address, TLS, admin)
     let wanted = [
         config.listen.map(|addr| (addr, false, false)),
@@ -81,13 +91,52 @@ pub async fn bind(config: &crate::config::ServerConfig) -> Result<Vec<Listener>,
     ];
     let mut listeners = Vec::new();
     for (addr, tls, admin) in wanted.into_iter().flatten() {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr, source })?;
-        listeners.push(Listener { tcp, tls, admin });
+        let bind_error = |source| ServeError::Bind { addr, source };
+        if admin || workers == 1 {
+            let tcp = TcpListener::bind(addr).await.map_err(bind_error)?;
+            let siblings = Vec::new();
+            listeners.push(Listener {
+                tcp,
+                tls,
+                admin,
+                siblings,
+            });
+            continue;
+        }
+        let tcp = bind_shared(addr).map_err(bind_error)?;
+        // `:0` picks the port once; the siblings take the same one.
+        let bound = tcp.local_addr().map_err(bind_error)?;
+        let siblings = (1..workers)
+            .map(|_| bind_shared(bound).and_then(TcpListener::into_std))
+            .collect::<io::Result<_>>()
+            .map_err(bind_error)?;
+        listeners.push(Listener {
+            tcp,
+            tls,
+            admin,
+            siblings,
+        });
     }
     Ok(listeners)
 }
+
+/// Listens on `addr` with `SO_REUSEPORT`, so that each worker's socket
+/// gets its share of the connections.
+fn bind_shared(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// What `std` and tokio use for a listener's accept queue.
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// The current gateway snapshot; a reload swaps it.
 pub type SharedGateway = Arc<ArcSwap<Gateway>>;
@@ -110,7 +159,17 @@ pub async fn serve(
     // receiver sees the channel close.
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
 
-    for listener in listeners {
+    let ctx = AcceptContext {
+        shared: shared.clone(),
+        builder,
+        slots: connection_slots,
+        stop: stop_rx.clone(),
+        drain: drain_tx.clone(),
+        limits: limits.clone(),
+    };
+    // Worker i (from 1) gets the i-th sibling of every public listener.
+    let mut worker_listeners: Vec<Vec<PendingListener>> = Vec::new();
+    for mut listener in listeners {
         if listener.admin {
             tokio::spawn(admin_accept_loop(
                 listener,
@@ -120,16 +179,29 @@ pub async fn serve(
             ));
             continue;
         }
-        let ctx = AcceptContext {
-            shared: shared.clone(),
-            builder: builder.clone(),
-            slots: connection_slots.clone(),
-            stop: stop_rx.clone(),
-            drain: drain_tx.clone(),
-            limits: limits.clone(),
-        };
-        tokio::spawn(accept_loop(listener, ctx));
+        for (i, sibling) in std::mem::take(&mut listener.siblings)
+            .into_iter()
+            .enumerate()
+        {
+            if worker_listeners.len() <= i {
+                worker_listeners.push(Vec::new());
+            }
+            worker_listeners[i].push(PendingListener {
+                tcp: sibling,
+                tls: listener.tls,
+            });
+        }
+        tokio::spawn(accept_loop(listener, ctx.clone()));
     }
+    let (finished_tx, finished_rx) = watch::channel(false);
+    let workers: Vec<_> = worker_listeners
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, listeners)| {
+            spawn_worker(i + 1, listeners, ctx.clone(), finished_rx.clone())
+        })
+        .collect();
+    drop(ctx);
     drop(drain_tx);
 
     shutdown.await;
@@ -142,7 +214,72 @@ pub async fn serve(
         Ok(_) => info!("all connections closed"),
         Err(_) => warn!("grace period over; closing the remaining connections"),
     }
+    // The store first: its connections may belong to a worker's runtime.
     gateway.store.close().await;
+    let _ = finished_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    })
+    .await;
+}
+
+/// Starts worker `index` on a thread of its own: a current-thread runtime
+/// serving `listeners` (std sockets, registered with that runtime there)
+/// until `finished`. `None` (logged) if the thread cannot start; its
+/// sockets close, and the kernel gives their share to the other workers.
+fn spawn_worker(
+    index: usize,
+    listeners: Vec<PendingListener>,
+    ctx: AcceptContext,
+    mut finished: watch::Receiver<bool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let run = move || {
+        crate::workers::enter(index);
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                warn!(worker = index, error = %err, "cannot start a worker's runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            for pending in listeners {
+                match TcpListener::from_std(pending.tcp) {
+                    Ok(tcp) => {
+                        let listener = Listener {
+                            tcp,
+                            tls: pending.tls,
+                            admin: false,
+                            siblings: Vec::new(),
+                        };
+                        tokio::spawn(accept_loop(listener, ctx.clone()));
+                    }
+                    Err(err) => warn!(worker = index, error = %err, "cannot listen on a worker"),
+                }
+            }
+            // The accept loops hold their own clones; this one would keep
+            // the shutdown drain waiting.
+            drop(ctx);
+            let _ = finished.wait_for(|finished| *finished).await;
+        });
+    };
+    std::thread::Builder::new()
+        .name(format!("authgate-worker-{index}"))
+        .spawn(run)
+        .inspect_err(|err| warn!(worker = index, error = %err, "cannot start a worker thread"))
+        .ok()
+}
+
+/// A public listener's socket for another worker, before that worker's
+/// runtime registers it.
+struct PendingListener {
+    tcp: std::net::TcpListener,
+    tls: bool,
 }
 
 /// hyper's HTTP/1 and HTTP/2 server settings, built once.
@@ -171,6 +308,7 @@ fn http_builder(limits: &Limits) -> HttpBuilders {
     HttpBuilders { http1, http2 }
 }
 
+#[derive(Clone)]
 struct AcceptContext {
     shared: SharedGateway,
     builder: Arc<HttpBuilders>,
@@ -222,33 +360,44 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                 ..ClientInfo::new(peer, listener.tls)
             },
         };
-        tokio::spawn(
-            async move {
-                metrics.connections(1);
-                match tls {
-                    None => task.run(stream, None).await,
-                    Some(acceptor) => {
-                        match tokio::time::timeout_at(head_deadline, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(tls_stream)) => {
-                                let subject = crate::tls::peer_subject(tls_stream.get_ref().1);
-                                task.client.cert_subject = subject.map(Arc::from);
-                                let alpn = tls_stream.get_ref().1.alpn_protocol();
-                                let protocol = (alpn == Some(b"h2")).then_some(Protocol::Http2);
-                                task.run(tls_stream, protocol).await
-                            }
-                            Ok(Err(err)) => {
-                                info!(client.addr = %peer, error = %err, "TLS handshake failed")
-                            }
-                            Err(_) => info!(client.addr = %peer, "TLS handshake timed out"),
-                        }
+        // Two kinds of task: a plain connection's task is not sized for
+        // the TLS handshake and session it does not have.
+        match tls {
+            None => spawn_counted(metrics, span, task.run(stream, None)),
+            Some(acceptor) => spawn_counted(metrics, span, async move {
+                match tokio::time::timeout_at(head_deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        let subject = crate::tls::peer_subject(tls_stream.get_ref().1);
+                        task.client.cert_subject = subject.map(Arc::from);
+                        let alpn = tls_stream.get_ref().1.alpn_protocol();
+                        let protocol = (alpn == Some(b"h2")).then_some(Protocol::Http2);
+                        task.run(tls_stream, protocol).await
                     }
+                    Ok(Err(err)) => {
+                        info!(client.addr = %peer, error = %err, "TLS handshake failed")
+                    }
+                    Err(_) => info!(client.addr = %peer, "TLS handshake timed out"),
                 }
-                metrics.connections(-1);
-            }
-            .instrument(span),
-        );
+            }),
+        }
     }
+}
+
+/// Spawns a connection's task under `span`, counted in the open
+/// connections gauge while it runs.
+fn spawn_counted(
+    metrics: Arc<crate::metrics::Metrics>,
+    span: tracing::Span,
+    connection: impl Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(
+        async move {
+            metrics.connections(1);
+            connection.await;
+            metrics.connections(-1);
+        }
+        .instrument(span),
+    );
 }
 
 struct ConnectionTask {
@@ -436,21 +585,21 @@ async fn admin_accept_loop(
 }
 
 /// The next connection on `listener` with a slot of `slots` for it, or
-/// `None` once shutdown begins. The slot comes first: excess connections
-/// wait in the kernel's backlog instead of exhausting file descriptors.
+/// `None` once shutdown begins. The connection comes first, then the slot:
+/// every worker's accept loop shares the one budget, and a loop that held
+/// a slot while waiting for a connection could leave none for a loop whose
+/// socket has connections waiting. So each loop holds at most one accepted
+/// connection without a slot, and the excess waits in the kernel's backlog
+/// instead of exhausting file descriptors.
 async fn accept_in_slot(
     listener: &Listener,
     slots: &Arc<Semaphore>,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
-    let permit = tokio::select! {
-        permit = slots.clone().acquire_owned() => permit.ok()?,
-        _ = stopped(stop) => return None,
-    };
-    loop {
+    let (stream, peer) = loop {
         tokio::select! {
             accepted = listener.tcp.accept() => match accepted {
-                Ok((stream, peer)) => return Some((permit, stream, peer)),
+                Ok(accepted) => break accepted,
                 Err(err) => {
                     // Out of descriptors or a reset before accept: back off briefly.
                     warn!(error = %err, admin = listener.admin, "accept failed");
@@ -459,7 +608,12 @@ async fn accept_in_slot(
             },
             _ = stopped(stop) => return None,
         }
-    }
+    };
+    let permit = tokio::select! {
+        permit = slots.clone().acquire_owned() => permit.ok()?,
+        _ = stopped(stop) => return None,
+    };
+    Some((permit, stream, peer))
 }
 
 /// Completes once shutdown has begun.

@@ -1,5 +1,5 @@
-//! Forwarding to upstreams: one pooled client, built once, and the request
-//! and response rewriting around it.
+//! Forwarding to upstreams: a pooled client for each worker thread, built
+//! once, and the request and response rewriting around it.
 
 pub mod headers;
 
@@ -29,9 +29,12 @@ use crate::conn::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::error::GatewayError;
 use crate::tls::{self, TlsError};
 
-/// The pooled upstream client, for `http://` and `https://` upstreams.
+/// The pooled upstream clients, for `http://` and `https://` upstreams.
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, CappedBody>,
+    /// One per worker ([`crate::workers`]): a pooled connection's task runs
+    /// on the worker that opened it, so a request handed to another
+    /// worker's connection would cross threads twice.
+    clients: Box<[UpstreamClient]>,
     max_body_bytes: Option<u64>,
     idle_timeout: Duration,
 }
@@ -44,11 +47,21 @@ impl Forwarder {
     /// bodies are capped at `limits.max_proxy_body_bytes`, and upgraded
     /// connections close after `limits.idle_timeout` without traffic.
     pub fn try_new(config: &UpstreamConfig, limits: &Limits) -> Result<Self, TlsError> {
+        let tls = tls::upstream_config(config)?;
+        let clients = (0..crate::workers::count())
+            .map(|_| client_with(config, tls.clone()))
+            .collect();
         Ok(Forwarder {
-            client: pooled_client(config)?,
+            clients,
             max_body_bytes: limits.max_proxy_body_bytes,
             idle_timeout: limits.idle_timeout,
         })
+    }
+
+    /// The current worker's client.
+    fn client(&self) -> &UpstreamClient {
+        let worker = crate::workers::current();
+        &self.clients[worker.min(self.clients.len() - 1)]
     }
 
     /// Forwards a checked request to its permit's route's upstream and relays the
@@ -89,8 +102,11 @@ impl Forwarder {
 
         let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
         let outbound = Request::from_parts(parts, body);
-        let mut response = match tokio::time::timeout(route.timeout, self.client.request(outbound))
-            .await
+        let mut response = match tokio::time::timeout(
+            route.timeout,
+            self.client().request(outbound),
+        )
+        .await
         {
             Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(err)) => match fault.get() {
@@ -298,10 +314,24 @@ impl HttpBody for CappedBody {
     }
 }
 
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, CappedBody>;
+
 /// A pooled HTTP(S) client with the upstream settings, for any body type.
 pub fn pooled_client<B>(
     config: &UpstreamConfig,
 ) -> Result<Client<HttpsConnector<HttpConnector>, B>, TlsError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    Ok(client_with(config, tls::upstream_config(config)?))
+}
+
+/// [`pooled_client`] with rustls settings already built.
+fn client_with<B>(
+    config: &UpstreamConfig,
+    tls: rustls::ClientConfig,
+) -> Client<HttpsConnector<HttpConnector>, B>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -311,16 +341,22 @@ where
     connector.set_nodelay(true);
     connector.enforce_http(false);
     let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls::upstream_config(config)?)
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.pool_idle_timeout)
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
-        .build(https))
+        .build(https)
 }
+
+/// The copy buffer of each direction of an upgraded connection. tokio's
+/// default is 8 KiB, zeroed, so an idle WebSocket would hold 16 KiB of
+/// resident buffers; WebSocket frames are small, and a larger message
+/// just takes more reads.
+const SPLICE_BUFFER_BYTES: usize = 4096;
 
 /// Joins both sides of an upgraded connection until either closes or no
 /// byte has moved for `idle_timeout`. Holds the client connection's slot
@@ -337,7 +373,12 @@ async fn splice(
             let activity = Arc::new(Activity::new());
             let mut client = ActivityIo::new(TokioIo::new(client), activity.clone());
             let mut upstream = TokioIo::new(upstream);
-            let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+            let copy = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                SPLICE_BUFFER_BYTES,
+                SPLICE_BUFFER_BYTES,
+            );
             tokio::select! {
                 result = copy => match result {
                     Ok((up, down)) => debug!(
