@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Where the heap of idle connections goes: runs bench/idle_connections.sh
 # against authgate under valgrind's massif and prints the allocation sites
-# of the peak snapshot, with bytes per connection.
+# of the idle plateau (the last snapshot near the peak), with bytes per
+# connection.
 #
 #   bash bench/heap_profile.sh                  # 1,000 idle HTTP/1 connections
 #   HEAP_COUNT=500 HEAP_KIND=ws bash bench/heap_profile.sh
+#   HEAP_BIN=path/to/authgate bash bench/heap_profile.sh   # a system-allocator build already made
 #
 # massif sees malloc, so the binary is built with the system allocator
 # (`--features system-allocator`, in target/heap-profile so the release
@@ -18,9 +20,12 @@ KIND=${HEAP_KIND:-http}
 TOP=${HEAP_TOP:-12}
 
 command -v valgrind >/dev/null || { echo "missing valgrind (apt-get install -y valgrind)" >&2; exit 1; }
-(cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target/heap-profile \
-    cargo build --release --locked --features system-allocator --bin authgate >&2)
-BIN=$ROOT/target/heap-profile/release/authgate
+BIN=${HEAP_BIN:-}
+if [ -z "$BIN" ]; then
+    (cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target/heap-profile \
+        cargo build --release --locked --features system-allocator --bin authgate >&2)
+    BIN=$ROOT/target/heap-profile/release/authgate
+fi
 
 W=$(mktemp -d /tmp/authgate-heap.XXXXXX)
 trap 'rm -rf "$W"' EXIT
@@ -28,7 +33,7 @@ trap 'rm -rf "$W"' EXIT
 cat >"$W/authgate" <<WRAP
 #!/bin/sh
 if [ "\$1" = serve ]; then
-    exec valgrind --tool=massif --depth=30 --threshold=0.5 --massif-out-file=$W/massif.out "$BIN" "\$@"
+    exec valgrind --tool=massif --depth=30 --threshold=0.5 --detailed-freq=1 --massif-out-file=$W/massif.out "$BIN" "\$@"
 fi
 exec "$BIN" "\$@"
 WRAP
@@ -42,9 +47,15 @@ import re, sys
 path, count, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 text = open(path).read()
 snapshots = text.split("snapshot=")[1:]
-peak = max(snapshots, key=lambda s: int(re.search(r"mem_heap_B=(\d+)", s).group(1)))
-heap = int(re.search(r"mem_heap_B=(\d+)", peak).group(1))
-print(f"peak heap {heap / 1024 / 1024:.1f} MiB over {count} idle connections")
+def heap_of(snapshot):
+    return int(re.search(r"mem_heap_B=(\d+)", snapshot).group(1))
+# The idle plateau, not the peak: the peak can fall while connections are
+# still opening, with requests in flight. Take the last snapshot within 10%
+# of the peak, just before the connections close.
+top_heap = max(heap_of(s) for s in snapshots)
+peak = [s for s in snapshots if heap_of(s) >= 0.9 * top_heap and "heap_tree=empty" not in s][-1]
+heap = heap_of(peak)
+print(f"heap {heap / 1024 / 1024:.1f} MiB with {count} idle connections (peak {top_heap / 1024 / 1024:.1f} MiB)")
 # The heap tree: "<indent>n<K>: <bytes> <address>: <function>". For each
 # direct child of the root, name the first frame that is not an allocator
 # or a container growing (the code that asked for the bytes).
