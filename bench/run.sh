@@ -232,9 +232,13 @@ $nginx_http
     }
 }
 EOF
-cat >"$W/nginx-proxy.conf" <<EOF
-pid $W/nginx-proxy.pid;
-error_log $W/nginx-proxy.err warn;
+# nginx_proxy_conf NAME SERVER_DIRECTIVES: writes $W/NAME.conf, nginx proxying
+# every path to the upstream over keep-alive; SERVER_DIRECTIVES (the listen
+# line first) open its server block.
+nginx_proxy_conf() {
+    cat >"$W/$1.conf" <<EOF
+pid $W/$1.pid;
+error_log $W/$1.err warn;
 $nginx_common
 http {
 $nginx_http
@@ -243,7 +247,7 @@ $nginx_http
         keepalive 64;
     }
     server {
-        listen 127.0.0.1:$P_NGX backlog=4096;
+$2
         location / {
             proxy_pass http://up;
             proxy_http_version 1.1;
@@ -252,6 +256,8 @@ $nginx_http
     }
 }
 EOF
+}
+nginx_proxy_conf nginx-proxy "        listen 127.0.0.1:$P_NGX backlog=4096;"
 # nginx in front, authgate (the HS256 instance) deciding through auth_request:
 # deploy/forward-auth/nginx/authgate.conf reduced to the decision and the forward.
 cat >"$W/nginx-authreq.conf" <<EOF
@@ -299,27 +305,8 @@ EOF
 
 # nginx-proxy-noauth with an access log, as shipped configs have it: the peer of
 # authgate-jwt-hs256-shipped (whose access log goes to $W/ag-ship.log).
-cat >"$W/nginx-proxy-log.conf" <<EOF
-pid $W/nginx-proxy-log.pid;
-error_log $W/nginx-proxy-log.err warn;
-$nginx_common
-http {
-$nginx_http
-    upstream up {
-        server 127.0.0.1:$P_UP;
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:$P_NGX_LOG backlog=4096;
-        access_log $W/nginx-access.log combined buffer=64k;
-        location / {
-            proxy_pass http://up;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
+nginx_proxy_conf nginx-proxy-log "        listen 127.0.0.1:$P_NGX_LOG backlog=4096;
+        access_log $W/nginx-access.log combined buffer=64k;"
 # TLS 1.3 with a self-signed EC P-256 certificate, the same for nginx and authgate.
 # One listener each offers h2 and http/1.1 by ALPN: wrk offers no ALPN (HTTP/1.1),
 # h2load asks for h2.
@@ -328,29 +315,10 @@ if [ "$RUN_HTTPS" = 1 ] || [ "$RUN_H2" = 1 ]; then
         -keyout "$W/tls-key.pem" -out "$W/tls-cert.pem" -subj /CN=127.0.0.1 \
         -addext subjectAltName=IP:127.0.0.1,DNS:localhost 2>/dev/null || die "openssl req failed (the TLS certificate)"
 fi
-cat >"$W/nginx-tls.conf" <<EOF
-pid $W/nginx-tls.pid;
-error_log $W/nginx-tls.err warn;
-$nginx_common
-http {
-$nginx_http
-    upstream up {
-        server 127.0.0.1:$P_UP;
-        keepalive 64;
-    }
-    server {
-        $(nginx_tls_listen "$P_NGX_TLS")
+nginx_proxy_conf nginx-tls "        $(nginx_tls_listen "$P_NGX_TLS")
         ssl_certificate $W/tls-cert.pem;
         ssl_certificate_key $W/tls-key.pem;
-        ssl_protocols TLSv1.3;
-        location / {
-            proxy_pass http://up;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
+        ssl_protocols TLSv1.3;"
 
 openssl rand -hex 32 >"$W/jwt.secret"
 SECRET=$(cat "$W/jwt.secret")
