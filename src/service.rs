@@ -21,7 +21,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::judge::{Ending, JudgedRequest, judge};
 use crate::metrics::Outcome;
-use crate::proxy::headers;
+use crate::proxy::{CredentialWatch, headers};
 use crate::request_id::new_request_id;
 use crate::routes::CheckedPath;
 use crate::verify;
@@ -104,10 +104,21 @@ async fn handle_inner(
     };
     let permit = judge(gateway, &judged, ctx).await?;
 
+    // A WebSocket outlives its request: it is closed when the credential it
+    // was opened with stops working.
+    let until_revoked = (permit.identity().is_some()
+        && headers::is_websocket_handshake(request.method(), request.version(), request.headers()))
+    .then(|| {
+        Box::pin(
+            gateway
+                .auth
+                .until_revoked(request.headers(), request.uri().query()),
+        ) as CredentialWatch
+    });
     let upstream_started = Instant::now();
     let result = gateway
         .forwarder
-        .forward(permit, request, client, ctx.request_id())
+        .forward(permit, request, client, ctx.request_id(), until_revoked)
         .await;
     ctx.upstream_took(upstream_started.elapsed());
     result

@@ -157,6 +157,8 @@ fn fill_random(buf: &mut [u8]) {
 }
 
 /// Checks credentials against the keys, the cache and (on a miss) the store.
+/// Cheap to clone: every part is shared.
+#[derive(Clone)]
 pub struct Authenticator {
     jwt: Arc<JwtKeys>,
     external: Vec<Arc<jwks::JwksProvider>>,
@@ -201,6 +203,39 @@ impl Authenticator {
             })?
             .ok_or(GatewayError::AuthenticationRequired)?;
         self.authenticate(&credential).await
+    }
+
+    /// Resolves once the credential in `headers` and `query`, good when this
+    /// is called, stops working: it is checked again at every revocation the
+    /// cache learns of, here or from another process. A check that fails for
+    /// want of the store (5xx) leaves it working, as it leaves known callers
+    /// working on the request path. For work that outlives its request: a
+    /// spliced WebSocket is closed when this resolves.
+    pub fn until_revoked(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let auth = self.clone();
+        let headers = headers.clone();
+        let query = query.map(str::to_owned);
+        // Subscribed before the first check, so a revocation that lands
+        // between the request's own check and this one is not missed.
+        let mut revocations = self.cache.revocations();
+        async move {
+            loop {
+                match auth.authenticate_request(&headers, query.as_deref()).await {
+                    Err(err) if err.status_code().is_client_error() => return,
+                    _ => {}
+                }
+                if revocations.changed().await.is_err() {
+                    break;
+                }
+            }
+            // The cache is gone (the process is stopping): nothing will
+            // revoke this credential any more.
+            std::future::pending().await
+        }
     }
 
     /// The identity behind a credential, or why it is refused.

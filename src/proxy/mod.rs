@@ -19,7 +19,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::auth::extract::{strip_credential_headers, strip_credential_query};
 use crate::auth::{Identity, Permit};
@@ -28,6 +28,10 @@ use crate::config::{Limits, UpstreamConfig};
 use crate::conn::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::error::GatewayError;
 use crate::tls::{self, TlsError};
+
+/// Resolves when the credential a WebSocket was opened with stops working
+/// (see [`crate::auth::Authenticator::until_revoked`]); the tunnel closes then.
+pub type CredentialWatch = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The pooled upstream clients, for `http://` and `https://` upstreams.
 pub struct Forwarder {
@@ -77,13 +81,15 @@ impl Forwarder {
     /// Only a checked WebSocket handshake is upgraded: every other upgrade
     /// token is stripped before forwarding, and a 101 that the gateway did
     /// not ask for, or that switches to anything but WebSocket, is a 502
-    /// and never spliced.
+    /// and never spliced. A spliced WebSocket is closed when `until_revoked`
+    /// resolves.
     pub async fn forward(
         &self,
         permit: Permit<'_>,
         mut request: Request<Incoming>,
         client: ClientInfo,
         request_id: &HeaderValue,
+        until_revoked: Option<CredentialWatch>,
     ) -> Result<Response<Body>, GatewayError> {
         let websocket =
             headers::is_websocket_handshake(request.method(), request.version(), request.headers());
@@ -142,6 +148,7 @@ impl Forwarder {
                     upstream_upgrade,
                     self.idle_timeout,
                     client.slot,
+                    until_revoked,
                 )
                 .instrument(tracing::Span::current()),
             );
@@ -359,13 +366,15 @@ where
 const SPLICE_BUFFER_BYTES: usize = 4096;
 
 /// Joins both sides of an upgraded connection until either closes or no
-/// byte has moved for `idle_timeout`. Holds the client connection's slot
-/// under `limits.max_connections` until then.
+/// byte has moved for `idle_timeout`, or until the credential it was opened
+/// with stops working. Holds the client connection's slot under
+/// `limits.max_connections` until then.
 async fn splice(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     idle_timeout: Duration,
     slot: Option<ConnectionSlot>,
+    until_revoked: Option<CredentialWatch>,
 ) {
     let _slot = slot;
     match tokio::try_join!(client, upstream) {
@@ -389,9 +398,20 @@ async fn splice(
                     Err(err) => debug!(error = %err, "upgraded connection ended with an error"),
                 },
                 _ = idle_for(&activity, idle_timeout) => debug!("closing idle upgraded connection"),
+                () = revoked(until_revoked) => {
+                    info!("closing upgraded connection: its credential stopped working");
+                }
             }
         }
         Err(err) => debug!(error = %err, "upgrade did not complete"),
+    }
+}
+
+/// Resolves when `watch` does; never without one (a public route's tunnel).
+async fn revoked(watch: Option<CredentialWatch>) {
+    match watch {
+        Some(watch) => watch.await,
+        None => std::future::pending().await,
     }
 }
 

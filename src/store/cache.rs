@@ -187,6 +187,9 @@ pub struct CredentialCache {
     pub stats: CacheStats,
     /// Key uses waiting to be written to the store.
     pub last_use: LastUse,
+    /// Counts revocations, so that long-lived work done under a credential
+    /// (a spliced WebSocket) can check it again when one happens.
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 impl CredentialCache {
@@ -201,7 +204,21 @@ impl CredentialCache {
             token_caches: Mutex::new(Vec::new()),
             stats: CacheStats::default(),
             last_use: LastUse::default(),
+            revocations: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Told of every revocation this cache learns of (a key deleted, a
+    /// user removed or given a new password, a token logged out), here or
+    /// through the change log: whoever holds work done under a credential
+    /// checks it again then.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+
+    fn revoked(&self) {
+        self.revocations
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     fn count(&self, lookup: &Lookup<impl Sized>) {
@@ -296,6 +313,7 @@ impl CredentialCache {
         });
         evicted += before.saturating_sub(self.keys.map.len()) as u64;
         self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
+        self.revoked();
     }
 
     /// Forgets one key (revocation).
@@ -303,6 +321,7 @@ impl CredentialCache {
         if self.keys.map.remove(hash).is_some() {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
+        self.revoked();
     }
 
     /// Marks a token id revoked until `expires_at`, and drops the token
@@ -316,6 +335,7 @@ impl CredentialCache {
             .is_none()
         {
             self.each_token_cache(|tokens| tokens.forget_token_id(jti));
+            self.revoked();
         }
     }
 
