@@ -17,7 +17,7 @@ use crate::proxy::Forwarder;
 use crate::ratelimit::RateLimits;
 use crate::store::cache::CredentialCache;
 use crate::store::{Store, follow};
-use crate::tls::{self, TlsError};
+use crate::tls::{self, CertResolver, TlsError};
 use crate::token::jwks::JwksProvider;
 use tokio_rustls::TlsAcceptor;
 
@@ -40,6 +40,9 @@ pub struct Gateway {
     pub forwarder: Forwarder,
     /// TLS for the HTTPS listener, when configured.
     pub tls: Option<TlsAcceptor>,
+    /// The HTTPS listener's certificates (SNI, watched files, ACME), shared
+    /// by every snapshot: they outlive reloads.
+    pub certificates: Option<Arc<CertResolver>>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// External OpenID Connect providers for browser sign-in.
@@ -83,7 +86,15 @@ impl Gateway {
         follow::start(&store, &cache, config.store.poll_interval).await?;
         let hashes = HashLimiter::new(config.login.max_concurrent_hashes);
         let metrics = Arc::new(Metrics::default());
-        let gateway = Gateway::assemble(config, store, cache, metrics, hashes, None)?;
+        let certificates = match &config.server.tls {
+            Some(tls) => {
+                let resolver = Arc::new(CertResolver::try_new(tls, tls::provider())?);
+                tls::certs::spawn_watch(Arc::downgrade(&resolver));
+                Some(resolver)
+            }
+            None => None,
+        };
+        let gateway = Gateway::assemble(config, store, cache, metrics, hashes, certificates, None)?;
         Ok(Arc::new(gateway))
     }
 
@@ -93,9 +104,13 @@ impl Gateway {
         cache: Arc<CredentialCache>,
         metrics: Arc<Metrics>,
         hashes: HashLimiter,
+        certificates: Option<Arc<CertResolver>>,
         previous_limits: Option<&RateLimits>,
     ) -> Result<Gateway, TlsError> {
-        let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
+        let tls = match (&config.server.tls, &certificates) {
+            (Some(tls), Some(certificates)) => Some(tls::acceptor(tls, certificates.clone())?),
+            _ => None,
+        };
         let mut providers = Vec::with_capacity(config.jwt.external.len());
         if !config.jwt.external.is_empty() {
             // One client, and one load of the system's CA roots, for all.
@@ -123,6 +138,7 @@ impl Gateway {
             )?,
             ratelimits: RateLimits::new(&config.ratelimit, metrics.clone(), previous_limits),
             tls,
+            certificates,
             metrics,
             store,
             cache,
@@ -152,12 +168,16 @@ impl Gateway {
             } else {
                 HashLimiter::new(config.login.max_concurrent_hashes)
             };
+        if let (Some(tls), Some(certificates)) = (&config.server.tls, &self.certificates) {
+            certificates.configure(tls)?;
+        }
         Ok(Gateway::assemble(
             config,
             self.store.clone(),
             self.cache.clone(),
             self.metrics.clone(),
             hashes,
+            self.certificates.clone(),
             Some(&self.ratelimits),
         )?)
     }

@@ -342,8 +342,60 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         .as_deref()
         .and_then(|value| p.socket_addr("server.listen", value));
     let tls = raw.tls.and_then(|tls| {
-        p.readable_file("server.tls.cert", &tls.cert);
-        p.readable_file("server.tls.key", &tls.key);
+        let default = match (tls.cert, tls.key) {
+            (Some(cert), Some(key)) => {
+                p.readable_file("server.tls.cert", &cert);
+                p.readable_file("server.tls.key", &key);
+                Some(CertificateConfig {
+                    names: Vec::new(),
+                    cert,
+                    key,
+                })
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                p.add("server.tls.key", "is needed with server.tls.cert");
+                None
+            }
+            (None, Some(_)) => {
+                p.add("server.tls.cert", "is needed with server.tls.key");
+                None
+            }
+        };
+        if default.is_none() && tls.certificates.is_empty() {
+            p.add(
+                "server.tls",
+                "needs cert and key, or [[server.tls.certificates]]",
+            );
+        }
+        let mut certificates = Vec::with_capacity(tls.certificates.len());
+        for (index, listed) in tls.certificates.into_iter().enumerate() {
+            let key = format!("server.tls.certificates[{index}]");
+            p.readable_file(&format!("{key}.cert"), &listed.cert);
+            p.readable_file(&format!("{key}.key"), &listed.key);
+            let mut names = Vec::with_capacity(listed.names.len());
+            for name in &listed.names {
+                match ServedName::parse(name) {
+                    Ok(served) => names.push(served),
+                    Err(why) => p.add(&format!("{key}.names"), format_args!("{name:?} {why}")),
+                }
+            }
+            certificates.push(CertificateConfig {
+                names,
+                cert: listed.cert,
+                key: listed.key,
+            });
+        }
+        let hsts = tls.hsts.and_then(|value| match http::HeaderValue::from_str(&value) {
+            Ok(header) if value.to_ascii_lowercase().contains("max-age=") => Some(header),
+            _ => {
+                p.add(
+                    "server.tls.hsts",
+                    format_args!("{value:?} is not a Strict-Transport-Security value (max-age=SECONDS[; includeSubDomains][; preload])"),
+                );
+                None
+            }
+        });
         if let Some(ca) = &tls.client_ca {
             p.readable_file("server.tls.client_ca", ca);
         }
@@ -364,8 +416,9 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         let listen = p.socket_addr("server.tls.listen", &tls.listen)?;
         Some(TlsConfig {
             listen,
-            cert: tls.cert,
-            key: tls.key,
+            default,
+            certificates,
+            hsts,
             client_ca: tls.client_ca,
             client_cert_required,
         })

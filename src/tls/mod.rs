@@ -13,6 +13,10 @@ use tracing::debug;
 
 use crate::config::{TlsConfig, UpstreamConfig};
 
+pub mod certs;
+
+pub use certs::CertResolver;
+
 /// A certificate, key or CA file could not be loaded, or rustls refused
 /// the combination.
 #[derive(Debug, thiserror::Error)]
@@ -28,27 +32,41 @@ impl TlsError {
 
 /// Every certificate in the PEM file at `path`.
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let pem = std::fs::read(path).map_err(|err| TlsError::at(path, &err))?;
+    certs_from_pem(path, &pem)
+}
+
+/// Every certificate in `pem`, read from `path`.
+fn certs_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|err| TlsError::at(path, &err))
 }
 
 /// The private key in the PEM file at `path`.
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|err| TlsError::at(path, &err))
+    let pem = std::fs::read(path).map_err(|err| TlsError::at(path, &err))?;
+    key_from_pem(path, &pem)
 }
 
-/// rustls with TLS 1.2 and 1.3 only, ALPN h2 and http/1.1.
-pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
-    let certs = load_certs(&config.cert)?;
-    if certs.is_empty() {
-        return Err(TlsError(format!(
-            "{}: no certificate found",
-            config.cert.display()
-        )));
-    }
-    let key = load_key(&config.key)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// The private key in `pem`, read from `path`.
+fn key_from_pem(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|err| TlsError::at(path, &err))
+}
+
+/// The crypto provider of every TLS setup here.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// rustls with TLS 1.2 and 1.3 only, ALPN h2 and http/1.1, certificates
+/// from `certificates` (chosen by SNI, watched, ACME), session tickets for
+/// resumption, and the client-certificate check of `config`.
+pub fn acceptor(
+    config: &TlsConfig,
+    certificates: Arc<CertResolver>,
+) -> Result<TlsAcceptor, TlsError> {
+    let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|err| TlsError(err.to_string()))?;
@@ -72,10 +90,10 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut server = builder
-        .with_single_cert(certs, key)
-        .map_err(|err| TlsError(err.to_string()))?;
+    let mut server = builder.with_cert_resolver(certificates);
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    server.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|err| TlsError(err.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
@@ -94,7 +112,7 @@ pub fn upstream_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, 
             roots.add(cert).map_err(|err| TlsError::at(path, &err))?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|err| TlsError(err.to_string()))?
@@ -185,21 +203,29 @@ fn escape_dn_value(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CertificateConfig;
 
     fn tls_config(cert: &Path, key: &Path) -> TlsConfig {
         TlsConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            cert: cert.to_owned(),
-            key: key.to_owned(),
+            default: Some(CertificateConfig {
+                names: Vec::new(),
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            }),
+            certificates: Vec::new(),
             client_ca: None,
             client_cert_required: false,
+            hsts: None,
         }
     }
 
     #[test]
     fn setup_errors_name_the_file_at_fault() {
         let missing = Path::new("/nonexistent/authgate-cert.pem");
-        let err = acceptor(&tls_config(missing, missing)).err().unwrap();
+        let err = CertResolver::try_new(&tls_config(missing, missing), provider())
+            .err()
+            .unwrap();
         assert!(
             err.to_string()
                 .starts_with("TLS setup failed: /nonexistent/authgate-cert.pem: "),
@@ -207,7 +233,9 @@ mod tests {
         );
 
         let empty = tempfile::NamedTempFile::new().unwrap();
-        let err = acceptor(&tls_config(empty.path(), missing)).err().unwrap();
+        let err = CertResolver::try_new(&tls_config(empty.path(), missing), provider())
+            .err()
+            .unwrap();
         assert_eq!(
             err.to_string(),
             format!(
