@@ -150,6 +150,12 @@ pub struct ServerConfig {
     /// Proxies whose `X-Forwarded-For` is believed when finding the client
     /// address (for login throttling).
     pub trusted_proxies: Vec<IpNet>,
+    /// Peers that must open each connection with a PROXY protocol header
+    /// (v1 or v2), whose client address is then the connection's.
+    pub proxy_protocol: Vec<IpNet>,
+    /// Whether the plain listener answers 308 to `https://` (ACME's
+    /// http-01 path, health checks and forward auth excepted).
+    pub redirect_https: bool,
 }
 
 /// The HTTPS listener.

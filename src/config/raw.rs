@@ -58,6 +58,10 @@ pub(super) struct RawServer {
     pub(super) shutdown_grace: u64,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub(super) proxy_protocol: Vec<String>,
+    #[serde(default)]
+    pub(super) redirect_https: bool,
 }
 
 #[derive(Debug, Deserialize)]

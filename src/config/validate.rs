@@ -429,27 +429,54 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
             "set server.listen or [server.tls] (or both)",
         );
     }
-    let mut trusted_proxies = Vec::with_capacity(raw.trusted_proxies.len());
-    for entry in &raw.trusted_proxies {
-        let parsed = entry
-            .parse::<IpNet>()
-            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from));
-        match parsed {
-            Ok(net) => trusted_proxies.push(net),
-            Err(_) => p.add(
-                "server.trusted_proxies",
-                format_args!("{entry:?} is not an IP address or CIDR range"),
+    let trusted_proxies = ip_ranges("server.trusted_proxies", &raw.trusted_proxies, p);
+    let proxy_protocol = ip_ranges("server.proxy_protocol", &raw.proxy_protocol, p);
+    if raw.redirect_https {
+        match &tls {
+            _ if listen.is_none() => p.add(
+                "server.redirect_https",
+                "needs both server.listen and [server.tls]",
             ),
+            None => p.add(
+                "server.redirect_https",
+                "needs both server.listen and [server.tls]",
+            ),
+            // The redirect names the port; port 0 is known only once bound.
+            Some(tls) if tls.listen.port() == 0 => p.add(
+                "server.redirect_https",
+                "needs a fixed server.tls.listen port to redirect to",
+            ),
+            Some(_) => {}
         }
     }
     let admin_listen = validate_admin_listen(raw.admin_listen.as_deref(), listen, &tls, p);
     ServerConfig {
         trusted_proxies,
+        proxy_protocol,
+        redirect_https: raw.redirect_https,
         listen,
         admin_listen,
         tls,
         shutdown_grace: p.seconds("server.shutdown_grace", raw.shutdown_grace, 0, 3600),
     }
+}
+
+/// A list of IP addresses and CIDR ranges under `key`.
+fn ip_ranges(key: &str, entries: &[String], p: &mut Problems) -> Vec<IpNet> {
+    let mut ranges = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let parsed = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => ranges.push(net),
+            Err(_) => p.add(
+                key,
+                format_args!("{entry:?} is not an IP address or CIDR range"),
+            ),
+        }
+    }
+    ranges
 }
 
 /// `server.admin_listen`: an address that cannot collide with the other
