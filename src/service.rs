@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::api::{self, Endpoint};
+use crate::auth::extract::carries_credential;
 use crate::body::Body;
 use crate::conn::ClientInfo;
 use crate::context::RequestContext;
@@ -39,10 +40,17 @@ pub async fn handle(
         .cloned()
         .unwrap_or_else(new_request_id);
     let mut ctx = RequestContext::new(request_id, &request, &client);
+    // Whatever the answer (relayed, 304, an error of ours, a decision, a
+    // 101), it is this caller's alone when a credential came with it.
+    let credential = carries_credential(request.headers(), request.uri().query());
     let span = ctx.span();
     async move {
         let result = handle_inner(&gateway, client, request, &mut ctx).await;
-        ctx.finish(&gateway.metrics, result)
+        let mut response = ctx.finish(&gateway.metrics, result);
+        if credential {
+            headers::mark_private(response.headers_mut());
+        }
+        response
     }
     .instrument(span)
     .await
