@@ -52,7 +52,9 @@ pip_pinned upgrades-aliases hypercorn==0.18.0 gunicorn==27.0.1
 # ---------------------------------------------------------------------------
 pip_pinned differential-python flask==3.1.3
 
-node_packages="express@5.2.1"
+# - method-override: Express middleware reading the method from
+#   X-HTTP-Method-Override & co. and `?_method=` (tests/header_hygiene.rs).
+node_packages="express@5.2.1 method-override@3.0.0"
 NODE_DIR="$UPSTREAMS/node"
 if [ ! -f "$NODE_DIR/.installed" ] || [ "$(cat "$NODE_DIR/.installed")" != "$node_packages" ]; then
   mkdir -p "$NODE_DIR"
