@@ -70,7 +70,11 @@ async fn a_get_post_key_never_runs_expresss_delete_handler_through_method_overri
             &["--method", "GET", "--method", "POST", "--method", "DELETE"],
         )
         .await;
-    let overrides = ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"];
+    let overrides = [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ];
 
     // Straight to Express, each override turns the POST into a DELETE: the
     // middleware really reads them.
@@ -99,7 +103,12 @@ async fn a_get_post_key_never_runs_expresss_delete_handler_through_method_overri
         }
     }
     // `?_method=` is another reading of the method: the key must allow it.
-    for query in ["_method=DELETE", "_method=delete", "%5Fmethod=DELETE", "a=1&_method=PUT"] {
+    for query in [
+        "_method=DELETE",
+        "_method=delete",
+        "%5Fmethod=DELETE",
+        "a=1&_method=PUT",
+    ] {
         request(
             "POST",
             &gw.url(&format!("/things/1?{query}")),
@@ -198,7 +207,11 @@ fn cookie_with_obs_text(token: &str) -> reqwest::header::HeaderValue {
     reqwest::header::HeaderValue::from_bytes(&bytes).expect("obs-text is a valid value")
 }
 
-async fn with_cookie(url: &str, cookie: reqwest::header::HeaderValue, bearer: Option<&str>) -> Resp {
+async fn with_cookie(
+    url: &str,
+    cookie: reqwest::header::HeaderValue,
+    bearer: Option<&str>,
+) -> Resp {
     let mut req = client().get(url).header(reqwest::header::COOKIE, cookie);
     if let Some(token) = bearer {
         req = req.bearer_auth(token);
@@ -216,7 +229,12 @@ async fn a_non_ascii_cookie_byte_hides_no_token_cookie_from_the_gateway() {
     let root = gw.issue_token("root").await;
 
     // Straight, Werkzeug parses the token cookie out of that header.
-    let r = with_cookie(&format!("{}/x", app.url()), cookie_with_obs_text(&alice), None).await;
+    let r = with_cookie(
+        &format!("{}/x", app.url()),
+        cookie_with_obs_text(&alice),
+        None,
+    )
+    .await;
     assert_eq!(r.json()["cookies"]["token"], Value::from(alice.clone()));
 
     // The cookie is a credential: alone it authenticates, and it is stripped
@@ -287,7 +305,8 @@ impl CachingNginx {
             let include = dir.path().join("site.conf");
             std::fs::write(&include, site).expect("write site");
             let main = dir.path().join("nginx.conf");
-            std::fs::write(&main, front::nginx_main_conf(dir.path(), &include)).expect("write conf");
+            std::fs::write(&main, front::nginx_main_conf(dir.path(), &include))
+                .expect("write conf");
             let child = Command::new(front::NGINX)
                 .arg("-p")
                 .arg(dir.path())
@@ -354,7 +373,6 @@ async fn nginx_proxy_cache_in_front_never_hands_one_callers_answer_to_another() 
     ] {
         let r = get(&nginx.url(path), bearer, &headers).await;
         assert_eq!(r.status, 200, "{}", nginx.logs());
-        assert!(is_private_and_varies(&r), "{path}: {:?}", r.headers);
         let before = upstream.count();
         let anonymous = get(&nginx.url(path), None, &[]).await;
         assert_eq!(
@@ -364,6 +382,7 @@ async fn nginx_proxy_cache_in_front_never_hands_one_callers_answer_to_another() 
             anonymous.header("x-cache-status")
         );
         assert_eq!(upstream.count(), before);
+        assert!(is_private_and_varies(&r), "{path}: {:?}", r.headers);
     }
 
     // Every answer to a request with a credential says so, the gateway's
