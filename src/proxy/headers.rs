@@ -786,6 +786,42 @@ mod tests {
         assert_eq!(names(&h), vec!["x-forwarded-for"]);
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any member of a reserved family, in any case and with any
+            /// `-` written as `_`, is removed; only the gateway's own
+            /// `X-Forwarded-For/-Proto/-Host`, spelled exactly, stay.
+            #[test]
+            fn no_member_of_a_reserved_family_survives(
+                family in prop_oneof![
+                    Just("x-forwarded-"),
+                    Just("x-original-"),
+                    Just("x-auth-"),
+                ],
+                rest in "[a-z0-9-]{0,12}",
+                underscores in any::<u32>(),
+            ) {
+                let name: String = format!("{family}{rest}")
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| if c == '-' && underscores >> (i % 32) & 1 == 1 { '_' } else { c })
+                    .collect();
+                let mut h = HeaderMap::new();
+                h.insert(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_static("spoofed"),
+                );
+                remove_identity_headers(&mut h);
+                let ours = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+                    .contains(&name.as_str());
+                prop_assert_eq!(h.is_empty(), !ours, "{}", name);
+            }
+        }
+    }
+
     #[test]
     fn identity_headers_replace_spoofed_ones() {
         let mut h = headers(&[
