@@ -41,8 +41,11 @@ pub async fn handle(
         .unwrap_or_else(new_request_id);
     let mut ctx = RequestContext::new(request_id, &request, &client);
     // Whatever the answer (relayed, 304, an error of ours, a decision, a
-    // 101), it is this caller's alone when a credential came with it.
-    let credential = carries_credential(request.headers(), request.uri().query());
+    // 101), it is this caller's alone when a credential came with it. A
+    // verify answer judges one held request, whose credential may be in
+    // the judged query: always the caller's.
+    let credential = carries_credential(request.headers(), request.uri().query())
+        || verify::verify_suffix(request.uri().path()).is_some();
     let span = ctx.span();
     async move {
         let result = handle_inner(&gateway, client, request, &mut ctx).await;

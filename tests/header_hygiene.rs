@@ -394,6 +394,20 @@ async fn nginx_proxy_cache_in_front_never_hands_one_callers_answer_to_another() 
     verify.expect_status(200);
     assert!(is_private_and_varies(&verify), "{:?}", verify.headers);
     assert_eq!(verify.header("cache-control").as_deref(), Some("no-store"));
+    // A verify refusal whose credential is in the judged query.
+    let judged_query = request(
+        "GET",
+        &gw.url("/_authgate/verify"),
+        &[("x-forwarded-uri", "/data?token=not-a-token")],
+        None,
+    )
+    .await;
+    assert_eq!(judged_query.status, 401);
+    assert!(
+        is_private_and_varies(&judged_query),
+        "{:?}",
+        judged_query.headers
+    );
     // Anonymous answers on public routes are shared as before.
     let public = get(&gw.url("/public/p"), None, &[]).await;
     assert!(public.header("vary").is_none(), "{:?}", public.headers);
