@@ -47,6 +47,14 @@ pub enum GatewayError {
     /// Two different credentials came with one request.
     #[error("the request carries two different credentials; send exactly one")]
     ConflictingCredentials,
+    /// A verify request names the judged method or path in two places that
+    /// disagree (`X-Forwarded-Uri` vs `X-Original-URI` or the path after
+    /// `/_authgate/verify`, `X-Forwarded-Method` vs `X-Original-Method`):
+    /// one of them may be the client's own header, passed on by the proxy.
+    #[error(
+        "the forwarded method or path is given twice with different values (X-Forwarded-* vs X-Original-* or the verify path)"
+    )]
+    ConflictingForwardedHeaders,
     /// No credential came with a request that needs one.
     #[error(
         "this route requires a credential: a Bearer token, ?token=, ?accesskey= or the token/accesskey cookie"
@@ -200,6 +208,7 @@ impl GatewayError {
             InvalidHost => (BAD_REQUEST, "INVALID_HOST"),
             InvalidBody => (BAD_REQUEST, "INVALID_BODY"),
             ConflictingCredentials => (BAD_REQUEST, "CONFLICTING_CREDENTIALS"),
+            ConflictingForwardedHeaders => (BAD_REQUEST, "CONFLICTING_FORWARDED_HEADERS"),
             AuthenticationRequired => (UNAUTHENTICATED, "AUTHENTICATION_REQUIRED"),
             InvalidCredentials { .. } => (UNAUTHENTICATED, "INVALID_CREDENTIALS"),
             MissingRole => (FORBIDDEN, "MISSING_ROLE"),
@@ -401,6 +410,12 @@ mod tests {
                 400,
                 "INVALID_ARGUMENT",
                 "CONFLICTING_CREDENTIALS",
+            ),
+            (
+                GatewayError::ConflictingForwardedHeaders,
+                400,
+                "INVALID_ARGUMENT",
+                "CONFLICTING_FORWARDED_HEADERS",
             ),
             (
                 GatewayError::AuthenticationRequired,

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::api::{self, Endpoint};
+use crate::auth::extract::carries_credential;
 use crate::body::Body;
 use crate::conn::ClientInfo;
 use crate::context::RequestContext;
@@ -39,6 +40,12 @@ pub async fn handle(
         .cloned()
         .unwrap_or_else(new_request_id);
     let mut ctx = RequestContext::new(request_id, &request, &client);
+    // Whatever the answer (relayed, 304, an error of ours, a decision, a
+    // 101), it is this caller's alone when a credential came with it. A
+    // verify answer judges one held request, whose credential may be in
+    // the judged query: always the caller's.
+    let credential = carries_credential(request.headers(), request.uri().query())
+        || verify::verify_suffix(request.uri().path()).is_some();
     let span = ctx.span();
     let over_tls = client.tls;
     async move {
@@ -56,6 +63,9 @@ pub async fn handle(
             response
                 .headers_mut()
                 .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        if credential {
+            headers::mark_private(response.headers_mut());
         }
         response
     }

@@ -89,8 +89,8 @@ pub async fn callback(
     let code = query_param(&request, "code").unwrap_or_default();
     let state = query_param(&request, "state").unwrap_or_default();
     let sealed = request_cookies(request.headers())
-        .find(|(key, _)| *key == STATE_COOKIE)
-        .map(|(_, value)| value);
+        .find(|(key, _)| *key == STATE_COOKIE.as_bytes())
+        .and_then(|(_, value)| std::str::from_utf8(value).ok());
     let now = unix_now();
     let signed_in = match provider.finish(&code, &state, sealed, now).await {
         Ok(signed_in) => signed_in,
