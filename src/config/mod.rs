@@ -111,6 +111,9 @@ pub struct OidcProviderConfig {
     pub roles_claim: Option<String>,
     /// Extra CA roots for the provider's TLS.
     pub ca_file: Option<PathBuf>,
+    /// With `username_claim = "email"`: accept an email the provider has
+    /// not verified (`email_verified` not `true`).
+    pub allow_unverified_email: bool,
     /// The key sealing the sign-in state cookie, derived from the JWT
     /// signing secret and the client secret (the same on every replica).
     pub sealer: Arc<crate::token::state::Sealer>,
@@ -299,6 +302,23 @@ impl Files for Disk {
 }
 
 impl Config {
+    /// Settings that are valid but probably not what the operator wants,
+    /// one sentence each (`check-config` prints them; they do not fail it).
+    pub fn warnings(&self) -> Vec<String> {
+        self.jwt
+            .external
+            .iter()
+            .enumerate()
+            .filter(|(_, source)| source.audience.is_none())
+            .map(|(index, source)| {
+                format!(
+                    "warning: jwt.jwks[{index}] ({:?}) has no audience: any token its issuer made for any client is accepted; set audience",
+                    source.name
+                )
+            })
+            .collect()
+    }
+
     /// Reads and validates the config at `path`, and every file it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| {
