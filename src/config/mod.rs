@@ -426,6 +426,74 @@ mod tests {
         )
     }
 
+    fn jwks_section(name: Option<&str>, issuer: &str, audience: bool) -> String {
+        let name = name.map_or(String::new(), |name| format!("name = \"{name}\"\n"));
+        let audience = if audience { "audience = \"api\"\n" } else { "" };
+        format!(
+            "[[jwt.jwks]]\n{name}url = \"https://idp.example.com/jwks\"\nissuer = \"{issuer}\"\n{audience}"
+        )
+    }
+
+    #[test]
+    fn jwks_providers_are_named_distinctly_and_warned_about_without_audience() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(
+            secret.path(),
+            &format!(
+                "{}{}",
+                jwks_section(None, "https://Keycloak.Example.com/realms/main", true),
+                jwks_section(Some("partner"), "partner-idp", false)
+            ),
+        ))
+        .unwrap();
+        let names: Vec<&str> = config
+            .jwt
+            .external
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["keycloak.example.com", "partner"]);
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("jwt.jwks[1]") && warnings[0].contains("audience"));
+
+        for (extra, at) in [
+            (
+                jwks_section(Some("local"), "https://a.example", true),
+                "jwt.jwks[0].name",
+            ),
+            (jwks_section(None, "no-host", true), "jwt.jwks[0].name"),
+            (
+                jwks_section(Some("a/b"), "https://a.example", true),
+                "jwt.jwks[0].name",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    jwks_section(Some("same"), "https://a.example", true),
+                    jwks_section(Some("same"), "https://b.example", true)
+                ),
+                "jwt.jwks[1].name",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    jwks_section(Some("corp"), "https://a.example", true),
+                    oidc_section("corp", secret.path())
+                ),
+                "jwt.jwks.name",
+            ),
+            (oidc_section("local", secret.path()), "oidc[0].name"),
+        ] {
+            let err = Config::from_toml(&minimal(secret.path(), &extra)).expect_err(&extra);
+            assert!(
+                err.problems.iter().any(|p| p.starts_with(at)),
+                "{at}: {:?}",
+                err.problems
+            );
+        }
+    }
+
     #[test]
     fn oidc_providers_get_defaults_and_routes_must_name_one() {
         let secret = secret_file();

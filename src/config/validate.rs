@@ -580,6 +580,8 @@ pub(super) fn validate_jwt(raw: RawJwt, p: &mut Problems) -> Option<JwtConfig> {
                 .issuer
                 .parse::<Uri>()
                 .ok()
+                // Only a URL's host: a bare "name" parses as an authority.
+                .filter(|issuer| issuer.scheme().is_some())
                 .and_then(|issuer| issuer.host().map(str::to_ascii_lowercase))
                 .unwrap_or_default(),
         };
