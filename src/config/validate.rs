@@ -267,7 +267,7 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
 /// it to a subject (`/`, `,`).
 fn valid_provider_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name != crate::store::LOCAL_PROVIDER
+        && name != crate::names::LOCAL_PROVIDER
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
@@ -296,7 +296,7 @@ pub(super) fn validate_oidc(
         if providers.iter().any(|other| other.name == provider.name) {
             p.add(&format!("{at}.name"), "two providers with the same name");
         }
-        if provider.name == crate::store::LOCAL_PROVIDER {
+        if provider.name == crate::names::LOCAL_PROVIDER {
             p.add(
                 &format!("{at}.name"),
                 "\"local\" is the provider of local users",
@@ -590,7 +590,7 @@ pub(super) fn validate_jwt(raw: RawJwt, p: &mut Problems) -> Option<JwtConfig> {
                 &format!("{at}.name"),
                 format_args!(
                     "{name:?} must be 1 to 64 of a-z 0-9 . - and not \"{}\" (set name when the issuer has no such host)",
-                    crate::store::LOCAL_PROVIDER
+                    crate::names::LOCAL_PROVIDER
                 ),
             );
         }

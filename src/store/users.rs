@@ -45,9 +45,7 @@ pub enum ProviderConflict {
     OtherSubject,
 }
 
-/// The provider of users who log in with a password or a one-time key:
-/// the store's `provider IS NULL`.
-pub const LOCAL_PROVIDER: &str = "local";
+pub use crate::names::LOCAL_PROVIDER;
 
 impl User {
     /// `local` or the `[[oidc]]` provider's name.
