@@ -37,6 +37,8 @@ use client::ProviderHttp;
 
 /// How long a started sign-in may take until the callback.
 pub const SIGN_IN_TTL_SECS: i64 = 600;
+/// The longest `sub` a user is bound to (OpenID Connect Core 1.0 section 2).
+const MAX_SUBJECT_BYTES: usize = 255;
 /// The cookie holding a started sign-in, scoped to `/auth/oidc/<name>/`.
 pub const STATE_COOKIE: &str = "authgate_oidc";
 
@@ -322,9 +324,16 @@ impl OidcProvider {
             refusal
         })?;
         let (username, roles) = self.identity_of(&claims)?;
+        let subject = claims.subject().as_str();
+        // OpenID Connect Core 1.0 section 2: at most 255 ASCII characters.
+        if subject.is_empty() || subject.len() > MAX_SUBJECT_BYTES || !subject.is_ascii() {
+            return Err(GatewayError::SignInFailed(
+                "the ID token's sub is empty, longer than 255 characters or not ASCII",
+            ));
+        }
         Ok(SignedIn {
             username,
-            subject: claims.subject().as_str().to_owned(),
+            subject: subject.to_owned(),
             roles,
             rd: pending.rd,
         })

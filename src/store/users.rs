@@ -81,6 +81,12 @@ fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
     })
 }
 
+/// Whether going from roles `before` to `after` removes any: then the
+/// tokens issued before carry a role the user no longer has.
+pub(super) fn takes_roles_away(before: &[String], after: &[String]) -> bool {
+    before.iter().any(|role| !after.contains(role))
+}
+
 /// A generation strictly newer than `previous` (microseconds since the epoch,
 /// so a removed and re-created user never gets an old generation back).
 pub(super) fn next_generation(previous: i64) -> i64 {
@@ -187,7 +193,7 @@ impl Store {
         roles: &[String],
         now: i64,
     ) -> Result<Option<User>, StoreError> {
-        let takes_away = user.roles.iter().any(|role| !roles.contains(role));
+        let takes_away = takes_roles_away(&user.roles, roles);
         if user.roles == roles && user.provider_subject.is_some() {
             return Ok(Some(user));
         }
@@ -349,6 +355,20 @@ mod tests {
         assert_eq!(split_roles(""), Vec::<String>::new());
         let roles = vec!["admin".to_owned(), "ops".to_owned()];
         assert_eq!(split_roles(&join_roles(&roles)), roles);
+    }
+
+    #[test]
+    fn only_a_removed_role_takes_roles_away() {
+        let roles = |list: &[&str]| list.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        assert!(takes_roles_away(
+            &roles(&["admin", "dev"]),
+            &roles(&["dev"])
+        ));
+        assert!(takes_roles_away(&roles(&["admin"]), &roles(&[])));
+        assert!(takes_roles_away(&roles(&["admin"]), &roles(&["ops"])));
+        assert!(!takes_roles_away(&roles(&["dev"]), &roles(&["dev", "ops"])));
+        assert!(!takes_roles_away(&roles(&["a", "b"]), &roles(&["b", "a"])));
+        assert!(!takes_roles_away(&roles(&[]), &roles(&[])));
     }
 
     #[test]
