@@ -1128,6 +1128,23 @@ async fn an_unverified_or_rebound_email_cannot_take_over_an_account() {
     let mut lax = Browser::new();
     let response = sign_in(&mut lax, gw, "mail-lax", "unverified-ok", "/").await;
     assert_eq!(response.status(), 302);
+
+    // The provider hands the victim's login another sub (an account made
+    // again): another account to this gateway, refused.
+    let mut reissued = accounts();
+    reissued["victim"]["sub"] = json!("victim-reissued");
+    s.provider.set_accounts(&reissued);
+    let mut browser = Browser::new();
+    let (status, error) = error_of(sign_in(&mut browser, gw, "mail", "victim", "/").await).await;
+    assert_eq!(
+        (status, error["reason"].as_str()),
+        (403, Some("ACCOUNT_CONFLICT")),
+        "{error}"
+    );
+    assert_eq!(
+        get_with_token(gw, "/admin/x", &victim_token).await.status(),
+        200
+    );
 }
 
 #[tokio::test]
