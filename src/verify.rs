@@ -390,7 +390,9 @@ mod tests {
         assert_eq!(public.status(), http::StatusCode::OK);
         assert!(!public.headers().contains_key(&headers::X_AUTH_USER));
         let identity = Identity {
-            user: "alice".into(),
+            principal: crate::auth::Principal::Store(crate::auth::StoreUser::for_tests(
+                "alice", "local",
+            )),
             roles: vec!["dev".to_owned(), "ops".to_owned()].into(),
             method: crate::auth::AuthMethod::AccessKey,
             key_id: Some(uuid::Uuid::nil()),
@@ -400,6 +402,7 @@ mod tests {
         let allowed = decision(Some(&identity));
         let h = allowed.headers();
         assert_eq!(h[&headers::X_AUTH_USER], "alice");
+        assert_eq!(h[&headers::X_AUTH_PROVIDER], "local");
         assert_eq!(h[&headers::X_AUTH_ROLES], "dev,ops");
         assert_eq!(h[&headers::X_AUTH_METHOD], "accesskey");
         assert_eq!(

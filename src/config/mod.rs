@@ -111,6 +111,9 @@ pub struct OidcProviderConfig {
     pub roles_claim: Option<String>,
     /// Extra CA roots for the provider's TLS.
     pub ca_file: Option<PathBuf>,
+    /// With `username_claim = "email"`: accept an email the provider has
+    /// not verified (`email_verified` not `true`).
+    pub allow_unverified_email: bool,
     /// The key sealing the sign-in state cookie, derived from the JWT
     /// signing secret and the client secret (the same on every replica).
     pub sealer: Arc<crate::token::state::Sealer>,
@@ -368,6 +371,23 @@ impl Files for Disk {
 }
 
 impl Config {
+    /// Settings that are valid but probably not what the operator wants,
+    /// one sentence each (`check-config` prints them; they do not fail it).
+    pub fn warnings(&self) -> Vec<String> {
+        self.jwt
+            .external
+            .iter()
+            .enumerate()
+            .filter(|(_, source)| source.audience.is_none())
+            .map(|(index, source)| {
+                format!(
+                    "warning: jwt.jwks[{index}] ({:?}) has no audience: any token its issuer made for any client is accepted; set audience",
+                    source.name
+                )
+            })
+            .collect()
+    }
+
     /// Reads and validates the config at `path`, and every file it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| {
@@ -493,6 +513,74 @@ mod tests {
              client_secret_file = {:?}\nredirect_url = \"https://gw.example.com/auth/oidc/{name}/callback\"\n",
             secret.display().to_string()
         )
+    }
+
+    fn jwks_section(name: Option<&str>, issuer: &str, audience: bool) -> String {
+        let name = name.map_or(String::new(), |name| format!("name = \"{name}\"\n"));
+        let audience = if audience { "audience = \"api\"\n" } else { "" };
+        format!(
+            "[[jwt.jwks]]\n{name}url = \"https://idp.example.com/jwks\"\nissuer = \"{issuer}\"\n{audience}"
+        )
+    }
+
+    #[test]
+    fn jwks_providers_are_named_distinctly_and_warned_about_without_audience() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(
+            secret.path(),
+            &format!(
+                "{}{}",
+                jwks_section(None, "https://Keycloak.Example.com/realms/main", true),
+                jwks_section(Some("partner"), "partner-idp", false)
+            ),
+        ))
+        .unwrap();
+        let names: Vec<&str> = config
+            .jwt
+            .external
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["keycloak.example.com", "partner"]);
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("jwt.jwks[1]") && warnings[0].contains("audience"));
+
+        for (extra, at) in [
+            (
+                jwks_section(Some("local"), "https://a.example", true),
+                "jwt.jwks[0].name",
+            ),
+            (jwks_section(None, "no-host", true), "jwt.jwks[0].name"),
+            (
+                jwks_section(Some("a/b"), "https://a.example", true),
+                "jwt.jwks[0].name",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    jwks_section(Some("same"), "https://a.example", true),
+                    jwks_section(Some("same"), "https://b.example", true)
+                ),
+                "jwt.jwks[1].name",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    jwks_section(Some("corp"), "https://a.example", true),
+                    oidc_section("corp", secret.path())
+                ),
+                "jwt.jwks.name",
+            ),
+            (oidc_section("local", secret.path()), "oidc[0].name"),
+        ] {
+            let err = Config::from_toml(&minimal(secret.path(), &extra)).expect_err(&extra);
+            assert!(
+                err.problems.iter().any(|p| p.starts_with(at)),
+                "{at}: {:?}",
+                err.problems
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub(super) struct RawOidc {
     pub(super) username_claim: String,
     pub(super) roles_claim: Option<String>,
     pub(super) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) allow_unverified_email: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +118,7 @@ pub(super) struct RawJwtKey {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawJwks {
+    pub(super) name: Option<String>,
     pub(super) url: String,
     pub(super) issuer: String,
     pub(super) audience: Option<String>,

@@ -11,6 +11,8 @@ use crate::auth::Identity;
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `X-Auth-User`.
 pub static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
+/// `X-Auth-Provider`: `local`, an `[[oidc]]` or a `[[jwt.jwks]]` provider.
+pub static X_AUTH_PROVIDER: HeaderName = HeaderName::from_static("x-auth-provider");
 /// `X-Auth-Roles`.
 pub static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 /// `X-Auth-Method`.
@@ -284,8 +286,12 @@ fn folded_starts_with(name: &[u8], ours: &[u8]) -> bool {
 pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
     // Usernames, roles and key ids are validated to header-safe characters
     // when they are created; a value that still fails is left out.
-    if let Ok(user) = HeaderValue::from_str(&identity.user) {
+    if let Ok(user) = HeaderValue::from_str(identity.user()) {
         headers.insert(X_AUTH_USER.clone(), user);
+    }
+    // The subject alone is ambiguous across providers; the pair is the caller.
+    if let Ok(provider) = HeaderValue::from_str(identity.provider()) {
+        headers.insert(X_AUTH_PROVIDER.clone(), provider);
     }
     if let Ok(roles) = HeaderValue::from_str(&identity.roles.join(",")) {
         headers.insert(X_AUTH_ROLES.clone(), roles);
@@ -832,7 +838,9 @@ mod tests {
         remove_identity_headers(&mut h);
         assert!(h.is_empty());
         let identity = Identity {
-            user: Arc::from("alice"),
+            principal: crate::auth::Principal::Store(crate::auth::StoreUser::for_tests(
+                "alice", "corp",
+            )),
             roles: Arc::from(vec!["a".to_owned(), "b".to_owned()]),
             method: AuthMethod::AccessKey,
             key_id: Some(uuid::Uuid::from_u128(
@@ -843,12 +851,17 @@ mod tests {
         };
         set_identity_headers(&mut h, &identity);
         assert_eq!(h["x-auth-user"], "alice");
+        assert_eq!(h["x-auth-provider"], "corp");
         assert_eq!(h["x-auth-roles"], "a,b");
         assert_eq!(h["x-auth-method"], "accesskey");
         assert_eq!(h["x-auth-key-id"], "01900000-0000-7000-8000-00000000002a");
 
         let mut h = HeaderMap::new();
         let no_roles = Identity {
+            principal: crate::auth::Principal::External {
+                provider: Arc::from("idp.example"),
+                subject: Arc::from("bob"),
+            },
             roles: Arc::from(Vec::<String>::new()),
             method: AuthMethod::Jwt,
             key_id: None,
@@ -856,6 +869,8 @@ mod tests {
         };
         set_identity_headers(&mut h, &no_roles);
         assert_eq!(h["x-auth-roles"], "");
+        assert_eq!(h["x-auth-user"], "bob");
+        assert_eq!(h["x-auth-provider"], "idp.example");
         assert_eq!(h["x-auth-method"], "jwt");
         assert!(h.get("x-auth-key-id").is_none());
     }
