@@ -6,6 +6,7 @@
 //! behind the [`Files`] seam, the files it names; [`Config::from_toml_in`]
 //! with files in memory touches no disk.
 
+mod env;
 mod keys;
 pub mod ratelimit;
 mod raw;
@@ -405,16 +406,31 @@ impl Config {
     /// Parses and validates config text, reading the files it names from
     /// `files` only: with files in memory, no disk is touched.
     pub fn from_toml_in(text: &str, files: &dyn Files) -> Result<Config, ConfigError> {
+        Config::from_toml_with(text, files, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_toml_in`] with environment variables (`${VAR}` in
+    /// string values) read through `env`.
+    pub fn from_toml_with(
+        text: &str,
+        files: &dyn Files,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let syntax = |err: &dyn std::fmt::Display| {
             ConfigError::one(format!("config: {}", err.to_string().trim_end()))
         };
         let mut table: toml::Table = toml::from_str(text).map_err(|err| syntax(&err))?;
         let mut problems = Problems::new(files);
+        let uses_env = text.contains("${");
+        if uses_env {
+            env::expand_table(&mut table, env, &mut problems.0);
+        }
         unknown_keys(&mut table, "", "", &mut problems);
-        // Without unknown keys the text is parsed again so that type errors
-        // keep their line and column; with them, the rest of the config is
-        // still checked (without those keys), so every problem is listed.
-        let raw: Result<RawConfig, String> = if problems.0.is_empty() {
+        // Without unknown keys or variables the text is parsed again so that
+        // type errors keep their line and column; otherwise the table is
+        // used (values expanded, unknown keys left out), so every problem is
+        // listed.
+        let raw: Result<RawConfig, String> = if problems.0.is_empty() && !uses_env {
             toml::from_str(text).map_err(|err| err.to_string())
         } else {
             toml::Value::Table(table)
