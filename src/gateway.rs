@@ -81,7 +81,10 @@ impl Gateway {
             );
         }
         follow::start(&store, &cache, config.store.poll_interval).await?;
-        let hashes = HashLimiter::new(config.login.max_concurrent_hashes);
+        let hashes = HashLimiter::new(
+            config.login.max_concurrent_hashes,
+            config.login.max_queued_hashes,
+        );
         let metrics = Arc::new(Metrics::default());
         let gateway = Gateway::assemble(config, store, cache, metrics, hashes, None)?;
         Ok(Arc::new(gateway))
@@ -146,12 +149,15 @@ impl Gateway {
         }
         // The same hashing slots while the bound stays: requests still
         // running on the old snapshot count against the new one's bound.
-        let hashes =
-            if config.login.max_concurrent_hashes == self.config.login.max_concurrent_hashes {
-                self.throttle.hashes().clone()
-            } else {
-                HashLimiter::new(config.login.max_concurrent_hashes)
-            };
+        let (slots, queued) = (
+            config.login.max_concurrent_hashes,
+            config.login.max_queued_hashes,
+        );
+        let hashes = if self.throttle.hashes().same_bounds(slots, queued) {
+            self.throttle.hashes().clone()
+        } else {
+            HashLimiter::new(slots, queued)
+        };
         Ok(Gateway::assemble(
             config,
             self.store.clone(),

@@ -37,6 +37,10 @@ pub struct Route {
     pub timeout: Duration,
     /// The `[[oidc]]` provider browsers without a credential are sent to.
     pub login: Option<std::sync::Arc<str>>,
+    /// Requests in flight to this route's upstream: one counter shared by
+    /// every route to the same scheme and authority
+    /// (`limits.max_upstream_requests`).
+    pub in_flight: std::sync::Arc<crate::inflight::InFlight>,
 }
 
 impl Route {
@@ -416,6 +420,7 @@ mod tests {
             roles: vec![],
             timeout: Duration::from_secs(1),
             login: None,
+            in_flight: crate::inflight::InFlight::new(1),
         }
     }
 
