@@ -131,7 +131,9 @@ pub enum GatewayError {
     KeyLimitReached,
     /// `limits.max_upstream_requests` requests are in flight to this
     /// route's upstream already.
-    #[error("the upstream service has as many requests in flight as the gateway allows; try again shortly")]
+    #[error(
+        "the upstream service has as many requests in flight as the gateway allows; try again shortly"
+    )]
     UpstreamBusy,
     /// A resource already exists (e.g. a user of that name).
     #[error("{0}")]
@@ -614,7 +616,11 @@ mod tests {
         let busy = GatewayError::UpstreamBusy.into_response("r");
         assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
         let otk = GatewayError::OneTimeKeysPerAddress { retry_after: 0 }.into_response("r");
-        assert_eq!(otk.headers()[header::RETRY_AFTER], "1", "at least one second");
+        assert_eq!(
+            otk.headers()[header::RETRY_AFTER],
+            "1",
+            "at least one second"
+        );
     }
 
     #[test]

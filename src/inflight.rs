@@ -134,7 +134,11 @@ mod tests {
         let body = InFlightBody::new(Full::new(Bytes::new()), bound.try_enter());
         assert!(bound.try_enter().is_none());
         drop(body);
-        assert_eq!(bound.current(), 0, "a body dropped unread gives its place back");
+        assert_eq!(
+            bound.current(),
+            0,
+            "a body dropped unread gives its place back"
+        );
     }
 
     #[tokio::test]

@@ -17,8 +17,8 @@ use crate::error::GatewayError;
 use crate::names::valid_username;
 use crate::proxy::headers::client_ip;
 use crate::store::User;
-use crate::store::onetimekeys::NewOneTimeKey;
 use crate::store::cache::UserFacts;
+use crate::store::onetimekeys::NewOneTimeKey;
 
 /// Outstanding one-time keys kept per user and asking address; older ones
 /// are dropped.
@@ -256,7 +256,9 @@ pub async fn issue_onetime_key(
         max_per_address: config.max_per_address,
     };
     if let Err(full) = store.put_onetime_key(new, now).await? {
-        ctx.gateway.metrics.login("onetimekey_issue", "address_limit");
+        ctx.gateway
+            .metrics
+            .login("onetimekey_issue", "address_limit");
         return Err(GatewayError::OneTimeKeysPerAddress {
             retry_after: full.retry_after,
         });

@@ -824,14 +824,23 @@ mod tests {
             (3, 4, 5, 6, 0)
         );
         for (bad, key) in [
-            ("[limits]\nmax_upstream_requests = 0", "limits.max_upstream_requests"),
+            (
+                "[limits]\nmax_upstream_requests = 0",
+                "limits.max_upstream_requests",
+            ),
             (
                 "[limits]\nmax_streams_per_connection = 0",
                 "limits.max_streams_per_connection",
             ),
             ("[accesskeys]\nmax_per_user = 0", "accesskeys.max_per_user"),
-            ("[onetimekey]\nmax_per_address = 0", "onetimekey.max_per_address"),
-            ("[login]\nmax_queued_hashes = 1000000", "login.max_queued_hashes"),
+            (
+                "[onetimekey]\nmax_per_address = 0",
+                "onetimekey.max_per_address",
+            ),
+            (
+                "[login]\nmax_queued_hashes = 1000000",
+                "login.max_queued_hashes",
+            ),
             ("[accesskeys]\nmax_per_usr = 5", "accesskeys.max_per_usr"),
         ] {
             let text = minimal(secret.path(), &format!("{bad}\n"));

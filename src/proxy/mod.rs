@@ -96,7 +96,12 @@ impl Forwarder {
         // The judgement refuses these already; a verify-only route never
         // forwards, whatever called this.
         let upstream = route.upstream.as_ref().ok_or(GatewayError::NoRoute)?;
-        let mut in_flight = Some(route.in_flight.try_enter().ok_or(GatewayError::UpstreamBusy)?);
+        let mut in_flight = Some(
+            route
+                .in_flight
+                .try_enter()
+                .ok_or(GatewayError::UpstreamBusy)?,
+        );
         let (mut parts, incoming) = request.into_parts();
         if let Some(limit) = self.max_body_bytes
             && declared_length(&parts.headers).is_some_and(|length| length > limit)

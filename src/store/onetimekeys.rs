@@ -36,12 +36,7 @@ pub struct AddressFull {
 
 /// Whether an address holding `held` keys may have one more; the wait
 /// otherwise, from its oldest key's expiry.
-fn admit(
-    held: i64,
-    oldest_expiry: Option<i64>,
-    max: usize,
-    now: i64,
-) -> Result<(), AddressFull> {
+fn admit(held: i64, oldest_expiry: Option<i64>, max: usize, now: i64) -> Result<(), AddressFull> {
     if usize::try_from(held).is_ok_and(|held| held < max) {
         return Ok(());
     }
@@ -177,6 +172,9 @@ mod tests {
             Err(AddressFull { retry_after: 1 }),
             "at least one second"
         );
-        assert_eq!(admit(11, None, 10, 100), Err(AddressFull { retry_after: 1 }));
+        assert_eq!(
+            admit(11, None, 10, 100),
+            Err(AddressFull { retry_after: 1 })
+        );
     }
 }
