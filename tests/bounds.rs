@@ -239,6 +239,44 @@ async fn h2_concurrent_streams_per_connection_are_capped() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_holds_its_upstream_place_until_it_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.routes = vec![RouteSpec::public("/", &upstream.url())];
+    opts.extra_toml = "[limits]\nmax_upstream_requests = 1\n".to_string();
+    let gw = Gateway::start_with(opts).await;
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        gw.addr().port()
+    );
+    let (status, headers, mut tunnel) = raw_upgrade(gw.addr(), &head).await;
+    assert_eq!(status, 101, "headers: {headers:?}");
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(AT_ONCE, tunnel.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&echo, b"ping");
+
+    // The tunnel is the one request the upstream may have in flight.
+    let r = get(&gw.url("/plain"), None, &[]).await;
+    r.expect_error(503, "UNAVAILABLE", "UPSTREAM_BUSY");
+    assert!(r.header("retry-after").is_some(), "503 carries Retry-After");
+
+    // Closed, it gives the place back.
+    drop(tunnel);
+    let served = poll_until(AT_ONCE, || async {
+        get(&gw.url("/plain"), None, &[]).await.status == 200
+    })
+    .await;
+    assert!(served, "the place of a closed tunnel must be given back");
+}
+
 // ---------------------------------------------------------------------------
 // One-time keys per client address
 // ---------------------------------------------------------------------------
@@ -394,6 +432,67 @@ async fn a_used_key_gives_its_place_back() {
             .await
             .expect_status(200);
     }
+}
+
+/// 40 one-time-key requests at once from each of three addresses, spread
+/// over `gateways`: exactly the bound (10) get a key at each address.
+async fn concurrent_otk_requests(gateways: &[&Gateway]) {
+    const ADDRESSES: [&str; 3] = ["198.51.100.77", "198.51.100.78", "198.51.100.79"];
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let url = gateways[i % gateways.len()].url("/auth/onetimekey");
+        let address = ADDRESSES[i % ADDRESSES.len()];
+        tasks.push(tokio::spawn(async move {
+            let resp = client()
+                .post(url)
+                .header("x-forwarded-for", address)
+                .json(&json!({ "username": unique("rush") }))
+                .send()
+                .await
+                .expect("request");
+            (address, Resp::from(resp).await)
+        }));
+    }
+    let mut issued = std::collections::BTreeMap::new();
+    for task in tasks {
+        let (address, r) = task.await.expect("task");
+        match r.status {
+            200 => *issued.entry(address).or_insert(0) += 1,
+            _ => expect_address_limited(&r),
+        }
+    }
+    for address in ADDRESSES {
+        assert_eq!(
+            issued.get(address),
+            Some(&10),
+            "40 requests at once from {address}, bound 10: {issued:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_one_time_key_requests_cannot_overshoot_the_address_bound() {
+    let (_upstream, gw) = otk_gateway().await;
+    concurrent_otk_requests(&[&gw]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_cannot_overshoot_the_address_bound_on_postgres() {
+    let db = TestDatabase::create().await;
+    let upstream = Upstream::start().await;
+    let secret = random_secret_text();
+    let replica = || async {
+        let mut opts = GatewayOptions::new(&upstream.url());
+        opts.store_url = Some(db.url());
+        opts.secret_text = Some(secret.clone());
+        let mut gw = Gateway::prepare(opts);
+        add_table_keys(&gw, "server", "trusted_proxies = [\"127.0.0.1/32\"]");
+        gw.spawn().await;
+        gw
+    };
+    let a = replica().await;
+    let b = replica().await;
+    concurrent_otk_requests(&[&a, &b]).await;
 }
 
 // ---------------------------------------------------------------------------
