@@ -135,7 +135,7 @@ impl Gateway {
 
     /// A snapshot with `config` that shares this one's store, cache and
     /// metrics. Listeners and the store cannot change this way.
-    pub fn reconfigure(&self, config: Config) -> Result<Gateway, ReloadError> {
+    pub fn reconfigure(&self, mut config: Config) -> Result<Gateway, ReloadError> {
         let old = &self.config.server;
         let new = &config.server;
         if old.listen != new.listen
@@ -147,6 +147,7 @@ impl Gateway {
         if self.config.store.url != config.store.url {
             return Err(ReloadError::NeedsRestart("store.url"));
         }
+        config.routes.adopt_in_flight(&self.config.routes);
         // The same hashing slots while the bound stays: requests still
         // running on the old snapshot count against the new one's bound.
         let (slots, queued) = (

@@ -43,6 +43,22 @@ impl InFlight {
     pub fn current(&self) -> usize {
         self.count.load(Ordering::Acquire)
     }
+
+    /// The bound.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+/// What makes two upstream URLs one server: scheme and authority, case
+/// aside (the path prefix is the route's business).
+pub fn upstream_key(upstream: &http::Uri) -> String {
+    format!(
+        "{}://{}",
+        upstream.scheme_str().unwrap_or(""),
+        upstream.authority().map_or("", |a| a.as_str())
+    )
+    .to_ascii_lowercase()
 }
 
 /// One request's place under the bound, given back when dropped.

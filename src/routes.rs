@@ -223,6 +223,28 @@ impl RouteTable {
         }
     }
 
+    /// Takes over `previous`'s in-flight counters for the upstreams both
+    /// tables forward to with the same bound, so requests still running on
+    /// the old config count against the new one's bound after a reload.
+    pub fn adopt_in_flight(&mut self, previous: &RouteTable) {
+        for route in &mut self.routes {
+            let Some(upstream) = &route.upstream else {
+                continue;
+            };
+            let key = crate::inflight::upstream_key(upstream);
+            let old = previous.routes.iter().find(|old| {
+                old.upstream
+                    .as_ref()
+                    .is_some_and(|u| crate::inflight::upstream_key(u) == key)
+            });
+            if let Some(old) = old
+                && old.in_flight.max() == route.in_flight.max()
+            {
+                route.in_flight = old.in_flight.clone();
+            }
+        }
+    }
+
     /// The route with the longest prefix matching `path` byte for byte.
     pub fn find(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|route| route.matches(path))
@@ -450,6 +472,22 @@ mod tests {
         assert_eq!(table.find("/publicity").unwrap().prefix, "/");
         let empty = RouteTable::new(vec![route("/api")]);
         assert!(empty.find("/other").is_none());
+    }
+
+    #[test]
+    fn a_reload_keeps_the_counters_of_the_same_upstreams() {
+        let old = RouteTable::new(vec![route("/a"), route("/b")]);
+        let held = old.find("/a").unwrap().in_flight.try_enter().unwrap();
+        let mut same_bound = RouteTable::new(vec![route("/a")]);
+        same_bound.adopt_in_flight(&old);
+        assert_eq!(same_bound.find("/a").unwrap().in_flight.current(), 1);
+        let mut other_bound = RouteTable::new(vec![Route {
+            in_flight: crate::inflight::InFlight::new(5),
+            ..route("/a")
+        }]);
+        other_bound.adopt_in_flight(&old);
+        assert_eq!(other_bound.find("/a").unwrap().in_flight.current(), 0);
+        drop(held);
     }
 
     #[test]

@@ -656,7 +656,7 @@ impl UpstreamCounters {
             // A verify-only route forwards nothing; its counter stays at 0.
             return InFlight::new(self.max);
         };
-        let key = upstream_key(upstream);
+        let key = crate::inflight::upstream_key(upstream);
         if let Some((_, counter)) = self.seen.iter().find(|(seen, _)| *seen == key) {
             return counter.clone();
         }
@@ -664,17 +664,6 @@ impl UpstreamCounters {
         self.seen.push((key, counter.clone()));
         counter
     }
-}
-
-/// What makes two upstream URLs one server: scheme and authority, case
-/// aside (the path prefix is the route's business).
-fn upstream_key(upstream: &Uri) -> String {
-    format!(
-        "{}://{}",
-        upstream.scheme_str().unwrap_or(""),
-        upstream.authority().map_or("", |a| a.as_str())
-    )
-    .to_ascii_lowercase()
 }
 
 pub(super) fn validate_routes(
