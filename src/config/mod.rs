@@ -290,9 +290,9 @@ pub struct LoginConfig {
     /// (default 50: many users may share one address behind NAT or a proxy).
     pub address_max_failures: u32,
     /// Password hashes computed at once (`login.max_concurrent_hashes`;
-    /// 0 in the file, the default, means the number of cores). Logins
-    /// beyond it are answered 503 with `Retry-After` at once: each argon2id
-    /// hash holds 19 MiB while it runs.
+    /// 0 in the file, the default, means the number of cores): each
+    /// argon2id hash holds 19 MiB while it runs. Logins beyond it wait in
+    /// the queue (`max_queued_hashes`).
     pub max_concurrent_hashes: usize,
     /// Logins that wait for a hashing slot (at most
     /// [`crate::auth::password::HASH_QUEUE_WAIT`]) when every slot is
