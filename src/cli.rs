@@ -235,7 +235,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::CheckConfig => check_config(&cli.config),
+        Command::CheckConfig => check_config(&cli.config).await,
         Command::OtkToken {
             key,
             user,
@@ -279,9 +279,23 @@ fn load(path: &Path) -> Result<Config, CliError> {
     })
 }
 
-fn check_config(path: &Path) -> Result<(), CliError> {
+async fn check_config(path: &Path) -> Result<(), CliError> {
     match Config::load(path) {
         Ok(config) => {
+            // What only the network and the disk can tell: ACME's CA and cache.
+            if let Some(acme) = config.server.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+                let problems = crate::tls::acme::preflight(acme).await;
+                if !problems.is_empty() {
+                    for problem in &problems {
+                        println!("{problem}");
+                    }
+                    return Err(fail(format!(
+                        "{} problem(s) in {}",
+                        problems.len(),
+                        path.display()
+                    )));
+                }
+            }
             println!(
                 "config OK: {} route(s), store {}",
                 config.routes.iter().count(),

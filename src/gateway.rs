@@ -17,7 +17,8 @@ use crate::proxy::Forwarder;
 use crate::ratelimit::RateLimits;
 use crate::store::cache::CredentialCache;
 use crate::store::{Store, follow};
-use crate::tls::{self, TlsError};
+use crate::tls::acme::AcmeControl;
+use crate::tls::{self, CertResolver, TlsError};
 use crate::token::jwks::JwksProvider;
 use tokio_rustls::TlsAcceptor;
 
@@ -46,6 +47,10 @@ pub struct Gateway {
     pub oidc: crate::oidc::Providers,
     /// The rate-limit rules and their buckets.
     pub ratelimits: RateLimits,
+    /// The certificates the TLS listener serves, shared by every snapshot.
+    pub resolver: Arc<CertResolver>,
+    /// ACME ordering and renewal, shared by every snapshot.
+    pub acme: Arc<AcmeControl>,
 }
 
 /// Why a new config was not taken.
@@ -83,19 +88,49 @@ impl Gateway {
         follow::start(&store, &cache, config.store.poll_interval).await?;
         let hashes = HashLimiter::new(config.login.max_concurrent_hashes);
         let metrics = Arc::new(Metrics::default());
-        let gateway = Gateway::assemble(config, store, cache, metrics, hashes, None)?;
+        let resolver = Arc::new(CertResolver::default());
+        let acme = Arc::new(AcmeControl::new(
+            resolver.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
+        let shared = Shared {
+            cache,
+            metrics,
+            resolver,
+            acme,
+        };
+        let gateway = Gateway::assemble(config, store, shared, hashes, None)?;
+        gateway.acme.configure(
+            gateway
+                .config
+                .server
+                .tls
+                .as_ref()
+                .and_then(|t| t.acme.as_ref()),
+        );
         Ok(Arc::new(gateway))
     }
 
     fn assemble(
         config: Config,
         store: Store,
-        cache: Arc<CredentialCache>,
-        metrics: Arc<Metrics>,
+        shared: Shared,
         hashes: HashLimiter,
         previous_limits: Option<&RateLimits>,
     ) -> Result<Gateway, TlsError> {
-        let tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
+        let Shared {
+            cache,
+            metrics,
+            resolver,
+            acme,
+        } = shared;
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(|tls| tls::acceptor(tls, &resolver))
+            .transpose()?;
         let mut providers = Vec::with_capacity(config.jwt.external.len());
         if !config.jwt.external.is_empty() {
             // One client, and one load of the system's CA roots, for all.
@@ -126,6 +161,8 @@ impl Gateway {
             metrics,
             store,
             cache,
+            resolver,
+            acme,
             config,
         })
     }
@@ -152,13 +189,35 @@ impl Gateway {
             } else {
                 HashLimiter::new(config.login.max_concurrent_hashes)
             };
-        Ok(Gateway::assemble(
+        let shared = Shared {
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
+            resolver: self.resolver.clone(),
+            acme: self.acme.clone(),
+        };
+        let next = Gateway::assemble(
             config,
             self.store.clone(),
-            self.cache.clone(),
-            self.metrics.clone(),
+            shared,
             hashes,
             Some(&self.ratelimits),
-        )?)
+        )?;
+        // Other domains are ordered at once, with the same account.
+        next.acme.configure(
+            next.config
+                .server
+                .tls
+                .as_ref()
+                .and_then(|t| t.acme.as_ref()),
+        );
+        Ok(next)
     }
+}
+
+/// The parts every snapshot shares.
+struct Shared {
+    cache: Arc<CredentialCache>,
+    metrics: Arc<Metrics>,
+    resolver: Arc<CertResolver>,
+    acme: Arc<AcmeControl>,
 }

@@ -157,15 +157,47 @@ pub struct ServerConfig {
 pub struct TlsConfig {
     /// Address to bind.
     pub listen: SocketAddr,
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
+    /// PEM certificate chain of the default certificate; `None` when ACME
+    /// provides it.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the default certificate.
+    pub key: Option<PathBuf>,
+    /// `[server.tls.acme]`: certificates ordered and renewed automatically.
+    pub acme: Option<AcmeConfig>,
     /// CA certificates (PEM) that client certificates must chain to.
     pub client_ca: Option<PathBuf>,
     /// Whether a client certificate is required (`true`) or only checked
     /// when one is sent.
     pub client_cert_required: bool,
+}
+
+/// `[server.tls.acme]`: an ACME (RFC 8555) account and the certificate it
+/// orders for `domains`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The directory URL (`https://`).
+    pub directory: String,
+    /// The names the certificate is for: DNS names, no wildcards.
+    pub domains: Vec<String>,
+    /// `mailto:` contacts given to the CA when the account is made.
+    pub contact: Vec<String>,
+    /// How the CA checks that the names are ours.
+    pub challenge: AcmeChallenge,
+    /// Where the account key and certificates are kept across restarts.
+    pub cache_dir: PathBuf,
+    /// Extra PEM roots trusted for the directory (a private or test CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The ACME challenge type answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// RFC 8737: a certificate for the name on the TLS listener, ALPN
+    /// `acme-tls/1`.
+    TlsAlpn01,
+    /// RFC 8555 section 8.3: `/.well-known/acme-challenge/<token>` on the
+    /// plain listener.
+    Http01,
 }
 
 /// Which store backs users and keys.
