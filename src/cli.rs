@@ -282,6 +282,14 @@ fn load(path: &Path) -> Result<Config, CliError> {
 async fn check_config(path: &Path) -> Result<(), CliError> {
     match Config::load(path) {
         Ok(config) => {
+            // Pairs that are readable but do not go together (or hold no
+            // certificate) are found only by loading them.
+            if let Some(tls) = &config.server.tls
+                && let Err(err) = crate::tls::CertResolver::try_new(tls, crate::tls::provider())
+            {
+                println!("server.tls: {err}");
+                return Err(fail(format!("1 problem(s) in {}", path.display())));
+            }
             // What only the network and the disk can tell: ACME's CA and cache.
             if let Some(acme) = config.server.tls.as_ref().and_then(|t| t.acme.as_ref()) {
                 let problems = crate::tls::acme::preflight(acme).await;

@@ -41,16 +41,17 @@ pub struct Gateway {
     pub forwarder: Forwarder,
     /// TLS for the HTTPS listener, when configured.
     pub tls: Option<TlsAcceptor>,
+    /// The HTTPS listener's certificates (SNI, watched files, ACME), shared
+    /// by every snapshot: they outlive reloads.
+    pub certificates: Option<Arc<CertResolver>>,
+    /// ACME ordering and renewal, shared by every snapshot (with TLS only).
+    pub acme: Option<Arc<AcmeControl>>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// External OpenID Connect providers for browser sign-in.
     pub oidc: crate::oidc::Providers,
     /// The rate-limit rules and their buckets.
     pub ratelimits: RateLimits,
-    /// The certificates the TLS listener serves, shared by every snapshot.
-    pub resolver: Arc<CertResolver>,
-    /// ACME ordering and renewal, shared by every snapshot.
-    pub acme: Arc<AcmeControl>,
 }
 
 /// Why a new config was not taken.
@@ -88,49 +89,41 @@ impl Gateway {
         follow::start(&store, &cache, config.store.poll_interval).await?;
         let hashes = HashLimiter::new(config.login.max_concurrent_hashes);
         let metrics = Arc::new(Metrics::default());
-        let resolver = Arc::new(CertResolver::default());
-        let acme = Arc::new(AcmeControl::new(
-            resolver.clone(),
-            store.clone(),
-            metrics.clone(),
-        ));
-        let shared = Shared {
-            cache,
-            metrics,
-            resolver,
-            acme,
+        let certificates = match &config.server.tls {
+            Some(tls) => {
+                let resolver = Arc::new(CertResolver::try_new(tls, tls::provider())?);
+                tls::certs::spawn_watch(Arc::downgrade(&resolver));
+                Some(resolver)
+            }
+            None => None,
         };
-        let gateway = Gateway::assemble(config, store, shared, hashes, None)?;
-        gateway.acme.configure(
-            gateway
-                .config
-                .server
-                .tls
-                .as_ref()
-                .and_then(|t| t.acme.as_ref()),
-        );
+        let acme = certificates.as_ref().map(|certificates| {
+            Arc::new(AcmeControl::new(
+                certificates.clone(),
+                store.clone(),
+                metrics.clone(),
+            ))
+        });
+        let mut gateway =
+            Gateway::assemble(config, store, cache, metrics, hashes, certificates, None)?;
+        gateway.acme = acme;
+        gateway.configure_acme();
         Ok(Arc::new(gateway))
     }
 
     fn assemble(
         config: Config,
         store: Store,
-        shared: Shared,
+        cache: Arc<CredentialCache>,
+        metrics: Arc<Metrics>,
         hashes: HashLimiter,
+        certificates: Option<Arc<CertResolver>>,
         previous_limits: Option<&RateLimits>,
     ) -> Result<Gateway, TlsError> {
-        let Shared {
-            cache,
-            metrics,
-            resolver,
-            acme,
-        } = shared;
-        let tls = config
-            .server
-            .tls
-            .as_ref()
-            .map(|tls| tls::acceptor(tls, &resolver))
-            .transpose()?;
+        let tls = match (&config.server.tls, &certificates) {
+            (Some(tls), Some(certificates)) => Some(tls::acceptor(tls, certificates.clone())?),
+            _ => None,
+        };
         let mut providers = Vec::with_capacity(config.jwt.external.len());
         if !config.jwt.external.is_empty() {
             // One client, and one load of the system's CA roots, for all.
@@ -158,11 +151,12 @@ impl Gateway {
             )?,
             ratelimits: RateLimits::new(&config.ratelimit, metrics.clone(), previous_limits),
             tls,
+            certificates,
+            // Set by the caller: it outlives snapshots.
+            acme: None,
             metrics,
             store,
             cache,
-            resolver,
-            acme,
             config,
         })
     }
@@ -189,35 +183,34 @@ impl Gateway {
             } else {
                 HashLimiter::new(config.login.max_concurrent_hashes)
             };
-        let shared = Shared {
-            cache: self.cache.clone(),
-            metrics: self.metrics.clone(),
-            resolver: self.resolver.clone(),
-            acme: self.acme.clone(),
-        };
-        let next = Gateway::assemble(
+        if let (Some(tls), Some(certificates)) = (&config.server.tls, &self.certificates) {
+            certificates.configure(tls)?;
+        }
+        let mut next = Gateway::assemble(
             config,
             self.store.clone(),
-            shared,
+            self.cache.clone(),
+            self.metrics.clone(),
             hashes,
+            self.certificates.clone(),
             Some(&self.ratelimits),
         )?;
+        next.acme = self.acme.clone();
         // Other domains are ordered at once, with the same account.
-        next.acme.configure(
-            next.config
-                .server
-                .tls
-                .as_ref()
-                .and_then(|t| t.acme.as_ref()),
-        );
+        next.configure_acme();
         Ok(next)
     }
-}
 
-/// The parts every snapshot shares.
-struct Shared {
-    cache: Arc<CredentialCache>,
-    metrics: Arc<Metrics>,
-    resolver: Arc<CertResolver>,
-    acme: Arc<AcmeControl>,
+    /// Hands this snapshot's `[server.tls.acme]` to the ACME task.
+    fn configure_acme(&self) {
+        if let Some(acme) = &self.acme {
+            acme.configure(
+                self.config
+                    .server
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.acme.as_ref()),
+            );
+        }
+    }
 }

@@ -306,6 +306,16 @@ pub struct CacheFigures {
     pub tokens: usize,
 }
 
+/// The HTTPS certificates' counters at scrape time, for the
+/// `authgate_tls_*` metrics (the resolver keeps its own counters).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsFigures {
+    /// Changed certificate files that loaded and now serve.
+    pub reloads: u64,
+    /// Changed certificate files that did not load (the old pair serves).
+    pub reload_failures: u64,
+}
+
 /// How a request ended, for `authgate_requests_total`.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {
@@ -419,9 +429,19 @@ impl Metrics {
 
     /// The Prometheus text exposition ([`CONTENT_TYPE`]), with the caches'
     /// figures passed in.
-    pub fn render(&self, cache: CacheFigures) -> String {
+    pub fn render(&self, cache: CacheFigures, tls: TlsFigures) -> String {
         let mut caches = Registry::default();
         let counters = [
+            (
+                "authgate_tls_certificate_reloads",
+                "Changed certificate files now served",
+                tls.reloads,
+            ),
+            (
+                "authgate_tls_certificate_reload_failures",
+                "Changed certificate files that did not load (the previous pair stays)",
+                tls.reload_failures,
+            ),
             ("authgate_cache_hits", "Credential cache hits", cache.hits),
             (
                 "authgate_cache_misses",
@@ -482,7 +502,7 @@ mod tests {
         metrics.login("password", "failure");
         metrics.connections(1);
         metrics.reloads();
-        let text = metrics.render(CacheFigures::default());
+        let text = metrics.render(CacheFigures::default(), TlsFigures::default());
         assert!(
             text.contains(
                 r#"authgate_requests_total{route="/",outcome="authenticated",reason=""} 1"#
@@ -516,21 +536,24 @@ mod tests {
     #[test]
     fn keeps_the_exposition_of_the_hand_written_renderer() {
         let metrics = Metrics::default();
-        let empty = metrics.render(CacheFigures::default());
+        let empty = metrics.render(CacheFigures::default(), TlsFigures::default());
         // A family without samples has no lines at all (before: its HELP
         // and TYPE lines alone).
         assert!(!empty.contains("authgate_requests_total"), "{empty}");
         metrics.request(Arc::from("/"), Outcome::Own, Duration::ZERO);
         metrics.upstream_error("timeout");
         metrics.keys_created();
-        let text = metrics.render(CacheFigures {
-            hits: 7,
-            misses: 3,
-            evictions: 2,
-            users: 4,
-            keys: 5,
-            tokens: 6,
-        });
+        let text = metrics.render(
+            CacheFigures {
+                hits: 7,
+                misses: 3,
+                evictions: 2,
+                users: 4,
+                keys: 5,
+                tokens: 6,
+            },
+            TlsFigures::default(),
+        );
         for line in [
             "# TYPE authgate_requests_total counter",
             "# HELP authgate_request_duration_seconds Time from request head to response head.",

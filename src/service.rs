@@ -149,7 +149,11 @@ fn client_ip(gateway: &Gateway, client: &ClientInfo, request: &Request<Incoming>
 /// The answer to an http-01 validation request: the key authorization of
 /// a challenge in progress (`text/plain`), or 404.
 async fn acme_challenge(gateway: &Gateway, token: &str) -> Response<Body> {
-    match gateway.acme.http01_answer(token).await {
+    let answer = match &gateway.acme {
+        Some(acme) => acme.http01_answer(token).await,
+        None => None,
+    };
+    match answer {
         Some(answer) => {
             let mut response = Response::new(crate::body::full(answer));
             response.headers_mut().insert(

@@ -23,19 +23,34 @@ pub async fn readyz(ctx: &Context<'_>) -> Result<Response<Body>, GatewayError> {
     ))
 }
 
+/// The certificate resolver's counters (zero without TLS).
+fn tls_figures(gateway: &crate::gateway::Gateway) -> crate::metrics::TlsFigures {
+    gateway
+        .certificates
+        .as_ref()
+        .map(|certificates| crate::metrics::TlsFigures {
+            reloads: certificates.reloads.load(Ordering::Relaxed),
+            reload_failures: certificates.reload_failures.load(Ordering::Relaxed),
+        })
+        .unwrap_or_default()
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(ctx: &Context<'_>) -> Response<Body> {
     let gateway = ctx.gateway;
     let (users, keys) = gateway.cache.sizes();
     let stats = &gateway.cache.stats;
-    let text = gateway.metrics.render(crate::metrics::CacheFigures {
-        hits: stats.hits.load(Ordering::Relaxed),
-        misses: stats.misses.load(Ordering::Relaxed),
-        evictions: stats.evictions.load(Ordering::Relaxed),
-        users,
-        keys,
-        tokens: gateway.auth.jwt().cached_tokens(),
-    });
+    let text = gateway.metrics.render(
+        crate::metrics::CacheFigures {
+            hits: stats.hits.load(Ordering::Relaxed),
+            misses: stats.misses.load(Ordering::Relaxed),
+            evictions: stats.evictions.load(Ordering::Relaxed),
+            users,
+            keys,
+            tokens: gateway.auth.jwt().cached_tokens(),
+        },
+        tls_figures(gateway),
+    );
     let mut response = Response::new(body::full(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -157,11 +157,13 @@ pub struct ServerConfig {
 pub struct TlsConfig {
     /// Address to bind.
     pub listen: SocketAddr,
-    /// PEM certificate chain of the default certificate; `None` when ACME
-    /// provides it.
-    pub cert: Option<PathBuf>,
-    /// PEM private key of the default certificate.
-    pub key: Option<PathBuf>,
+    /// The certificate for handshakes no other one is chosen for (`cert`
+    /// and `key`); without one such handshakes fail.
+    pub default: Option<CertificateConfig>,
+    /// `[[server.tls.certificates]]`, chosen by SNI, first listed first.
+    pub certificates: Vec<CertificateConfig>,
+    /// `Strict-Transport-Security` for answers on the HTTPS listener.
+    pub hsts: Option<http::HeaderValue>,
     /// `[server.tls.acme]`: certificates ordered and renewed automatically.
     pub acme: Option<AcmeConfig>,
     /// CA certificates (PEM) that client certificates must chain to.
@@ -198,6 +200,66 @@ pub enum AcmeChallenge {
     /// RFC 8555 section 8.3: `/.well-known/acme-challenge/<token>` on the
     /// plain listener.
     Http01,
+}
+
+/// A certificate and key file pair, and the names it is served for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// Names (`api.example.com`, `*.example.com`); empty: the
+    /// certificate's own DNS names.
+    pub names: Vec<ServedName>,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// A name a certificate is served for: `api.example.com`, or a wildcard
+/// covering exactly one label (`*.example.com`, kept as its parent).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServedName {
+    /// One host name, lowercase.
+    Exact(String),
+    /// Any one label followed by this parent domain, lowercase.
+    Wildcard(String),
+}
+
+impl ServedName {
+    /// Parses a DNS name as a certificate's SAN or the config names it:
+    /// letters, digits, `-` and `.`, labels of 1 to 63 characters, a
+    /// wildcard only as a whole leftmost label with at least two labels
+    /// after it. Case is folded.
+    pub fn parse(name: &str) -> Result<ServedName, &'static str> {
+        let lower = name.to_ascii_lowercase();
+        let (wildcard, host) = match lower.strip_prefix("*.") {
+            Some(parent) => (true, parent),
+            None => (false, lower.as_str()),
+        };
+        if host.is_empty() || host.len() > 253 {
+            return Err("is not a DNS name");
+        }
+        let labels_ok = host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+        if !labels_ok {
+            return Err(
+                "is not a DNS name (letters, digits, '-' and '.'; a wildcard only as a whole first label)",
+            );
+        }
+        if wildcard {
+            if !host.contains('.') {
+                return Err("is a wildcard over a top-level domain");
+            }
+            return Ok(ServedName::Wildcard(host.to_owned()));
+        }
+        Ok(ServedName::Exact(host.to_owned()))
+    }
 }
 
 /// Which store backs users and keys.
@@ -385,6 +447,26 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_parse_with_one_label_wildcards() {
+        assert_eq!(
+            ServedName::parse("API.Example.com"),
+            Ok(ServedName::Exact("api.example.com".into()))
+        );
+        assert_eq!(
+            ServedName::parse("*.example.com"),
+            Ok(ServedName::Wildcard("example.com".into()))
+        );
+        for bad in [
+            "", "*", "*.com", "a.*.com", "a*.b.com", "a..b", ".a.b", "a.b.", "-a.b", "a-.b",
+            "a b.c", "a_b.c", "é.com", "**.a.b",
+        ] {
+            assert!(ServedName::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(ServedName::parse(&format!("{}.com", "a".repeat(64))).is_err());
+    }
+
     use std::io::Write;
 
     fn secret_file() -> tempfile::NamedTempFile {

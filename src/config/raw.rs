@@ -66,9 +66,21 @@ pub(super) struct RawTls {
     pub(super) listen: String,
     pub(super) cert: Option<PathBuf>,
     pub(super) key: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) certificates: Vec<RawTlsCertificate>,
     pub(super) client_ca: Option<PathBuf>,
     pub(super) client_auth: Option<String>,
+    pub(super) hsts: Option<String>,
     pub(super) acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTlsCertificate {
+    #[serde(default)]
+    pub(super) names: Vec<String>,
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
 }
 
 /// `[server.tls.acme]`.

@@ -344,18 +344,60 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
     let plain_listener = raw.listen.is_some();
     let tls = raw.tls.and_then(|tls| {
         let acme = tls.acme.map(|acme| validate_acme(acme, plain_listener, p));
-        match (&tls.cert, &tls.key) {
+        let default = match (tls.cert, tls.key) {
             (Some(cert), Some(key)) => {
-                p.readable_file("server.tls.cert", cert);
-                p.readable_file("server.tls.key", key);
+                p.readable_file("server.tls.cert", &cert);
+                p.readable_file("server.tls.key", &key);
+                Some(CertificateConfig {
+                    names: Vec::new(),
+                    cert,
+                    key,
+                })
             }
-            (Some(_), None) => p.add("server.tls.key", "needs to be set with server.tls.cert"),
-            (None, Some(_)) => p.add("server.tls.cert", "needs to be set with server.tls.key"),
-            (None, None) if acme.is_none() => {
-                p.add("server.tls.cert", "set cert and key, or [server.tls.acme]")
+            (None, None) => None,
+            (Some(_), None) => {
+                p.add("server.tls.key", "is needed with server.tls.cert");
+                None
             }
-            (None, None) => {}
+            (None, Some(_)) => {
+                p.add("server.tls.cert", "is needed with server.tls.key");
+                None
+            }
+        };
+        if default.is_none() && tls.certificates.is_empty() && acme.is_none() {
+            p.add(
+                "server.tls",
+                "needs cert and key, [[server.tls.certificates]] or [server.tls.acme]",
+            );
         }
+        let mut certificates = Vec::with_capacity(tls.certificates.len());
+        for (index, listed) in tls.certificates.into_iter().enumerate() {
+            let key = format!("server.tls.certificates[{index}]");
+            p.readable_file(&format!("{key}.cert"), &listed.cert);
+            p.readable_file(&format!("{key}.key"), &listed.key);
+            let mut names = Vec::with_capacity(listed.names.len());
+            for name in &listed.names {
+                match ServedName::parse(name) {
+                    Ok(served) => names.push(served),
+                    Err(why) => p.add(&format!("{key}.names"), format_args!("{name:?} {why}")),
+                }
+            }
+            certificates.push(CertificateConfig {
+                names,
+                cert: listed.cert,
+                key: listed.key,
+            });
+        }
+        let hsts = tls.hsts.and_then(|value| match http::HeaderValue::from_str(&value) {
+            Ok(header) if value.to_ascii_lowercase().contains("max-age=") => Some(header),
+            _ => {
+                p.add(
+                    "server.tls.hsts",
+                    format_args!("{value:?} is not a Strict-Transport-Security value (max-age=SECONDS[; includeSubDomains][; preload])"),
+                );
+                None
+            }
+        });
         if let Some(ca) = &tls.client_ca {
             p.readable_file("server.tls.client_ca", ca);
         }
@@ -376,8 +418,9 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         let listen = p.socket_addr("server.tls.listen", &tls.listen)?;
         Some(TlsConfig {
             listen,
-            cert: tls.cert,
-            key: tls.key,
+            default,
+            certificates,
+            hsts,
             acme: acme.flatten(),
             client_ca: tls.client_ca,
             client_cert_required,

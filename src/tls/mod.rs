@@ -1,26 +1,22 @@
 //! rustls, set up once from the config: the HTTPS listener's acceptor
-//! (certificate chain, key, optional client-CA verifier, ALPN h2 and
-//! http/1.1), the client config for `https://` upstreams, and the subject
+//! (certificates from [`certs`] and [`acme`], optional client-CA verifier,
+//! ALPN h2 and http/1.1), the client config for `https://` upstreams, and the subject
 //! of a verified client certificate as RFC 4514 text.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::config::{AcmeChallenge, TlsConfig, UpstreamConfig};
 
 pub mod acme;
+pub mod certs;
 
-/// The ALPN protocol of RFC 8737's tls-alpn-01 validation handshakes.
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub use certs::{ACME_TLS_ALPN, CertResolver};
 
 /// A certificate, key or CA file could not be loaded, or rustls refused
 /// the combination.
@@ -37,120 +33,60 @@ impl TlsError {
 
 /// Every certificate in the PEM file at `path`.
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let pem = std::fs::read(path).map_err(|err| TlsError::at(path, &err))?;
+    certs_from_pem(path, &pem)
+}
+
+/// Every certificate in `pem`, read from `path`.
+fn certs_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|err| TlsError::at(path, &err))
 }
 
 /// The private key in the PEM file at `path`.
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|err| TlsError::at(path, &err))
+    let pem = std::fs::read(path).map_err(|err| TlsError::at(path, &err))?;
+    key_from_pem(path, &pem)
 }
 
-/// A chain and its private key as rustls serves them; `what` names them in
-/// errors.
+/// The private key in `pem`, read from `path`.
+fn key_from_pem(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|err| TlsError::at(path, &err))
+}
+
+/// A chain and its private key as rustls serves them, the key checked
+/// against the leaf; `what` names them in errors.
 pub fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: &PrivateKeyDer<'_>,
     what: &str,
-) -> Result<Arc<CertifiedKey>, TlsError> {
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
     if chain.is_empty() {
         return Err(TlsError(format!("{what}: no certificate found")));
     }
     let signing = rustls::crypto::ring::sign::any_supported_type(key)
         .map_err(|err| TlsError(format!("{what}: {err}")))?;
-    let certified = CertifiedKey::new(chain, signing);
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
     certified
         .keys_match()
         .map_err(|err| TlsError(format!("{what}: {err}")))?;
     Ok(Arc::new(certified))
 }
 
-/// Chooses the certificate of each handshake. Long-lived: every config
-/// snapshot's acceptor shares it, so that the certificates ACME installs
-/// outlive reloads.
-#[derive(Debug, Default)]
-pub struct CertResolver {
-    /// The `cert`/`key` pair of the current config.
-    default: ArcSwapOption<CertifiedKey>,
-    /// The ACME certificate and the names it is served for.
-    acme: ArcSwapOption<AcmeCertificate>,
-    /// tls-alpn-01 certificates by lower-case name.
-    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+/// The crypto provider of every TLS setup here.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
-#[derive(Debug)]
-struct AcmeCertificate {
-    names: Vec<String>,
-    key: Arc<CertifiedKey>,
-}
-
-impl CertResolver {
-    /// The certificate of the config's `cert`/`key` (`None`: there is none).
-    pub fn set_default(&self, key: Option<Arc<CertifiedKey>>) {
-        self.default.store(key);
-    }
-
-    /// Serves `key` for `names` (and when no default certificate is
-    /// configured, for every other name too).
-    pub fn set_acme_certificate(&self, names: &[String], key: Arc<CertifiedKey>) {
-        let names = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-        self.acme
-            .store(Some(Arc::new(AcmeCertificate { names, key })));
-    }
-
-    /// The tls-alpn-01 certificate for `name` (`None` removes it), served
-    /// only to handshakes that offer exactly ALPN `acme-tls/1`.
-    pub fn set_alpn_challenge(&self, name: &str, key: Option<Arc<CertifiedKey>>) {
-        // A poisoned lock only means another setter panicked; the map is whole.
-        let mut challenges = self.challenges.write().unwrap_or_else(|e| e.into_inner());
-        match key {
-            Some(key) => challenges.insert(name.to_ascii_lowercase(), key),
-            None => challenges.remove(&name.to_ascii_lowercase()),
-        };
-    }
-}
-
-impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name().map(str::to_ascii_lowercase);
-        let acme_only = hello.alpn().is_some_and(|mut offered| {
-            offered.next() == Some(ACME_TLS_ALPN) && offered.next().is_none()
-        });
-        if acme_only {
-            // A validation handshake gets the challenge certificate or
-            // nothing: never a real certificate under the ACME protocol.
-            let challenges = self.challenges.read().unwrap_or_else(|e| e.into_inner());
-            return challenges.get(name.as_deref()?).cloned();
-        }
-        let acme = self.acme.load_full();
-        if let (Some(acme), Some(name)) = (&acme, &name)
-            && acme.names.iter().any(|n| n == name)
-        {
-            return Some(acme.key.clone());
-        }
-        self.default
-            .load_full()
-            .or_else(|| acme.map(|acme| acme.key.clone()))
-    }
-}
-
-/// rustls with TLS 1.2 and 1.3 only, ALPN h2 and http/1.1 (and
-/// `acme-tls/1` with ACME's tls-alpn-01), certificates from `resolver`,
-/// whose default certificate becomes the config's `cert`/`key`.
-pub fn acceptor(config: &TlsConfig, resolver: &Arc<CertResolver>) -> Result<TlsAcceptor, TlsError> {
-    let default = match (&config.cert, &config.key) {
-        (Some(cert), Some(key)) => {
-            let certs = load_certs(cert)?;
-            if certs.is_empty() {
-                return Err(TlsError::at(cert, &"no certificate found"));
-            }
-            let key = load_key(key)?;
-            Some(certified_key(certs, &key, &cert.display().to_string())?)
-        }
-        _ => None,
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// rustls with TLS 1.2 and 1.3 only, ALPN h2 and http/1.1, certificates
+/// from `certificates` (chosen by SNI, watched, ACME), session tickets for
+/// resumption, and the client-certificate check of `config`.
+pub fn acceptor(
+    config: &TlsConfig,
+    certificates: Arc<CertResolver>,
+) -> Result<TlsAcceptor, TlsError> {
+    let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|err| TlsError(err.to_string()))?;
@@ -174,8 +110,10 @@ pub fn acceptor(config: &TlsConfig, resolver: &Arc<CertResolver>) -> Result<TlsA
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut server = builder.with_cert_resolver(resolver.clone());
+    let mut server = builder.with_cert_resolver(certificates);
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Offered only while ACME may validate that way: the listener closes
+    // such connections after the handshake.
     if config
         .acme
         .as_ref()
@@ -183,7 +121,8 @@ pub fn acceptor(config: &TlsConfig, resolver: &Arc<CertResolver>) -> Result<TlsA
     {
         server.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
-    resolver.set_default(default);
+    server.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|err| TlsError(err.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
@@ -202,7 +141,7 @@ pub fn upstream_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, 
             roots.add(cert).map_err(|err| TlsError::at(path, &err))?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|err| TlsError(err.to_string()))?
@@ -293,23 +232,28 @@ fn escape_dn_value(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CertificateConfig;
 
     fn tls_config(cert: &Path, key: &Path) -> TlsConfig {
         TlsConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            cert: Some(cert.to_owned()),
-            key: Some(key.to_owned()),
-            acme: None,
+            default: Some(CertificateConfig {
+                names: Vec::new(),
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            }),
+            certificates: Vec::new(),
             client_ca: None,
             client_cert_required: false,
+            hsts: None,
+            acme: None,
         }
     }
 
     #[test]
     fn setup_errors_name_the_file_at_fault() {
-        let resolver = Arc::new(CertResolver::default());
         let missing = Path::new("/nonexistent/authgate-cert.pem");
-        let err = acceptor(&tls_config(missing, missing), &resolver)
+        let err = CertResolver::try_new(&tls_config(missing, missing), provider())
             .err()
             .unwrap();
         assert!(
@@ -319,7 +263,7 @@ mod tests {
         );
 
         let empty = tempfile::NamedTempFile::new().unwrap();
-        let err = acceptor(&tls_config(empty.path(), missing), &resolver)
+        let err = CertResolver::try_new(&tls_config(empty.path(), missing), provider())
             .err()
             .unwrap();
         assert_eq!(
