@@ -68,6 +68,12 @@ impl Pebble {
     /// pebble validating http-01 on `http_port` and tls-alpn-01 on
     /// `tls_port` of 127.0.0.1.
     async fn start(http_port: u16, tls_port: u16) -> Pebble {
+        Pebble::start_with_validity(http_port, tls_port, None).await
+    }
+
+    /// [`Pebble::start`] issuing certificates valid for `validity` seconds
+    /// (pebble's default: five years).
+    async fn start_with_validity(http_port: u16, tls_port: u16, validity: Option<u64>) -> Pebble {
         let dir = tempfile::Builder::new()
             .prefix("authgate-pebble-")
             .tempdir()
@@ -78,7 +84,7 @@ impl Pebble {
         let dns = free_udp_port();
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": listen.to_string(),
                 "managementListenAddress": management.to_string(),
@@ -90,6 +96,9 @@ impl Pebble {
                 "externalAccountBindingRequired": false
             }
         });
+        if let Some(seconds) = validity {
+            config["pebble"]["certificateValidityPeriod"] = seconds.into();
+        }
         let config_path = write_file(dir.path(), "pebble.json", &config.to_string());
         let log =
             |name: &str| std::fs::File::create(dir.path().join(name)).expect("pebble log file");
@@ -322,6 +331,70 @@ async fn a_restart_serves_the_cached_certificate_without_a_new_order() {
         let mode = entry.unwrap().metadata().unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "{mode:o}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_renewed_at_two_thirds_of_its_life() {
+    if !pebble_available() {
+        return;
+    }
+    let (http_port, tls_port) = (free_port(), free_port());
+    // 15 seconds of life: renewed about 10 seconds after issue.
+    let pebble = Pebble::start_with_validity(http_port, tls_port, Some(15)).await;
+    let domain = format!("{}.example.com", unique("gw"));
+    let opts = acme_gateway_options(http_port, tls_port, &pebble.acme_toml(&domain, "http-01"));
+    let gw = Gateway::start_with(opts).await;
+    wait_serving(&gw, &pebble, 1).await;
+    let root = pebble.root().await;
+    let https = gw.https_addr().await;
+    let first = served_leaf(https, &domain, &root).await.expect("first");
+    let issued_at = Instant::now();
+    let next = metric(&gw, "authgate_acme_next_attempt_seconds").await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    assert!(
+        next > now && next <= now + 11.0,
+        "next check {next}, now {now}"
+    );
+
+    wait_serving(&gw, &pebble, 2).await;
+    let renewed_after = issued_at.elapsed();
+    assert!(
+        renewed_after >= Duration::from_secs(7),
+        "renewed after {renewed_after:?}: too early"
+    );
+    let second = served_leaf(https, &domain, &root).await.expect("renewed");
+    assert_ne!(second, first, "the renewed certificate is served");
+    assert_eq!(gw.log_count(ORDERING), 2, "{}", gw.logs());
+    assert_eq!(gw.log_count("ACME: account created"), 1, "{}", gw.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_domains_are_ordered_at_reload_with_the_same_account() {
+    if !pebble_available() {
+        return;
+    }
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start(http_port, tls_port).await;
+    let first = format!("{}.example.com", unique("gw"));
+    let opts = acme_gateway_options(http_port, tls_port, &pebble.acme_toml(&first, "http-01"));
+    let mut gw = Gateway::start_with(opts.clone()).await;
+    wait_serving(&gw, &pebble, 1).await;
+
+    let second = format!("{}.example.com", unique("gw"));
+    let mut changed = opts;
+    changed.extra_toml =
+        acme_gateway_options(http_port, tls_port, &pebble.acme_toml(&second, "http-01")).extra_toml;
+    gw.set_options(changed);
+    gw.sighup();
+    wait_serving(&gw, &pebble, 2).await;
+    let root = pebble.root().await;
+    served_leaf(gw.https_addr().await, &second, &root)
+        .await
+        .expect("the new name is served");
+    assert_eq!(gw.log_count(ORDERING), 2, "{}", gw.logs());
+    assert_eq!(gw.log_count("ACME: account created"), 1, "{}", gw.logs());
+    assert_eq!(pebble.logs().matches("There are now 1 accounts").count(), 1);
+    assert_eq!(pebble.logs().matches("There are now 2 accounts").count(), 0);
 }
 
 fn admin_url() -> String {
