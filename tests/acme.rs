@@ -26,6 +26,7 @@ const CHALLTESTSRV: &str = "/usr/bin/pebble-challtestsrv";
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 const SERVING: &str = "ACME: serving the certificate";
 const ORDERING: &str = "ACME: ordering a certificate";
+const FAILED: &str = "ACME attempt failed";
 
 /// Whether pebble can be run; `CI=true` without it fails the test.
 fn pebble_available() -> bool {
@@ -222,13 +223,20 @@ async fn metric(gw: &Gateway, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
+/// Waits until the gateway has served its `n`-th ACME certificate; fails
+/// at once when an attempt fails (none should, against pebble).
 async fn wait_serving(gw: &Gateway, pebble: &Pebble, n: usize) {
-    assert!(
-        gw.wait_for_log(SERVING, n, ORDER_TIMEOUT).await,
-        "no ACME certificate served; gateway log:\n{}\npebble log:\n{}",
-        gw.logs(),
-        pebble.logs()
-    );
+    let deadline = Instant::now() + ORDER_TIMEOUT;
+    while gw.log_count(SERVING) < n {
+        let failed = gw.log_count(FAILED) > 0;
+        assert!(
+            !failed && Instant::now() < deadline,
+            "no ACME certificate served; gateway log:\n{}\npebble log:\n{}",
+            gw.logs(),
+            pebble.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,9 +366,10 @@ async fn a_certificate_is_renewed_at_two_thirds_of_its_life() {
 
     wait_serving(&gw, &pebble, 2).await;
     let renewed_after = issued_at.elapsed();
+    // Two thirds of 15 s; not at the end of its life.
     assert!(
-        renewed_after >= Duration::from_secs(7),
-        "renewed after {renewed_after:?}: too early"
+        renewed_after >= Duration::from_secs(7) && renewed_after < Duration::from_secs(14),
+        "renewed after {renewed_after:?}"
     );
     let second = served_leaf(https, &domain, &root).await.expect("renewed");
     assert_ne!(second, first, "the renewed certificate is served");
@@ -479,16 +488,12 @@ async fn an_unreachable_directory_keeps_the_default_certificate_and_says_when_it
     );
     let gw = Gateway::start_with(opts).await;
     assert!(
-        gw.wait_for_log("ACME attempt failed", 1, Duration::from_secs(30))
-            .await,
+        gw.wait_for_log(FAILED, 1, Duration::from_secs(30)).await,
         "{}",
         gw.logs()
     );
     let logs = gw.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("ACME attempt failed"))
-        .unwrap();
+    let line = logs.lines().find(|l| l.contains(FAILED)).unwrap();
     assert!(line.contains("next_attempt="), "{line}");
     assert!(line.contains("retry_in_seconds=10"), "{line}");
     assert!(line.contains("Connection refused"), "{line}");
