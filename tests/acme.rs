@@ -472,6 +472,41 @@ async fn two_replicas_on_one_postgres_database_order_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_the_ca_reaches_answers_http01_for_the_one_that_orders() {
+    if !pebble_available() {
+        return;
+    }
+    let db = fresh_database().await;
+    let (a_http, a_tls, b_http, b_tls) = (free_port(), free_port(), free_port(), free_port());
+    // pebble validates on replica A only; replica B orders. A's own ACME
+    // cannot reach its CA, so A never orders: what it answers comes from
+    // the store.
+    let pebble = Pebble::start(a_http, a_tls).await;
+    let domain = format!("{}.example.com", unique("gw"));
+    let acme = pebble.acme_toml(&domain, "http-01");
+    let unreachable = acme.replace(
+        &pebble.directory(),
+        &format!("https://127.0.0.1:{}/dir", free_port()),
+    );
+    let mut a_opts = acme_gateway_options(a_http, a_tls, &unreachable);
+    a_opts.store_url = Some(db.clone());
+    let mut b_opts = acme_gateway_options(b_http, b_tls, &acme);
+    b_opts.store_url = Some(db);
+    let a = Gateway::start_with(a_opts).await;
+    let b = Gateway::start_with(b_opts).await;
+    wait_serving(&b, &pebble, 1).await;
+    assert_eq!(a.log_count(ORDERING), 0, "{}", a.logs());
+    assert_eq!(b.log_count(ORDERING), 1, "{}", b.logs());
+    let root = pebble.root().await;
+    served_leaf(b.https_addr().await, &domain, &root)
+        .await
+        .expect("replica B's certificate");
+    // The answer left the store with the order.
+    let r = get(&a.url("/.well-known/acme-challenge/someToken"), None, &[]).await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_directory_keeps_the_default_certificate_and_says_when_it_retries() {
     let dir = tempfile::Builder::new()
         .prefix("authgate-acme-")
