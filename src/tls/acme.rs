@@ -388,7 +388,11 @@ async fn run(shared: Arc<Shared>, mut config: watch::Receiver<Option<AcmeConfig>
 async fn attempt(shared: &Shared, config: &AcmeConfig) -> Result<i64, AcmeError> {
     let cert_name = certificate_name(&config.directory, &config.domains);
     if let Some(bundle) = load_bundle(shared, config, &cert_name).await {
-        install(shared, config, &bundle)?;
+        // Due but still valid: it serves while its successor is ordered.
+        // Expired: the default certificate (if any) serves instead.
+        if unix_now() < bundle.not_after {
+            install(shared, config, &bundle)?;
+        }
         if unix_now() < bundle.renew_at() {
             return Ok(bundle.renew_at());
         }
