@@ -44,7 +44,11 @@ fn main() {
     let started = Instant::now();
     for (i, hash) in hashes.iter().enumerate() {
         // As authentication builds them: owners shared through the cache.
-        let owner = cache.key_owner(&format!("user{}", i % 1000), vec!["reader".to_owned()]);
+        let owner = cache.key_owner(
+            &format!("user{}", i % 1000),
+            "local",
+            vec!["reader".to_owned()],
+        );
         let facts = KeyFacts {
             key_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | i as u128),
             roles: owner.roles.clone(),

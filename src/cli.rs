@@ -304,6 +304,9 @@ async fn check_config(path: &Path) -> Result<(), CliError> {
                     )));
                 }
             }
+            for warning in config.warnings() {
+                println!("{warning}");
+            }
             println!(
                 "config OK: {} route(s), store {}",
                 config.routes.iter().count(),
@@ -535,8 +538,12 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
                 path_prefixes: paths,
             };
             crate::scope::check_fields(&scope).map_err(fail)?;
+            let owner = match store.user(&user).await? {
+                Some(found) => crate::auth::StoreUser::from_record(&found),
+                None => return Err(fail(format!("no user named {}", escape(&user)))),
+            };
             let request = accesskey::KeyRequest {
-                owner: &user,
+                owner: &owner,
                 name: &name,
                 detail: &detail,
                 expires_in: expire,

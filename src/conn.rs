@@ -69,6 +69,17 @@ impl ClientInfo {
         }
     }
 
+    /// The client is at `addr` (a PROXY protocol header said so), not at
+    /// the peer's address.
+    pub fn set_addr(&mut self, addr: SocketAddr) {
+        let slot = self.slot.take();
+        *self = ClientInfo {
+            slot,
+            cert_subject: self.cert_subject.take(),
+            ..ClientInfo::new(addr, self.tls)
+        };
+    }
+
     /// `X-Forwarded-Proto` value.
     pub fn proto(&self) -> &'static str {
         if self.tls { "https" } else { "http" }

@@ -97,9 +97,9 @@ impl RequestContext {
         let method = identity.method.as_str();
         if !self.span.is_disabled() {
             self.span.record("auth.method", method);
-            self.span.record("auth.user", &*identity.user);
+            self.span.record("auth.user", &**identity.user());
         }
-        self.caller = Some((method, identity.user.clone()));
+        self.caller = Some((method, identity.user().clone()));
     }
 
     /// The request asks `/_authgate/verify` for a decision: it is counted

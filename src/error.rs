@@ -47,6 +47,14 @@ pub enum GatewayError {
     /// Two different credentials came with one request.
     #[error("the request carries two different credentials; send exactly one")]
     ConflictingCredentials,
+    /// A verify request names the judged method or path in two places that
+    /// disagree (`X-Forwarded-Uri` vs `X-Original-URI` or the path after
+    /// `/_authgate/verify`, `X-Forwarded-Method` vs `X-Original-Method`):
+    /// one of them may be the client's own header, passed on by the proxy.
+    #[error(
+        "the forwarded method or path is given twice with different values (X-Forwarded-* vs X-Original-* or the verify path)"
+    )]
+    ConflictingForwardedHeaders,
     /// No credential came with a request that needs one.
     #[error(
         "this route requires a credential: a Bearer token, ?token=, ?accesskey= or the token/accesskey cookie"
@@ -132,9 +140,17 @@ pub enum GatewayError {
     /// An OIDC sign-in was refused: its state, the code or the ID token.
     #[error("{0}")]
     SignInFailed(&'static str),
-    /// The name a provider gives belongs to a local user or another provider.
+    /// The name a provider gives belongs to a local user, another provider
+    /// or another account of the same provider (another `sub`).
     #[error("that user name belongs to a local user or another identity provider")]
     AccountConflict,
+    /// A caller from a `[[jwt.jwks]]` provider asked for something only a
+    /// user in the store has (access keys): external identities own nothing.
+    #[error("only users of this gateway (local or signed in through [[oidc]]) have access keys")]
+    StoreUserRequired,
+    /// The provider names the user by an email address it has not verified.
+    #[error("the identity provider has not verified this email address")]
+    EmailNotVerified,
     /// An OIDC provider could not be reached or answered nonsense.
     #[error("the identity provider could not be reached")]
     ProviderUnavailable,
@@ -200,6 +216,7 @@ impl GatewayError {
             InvalidHost => (BAD_REQUEST, "INVALID_HOST"),
             InvalidBody => (BAD_REQUEST, "INVALID_BODY"),
             ConflictingCredentials => (BAD_REQUEST, "CONFLICTING_CREDENTIALS"),
+            ConflictingForwardedHeaders => (BAD_REQUEST, "CONFLICTING_FORWARDED_HEADERS"),
             AuthenticationRequired => (UNAUTHENTICATED, "AUTHENTICATION_REQUIRED"),
             InvalidCredentials { .. } => (UNAUTHENTICATED, "INVALID_CREDENTIALS"),
             MissingRole => (FORBIDDEN, "MISSING_ROLE"),
@@ -219,6 +236,8 @@ impl GatewayError {
             SignInRequired { .. } => (SIGN_IN, "SIGN_IN_REQUIRED"),
             SignInFailed(_) => (UNAUTHENTICATED, "SIGN_IN_FAILED"),
             AccountConflict => (FORBIDDEN, "ACCOUNT_CONFLICT"),
+            StoreUserRequired => (FORBIDDEN, "STORE_USER_REQUIRED"),
+            EmailNotVerified => (FORBIDDEN, "EMAIL_NOT_VERIFIED"),
             ProviderUnavailable => (BAD_GATEWAY, "PROVIDER_UNREACHABLE"),
             UpstreamUnreachable => (BAD_GATEWAY, "UPSTREAM_UNREACHABLE"),
             UpstreamInvalidResponse => (BAD_GATEWAY, "UPSTREAM_INVALID_RESPONSE"),
@@ -286,21 +305,18 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Every 401 carries a challenge (RFC 9110 section 15.5.2), whichever
+        // variant it is: decided by the status, not by a list of variants.
+        if self.status_code() == StatusCode::UNAUTHORIZED {
+            let value = match &self {
+                GatewayError::InvalidCredentials {
+                    token_given: true, ..
+                } => r#"Bearer realm="authgate", error="invalid_token""#,
+                _ => r#"Bearer realm="authgate""#,
+            };
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
+        }
         match &self {
-            GatewayError::AuthenticationRequired => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer realm="authgate""#),
-                );
-            }
-            GatewayError::InvalidCredentials { token_given, .. } => {
-                let value = if *token_given {
-                    r#"Bearer realm="authgate", error="invalid_token""#
-                } else {
-                    r#"Bearer realm="authgate""#
-                };
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
-            }
             GatewayError::SignInRequired { location } => {
                 if let Ok(value) = HeaderValue::from_str(location) {
                     headers.insert(header::LOCATION, value);
@@ -403,6 +419,12 @@ mod tests {
                 "CONFLICTING_CREDENTIALS",
             ),
             (
+                GatewayError::ConflictingForwardedHeaders,
+                400,
+                "INVALID_ARGUMENT",
+                "CONFLICTING_FORWARDED_HEADERS",
+            ),
+            (
                 GatewayError::AuthenticationRequired,
                 401,
                 "UNAUTHENTICATED",
@@ -446,6 +468,18 @@ mod tests {
                 403,
                 "PERMISSION_DENIED",
                 "ACCOUNT_CONFLICT",
+            ),
+            (
+                GatewayError::StoreUserRequired,
+                403,
+                "PERMISSION_DENIED",
+                "STORE_USER_REQUIRED",
+            ),
+            (
+                GatewayError::EmailNotVerified,
+                403,
+                "PERMISSION_DENIED",
+                "EMAIL_NOT_VERIFIED",
             ),
             (
                 GatewayError::ProviderUnavailable,
@@ -531,6 +565,13 @@ mod tests {
             assert_eq!(err.status_code().as_u16(), status, "{err:?}");
             assert_eq!(err.status_name(), name, "{err:?}");
             assert_eq!(err.reason(), reason, "{err:?}");
+            // Every 401 carries a challenge, whichever variant makes it.
+            let challenged = err
+                .clone()
+                .into_response("r")
+                .headers()
+                .contains_key(header::WWW_AUTHENTICATE);
+            assert_eq!(challenged, status == 401, "{err:?}");
         }
     }
 
@@ -578,6 +619,11 @@ mod tests {
         assert_eq!(
             response.headers()[header::WWW_AUTHENTICATE],
             r#"Bearer realm="authgate", error="invalid_token""#
+        );
+        let response = GatewayError::SignInFailed("the ID token has expired").into_response("r");
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="authgate""#
         );
         let response = GatewayError::TooManyAttempts { retry_after: 7 }.into_response("r");
         assert_eq!(response.headers()[header::RETRY_AFTER], "7");

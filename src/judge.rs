@@ -15,6 +15,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Outcome;
 use crate::oidc;
 use crate::routes::CheckedPath;
+use crate::scope::other_method_readings;
 
 /// What becomes of a permit: the request is forwarded by its route, or
 /// only answered (forward authentication: another proxy forwards it).
@@ -97,6 +98,19 @@ pub async fn judge<'g>(
     // The access key's scope and the rate limits need the judged method,
     // path and client address: here, so both endings apply them.
     check_scope(permit.identity(), request.method, path)?;
+    // Another reading of the method (`?_method=`, and on verify the
+    // override headers the proxy in front passes on) must be allowed too.
+    if let Some(scope) = permit
+        .identity()
+        .and_then(|identity| identity.scope.as_deref())
+        && !scope.methods.is_empty()
+    {
+        let headers = (request.ending == Ending::Answer).then_some(request.headers);
+        let readings = other_method_readings(request.query, headers);
+        if !scope.allows_method_readings(&readings) {
+            return Err(GatewayError::OutOfScope);
+        }
+    }
     if !gateway.ratelimits.is_empty() {
         let limits = gateway
             .ratelimits

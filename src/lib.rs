@@ -25,6 +25,7 @@ pub mod names;
 pub mod oidc;
 pub mod protocol;
 pub mod proxy;
+pub mod proxy_header;
 pub mod ratelimit;
 pub mod request_id;
 pub mod routes;

@@ -1,6 +1,11 @@
 //! What user names and roles may be made of: the rules the config, the
 //! CLI, the API and token claims are all checked against.
 
+/// The provider of store users who log in with a password or a one-time
+/// key (the store's `provider IS NULL`); no `[[oidc]]` or `[[jwt.jwks]]`
+/// provider may take the name.
+pub const LOCAL_PROVIDER: &str = "local";
+
 /// Usernames: 1 to 64 of `A-Z a-z 0-9 . _ @ -` (no `:`, which HA1 uses as
 /// separator, and nothing that needs escaping in a header).
 pub fn valid_username(name: &str) -> bool {

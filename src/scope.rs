@@ -44,8 +44,15 @@ impl KeyScope {
         self.allows_method(method) && self.allows_path(path)
     }
 
-    fn allows_method(&self, method: &str) -> bool {
+    /// Whether `method` lies inside the scope's methods.
+    pub fn allows_method(&self, method: &str) -> bool {
         self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    }
+
+    /// Whether every other reading of the method ([`other_method_readings`])
+    /// lies inside the scope's methods too.
+    pub fn allows_method_readings(&self, readings: &[String]) -> bool {
+        self.methods.is_empty() || readings.iter().all(|m| self.allows_method(m))
     }
 
     fn allows_path(&self, path: &str) -> bool {
@@ -81,6 +88,55 @@ pub fn valid_method(method: &str) -> bool {
         && method
             .bytes()
             .all(|b| b.is_ascii_uppercase() || matches!(b, b'-' | b'_'))
+}
+
+/// The query parameter that method-override middleware reads as the
+/// request's method (Express's `method-override('_method')`, Rails and
+/// Laravel forms).
+pub const METHOD_PARAM: &str = "_method";
+
+/// Headers that method-override middleware reads as the request's method.
+/// The gateway removes them before forwarding; a proxy in front
+/// (forward authentication) may pass them on.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Every other method an upstream could read a request as, upper-cased as
+/// method-override middleware does: each value of the `_method` query
+/// parameter (its name percent-decoded), and each comma-separated item of
+/// the method-override headers in `headers` (pass them only where they
+/// reach the upstream). Empty readings are none.
+pub fn other_method_readings(
+    query: Option<&str>,
+    headers: Option<&http::HeaderMap>,
+) -> Vec<String> {
+    let mut readings: Vec<String> = Vec::new();
+    let mut add = |reading: &str| {
+        let reading = reading.trim();
+        if !reading.is_empty() {
+            readings.push(reading.to_ascii_uppercase());
+        }
+    };
+    if let Some(query) = query {
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if name.trim() == METHOD_PARAM {
+                add(&value);
+            }
+        }
+    }
+    for value in headers.into_iter().flat_map(|headers| {
+        METHOD_OVERRIDE_HEADERS
+            .iter()
+            .flat_map(move |name| headers.get_all(*name).iter())
+    }) {
+        // Bytes that are not UTF-8 become U+FFFD: a reading no scope lists.
+        let text = String::from_utf8_lossy(value.as_bytes());
+        text.split(',').for_each(&mut add);
+    }
+    readings
 }
 
 /// Most roles a key may list.
@@ -131,6 +187,47 @@ pub fn prefix_problem(prefix: &str) -> Option<&'static str> {
         return Some("no segment of a path prefix may end in '.' or '~'");
     }
     None
+}
+
+#[cfg(test)]
+mod method_reading_tests {
+    use super::*;
+
+    #[test]
+    fn the_method_override_readings() {
+        assert!(other_method_readings(None, None).is_empty());
+        assert!(other_method_readings(Some("a=1&b=2"), None).is_empty());
+        assert_eq!(
+            other_method_readings(Some("a=1&_method=delete"), None),
+            vec!["DELETE"]
+        );
+        assert_eq!(
+            other_method_readings(Some("%5Fmethod=PUT&_method=patch&_method="), None),
+            vec!["PUT", "PATCH"]
+        );
+        assert!(other_method_readings(Some("x_method=PUT&_methods=PUT"), None).is_empty());
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-http-method-override", "delete, put".parse().unwrap());
+        headers.append("x-method-override", "PATCH".parse().unwrap());
+        headers.append("x-http-method", "MOVE".parse().unwrap());
+        let mut all = other_method_readings(Some("_method=TRACE"), Some(&headers));
+        all.sort();
+        assert_eq!(all, vec!["DELETE", "MOVE", "PATCH", "PUT", "TRACE"]);
+        assert!(other_method_readings(None, Some(&http::HeaderMap::new())).is_empty());
+    }
+
+    #[test]
+    fn a_key_scoped_by_method_must_allow_every_reading() {
+        let scope = KeyScope {
+            methods: vec!["GET".into(), "POST".into()],
+            ..KeyScope::default()
+        };
+        assert!(scope.allows_method_readings(&[]));
+        assert!(scope.allows_method_readings(&["POST".into()]));
+        assert!(!scope.allows_method_readings(&["DELETE".into()]));
+        assert!(!scope.allows_method_readings(&["GET".into(), "PUT".into()]));
+        assert!(KeyScope::default().allows_method_readings(&["DELETE".into()]));
+    }
 }
 
 #[cfg(test)]

@@ -344,6 +344,14 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
         } else {
             None
         };
+        // Only listed peers send a PROXY header, and they must.
+        let proxied = !current.config.server.proxy_protocol.is_empty()
+            && current
+                .config
+                .server
+                .proxy_protocol
+                .iter()
+                .any(|net| net.contains(&peer.ip()));
         let metrics = current.metrics.clone();
         drop(current);
         // Shared with the requests of this connection, so that an upgraded
@@ -363,8 +371,18 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
         // Two kinds of task: a plain connection's task is not sized for
         // the TLS handshake and session it does not have.
         match tls {
-            None => spawn_counted(metrics, span, task.run(stream, None)),
+            None => spawn_counted(metrics, span, async move {
+                let mut stream = stream;
+                if proxied && !task.read_proxy_header(&mut stream, peer).await {
+                    return;
+                }
+                task.run(stream, None).await
+            }),
             Some(acceptor) => spawn_counted(metrics, span, async move {
+                let mut stream = stream;
+                if proxied && !task.read_proxy_header(&mut stream, peer).await {
+                    return;
+                }
                 match tokio::time::timeout_at(head_deadline, acceptor.accept(stream)).await {
                     Ok(Ok(mut tls_stream)) => {
                         if tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN)
@@ -419,6 +437,27 @@ struct ConnectionTask {
 }
 
 impl ConnectionTask {
+    /// Reads the PROXY header a listed peer must send first, within the
+    /// first head's deadline, and takes the client address it names.
+    /// `false`: refused (logged), the connection is to be closed.
+    async fn read_proxy_header(&mut self, stream: &mut TcpStream, peer: SocketAddr) -> bool {
+        match tokio::time::timeout_at(self.head_deadline, crate::proxy_header::read(stream)).await {
+            Ok(Ok(Some(client))) => {
+                self.client.set_addr(client);
+                true
+            }
+            Ok(Ok(None)) => true,
+            Ok(Err(err)) => {
+                info!(peer = %peer, error = %err, "PROXY protocol header refused; connection closed");
+                false
+            }
+            Err(_) => {
+                info!(peer = %peer, "no PROXY protocol header within header_read_timeout; connection closed");
+                false
+            }
+        }
+    }
+
     /// Serves one connection until it closes, goes idle, misses its first
     /// request head's deadline, or shutdown asks it to finish. `known` is
     /// the protocol TLS negotiated; without one the first bytes tell.

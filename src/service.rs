@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::api::{self, Endpoint};
+use crate::auth::extract::carries_credential;
 use crate::body::Body;
 use crate::conn::ClientInfo;
 use crate::context::RequestContext;
@@ -39,10 +40,34 @@ pub async fn handle(
         .cloned()
         .unwrap_or_else(new_request_id);
     let mut ctx = RequestContext::new(request_id, &request, &client);
+    // Whatever the answer (relayed, 304, an error of ours, a decision, a
+    // 101), it is this caller's alone when a credential came with it. A
+    // verify answer judges one held request, whose credential may be in
+    // the judged query: always the caller's.
+    let credential = carries_credential(request.headers(), request.uri().query())
+        || verify::verify_suffix(request.uri().path()).is_some();
     let span = ctx.span();
+    let over_tls = client.tls;
     async move {
         let result = handle_inner(&gateway, client, request, &mut ctx).await;
-        ctx.finish(&gateway.metrics, result)
+        let mut response = ctx.finish(&gateway.metrics, result);
+        if over_tls
+            && let Some(hsts) = gateway
+                .config
+                .server
+                .tls
+                .as_ref()
+                .and_then(|tls| tls.hsts.as_ref())
+        {
+            // The operator's policy, whatever the upstream said.
+            response
+                .headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        if credential {
+            headers::mark_private(response.headers_mut());
+        }
+        response
     }
     .instrument(span)
     .await
@@ -75,6 +100,12 @@ async fn handle_inner(
     // bare 431); HTTP/2 has no count limit of its own.
     if request.headers().len() > gateway.config.limits.max_headers {
         return Err(GatewayError::HeadersTooLarge);
+    }
+    if !client.tls
+        && gateway.config.server.redirect_https
+        && !stays_on_plain_http(request.uri().path())
+    {
+        return https_redirect(gateway, &request);
     }
     let path = CheckedPath::new(request.uri().path()).map_err(|_| GatewayError::InvalidPath)?;
 
@@ -166,6 +197,126 @@ async fn acme_challenge(gateway: &Gateway, token: &str) -> Response<Body> {
             let mut response = Response::new(crate::body::empty());
             *response.status_mut() = http::StatusCode::NOT_FOUND;
             response
+        }
+    }
+}
+
+/// Paths the plain listener serves even with `server.redirect_https`:
+/// ACME's http-01 validation (it must be plain HTTP), health checks, and
+/// forward authentication (a proxy in front asks over plain HTTP).
+fn stays_on_plain_http(path: &str) -> bool {
+    path.starts_with(ACME_HTTP01_PREFIX)
+        || path == "/healthz"
+        || path == "/readyz"
+        || verify::verify_suffix(path).is_some()
+}
+
+/// Where ACME's http-01 validations ask (RFC 8555 section 8.3).
+const ACME_HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// 308 to the same host, path and query over `https` (the TLS listener's
+/// port unless 443). Only the host of `Host` is used (no user info, no
+/// port); a request without a usable one is 400.
+fn https_redirect(
+    gateway: &Gateway,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let tls_port = gateway
+        .config
+        .server
+        .tls
+        .as_ref()
+        .map_or(443, |tls| tls.listen.port());
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |target| target.as_str());
+    let location =
+        https_location(host, tls_port, path_and_query).ok_or(GatewayError::InvalidHost)?;
+    let mut response = Response::new(crate::body::empty());
+    *response.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+/// `https://HOST[:PORT]PATH_AND_QUERY` from a `Host` value: its host only.
+fn https_location(
+    host: Option<&str>,
+    tls_port: u16,
+    path_and_query: &str,
+) -> Option<http::HeaderValue> {
+    let authority: http::uri::Authority = host?.parse().ok()?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    let port = if tls_port == 443 {
+        String::new()
+    } else {
+        format!(":{tls_port}")
+    };
+    http::HeaderValue::try_from(format!(
+        "https://{}{port}{path_and_query}",
+        authority.host()
+    ))
+    .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_locations_keep_host_path_and_query_only() {
+        let at = |host, port, target| {
+            https_location(host, port, target).map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            at(Some("api.example.com:8080"), 8443, "/a/b?c=d%20e").as_deref(),
+            Some("https://api.example.com:8443/a/b?c=d%20e")
+        );
+        assert_eq!(
+            at(Some("api.example.com"), 443, "/").as_deref(),
+            Some("https://api.example.com/")
+        );
+        assert_eq!(
+            at(Some("[::1]:80"), 443, "/x").as_deref(),
+            Some("https://[::1]/x")
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("evil.test@api.example.com"),
+            Some("a b"),
+            Some("/x"),
+        ] {
+            assert_eq!(at(bad, 443, "/"), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn acme_health_and_verify_stay_on_plain_http() {
+        for path in [
+            "/.well-known/acme-challenge/abc",
+            "/healthz",
+            "/readyz",
+            "/_authgate/verify",
+            "/_authgate/verify/api",
+        ] {
+            assert!(stays_on_plain_http(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/healthz/x",
+            "/.well-known/acme-challenge",
+            "/api",
+            "/_authgate/",
+        ] {
+            assert!(!stays_on_plain_http(path), "{path}");
         }
     }
 }

@@ -89,14 +89,14 @@ pub fn decision(identity: Option<&Identity>) -> Response<Body> {
 
 /// The judged method: `X-Forwarded-Method`, else `X-Original-Method`, else
 /// the verify request's own. A repeated header or one that is not a method
-/// token is refused (400), never guessed at.
+/// token is refused (400), never guessed at; both headers with different
+/// values are a conflict (400 `CONFLICTING_FORWARDED_HEADERS`): a proxy
+/// sets one of them and may pass the other on from its client.
 pub fn judged_method(headers: &HeaderMap, own: &Method) -> Result<Method, GatewayError> {
     let refused = || GatewayError::InvalidArgument("the forwarded method is not an HTTP method");
-    let named = match single(headers, &X_FORWARDED_METHOD).map_err(|_| refused())? {
-        Some(value) => Some(value),
-        None => single(headers, &X_ORIGINAL_METHOD).map_err(|_| refused())?,
-    };
-    match named {
+    let forwarded = single(headers, &X_FORWARDED_METHOD).map_err(|_| refused())?;
+    let original = single(headers, &X_ORIGINAL_METHOD).map_err(|_| refused())?;
+    match agreed(forwarded, original)? {
         None => Ok(own.clone()),
         Some(name) => Method::from_bytes(name.as_bytes()).map_err(|_| refused()),
     }
@@ -106,24 +106,52 @@ pub fn judged_method(headers: &HeaderMap, own: &Method) -> Result<Method, Gatewa
 /// `X-Forwarded-Uri`, else `X-Original-URI` (then the verify request's own
 /// query is ignored: Caddy repeats the original query there), else
 /// `suffix` with the verify request's own query (an empty suffix judges
-/// `/`).
+/// `/`). Sources that are present must agree byte for byte (both headers,
+/// and a header with a non-empty `suffix` and its query), else 400
+/// `CONFLICTING_FORWARDED_HEADERS`: whichever source the front proxy
+/// sets, a client-sent other one must not change what is judged.
 pub fn judged_target<'a>(
     headers: &'a HeaderMap,
     suffix: &'a str,
     own_query: Option<&'a str>,
 ) -> Result<(CheckedPath<'a>, Option<&'a str>), GatewayError> {
-    let forwarded =
-        match single(headers, &X_FORWARDED_URI).map_err(|_| GatewayError::InvalidPath)? {
-            Some(target) => Some(target),
-            None => single(headers, &X_ORIGINAL_URI).map_err(|_| GatewayError::InvalidPath)?,
-        };
-    let (path, query) = match forwarded {
+    let forwarded = single(headers, &X_FORWARDED_URI).map_err(|_| GatewayError::InvalidPath)?;
+    let original = single(headers, &X_ORIGINAL_URI).map_err(|_| GatewayError::InvalidPath)?;
+    let named = agreed(forwarded, original)?;
+    if let Some(target) = named
+        && !suffix.is_empty()
+        && !same_target(target, suffix, own_query)
+    {
+        return Err(GatewayError::ConflictingForwardedHeaders);
+    }
+    let (path, query) = match named {
         Some(target) => origin_form(target)?,
         None if suffix.is_empty() => ("/", own_query),
         None => (suffix, own_query),
     };
     let path = CheckedPath::new(path).map_err(|_| GatewayError::InvalidPath)?;
     Ok((path, query))
+}
+
+/// The one value two optional sources give; both present and different is
+/// a conflict.
+fn agreed<'h>(
+    first: Option<&'h str>,
+    second: Option<&'h str>,
+) -> Result<Option<&'h str>, GatewayError> {
+    match (first, second) {
+        (Some(a), Some(b)) if a != b => Err(GatewayError::ConflictingForwardedHeaders),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// Whether the request target `target` is `path` with `query`, byte for
+/// byte (`/a?` has an empty query, `/a` none).
+fn same_target(target: &str, path: &str, query: Option<&str>) -> bool {
+    match target.split_once('?') {
+        Some((target_path, target_query)) => target_path == path && query == Some(target_query),
+        None => target == path && query.is_none(),
+    }
 }
 
 /// A request target in origin form (RFC 9112 section 3.2.1), split into
@@ -195,7 +223,7 @@ mod tests {
         assert_eq!(judged_method(&headers(&[]), &own).unwrap(), Method::GET);
         let both = headers(&[
             ("x-forwarded-method", "DELETE"),
-            ("x-original-method", "PUT"),
+            ("x-original-method", "DELETE"),
         ]);
         assert_eq!(judged_method(&both, &own).unwrap(), Method::DELETE);
         let original = headers(&[("x-original-method", "PUT")]);
@@ -230,11 +258,16 @@ mod tests {
             judged(
                 &[
                     ("x-forwarded-uri", "/api/x?a=1"),
-                    ("x-original-uri", "/other")
+                    ("x-original-uri", "/api/x?a=1")
                 ],
-                "/envoy",
+                "",
                 Some("token=own")
             ),
+            ok("/api/x", Some("a=1"))
+        );
+        // A header that repeats the suffix form exactly agrees with it.
+        assert_eq!(
+            judged(&[("x-original-uri", "/api/x?a=1")], "/api/x", Some("a=1")),
             ok("/api/x", Some("a=1"))
         );
         assert_eq!(
@@ -251,6 +284,65 @@ mod tests {
             judged(&[("x-forwarded-uri", "/?")], "", None),
             ok("/", Some(""))
         );
+    }
+
+    #[test]
+    fn sources_that_disagree_are_a_conflict() {
+        let conflict = Err(GatewayError::ConflictingForwardedHeaders);
+        for (pairs, suffix, query) in [
+            // nginx sets X-Original-URI; the client adds X-Forwarded-Uri.
+            (
+                &[
+                    ("x-forwarded-uri", "/public/x"),
+                    ("x-original-uri", "/admin/stats"),
+                ][..],
+                "",
+                None,
+            ),
+            (
+                &[("x-forwarded-uri", "/a?x=1"), ("x-original-uri", "/a?x=2")][..],
+                "",
+                None,
+            ),
+            (
+                &[("x-forwarded-uri", "/a"), ("x-original-uri", "/a?")][..],
+                "",
+                None,
+            ),
+            (
+                &[("x-forwarded-uri", "/A"), ("x-original-uri", "/a")][..],
+                "",
+                None,
+            ),
+            // The path-prefix form (ingress-nginx, Envoy) and a header.
+            (&[("x-forwarded-uri", "/public/x")][..], "/admin", None),
+            (&[("x-original-uri", "/public/x")][..], "/admin", None),
+            (&[("x-forwarded-uri", "/admin")][..], "/admin", Some("a=1")),
+            (
+                &[("x-forwarded-uri", "/admin?a=2")][..],
+                "/admin",
+                Some("a=1"),
+            ),
+            (&[("x-forwarded-uri", "/admin?a=1")][..], "/admin", None),
+            (&[("x-forwarded-uri", "/")][..], "/admin", None),
+        ] {
+            let map = headers(pairs);
+            let got = judged_target(&map, suffix, query).map(|(path, q)| (path.as_str(), q));
+            assert_eq!(got.map(|_| ()), conflict, "{pairs:?} {suffix} {query:?}");
+        }
+        for pairs in [
+            &[
+                ("x-forwarded-method", "GET"),
+                ("x-original-method", "DELETE"),
+            ][..],
+            &[("x-forwarded-method", "get"), ("x-original-method", "GET")][..],
+        ] {
+            assert_eq!(
+                judged_method(&headers(pairs), &Method::GET),
+                conflict.clone().map(|()| Method::GET),
+                "{pairs:?}"
+            );
+        }
     }
 
     #[test]
@@ -298,7 +390,9 @@ mod tests {
         assert_eq!(public.status(), http::StatusCode::OK);
         assert!(!public.headers().contains_key(&headers::X_AUTH_USER));
         let identity = Identity {
-            user: "alice".into(),
+            principal: crate::auth::Principal::Store(crate::auth::StoreUser::for_tests(
+                "alice", "local",
+            )),
             roles: vec!["dev".to_owned(), "ops".to_owned()].into(),
             method: crate::auth::AuthMethod::AccessKey,
             key_id: Some(uuid::Uuid::nil()),
@@ -308,6 +402,7 @@ mod tests {
         let allowed = decision(Some(&identity));
         let h = allowed.headers();
         assert_eq!(h[&headers::X_AUTH_USER], "alice");
+        assert_eq!(h[&headers::X_AUTH_PROVIDER], "local");
         assert_eq!(h[&headers::X_AUTH_ROLES], "dev,ops");
         assert_eq!(h[&headers::X_AUTH_METHOD], "accesskey");
         assert_eq!(

@@ -558,3 +558,274 @@ async fn provider_token_with_crit_header_is_401() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Who a caller is: a provider and a subject together (issue 22, items 2, 13)
+// ---------------------------------------------------------------------------
+
+/// The provider's name when `[[jwt.jwks]]` has none: the host of its issuer.
+const PROVIDER_NAME: &str = "idp.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_subject_named_like_a_store_user_is_refused_and_owns_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = IdpKey::new(&dir, "idp-es-owner", "ES256");
+    let jwks = JwksServer::start(&set_of(&[&es])).await;
+    let upstream = Upstream::start().await;
+    let gw = gateway(&upstream, &jwks, 300, 30).await;
+    gw.add_user("alice", "alice-password-1", &["admin"]).await;
+    let (alice_key_id, alice_key) = gw.create_key_cli("alice", &[]).await;
+    let keys_url = gw.url("/v1.0/accesskeys");
+
+    // alice at the provider, with no roles: not the local alice. Nothing she
+    // asks for is served, on proxied routes, verify or the key endpoints.
+    let alice_at_idp = es.sign(&claims("alice", &[]));
+    let before = upstream.count();
+    get(&gw.url("/ext"), Some(&alice_at_idp), &[])
+        .await
+        .expect_error(403, "PERMISSION_DENIED", "ACCOUNT_CONFLICT");
+    get(&gw.url("/_authgate/verify/ext"), Some(&alice_at_idp), &[])
+        .await
+        .expect_error(403, "PERMISSION_DENIED", "ACCOUNT_CONFLICT");
+    get(&keys_url, Some(&alice_at_idp), &[]).await.expect_error(
+        403,
+        "PERMISSION_DENIED",
+        "ACCOUNT_CONFLICT",
+    );
+    post_json(&keys_url, Some(&alice_at_idp), &json!({"expire": 3600}))
+        .await
+        .expect_error(403, "PERMISSION_DENIED", "ACCOUNT_CONFLICT");
+    let auth = format!("Bearer {alice_at_idp}");
+    request(
+        "DELETE",
+        &gw.url(&format!("/v1.0/accesskeys/{alice_key_id}")),
+        &[("authorization", &auth)],
+        None,
+    )
+    .await
+    .expect_error(403, "PERMISSION_DENIED", "ACCOUNT_CONFLICT");
+    assert_eq!(
+        upstream.count(),
+        before,
+        "a conflicting subject reached the upstream"
+    );
+
+    // A subject of its own, even with role admin at the provider, owns no
+    // keys and manages nobody's.
+    let ext_admin = es.sign(&claims("ext-admin", &["admin"]));
+    get(&keys_url, Some(&ext_admin), &[]).await.expect_error(
+        403,
+        "PERMISSION_DENIED",
+        "STORE_USER_REQUIRED",
+    );
+    post_json(&keys_url, Some(&ext_admin), &json!({"expire": 3600}))
+        .await
+        .expect_error(403, "PERMISSION_DENIED", "STORE_USER_REQUIRED");
+    let auth = format!("Bearer {ext_admin}");
+    for method in ["GET", "DELETE"] {
+        request(
+            method,
+            &gw.url(&format!("/v1.0/accesskeys/{alice_key_id}")),
+            &[("authorization", &auth)],
+            None,
+        )
+        .await
+        .expect_error(403, "PERMISSION_DENIED", "STORE_USER_REQUIRED");
+    }
+
+    // alice's key is untouched and still carries her roles.
+    get(
+        &gw.url(&format!("/admin/x?accesskey={alice_key}")),
+        None,
+        &[],
+    )
+    .await
+    .expect_status(200);
+    assert_eq!(
+        upstream.last().header("x-auth-user").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        upstream.last().header("x-auth-provider").as_deref(),
+        Some("local")
+    );
+    let alice_token = gw.issue_token("alice").await;
+    let listed = get(&keys_url, Some(&alice_token), &[]).await;
+    listed.expect_status(200);
+    assert_eq!(listed.json()["result"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_carry_their_provider_upstream_and_in_verify_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = IdpKey::new(&dir, "idp-es-prov", "ES256");
+    let jwks = JwksServer::start(&set_of(&[&es])).await;
+    let upstream = Upstream::start().await;
+    let gw = gateway(&upstream, &jwks, 300, 30).await;
+    gw.add_user("loc", "loc-password-1", &[]).await;
+
+    let ext = es.sign(&claims("ext-user", &["reader"]));
+    let spoof = [("x-auth-provider", "local"), ("x_auth_provider", "local")];
+    get(&gw.url("/ext"), Some(&ext), &spoof)
+        .await
+        .expect_status(200);
+    let rec = upstream.last();
+    assert_eq!(rec.header("x-auth-user").as_deref(), Some("ext-user"));
+    assert_eq!(
+        rec.header_all("x-auth-provider"),
+        vec![PROVIDER_NAME.to_string()]
+    );
+    assert!(rec.header("x_auth_provider").is_none());
+
+    let verified = get(&gw.url("/_authgate/verify/ext"), Some(&ext), &spoof).await;
+    verified.expect_status(200);
+    assert_eq!(
+        verified.header("x-auth-provider").as_deref(),
+        Some(PROVIDER_NAME)
+    );
+
+    let local = gw.issue_token("loc").await;
+    get(
+        &gw.url("/ext"),
+        Some(&local),
+        &[("x-auth-provider", PROVIDER_NAME)],
+    )
+    .await
+    .expect_status(200);
+    assert_eq!(
+        upstream.last().header_all("x-auth-provider"),
+        vec!["local".to_string()]
+    );
+    let verified = get(&gw.url("/_authgate/verify/ext"), Some(&local), &[]).await;
+    assert_eq!(verified.header("x-auth-provider").as_deref(), Some("local"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_subjects_outside_the_username_alphabet_are_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = IdpKey::new(&dir, "idp-es-alpha", "ES256");
+    let jwks = JwksServer::start(&set_of(&[&es])).await;
+    let upstream = Upstream::start().await;
+    let gw = gateway(&upstream, &jwks, 300, 30).await;
+    let long = "a".repeat(65);
+    for sub in [
+        "",
+        "two words",
+        "a/b",
+        "a,b",
+        "caf\u{e9}",
+        "x\u{202e}y",
+        "a:b",
+        &long,
+    ] {
+        let token = es.sign(&claims(sub, &[]));
+        let before = upstream.count();
+        let r = get(&gw.url("/ext"), Some(&token), &[]).await;
+        assert_eq!(r.status, 401, "subject {sub:?}: {}", r.text());
+        r.expect_invalid_token();
+        assert_eq!(
+            upstream.count(),
+            before,
+            "subject {sub:?} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_subjects_are_provider_and_user_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = IdpKey::new(&dir, "idp-one", "ES256");
+    let two = IdpKey::new(&dir, "idp-two", "ES256");
+    let jwks_one = JwksServer::start(&set_of(&[&one])).await;
+    let jwks_two = JwksServer::start(&set_of(&[&two])).await;
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    let issuer_two = "https://idp-two.test/realms/main";
+    opts.extra_toml = format!(
+        "{}[[jwt.jwks]]\nurl = \"{}\"\nissuer = \"{issuer_two}\"\naudience = \"{AUDIENCE}\"\n\
+         roles_claim = \"realm_access.roles\"\n\n\
+         [ratelimit]\nstore = \"memory\"\n\n\
+         [[ratelimit.rule]]\nname = \"per-user\"\nby = \"user\"\nrate = 0.001\nburst = 1\n",
+        provider_toml(&jwks_one.url(), 300, 30),
+        jwks_two.url()
+    );
+    let gw = Gateway::start_with(opts).await;
+    // One name at two providers: two callers, two budgets.
+    let at_one = one.sign(&claims("dana", &[]));
+    let at_two = two.sign(&with(&claims("dana", &[]), "iss", json!(issuer_two)));
+    get(&gw.url("/ext/1"), Some(&at_one), &[])
+        .await
+        .expect_status(200);
+    let second = get(&gw.url("/ext/2"), Some(&at_two), &[]).await;
+    second.expect_status(200);
+    assert_eq!(
+        upstream.last().header("x-auth-provider").as_deref(),
+        Some("idp-two.test")
+    );
+    // Each caller's own budget is spent.
+    let third = get(&gw.url("/ext/3"), Some(&at_one), &[]).await;
+    third.expect_status(429);
+    assert_eq!(third.json()["error"]["reason"], "RATE_LIMITED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_published_for_encryption_do_not_verify_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let sig = IdpKey::new(&dir, "idp-sig", "ES256");
+    let mut enc = IdpKey::new(&dir, "idp-enc", "ES256");
+    enc.jwk["use"] = json!("enc");
+    let mut enc_ops = IdpKey::new(&dir, "idp-enc-ops", "RS256");
+    enc_ops.jwk.as_object_mut().unwrap().remove("use");
+    enc_ops.jwk["key_ops"] = json!(["encrypt"]);
+    let mut verify_ops = IdpKey::new(&dir, "idp-verify-ops", "ES256");
+    verify_ops.jwk.as_object_mut().unwrap().remove("use");
+    verify_ops.jwk["key_ops"] = json!(["verify"]);
+    let jwks = JwksServer::start(&set_of(&[&sig, &enc, &enc_ops, &verify_ops])).await;
+    let upstream = Upstream::start().await;
+    let gw = gateway(&upstream, &jwks, 300, 30).await;
+    for key in [&sig, &verify_ops] {
+        get(
+            &gw.url("/ext"),
+            Some(&key.sign(&claims("sig-user", &[]))),
+            &[],
+        )
+        .await
+        .expect_status(200);
+    }
+    for key in [&enc, &enc_ops] {
+        assert_rejected(
+            &gw,
+            &upstream,
+            &key.sign(&claims("enc-user", &[])),
+            &key.kid,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_warns_about_a_provider_without_audience() {
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.extra_toml = format!(
+        "[[jwt.jwks]]\nname = \"corp-idp\"\nurl = \"https://idp.test/jwks.json\"\nissuer = \"{ISSUER}\"\n"
+    );
+    let gw = Gateway::start_with(opts).await;
+    let out = gw.cli(&["check-config"], None).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning") && stdout.contains("jwt.jwks[0]") && stdout.contains("audience"),
+        "{stdout}"
+    );
+    // With an audience there is nothing to warn about.
+    let mut opts = gw.options().clone();
+    opts.extra_toml = provider_toml("https://idp.test/jwks.json", 300, 30);
+    gw.write_config(&gw.render_config(&opts));
+    let out = gw.cli(&["check-config"], None).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !stdout.contains("warning"),
+        "{stdout}"
+    );
+}

@@ -165,15 +165,16 @@ async fn nginx_header_form_and_the_fallback_to_the_own_method() {
     .await;
     r.expect_status(200);
     assert_eq!(r.header("x-auth-user").as_deref(), Some("root"));
-    // X-Forwarded-Uri wins over X-Original-URI.
-    let r = request(
+    // X-Forwarded-Uri and X-Original-URI that disagree: neither wins
+    // (the client may have added either one).
+    request(
         "GET",
         &verify_url(&s),
         &[("x-forwarded-uri", "/public"), ("x-original-uri", "/admin")],
         None,
     )
-    .await;
-    r.expect_status(200);
+    .await
+    .expect_error(400, "INVALID_ARGUMENT", "CONFLICTING_FORWARDED_HEADERS");
     // A method that is not a token is refused, not guessed.
     traefik(&s, "GE T", "/public", &[]).await.expect_error(
         400,
@@ -773,6 +774,172 @@ async fn nginx_auth_request_in_front() {
 #[tokio::test]
 async fn caddy_forward_auth_in_front() {
     front_proxy_scenario(Kind::Caddy).await;
+}
+
+/// Issue 22 item 1: each guide driven with the client's own copies of every
+/// header authgate reads the judged request from. The proxy in front sets
+/// (or clears) them, so what is judged is what it forwards: an anonymous
+/// request for `/admin/stats` claiming `/public/x` is refused, and a
+/// GET-only key claiming GET for a DELETE (or asking for DELETE through a
+/// method override) is out of scope. Nothing refused reaches the upstream.
+async fn hostile_judged_headers_scenario(kind: Kind) {
+    let (s, front) = with_front(kind).await;
+    let logs = || {
+        format!(
+            "front log:\n{}\nauthgate log:\n{}",
+            front.logs(),
+            s.gw.logs()
+        )
+    };
+    let (_, get_only) = s.gw.create_key_cli("alice", &["--method", "GET"]).await;
+    let claims_public: [(&str, &str); 4] = [
+        ("x-forwarded-uri", "/public/x"),
+        ("x-original-uri", "/public/x"),
+        ("x-forwarded-method", "GET"),
+        ("x-original-method", "GET"),
+    ];
+
+    // Each claim alone, then all of them.
+    let mut cases: Vec<Vec<(&str, &str)>> = claims_public.iter().map(|c| vec![*c]).collect();
+    cases.push(claims_public.to_vec());
+    for claims in &cases {
+        let before = s.upstream.count();
+        let r = get(&front.url("/admin/stats"), None, claims).await;
+        assert_eq!(
+            r.status,
+            401,
+            "{kind:?}: anonymous /admin/stats with {claims:?}: {}\n{}",
+            r.text(),
+            logs()
+        );
+        assert_eq!(s.upstream.count(), before, "{claims:?} was forwarded");
+    }
+
+    // A GET-only key: DELETE claiming GET, in every header.
+    let key_cookie = format!("accesskey={get_only}");
+    let key_auth = ("cookie", key_cookie.as_str());
+    let method_claims: [(&str, &str); 2] =
+        [("x-forwarded-method", "GET"), ("x-original-method", "GET")];
+    let mut cases: Vec<Vec<(&str, &str)>> = method_claims.iter().map(|c| vec![*c]).collect();
+    cases.push(method_claims.to_vec());
+    for claims in &cases {
+        let mut sent = claims.clone();
+        sent.push(key_auth);
+        let before = s.upstream.count();
+        let r = request("DELETE", &front.url("/hello"), &sent, None).await;
+        assert_eq!(
+            r.status,
+            403,
+            "{kind:?}: DELETE with a GET-only key and {claims:?}: {}\n{}",
+            r.text(),
+            logs()
+        );
+        assert_eq!(s.upstream.count(), before, "{claims:?} was forwarded");
+    }
+    // A GET that the application would run as DELETE (method-override).
+    for (url, extra) in [
+        (front.url("/hello?_method=DELETE"), None),
+        (
+            front.url("/hello"),
+            Some(("x-http-method-override", "DELETE")),
+        ),
+        (front.url("/hello"), Some(("x-method-override", "delete"))),
+    ] {
+        let mut sent = vec![key_auth];
+        sent.extend(extra);
+        let before = s.upstream.count();
+        let r = request("GET", &url, &sent, None).await;
+        assert_eq!(r.status, 403, "{kind:?}: {url} {extra:?}\n{}", logs());
+        assert_eq!(s.upstream.count(), before, "{url} {extra:?} was forwarded");
+    }
+
+    // What the proxy sets is judged as before: the key may GET, and the
+    // hostile headers change nothing for an honest request.
+    let mut sent = claims_public.to_vec();
+    sent.push(key_auth);
+    let r = request("GET", &front.url("/hello"), &sent, None).await;
+    assert_eq!(r.status, 200, "{kind:?}: {}", logs());
+    assert_eq!(s.upstream.last().path(), "/hello");
+    let r = request("GET", &front.url("/public/x"), &claims_public, None).await;
+    assert_eq!(r.status, 200, "{kind:?}: {}", logs());
+}
+
+#[tokio::test]
+async fn nginx_guide_judges_what_nginx_forwards_whatever_the_client_adds() {
+    hostile_judged_headers_scenario(Kind::Nginx).await;
+}
+
+#[tokio::test]
+async fn caddy_guide_judges_what_caddy_forwards_whatever_the_client_adds() {
+    hostile_judged_headers_scenario(Kind::Caddy).await;
+}
+
+#[tokio::test]
+async fn disagreeing_judged_sources_are_a_conflict() {
+    let s = setup().await;
+    let conflict = |r: Resp| {
+        r.expect_error(400, "INVALID_ARGUMENT", "CONFLICTING_FORWARDED_HEADERS");
+    };
+    let verify = verify_url(&s);
+    conflict(
+        request(
+            "GET",
+            &verify,
+            &[
+                ("x-original-uri", "/admin/stats"),
+                ("x-forwarded-uri", "/public/x"),
+            ],
+            None,
+        )
+        .await,
+    );
+    conflict(
+        request(
+            "GET",
+            &verify,
+            &[
+                ("x-original-method", "DELETE"),
+                ("x-forwarded-method", "GET"),
+                ("x-original-uri", "/hello"),
+                ("authorization", &bearer(&s.alice)),
+            ],
+            None,
+        )
+        .await,
+    );
+    // The path-prefix form (ingress-nginx, Envoy) against a header.
+    conflict(
+        request(
+            "GET",
+            &s.gw.url("/_authgate/verify/admin/stats"),
+            &[("x-forwarded-uri", "/public/x")],
+            None,
+        )
+        .await,
+    );
+    conflict(
+        request(
+            "GET",
+            &s.gw.url("/_authgate/verify/admin/stats?a=1"),
+            &[("x-original-uri", "/admin/stats?a=2")],
+            None,
+        )
+        .await,
+    );
+    // Sources that agree are one source.
+    request(
+        "GET",
+        &s.gw.url("/_authgate/verify/public/x?a=1"),
+        &[
+            ("x-original-uri", "/public/x?a=1"),
+            ("x-forwarded-uri", "/public/x?a=1"),
+            ("x-forwarded-method", "GET"),
+            ("x-original-method", "GET"),
+        ],
+        None,
+    )
+    .await
+    .expect_status(200);
 }
 
 #[tokio::test]

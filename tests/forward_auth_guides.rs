@@ -23,6 +23,26 @@ const IDENTITY_HEADERS: [&str; 4] = [
     "x-auth-key-id",
 ];
 
+/// The names authgate reads the judged request from: every guide sets or
+/// clears each of them itself, or sends only an allow-list without them.
+const JUDGED_HEADERS: [&str; 4] = [
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-original-uri",
+    "x-original-method",
+];
+
+/// Whether `text` has a line `directive <name> ...` for `name`, any case.
+fn has_directive(text: &str, directive: &str, name: &str) -> bool {
+    text.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.next() == Some(directive)
+            && words
+                .next()
+                .is_some_and(|word| word.eq_ignore_ascii_case(name))
+    })
+}
+
 fn guide(relative: &str) -> PathBuf {
     front::repo_root()
         .join("deploy/forward-auth")
@@ -106,6 +126,18 @@ fn nginx_guide_passes_nginx_t() {
     ] {
         assert!(conf.contains(needle), "nginx guide lacks {needle:?}");
     }
+    // The verify location sets or clears every judged header itself.
+    let verify = conf
+        .split("location = /_authgate_verify {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("the verify location");
+    for name in JUDGED_HEADERS {
+        assert!(
+            has_directive(verify, "proxy_set_header", name),
+            "the nginx verify location neither sets nor clears {name}"
+        );
+    }
 }
 
 #[test]
@@ -138,6 +170,14 @@ fn caddy_guide_passes_caddy_validate() {
     assert!(text.contains("forward_auth 127.0.0.1:8080"));
     assert!(text.contains("uri /_authgate/verify"));
     assert!(text.contains("request_header -Authorization"));
+    // forward_auth sets X-Forwarded-Method and -Uri itself; the others are
+    // removed from what it sends.
+    for name in ["x-original-uri", "x-original-method"] {
+        assert!(
+            has_directive(&text, "header_up", &format!("-{name}")),
+            "the Caddyfile does not clear {name}"
+        );
+    }
 }
 
 #[test]
@@ -158,6 +198,13 @@ fn ingress_nginx_guide_annotations() {
         .collect();
     assert_eq!(copied, IDENTITY_HEADERS);
     assert!(get("configuration-snippet").contains("proxy_set_header Authorization \"\";"));
+    // The controller sets X-Original-Method; the auth location clears the rest.
+    for name in ["x-forwarded-uri", "x-forwarded-method", "x-original-uri"] {
+        assert!(
+            has_directive(get("auth-snippet"), "proxy_set_header", name),
+            "auth-snippet does not clear {name}"
+        );
+    }
 }
 
 #[test]
@@ -188,11 +235,32 @@ fn traefik_guide_static_dynamic_and_crd() {
         ],
     );
     assert_eq!(at(strip, &["Authorization"]).as_str(), Some(""));
+    // forwardAuth sets X-Forwarded-Method and -Uri; the X-Original-* are
+    // removed before it.
+    let judged = at(
+        dynamic,
+        &[
+            "http",
+            "middlewares",
+            "strip-judged-headers",
+            "headers",
+            "customRequestHeaders",
+        ],
+    );
+    for name in ["X-Original-URI", "X-Original-Method"] {
+        assert_eq!(at(judged, &[name]).as_str(), Some(""), "{name}");
+    }
     let router = at(dynamic, &["http", "routers", "hello", "middlewares"]);
+    let order: Vec<&str> = router
+        .as_sequence()
+        .expect("middlewares")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
     assert_eq!(
-        router.as_sequence().map(|s| s.len()),
-        Some(2),
-        "the router uses both middlewares"
+        order,
+        ["strip-judged-headers", "authgate", "strip-credential"],
+        "the judged headers go before the check, the credential after it"
     );
 
     let crds = documents("traefik/kubernetes.yaml");
@@ -200,7 +268,7 @@ fn traefik_guide_static_dynamic_and_crd() {
         .iter()
         .filter(|doc| doc.get("kind").and_then(Yaml::as_str) == Some("Middleware"))
         .collect();
-    assert_eq!(middlewares.len(), 2);
+    assert_eq!(middlewares.len(), 3);
     for doc in &crds {
         assert_eq!(
             doc.get("apiVersion").and_then(Yaml::as_str),
@@ -209,6 +277,21 @@ fn traefik_guide_static_dynamic_and_crd() {
     }
     let forward = at(middlewares[0], &["spec", "forwardAuth"]);
     names_every_identity_header(at(forward, &["authResponseHeaders"]), "Middleware");
+    let judged = at(middlewares[1], &["spec", "headers", "customRequestHeaders"]);
+    for name in ["X-Original-URI", "X-Original-Method"] {
+        assert_eq!(at(judged, &[name]).as_str(), Some(""), "{name}");
+    }
+    let route = at(document(&crds, "IngressRoute"), &["spec", "routes"]);
+    let order: Vec<&str> = at(&route[0], &["middlewares"])
+        .as_sequence()
+        .expect("middlewares")
+        .iter()
+        .filter_map(|m| m.get("name").and_then(Yaml::as_str))
+        .collect();
+    assert_eq!(
+        order,
+        ["strip-judged-headers", "authgate", "strip-credential"]
+    );
     document(&crds, "IngressRoute");
 }
 
@@ -254,6 +337,17 @@ fn envoy_guide_ext_authz_http_service() {
         "allowed_upstream_headers",
     );
     names_every_identity_header(&filters[0], "the first header_mutation");
+    // Only an allow-list of client headers reaches authgate, without any
+    // judged header: the judged request is path_prefix + the path.
+    let mut allowed = Vec::new();
+    strings(
+        at(service, &["authorization_request", "allowed_headers"]),
+        &mut allowed,
+    );
+    assert!(allowed.iter().any(|h| h == "authorization"));
+    for name in JUDGED_HEADERS {
+        assert!(!allowed.iter().any(|h| h == name), "{name} is sent");
+    }
 }
 
 #[test]
@@ -274,6 +368,12 @@ fn istio_guide_extension_provider_and_custom_policy() {
         at(http, &["headersToUpstreamOnAllow"]),
         "headersToUpstreamOnAllow",
     );
+    let mut included = Vec::new();
+    strings(at(http, &["includeRequestHeadersInCheck"]), &mut included);
+    assert!(included.iter().any(|h| h == "authorization"));
+    for name in JUDGED_HEADERS {
+        assert!(!included.iter().any(|h| h == name), "{name} is sent");
+    }
 
     let docs = documents("istio/authorizationpolicy.yaml");
     let policy = document(&docs, "AuthorizationPolicy");

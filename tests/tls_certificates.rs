@@ -357,3 +357,73 @@ impl OpenConnection {
         assert_eq!(response.status(), 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_https_sends_plain_requests_to_tls_and_hsts_marks_tls_answers() {
+    let dir = certs_dir();
+    let ca = Ca::new(dir.path(), "redirect");
+    let server = ca.server_cert("server");
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    // The redirect names the TLS port, so it is fixed (probed) here.
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|probe| probe.local_addr())
+        .unwrap()
+        .port();
+    opts.extra_toml = tls_toml(
+        &server.cert,
+        &server.key,
+        "hsts = \"max-age=31536000; includeSubDomains\"\n",
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{tls_port}"));
+    let mut gw = Gateway::prepare(opts);
+    let text = gw.render_config(gw.options()).replacen(
+        "[server]\n",
+        "[server]\nredirect_https = true\n",
+        1,
+    );
+    gw.write_config(&text);
+    gw.spawn().await;
+    let https = gw.https_addr().await;
+
+    let plain = |target: &str, host: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    let moved = raw_request(
+        gw.addr(),
+        &plain("/api/x?b=two%20words", "gw.test:8080"),
+        b"",
+    )
+    .await;
+    assert_eq!(moved.status, 308);
+    assert_eq!(
+        moved.header("location"),
+        Some(format!("https://gw.test:{}/api/x?b=two%20words", https.port()).as_str())
+    );
+    assert_eq!(upstream.count(), 0, "a redirected request is not forwarded");
+    // Only the host of Host is used: user info cannot pick the target.
+    let sneaky = raw_request(gw.addr(), &plain("/", "evil.test@gw.test"), b"").await;
+    assert_eq!(sneaky.status, 400);
+
+    for exempt in [
+        "/healthz",
+        "/readyz",
+        "/.well-known/acme-challenge/token",
+        "/_authgate/verify",
+    ] {
+        let answer = raw_request(gw.addr(), &plain(exempt, "gw.test"), b"").await;
+        assert_ne!(answer.status, 308, "{exempt} stays on plain HTTP");
+    }
+    let health = raw_request(gw.addr(), &plain("/healthz", "gw.test"), b"").await;
+    assert_eq!(health.header("strict-transport-security"), None);
+
+    let config = client_config(&[&ca.cert], None, &["http/1.1"]);
+    let over_tls = https_request(https, "localhost", config, &Req::get("/healthz"))
+        .await
+        .expect("HTTPS");
+    assert_eq!(over_tls.status, 200);
+    assert_eq!(
+        over_tls.header("strict-transport-security").as_deref(),
+        Some("max-age=31536000; includeSubDomains")
+    );
+}

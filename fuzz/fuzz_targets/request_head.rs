@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use authgate::api::Endpoint;
 use authgate::auth::extract::{extract, redact_target, strip_credential_query};
-use authgate::auth::{AuthMethod, Identity};
+use authgate::auth::{AuthMethod, Identity, Principal};
 use authgate::conn::ClientInfo;
 use authgate::proxy::rewrite_head;
 use authgate::routes::{check_path, prefix_matches};
@@ -55,11 +55,15 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let identity = (data.len() % 2 == 0).then(|| Identity {
-        user: Arc::from("fuzz"),
+        principal: Principal::External {
+            provider: Arc::from("fuzz-idp"),
+            subject: Arc::from("fuzz"),
+        },
         roles: Arc::from(vec!["a".to_owned()]),
         method: AuthMethod::Jwt,
         key_id: None,
         token: None,
+        scope: None,
     });
     let client = ClientInfo::new(
         "192.0.2.1:4000".parse().unwrap(),
@@ -99,7 +103,10 @@ fuzz_target!(|data: &[u8]| {
         .count();
     match &identity {
         None => assert_eq!(spoofed, 0),
-        Some(_) => assert_eq!(h["x-auth-user"], "fuzz"),
+        Some(_) => {
+            assert_eq!(h["x-auth-user"], "fuzz");
+            assert_eq!(h["x-auth-provider"], "fuzz-idp");
+        }
     }
     if path_ok {
         assert_eq!(parts.uri.path(), format!("/base{path}"));

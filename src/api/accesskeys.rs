@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{Context, caller, json, read_json};
-use crate::auth::{AuthMethod, Identity, accesskey};
+use crate::auth::{AuthMethod, StoreUser, accesskey};
 use crate::body::Body;
 use crate::clock::{rfc3339, unix_now};
 use crate::error::GatewayError;
@@ -67,18 +67,41 @@ fn view(key: &AccessKey) -> serde_json::Value {
     })
 }
 
+/// A caller of these endpoints: a user in the store. Every endpoint here
+/// goes through [`owner`], so an external provider's subject (which may
+/// share a store user's name) reaches none of them.
+struct Owner {
+    user: StoreUser,
+    admin: bool,
+}
+
 /// Whose keys the caller may see: `None` for admins (everyone's).
-fn scope(identity: &Identity) -> Option<&str> {
-    (!identity.is_admin()).then_some(&*identity.user)
+fn scope(owner: &Owner) -> Option<&str> {
+    (!owner.admin).then_some(owner.user.name())
+}
+
+/// The caller, as a store user; 403 `STORE_USER_REQUIRED` for an external
+/// identity (a `[[jwt.jwks]]` token), whatever its roles.
+async fn owner(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Owner, GatewayError> {
+    let identity = caller(request, ctx).await?;
+    let user = identity.store_user()?.clone();
+    Ok(Owner {
+        admin: identity.is_admin(),
+        user,
+    })
 }
 
 /// The caller of a write: JWTs only.
-async fn writer(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Identity, GatewayError> {
+async fn writer(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Owner, GatewayError> {
     let identity = caller(request, ctx).await?;
+    let user = identity.store_user()?.clone();
     if identity.method == AuthMethod::AccessKey {
         return Err(GatewayError::AccessKeyNotAllowed);
     }
-    Ok(identity)
+    Ok(Owner {
+        admin: identity.is_admin(),
+        user,
+    })
 }
 
 fn check_id(id: &str) -> Result<(), GatewayError> {
@@ -113,7 +136,7 @@ pub async fn list(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    let identity = caller(&request, ctx).await?;
+    let identity = owner(&request, ctx).await?;
     let mut page_size = MAX_PAGE_SIZE;
     let mut before: Option<String> = None;
     for (name, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
@@ -203,7 +226,7 @@ pub async fn get(
     ctx: &Context<'_>,
     id: &str,
 ) -> Result<Response<Body>, GatewayError> {
-    let identity = caller(&request, ctx).await?;
+    let identity = owner(&request, ctx).await?;
     check_id(id)?;
     let key = ctx.gateway.store.key(id, scope(&identity)).await?;
     Ok(json(StatusCode::OK, &view(&key)))

@@ -114,7 +114,8 @@ async fn session(
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({
-            "username": &*identity.user,
+            "username": &**identity.user(),
+            "provider": &**identity.provider(),
             "roles": &*identity.roles,
             "admin": identity.is_admin(),
             "method": identity.method.as_str(),

@@ -160,13 +160,9 @@ pub(super) fn session_token(
             unix_now(),
         )
         .map_err(|_| GatewayError::Internal)?;
-    ctx.gateway.cache.put_user(
-        &user.username,
-        Some(UserFacts {
-            generation: user.generation,
-        }),
-        Instant::now(),
-    );
+    ctx.gateway
+        .cache
+        .put_user(&user.username, Some(UserFacts::of(user)), Instant::now());
     let cookie = format!(
         "token={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
         keys.default_ttl().as_secs()
@@ -181,17 +177,18 @@ pub async fn logout(
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
     let identity = caller(&request, ctx).await?;
-    let (AuthMethod::Jwt, Some((jti, expires_at))) = (identity.method, identity.token) else {
+    let (AuthMethod::Jwt, Some((jti, expires_at))) = (identity.method, identity.token.clone())
+    else {
         return Err(GatewayError::AccessKeyNotAllowed);
     };
     ctx.gateway
         .store
-        .revoke_token(&jti, &identity.user, expires_at, unix_now())
+        .revoke_token(&jti, identity.user(), expires_at, unix_now())
         .await?;
     ctx.gateway.cache.revoke_token(&jti, expires_at);
     let mut response = json(
         StatusCode::OK,
-        &serde_json::json!({ "username": &*identity.user, "logged_out": true }),
+        &serde_json::json!({ "username": &**identity.user(), "logged_out": true }),
     );
     response.headers_mut().insert(
         header::SET_COOKIE,

@@ -13,6 +13,7 @@ use crate::body::{self, Body};
 use crate::clock::unix_now;
 use crate::error::GatewayError;
 use crate::oidc::{OidcProvider, SIGN_IN_TTL_SECS, STATE_COOKIE};
+use crate::store::{Change, ProviderConflict};
 
 /// The provider named in the path; 404 for an unknown name.
 fn provider<'a>(ctx: &'a Context<'_>, name: &str) -> Result<&'a OidcProvider, GatewayError> {
@@ -89,8 +90,8 @@ pub async fn callback(
     let code = query_param(&request, "code").unwrap_or_default();
     let state = query_param(&request, "state").unwrap_or_default();
     let sealed = request_cookies(request.headers())
-        .find(|(key, _)| *key == STATE_COOKIE)
-        .map(|(_, value)| value);
+        .find(|(key, _)| *key == STATE_COOKIE.as_bytes())
+        .and_then(|(_, value)| std::str::from_utf8(value).ok());
     let now = unix_now();
     let signed_in = match provider.finish(&code, &state, sealed, now).await {
         Ok(signed_in) => signed_in,
@@ -102,16 +103,32 @@ pub async fn callback(
     let user = match ctx
         .gateway
         .store
-        .record_provider_user(&signed_in.username, provider.name(), &signed_in.roles, now)
+        .record_provider_user(
+            &signed_in.username,
+            provider.name(),
+            &signed_in.subject,
+            &signed_in.roles,
+            now,
+        )
         .await?
     {
         Ok(user) => user,
-        Err(_holder) => {
+        Err(conflict) => {
             ctx.gateway.metrics.login("oidc", "failure");
-            tracing::info!(provider = provider.name(), user = %signed_in.username, "sign-in refused: the name belongs to another account");
+            let held_by = match conflict {
+                ProviderConflict::OtherHolder(_) => "a local user or another provider",
+                ProviderConflict::OtherSubject => "another account of this provider",
+            };
+            tracing::info!(provider = provider.name(), user = %signed_in.username, held_by, "sign-in refused: the name belongs to another account");
             return Err(GatewayError::AccountConflict);
         }
     };
+    // This process drops the user's cached tokens and keys at once (a
+    // sign-in that took roles away made them stale); other replicas read
+    // the same change from the store's log.
+    ctx.gateway
+        .cache
+        .apply(&Change::User(user.username.clone()));
     let (_token, token_cookie) = session_token(&user, ctx)?;
     ctx.gateway.metrics.login("oidc", "success");
     tracing::info!(provider = provider.name(), user = %user.username, "signed in through the identity provider");

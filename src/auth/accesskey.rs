@@ -39,8 +39,9 @@ pub fn token_prefix(key: &str) -> &str {
 /// What a new key is for, as its owner asked.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRequest<'a> {
-    /// The user the key acts as.
-    pub owner: &'a str,
+    /// The user the key acts as: a user in the store, never an external
+    /// provider's subject (which owns nothing here).
+    pub owner: &'a super::StoreUser,
     /// Free text, checked by the caller.
     pub name: &'a str,
     /// Free text, checked by the caller.
@@ -72,7 +73,7 @@ pub async fn issue(
     let key = generate();
     let token_hash_hex = hex::encode(hash(&key));
     let new = NewKey {
-        username: request.owner,
+        username: request.owner.name(),
         name: request.name,
         detail: request.detail,
         token_hash_hex: &token_hash_hex,

@@ -99,7 +99,10 @@ pub fn extract<'a>(
     }
 
     for (name, value) in request_cookies(headers) {
-        if let Some(kind) = kind_of_name(name) {
+        if let Some(kind) = kind_of_cookie(name) {
+            // Ours, whatever else the header holds; a secret that is not
+            // UTF-8 is no credential of ours, but still one the client sent.
+            let value = std::str::from_utf8(value).map_err(|_| ExtractError::Malformed)?;
             add(Credential {
                 kind,
                 secret: Cow::Borrowed(value),
@@ -113,6 +116,16 @@ pub fn extract<'a>(
     }
 }
 
+/// Whether the request carries anything that could be a credential: an
+/// `Authorization` header of any scheme, a `token` or `accesskey` cookie
+/// (read as bytes), or a credential query parameter. Its answer then
+/// depends on who asked (see [`crate::proxy::headers::mark_private`]).
+pub fn carries_credential(headers: &HeaderMap, query: Option<&str>) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+        || request_cookies(headers).any(|(name, _)| kind_of_cookie(name).is_some())
+        || query.is_some_and(|query| query.split('&').any(names_credential))
+}
+
 /// Whether a `name=value` query piece names a credential, by its decoded
 /// name; the value is not decoded, and a name without `%` or `+` is not
 /// decoded either.
@@ -124,6 +137,11 @@ fn names_credential(piece: &str) -> bool {
     form_urlencoded::parse(name.as_bytes())
         .next()
         .is_some_and(|(name, _)| kind_of_name(&name).is_some())
+}
+
+/// [`kind_of_name`] for a cookie name read as bytes.
+fn kind_of_cookie(name: &[u8]) -> Option<CredentialKind> {
+    std::str::from_utf8(name).ok().and_then(kind_of_name)
 }
 
 fn kind_of_name(name: &str) -> Option<CredentialKind> {
@@ -142,22 +160,30 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-/// `(name, value)` of every cookie in every `Cookie` header that is UTF-8.
-pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// `(name, value)` of every cookie in every `Cookie` header, read as bytes
+/// (RFC 6265 section 5.4 pairs split at `;`, names and values trimmed, one
+/// pair of double quotes around a value removed). A byte that is not UTF-8
+/// (obs-text) anywhere in the header must not hide the other cookies in it:
+/// upstreams (Werkzeug, Express) read them all the same.
+pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
         .filter_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            let value = value.trim();
+            let (name, value) = split_cookie_pair(pair)?;
             let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
                 .unwrap_or(value);
-            Some((name.trim(), value))
+            Some((name, value))
         })
+}
+
+/// A `name=value` cookie pair's trimmed name and value; `None` without `=`.
+fn split_cookie_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = pair.iter().position(|&b| b == b'=')?;
+    Some((pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()))
 }
 
 /// Removes every credential of ours from the headers: Bearer
@@ -195,27 +221,26 @@ pub fn strip_credential_headers(headers: &mut HeaderMap) {
 }
 
 /// One `Cookie` header without the credential cookies; `None` when nothing
-/// is left. A header that is not UTF-8 carries no credential of ours (see
-/// [`request_cookies`]) and is kept as it is.
+/// is left. Read as bytes like [`request_cookies`]: the other cookies are
+/// kept byte for byte, obs-text included.
 fn strip_cookie_value(value: &HeaderValue) -> Option<HeaderValue> {
-    let Ok(text) = value.to_str() else {
-        return Some(value.clone());
+    let bytes = value.as_bytes();
+    let is_credential = |pair: &[u8]| {
+        split_cookie_pair(pair).is_some_and(|(name, _)| kind_of_cookie(name).is_some())
     };
-    let kept: Vec<&str> = text
-        .split(';')
-        .map(str::trim)
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(name, _)| name).trim();
-            !pair.is_empty() && kind_of_name(name).is_none()
-        })
+    if !bytes.split(|&b| b == b';').any(is_credential) {
+        return Some(value.clone());
+    }
+    let kept: Vec<&[u8]> = bytes
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty() && !is_credential(pair))
         .collect();
     if kept.is_empty() {
         return None;
     }
-    if kept.len() == text.split(';').count() {
-        return Some(value.clone());
-    }
-    HeaderValue::from_str(&kept.join("; ")).ok()
+    // Every byte kept came from a valid header value, and `; ` is valid.
+    HeaderValue::from_bytes(&kept.join(&b"; "[..])).ok()
 }
 
 /// The query without `token` and `accesskey` parameters, every other byte in
@@ -657,6 +682,63 @@ mod tests {
         assert!(h.get(header::COOKIE).is_none());
     }
 
+    fn raw_cookie(bytes: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_bytes(bytes).unwrap());
+        h
+    }
+
+    #[test]
+    fn what_carries_a_credential() {
+        assert!(!carries_credential(&HeaderMap::new(), None));
+        assert!(!carries_credential(
+            &headers(&[("cookie", "theme=dark; mytoken=x")]),
+            Some("a=1&tokens=2")
+        ));
+        assert!(carries_credential(
+            &headers(&[("authorization", "Basic dXNlcjpwYXNz")]),
+            None
+        ));
+        assert!(carries_credential(&raw_cookie(b"a=\xe9; token=x"), None));
+        assert!(carries_credential(&HeaderMap::new(), Some("a=1&to%6Ben=x")));
+        assert!(carries_credential(
+            &HeaderMap::new(),
+            Some("accesskey=ag_x")
+        ));
+    }
+
+    #[test]
+    fn cookies_are_read_as_bytes_whatever_else_the_header_holds() {
+        // One obs-text byte (Latin-1 é) in another cookie used to hide the
+        // whole header from extraction and from stripping.
+        let h = raw_cookie(b"theme=caf\xe9; token=abc; lang=en");
+        assert_eq!(extract(&h, None), Ok(Some(jwt("abc"))));
+        assert_eq!(
+            extract(&h, Some("token=other")),
+            Err(ExtractError::Conflicting)
+        );
+        let mut h = raw_cookie(b"theme=caf\xe9; token=abc; lang=\xff");
+        strip_credential_headers(&mut h);
+        assert_eq!(h[header::COOKIE].as_bytes(), b"theme=caf\xe9; lang=\xff");
+        let mut h = raw_cookie(b"\x80=1;accesskey=ag_x");
+        assert_eq!(
+            extract(&h, None).map(|c| c.map(|c| c.kind)),
+            Ok(Some(CredentialKind::AccessKey))
+        );
+        strip_credential_headers(&mut h);
+        assert_eq!(h[header::COOKIE].as_bytes(), b"\x80=1");
+        // A credential cookie whose value is not UTF-8 is malformed, and
+        // still stripped.
+        let mut h = raw_cookie(b"a=1; token=\xe9\xe9");
+        assert_eq!(extract(&h, None), Err(ExtractError::Malformed));
+        strip_credential_headers(&mut h);
+        assert_eq!(h[header::COOKIE].as_bytes(), b"a=1");
+        // Untouched when there is nothing of ours: the same bytes.
+        let mut h = raw_cookie(b"theme=caf\xe9;x=\"q\"");
+        strip_credential_headers(&mut h);
+        assert_eq!(h[header::COOKIE].as_bytes(), b"theme=caf\xe9;x=\"q\"");
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -855,7 +937,11 @@ mod tests {
                 strip_credential_headers(&mut headers);
                 prop_assert_eq!(extract(&headers, None), Ok(None));
                 let cookies: Vec<String> = request_cookies(&headers)
-                    .map(|(name, value)| format!("{name}={value}"))
+                    .map(|(name, value)| format!(
+                        "{}={}",
+                        String::from_utf8_lossy(name),
+                        String::from_utf8_lossy(value)
+                    ))
                     .collect();
                 prop_assert_eq!(cookies, noise_cookies);
                 prop_assert_eq!(&headers[header::ACCEPT], "*/*");

@@ -17,8 +17,8 @@ use crate::clock::unix_now;
 use crate::error::GatewayError;
 use crate::routes::{Route, RouteAuth, RouteMatch};
 use crate::scope::KeyScope;
-use crate::store::Store;
 use crate::store::cache::{CredentialCache, KeyFacts, Lookup, UserFacts};
+use crate::store::{Store, User};
 use crate::token::jwks;
 use crate::token::jwt::{self, JwtKeys};
 use extract::{Credential, CredentialKind};
@@ -42,11 +42,69 @@ impl AuthMethod {
     }
 }
 
+pub use crate::store::LOCAL_PROVIDER;
+
+/// A user recorded in the store: `local`, or signed in through the
+/// `[[oidc]]` provider named here. Made only from the store's own records
+/// (a [`User`] row, a user's cached facts, a key's owner), never from a
+/// token's claims alone, so whatever takes one (the access-key API) cannot
+/// be reached by a subject of an external provider that happens to share
+/// the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreUser {
+    name: Arc<str>,
+    provider: Arc<str>,
+}
+
+impl StoreUser {
+    /// The store user behind a record read from the store.
+    pub fn from_record(user: &User) -> StoreUser {
+        StoreUser {
+            name: Arc::from(user.username.as_str()),
+            provider: Arc::from(user.provider_name()),
+        }
+    }
+
+    /// A store user for unit tests elsewhere in the crate.
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str, provider: &str) -> StoreUser {
+        StoreUser {
+            name: Arc::from(name),
+            provider: Arc::from(provider),
+        }
+    }
+
+    /// The user name (unique in the store).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `local` or the `[[oidc]]` provider's name.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+}
+
+/// Who a caller is: a provider and a subject together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A user in the store.
+    Store(StoreUser),
+    /// A subject of a `[[jwt.jwks]]` provider: not in the store, owns
+    /// nothing there.
+    External {
+        /// The provider's name (`[[jwt.jwks]] name`).
+        provider: Arc<str>,
+        /// The token's `sub`.
+        subject: Arc<str>,
+    },
+}
+
 /// Who is calling, once a credential was checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// Username.
-    pub user: Arc<str>,
+    /// The provider and the subject.
+    pub principal: Principal,
     /// Roles.
     pub roles: Arc<[String]>,
     /// JWT or access key.
@@ -60,6 +118,33 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The subject: a store user's name, or an external provider's `sub`.
+    /// Unique only together with [`Self::provider`].
+    pub fn user(&self) -> &Arc<str> {
+        match &self.principal {
+            Principal::Store(user) => &user.name,
+            Principal::External { subject, .. } => subject,
+        }
+    }
+
+    /// The provider's name (`X-Auth-Provider`).
+    pub fn provider(&self) -> &Arc<str> {
+        match &self.principal {
+            Principal::Store(user) => &user.provider,
+            Principal::External { provider, .. } => provider,
+        }
+    }
+
+    /// The store user this caller is; 403 `STORE_USER_REQUIRED` for an
+    /// external identity. The only way from an identity to what a store
+    /// user owns.
+    pub fn store_user(&self) -> Result<&StoreUser, GatewayError> {
+        match &self.principal {
+            Principal::Store(user) => Ok(user),
+            Principal::External { .. } => Err(GatewayError::StoreUserRequired),
+        }
+    }
+
     /// Whether the caller has role `admin`.
     pub fn is_admin(&self) -> bool {
         self.has_role("admin")
@@ -261,23 +346,29 @@ impl Authenticator {
             .verify(token, unix_now())
             .map_err(|rejection| GatewayError::invalid(rejection.message()))?;
         let claims = &verified.claims;
-        let revoked = if self.cache.token_revoked(&claims.jti) {
-            Some("the token has been revoked")
+        let facts = if self.cache.token_revoked(&claims.jti) {
+            Err("the token has been revoked")
         } else {
             match self.user_facts(&claims.sub).await? {
-                None => Some("the token's user no longer exists"),
-                Some(facts) if facts.generation != claims.r#gen => {
-                    Some("the token was revoked by a password change")
-                }
-                Some(_) => None,
+                None => Err("the token's user no longer exists"),
+                Some(facts) if facts.generation != claims.r#gen => Err(
+                    "the token was revoked by a password change or a sign-in that took roles away",
+                ),
+                Some(facts) => Ok(facts),
             }
         };
-        if let Some(reason) = revoked {
-            self.jwt.forget_token(token);
-            return Err(GatewayError::invalid(reason));
-        }
+        let facts = match facts {
+            Ok(facts) => facts,
+            Err(reason) => {
+                self.jwt.forget_token(token);
+                return Err(GatewayError::invalid(reason));
+            }
+        };
         Ok(Identity {
-            user: verified.user.clone(),
+            principal: Principal::Store(StoreUser {
+                name: verified.user.clone(),
+                provider: facts.provider,
+            }),
             roles: verified.roles.clone(),
             method: AuthMethod::Jwt,
             key_id: None,
@@ -303,9 +394,11 @@ impl Authenticator {
             .verify(token, unix_now())
             .await
             .map_err(|rejection| GatewayError::invalid(rejection.message()))?;
-        if http::HeaderValue::from_str(&claims.subject).is_err() || claims.subject.contains(',') {
+        // The subject is forwarded as X-Auth-User and compared with store
+        // names: held to the same alphabet as those names.
+        if !crate::names::valid_username(&claims.subject) {
             return Err(GatewayError::invalid(
-                "the token's subject cannot be forwarded",
+                "the token's subject is not a valid user name (1 to 64 of A-Z a-z 0-9 . _ @ -)",
             ));
         }
         if claims
@@ -315,8 +408,17 @@ impl Authenticator {
         {
             return Err(GatewayError::invalid("the token has been revoked"));
         }
+        // A subject that names a store user is not that user: refused, so
+        // an upstream reading only X-Auth-User cannot mistake one for the
+        // other.
+        if self.user_facts(&claims.subject).await?.is_some() {
+            return Err(GatewayError::AccountConflict);
+        }
         Ok(Identity {
-            user: Arc::from(claims.subject),
+            principal: Principal::External {
+                provider: provider.name().clone(),
+                subject: Arc::from(claims.subject),
+            },
             roles: Arc::from(claims.roles),
             method: AuthMethod::Jwt,
             key_id: None,
@@ -339,7 +441,10 @@ impl Authenticator {
         }
         self.cache.last_use.note(facts.key_id, unix_now());
         Ok(Identity {
-            user: facts.owner.username.clone(),
+            principal: Principal::Store(StoreUser {
+                name: facts.owner.username.clone(),
+                provider: facts.owner.provider.clone(),
+            }),
             roles: facts.roles,
             method: AuthMethod::AccessKey,
             key_id: Some(facts.key_id),
@@ -358,9 +463,7 @@ impl Authenticator {
         };
         match self.store.user(username).await {
             Ok(user) => {
-                let facts = user.map(|user| UserFacts {
-                    generation: user.generation,
-                });
+                let facts = user.map(|user| UserFacts::of(&user));
                 self.cache.put_user(username, facts.clone(), Instant::now());
                 Ok(facts)
             }
@@ -380,7 +483,11 @@ impl Authenticator {
         match self.store.key_grant(&hex::encode(hash)).await {
             Ok(grant) => {
                 let facts = grant.map(|grant| {
-                    let owner = self.cache.key_owner(&grant.username, grant.roles);
+                    let owner = self.cache.key_owner(
+                        &grant.username,
+                        grant.provider.as_deref().unwrap_or(LOCAL_PROVIDER),
+                        grant.roles,
+                    );
                     let roles = match grant.scope.roles {
                         None => owner.roles.clone(),
                         Some(_) => Arc::from(grant.scope.effective_roles(&owner.roles)),
@@ -423,7 +530,10 @@ mod tests {
 
     fn identity(roles: &[&str]) -> Identity {
         Identity {
-            user: Arc::from("alice"),
+            principal: Principal::Store(StoreUser {
+                name: Arc::from("alice"),
+                provider: Arc::from(LOCAL_PROVIDER),
+            }),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             method: AuthMethod::Jwt,
             key_id: None,
@@ -486,7 +596,7 @@ mod tests {
             GatewayError::MissingRole
         );
         let permit = authorize_on(&[&public, &admin], Some(identity(&["admin"]))).unwrap();
-        assert_eq!(permit.identity().map(|i| &*i.user), Some("alice"));
+        assert_eq!(permit.identity().map(|i| &**i.user()), Some("alice"));
         // Two role lists: one role of each is needed.
         assert_eq!(
             authorize_on(&[&admin, &ops], Some(identity(&["admin"]))).unwrap_err(),

@@ -6,6 +6,7 @@
 //! behind the [`Files`] seam, the files it names; [`Config::from_toml_in`]
 //! with files in memory touches no disk.
 
+mod env;
 mod keys;
 pub mod ratelimit;
 mod raw;
@@ -111,6 +112,9 @@ pub struct OidcProviderConfig {
     pub roles_claim: Option<String>,
     /// Extra CA roots for the provider's TLS.
     pub ca_file: Option<PathBuf>,
+    /// With `username_claim = "email"`: accept an email the provider has
+    /// not verified (`email_verified` not `true`).
+    pub allow_unverified_email: bool,
     /// The key sealing the sign-in state cookie, derived from the JWT
     /// signing secret and the client secret (the same on every replica).
     pub sealer: Arc<crate::token::state::Sealer>,
@@ -150,6 +154,12 @@ pub struct ServerConfig {
     /// Proxies whose `X-Forwarded-For` is believed when finding the client
     /// address (for login throttling).
     pub trusted_proxies: Vec<IpNet>,
+    /// Peers that must open each connection with a PROXY protocol header
+    /// (v1 or v2), whose client address is then the connection's.
+    pub proxy_protocol: Vec<IpNet>,
+    /// Whether the plain listener answers 308 to `https://` (ACME's
+    /// http-01 path, health checks and forward auth excepted).
+    pub redirect_https: bool,
 }
 
 /// The HTTPS listener.
@@ -393,6 +403,23 @@ impl Files for Disk {
 }
 
 impl Config {
+    /// Settings that are valid but probably not what the operator wants,
+    /// one sentence each (`check-config` prints them; they do not fail it).
+    pub fn warnings(&self) -> Vec<String> {
+        self.jwt
+            .external
+            .iter()
+            .enumerate()
+            .filter(|(_, source)| source.audience.is_none())
+            .map(|(index, source)| {
+                format!(
+                    "warning: jwt.jwks[{index}] ({:?}) has no audience: any token its issuer made for any client is accepted; set audience",
+                    source.name
+                )
+            })
+            .collect()
+    }
+
     /// Reads and validates the config at `path`, and every file it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| {
@@ -410,16 +437,31 @@ impl Config {
     /// Parses and validates config text, reading the files it names from
     /// `files` only: with files in memory, no disk is touched.
     pub fn from_toml_in(text: &str, files: &dyn Files) -> Result<Config, ConfigError> {
+        Config::from_toml_with(text, files, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_toml_in`] with environment variables (`${VAR}` in
+    /// string values) read through `env`.
+    pub fn from_toml_with(
+        text: &str,
+        files: &dyn Files,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let syntax = |err: &dyn std::fmt::Display| {
             ConfigError::one(format!("config: {}", err.to_string().trim_end()))
         };
         let mut table: toml::Table = toml::from_str(text).map_err(|err| syntax(&err))?;
         let mut problems = Problems::new(files);
+        let uses_env = text.contains("${");
+        if uses_env {
+            env::expand_table(&mut table, env, &mut problems.0);
+        }
         unknown_keys(&mut table, "", "", &mut problems);
-        // Without unknown keys the text is parsed again so that type errors
-        // keep their line and column; with them, the rest of the config is
-        // still checked (without those keys), so every problem is listed.
-        let raw: Result<RawConfig, String> = if problems.0.is_empty() {
+        // Without unknown keys or variables the text is parsed again so that
+        // type errors keep their line and column; otherwise the table is
+        // used (values expanded, unknown keys left out), so every problem is
+        // listed.
+        let raw: Result<RawConfig, String> = if problems.0.is_empty() && !uses_env {
             toml::from_str(text).map_err(|err| err.to_string())
         } else {
             toml::Value::Table(table)
@@ -518,6 +560,74 @@ mod tests {
              client_secret_file = {:?}\nredirect_url = \"https://gw.example.com/auth/oidc/{name}/callback\"\n",
             secret.display().to_string()
         )
+    }
+
+    fn jwks_section(name: Option<&str>, issuer: &str, audience: bool) -> String {
+        let name = name.map_or(String::new(), |name| format!("name = \"{name}\"\n"));
+        let audience = if audience { "audience = \"api\"\n" } else { "" };
+        format!(
+            "[[jwt.jwks]]\n{name}url = \"https://idp.example.com/jwks\"\nissuer = \"{issuer}\"\n{audience}"
+        )
+    }
+
+    #[test]
+    fn jwks_providers_are_named_distinctly_and_warned_about_without_audience() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(
+            secret.path(),
+            &format!(
+                "{}{}",
+                jwks_section(None, "https://Keycloak.Example.com/realms/main", true),
+                jwks_section(Some("partner"), "partner-idp", false)
+            ),
+        ))
+        .unwrap();
+        let names: Vec<&str> = config
+            .jwt
+            .external
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["keycloak.example.com", "partner"]);
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("jwt.jwks[1]") && warnings[0].contains("audience"));
+
+        for (extra, at) in [
+            (
+                jwks_section(Some("local"), "https://a.example", true),
+                "jwt.jwks[0].name",
+            ),
+            (jwks_section(None, "no-host", true), "jwt.jwks[0].name"),
+            (
+                jwks_section(Some("a/b"), "https://a.example", true),
+                "jwt.jwks[0].name",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    jwks_section(Some("same"), "https://a.example", true),
+                    jwks_section(Some("same"), "https://b.example", true)
+                ),
+                "jwt.jwks[1].name",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    jwks_section(Some("corp"), "https://a.example", true),
+                    oidc_section("corp", secret.path())
+                ),
+                "jwt.jwks.name",
+            ),
+            (oidc_section("local", secret.path()), "oidc[0].name"),
+        ] {
+            let err = Config::from_toml(&minimal(secret.path(), &extra)).expect_err(&extra);
+            assert!(
+                err.problems.iter().any(|p| p.starts_with(at)),
+                "{at}: {:?}",
+                err.problems
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub(super) struct RawOidc {
     pub(super) username_claim: String,
     pub(super) roles_claim: Option<String>,
     pub(super) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) allow_unverified_email: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +60,10 @@ pub(super) struct RawServer {
     pub(super) shutdown_grace: u64,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub(super) proxy_protocol: Vec<String>,
+    #[serde(default)]
+    pub(super) redirect_https: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +135,7 @@ pub(super) struct RawJwtKey {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawJwks {
+    pub(super) name: Option<String>,
     pub(super) url: String,
     pub(super) issuer: String,
     pub(super) audience: Option<String>,

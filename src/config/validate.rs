@@ -216,6 +216,21 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     let no_root = crate::token::state::RootSecret::new(Vec::new());
     let root = jwt.as_ref().map_or(&no_root, |jwt| &jwt.derive_root);
     let oidc = validate_oidc(raw.oidc, root, p);
+    // (provider, subject) is who a caller is: two providers of one name
+    // would make two callers one.
+    if let Some(jwt) = &jwt {
+        for source in &jwt.external {
+            if oidc.iter().any(|provider| provider.name == source.name) {
+                p.add(
+                    "jwt.jwks.name",
+                    format_args!(
+                        "{:?} is also the name of an [[oidc]] provider; give the [[jwt.jwks]] provider another name",
+                        source.name
+                    ),
+                );
+            }
+        }
+    }
     let routes = validate_routes(raw.route, &upstream, p);
     for route in routes.iter() {
         if let Some(login) = &route.login
@@ -247,6 +262,17 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     })
 }
 
+/// A `[[jwt.jwks]]` provider's name: what `X-Auth-Provider` and rate-limit
+/// subjects carry, so never `local` and never a character that could join
+/// it to a subject (`/`, `,`).
+fn valid_provider_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name != crate::names::LOCAL_PROVIDER
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+}
+
 /// `[[oidc]]`: names unique and path-safe, URLs absolute, files readable.
 pub(super) fn validate_oidc(
     raw: Vec<RawOidc>,
@@ -269,6 +295,12 @@ pub(super) fn validate_oidc(
         }
         if providers.iter().any(|other| other.name == provider.name) {
             p.add(&format!("{at}.name"), "two providers with the same name");
+        }
+        if provider.name == crate::names::LOCAL_PROVIDER {
+            p.add(
+                &format!("{at}.name"),
+                "\"local\" is the provider of local users",
+            );
         }
         for (key, url) in [
             ("issuer", &provider.issuer),
@@ -330,6 +362,7 @@ pub(super) fn validate_oidc(
             username_claim: provider.username_claim,
             roles_claim: provider.roles_claim.filter(|claim| !claim.is_empty()),
             ca_file: provider.ca_file,
+            allow_unverified_email: provider.allow_unverified_email,
             sealer: Arc::new(sealer),
         });
     }
@@ -432,22 +465,31 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
             "set server.listen or [server.tls] (or both)",
         );
     }
-    let mut trusted_proxies = Vec::with_capacity(raw.trusted_proxies.len());
-    for entry in &raw.trusted_proxies {
-        let parsed = entry
-            .parse::<IpNet>()
-            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from));
-        match parsed {
-            Ok(net) => trusted_proxies.push(net),
-            Err(_) => p.add(
-                "server.trusted_proxies",
-                format_args!("{entry:?} is not an IP address or CIDR range"),
+    let trusted_proxies = ip_ranges("server.trusted_proxies", &raw.trusted_proxies, p);
+    let proxy_protocol = ip_ranges("server.proxy_protocol", &raw.proxy_protocol, p);
+    if raw.redirect_https {
+        match &tls {
+            _ if listen.is_none() => p.add(
+                "server.redirect_https",
+                "needs both server.listen and [server.tls]",
             ),
+            None => p.add(
+                "server.redirect_https",
+                "needs both server.listen and [server.tls]",
+            ),
+            // The redirect names the port; port 0 is known only once bound.
+            Some(tls) if tls.listen.port() == 0 => p.add(
+                "server.redirect_https",
+                "needs a fixed server.tls.listen port to redirect to",
+            ),
+            Some(_) => {}
         }
     }
     let admin_listen = validate_admin_listen(raw.admin_listen.as_deref(), listen, &tls, p);
     ServerConfig {
         trusted_proxies,
+        proxy_protocol,
+        redirect_https: raw.redirect_https,
         listen,
         admin_listen,
         tls,
@@ -565,6 +607,24 @@ pub(super) fn valid_dns_name(name: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
+}
+
+/// A list of IP addresses and CIDR ranges under `key`.
+fn ip_ranges(key: &str, entries: &[String], p: &mut Problems) -> Vec<IpNet> {
+    let mut ranges = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let parsed = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => ranges.push(net),
+            Err(_) => p.add(
+                key,
+                format_args!("{entry:?} is not an IP address or CIDR range"),
+            ),
+        }
+    }
+    ranges
 }
 
 /// `server.admin_listen`: an address that cannot collide with the other
@@ -709,7 +769,34 @@ pub(super) fn validate_jwt(raw: RawJwt, p: &mut Problems) -> Option<JwtConfig> {
                 "two providers with the same issuer",
             );
         }
+        let name = match source.name {
+            Some(name) => name,
+            None => source
+                .issuer
+                .parse::<Uri>()
+                .ok()
+                // Only a URL's host: a bare "name" parses as an authority.
+                .filter(|issuer| issuer.scheme().is_some())
+                .and_then(|issuer| issuer.host().map(str::to_ascii_lowercase))
+                .unwrap_or_default(),
+        };
+        if !valid_provider_name(&name) {
+            p.add(
+                &format!("{at}.name"),
+                format_args!(
+                    "{name:?} must be 1 to 64 of a-z 0-9 . - and not \"{}\" (set name when the issuer has no such host)",
+                    crate::names::LOCAL_PROVIDER
+                ),
+            );
+        }
+        if external.iter().any(|e: &JwksSource| e.name == name) {
+            p.add(
+                &format!("{at}.name"),
+                format_args!("two providers named {name:?}: give each a distinct name"),
+            );
+        }
         external.push(JwksSource {
+            name,
             url,
             issuer: source.issuer,
             audience: source.audience,

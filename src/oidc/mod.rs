@@ -1,8 +1,8 @@
 //! Sign-in through external OpenID Connect providers (`[[oidc]]`), with the
 //! `openidconnect` crate: discovery, the authorization code flow with PKCE
 //! (S256), `state` and `nonce`, and ID token verification against the
-//! provider's JWK set (cached; fetched again on an unknown `kid`, at most
-//! once per [`MIN_JWKS_REFETCH`]). What the browser must bring back is
+//! provider's JWK set (cached; fetched again when an ID token from the
+//! token endpoint does not verify under the keys held). What the browser must bring back is
 //! sealed in a cookie ([`crate::token::state::Sealer`]); the outcome is a
 //! user name and roles, which the API layer records and signs in.
 
@@ -10,7 +10,7 @@ pub mod client;
 pub mod redirect;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use openidconnect::core::{
@@ -23,8 +23,8 @@ use openidconnect::{
     AdditionalClaims, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
     CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenClaims,
     IdTokenFields, IdTokenVerifier, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, RequestTokenError, Scope, SignatureVerificationError, StandardErrorResponse,
-    StandardTokenResponse, TokenResponse,
+    RedirectUrl, RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse,
+    TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
@@ -37,8 +37,8 @@ use client::ProviderHttp;
 
 /// How long a started sign-in may take until the callback.
 pub const SIGN_IN_TTL_SECS: i64 = 600;
-/// Shortest time between two JWK set fetches caused by an unknown `kid`.
-pub const MIN_JWKS_REFETCH: Duration = Duration::from_secs(10);
+/// The longest `sub` a user is bound to (OpenID Connect Core 1.0 section 2).
+const MAX_SUBJECT_BYTES: usize = 255;
 /// The cookie holding a started sign-in, scoped to `/auth/oidc/<name>/`.
 pub const STATE_COOKIE: &str = "authgate_oidc";
 
@@ -114,6 +114,8 @@ pub struct SignInStart {
 pub struct SignedIn {
     /// The authgate user name (from `username_claim`).
     pub username: String,
+    /// The provider's `sub`: the account the name is bound to.
+    pub subject: String,
     /// Roles from `roles_claim` (empty without one).
     pub roles: Vec<String>,
     /// Where the browser goes next.
@@ -298,14 +300,20 @@ impl OidcProvider {
                 }
             }
         })?;
+        let received = Instant::now();
         let id_token = tokens
             .id_token()
             .ok_or(GatewayError::SignInFailed("the provider sent no ID token"))?;
         let nonce = Nonce::new(pending.nonce);
+        // The ID token came from the provider's own token endpoint, over the
+        // connection this gateway opened: a key it does not verify under
+        // (an unknown kid, or a kid whose key was replaced) means the
+        // provider rotated, so the keys are fetched again at once, once per
+        // token unless someone fetched them after it arrived.
         let claims = match id_token.claims(&self.verifier(discovered), &nonce) {
-            Err(ClaimsVerificationError::SignatureVerification(
-                SignatureVerificationError::NoMatchingKey,
-            )) if self.refetch_jwks(discovered).await => {
+            Err(ClaimsVerificationError::SignatureVerification(_))
+                if self.refetch_jwks(discovered, received).await =>
+            {
                 id_token.claims(&self.verifier(discovered), &nonce).cloned()
             }
             other => other.cloned(),
@@ -316,8 +324,16 @@ impl OidcProvider {
             refusal
         })?;
         let (username, roles) = self.identity_of(&claims)?;
+        let subject = claims.subject().as_str();
+        // OpenID Connect Core 1.0 section 2: at most 255 ASCII characters.
+        if subject.is_empty() || subject.len() > MAX_SUBJECT_BYTES || !subject.is_ascii() {
+            return Err(GatewayError::SignInFailed(
+                "the ID token's sub is empty, longer than 255 characters or not ASCII",
+            ));
+        }
         Ok(SignedIn {
             username,
+            subject: subject.to_owned(),
             roles,
             rd: pending.rd,
         })
@@ -340,12 +356,16 @@ impl OidcProvider {
         })
     }
 
-    /// Fetches the JWK set again unless it was fetched within
-    /// [`MIN_JWKS_REFETCH`]; whether it was.
-    async fn refetch_jwks(&self, discovered: &Discovered) -> bool {
+    /// Fetches the JWK set again for an ID token received at `received`
+    /// that the keys held do not verify, unless it was fetched after the
+    /// token arrived (sign-ins at once share one fetch); whether the keys
+    /// are now newer than the token. No cool-down: only the provider's
+    /// token endpoint hands out these tokens, so a client cannot make the
+    /// gateway fetch at will.
+    async fn refetch_jwks(&self, discovered: &Discovered, received: Instant) -> bool {
         let mut fetched = self.jwks_fetched.lock().await;
-        if fetched.is_some_and(|at| at.elapsed() < MIN_JWKS_REFETCH) {
-            return false;
+        if fetched.is_some_and(|at| at >= received) {
+            return true;
         }
         *fetched = Some(Instant::now());
         match CoreJsonWebKeySet::fetch_async(&discovered.jwks_url, &self.http).await {
@@ -361,8 +381,16 @@ impl OidcProvider {
         }
     }
 
-    /// The user name and roles the claims give.
+    /// The user name and roles the claims give. An email address names a
+    /// user only when the provider says it verified it: anyone can put a
+    /// victim's address on an account at many providers.
     fn identity_of(&self, claims: &Claims) -> Result<(String, Vec<String>), GatewayError> {
+        if self.config.username_claim == "email"
+            && !self.config.allow_unverified_email
+            && claims.email_verified() != Some(true)
+        {
+            return Err(GatewayError::EmailNotVerified);
+        }
         let value = serde_json::to_value(claims).map_err(|_| GatewayError::Internal)?;
         let username = value
             .get(&self.config.username_claim)

@@ -17,8 +17,11 @@ pub const DEFAULT_RETURN: &str = "/";
 /// starting with exactly one `/` (`//evil.com` and `https://evil.com`), a
 /// backslash anywhere (browsers read `/\evil.com` as `//evil.com`), control
 /// characters and spaces (browsers drop tabs and newlines, so `/\t/evil.com`
-/// is `//evil.com`), non-ASCII, and a value whose percent-decoding starts
-/// with `//` or `/\` (in case some hop decodes it once more).
+/// is `//evil.com`), non-ASCII, and a value whose percent-decoding, with
+/// the tabs and newlines a browser drops taken out, starts with `//` or
+/// `/\` (in case some hop decodes it once more). Encoded bytes further on
+/// (`?b=two%20words`) are the path's and query's own and are kept: only
+/// the start decides where a browser goes.
 pub fn safe_return_path(rd: Option<&str>) -> String {
     match rd {
         Some(rd) if is_local_path(rd) => rd.to_owned(),
@@ -35,8 +38,13 @@ fn is_local_path(rd: &str) -> bool {
     {
         return false;
     }
-    let decoded: Vec<u8> = percent_decode(rd.as_bytes());
-    if !starts_local(&decoded) || decoded.iter().any(|&b| b == b'\\' || b < 0x21 || b == 0x7f) {
+    // What a URL parser would see after one more decoding: tab, CR and LF
+    // removed anywhere (WHATWG URL), so `/%09/evil.com` is `//evil.com`.
+    let decoded: Vec<u8> = percent_decode(rd.as_bytes())
+        .into_iter()
+        .filter(|b| !matches!(b, b'\t' | b'\n' | b'\r'))
+        .collect();
+    if !starts_local(&decoded) {
         return false;
     }
     rd.parse::<PathAndQuery>().is_ok()
@@ -100,6 +108,9 @@ mod tests {
             "/_authgate/",
             "/a//b",
             "/%2e%2e/x",
+            "/app?b=two%20words",
+            "/app/a%20b?q=%20x%20&r=%0A",
+            "/a%5Cb",
         ] {
             assert_eq!(safe_return_path(Some(good)), good, "{good}");
         }
@@ -121,6 +132,8 @@ mod tests {
             "/\t/evil.com",
             "/\n/evil.com",
             "/%09/evil.com",
+            "/%0A%2Fevil.com",
+            "/%0d%5cevil.com",
             "/ /evil.com",
             "/é",
             "evil.com",

@@ -11,6 +11,8 @@ use crate::auth::Identity;
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `X-Auth-User`.
 pub static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
+/// `X-Auth-Provider`: `local`, an `[[oidc]]` or a `[[jwt.jwks]]` provider.
+pub static X_AUTH_PROVIDER: HeaderName = HeaderName::from_static("x-auth-provider");
 /// `X-Auth-Roles`.
 pub static X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 /// `X-Auth-Method`.
@@ -144,18 +146,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
 /// Joins several `Cookie` fields into one, separated by `; `: HTTP/2
 /// clients may send one field per cookie (RFC 9113 section 8.2.3), while an
 /// HTTP/1.1 server expects a single `Cookie` header (RFC 6265 section 5.4).
-/// Values that are not UTF-8 are kept as they are.
+/// Joined as bytes: obs-text in one crumb does not keep it apart.
 pub fn join_cookie_headers(headers: &mut HeaderMap) {
     let mut values = headers.get_all(header::COOKIE).iter();
     if values.nth(1).is_none() {
         return;
     }
-    let parts: Option<Vec<&str>> = headers
+    let parts: Vec<&[u8]> = headers
         .get_all(header::COOKIE)
         .iter()
-        .map(|value| value.to_str().ok())
+        .map(HeaderValue::as_bytes)
         .collect();
-    let Some(joined) = parts.and_then(|parts| HeaderValue::from_str(&parts.join("; ")).ok()) else {
+    // Valid values joined by a valid separator make a valid value.
+    let Ok(joined) = HeaderValue::from_bytes(&parts.join(&b"; "[..])) else {
         return;
     };
     headers.insert(header::COOKIE, joined);
@@ -166,16 +169,18 @@ pub fn join_cookie_headers(headers: &mut HeaderMap) {
 /// same name: header names are case-insensitive, and WSGI, CGI, PHP-FPM and
 /// older Puma turn both `-` and `_` into `_` (`X_Auth_User` and
 /// `X-Auth-User` both become `HTTP_X_AUTH_USER`). Removed, with `_` read as
-/// `-`:
-/// - every `X-Auth-*` and `X-Client-Cert-Subject`: identity comes only from
-///   the gateway;
-/// - `Forwarded`, `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL`: the
-///   gateway does not set them, and upstreams that read them would trust
-///   the client's word for its address or for the path it asked for;
-/// - the underscore spellings of `X-Forwarded-*` and `X-Request-Id`: the
-///   gateway sets (or appends to) the real ones, and after folding an
-///   upstream would see two candidates, one chosen by the client. The
-///   hyphenated names stay: the gateway rewrites them itself.
+/// `-`, every name in [`RESERVED_REQUEST_HEADERS`]:
+/// - identity (`X-Auth-*`, `X-Client-Cert-Subject`): only from the gateway;
+/// - every claim about the request's origin, address or method that the
+///   gateway does not make itself: the whole `X-Forwarded-*` and
+///   `X-Original-*` families, `Forwarded`, the client-address headers,
+///   `Front-End-Https`, and the method overrides. An upstream that reads
+///   one (Werkzeug's `ProxyFix`, Express's `method-override`) would take
+///   the client's word for where the request came from or what it does;
+/// - the underscore spellings of the headers the gateway sets
+///   ([`GATEWAY_SET_HEADERS`]): after folding an upstream would see two
+///   candidates, one chosen by the client. Their hyphenated names stay: the
+///   gateway rewrites them itself.
 ///
 /// One pass over the names; nothing is allocated when nothing matches.
 pub fn remove_identity_headers(headers: &mut HeaderMap) {
@@ -190,23 +195,77 @@ pub fn remove_identity_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// A name in [`RESERVED_REQUEST_HEADERS`], compared with `_` read as `-`.
+#[derive(Debug, Clone, Copy)]
+enum Reserved {
+    /// This name.
+    Name(&'static str),
+    /// Every name starting with this (a family: the next member an
+    /// upstream learns to read is covered too).
+    Family(&'static str),
+}
+
+/// Client-sent request headers that never reach an upstream (lower case;
+/// `_` in a client's name is read as `-`). Adding a header the gateway
+/// vouches for is one line here.
+const RESERVED_REQUEST_HEADERS: [Reserved; 19] = [
+    // Identity: set from a verified credential only.
+    Reserved::Family("x-auth-"),
+    Reserved::Name("x-client-cert-subject"),
+    // Origin, scheme, host, port and prefix: the gateway sets
+    // X-Forwarded-For/-Proto/-Host (kept under exactly those names).
+    Reserved::Family("x-forwarded-"),
+    Reserved::Name("x-forwarded"),
+    Reserved::Name("forwarded"),
+    Reserved::Name("forwarded-for"),
+    Reserved::Family("x-original-"),
+    Reserved::Name("x-rewrite-url"),
+    Reserved::Name("front-end-https"),
+    Reserved::Name("x-url-scheme"),
+    Reserved::Name("x-scheme"),
+    // The client's address.
+    Reserved::Name("x-real-ip"),
+    Reserved::Name("x-client-ip"),
+    Reserved::Name("x-cluster-client-ip"),
+    Reserved::Name("true-client-ip"),
+    Reserved::Name("cf-connecting-ip"),
+    // The method: another reading of it, never judged.
+    Reserved::Name("x-http-method-override"),
+    Reserved::Name("x-http-method"),
+    Reserved::Name("x-method-override"),
+];
+
+/// Headers the gateway sets itself on every forwarded request: kept under
+/// exactly these names (then rewritten), removed under any other spelling.
+const GATEWAY_SET_HEADERS: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
 /// Whether a (lower-case) request header name is one that
 /// [`remove_identity_headers`] removes.
 fn is_reserved_request_header(name: &[u8]) -> bool {
-    match name.first() {
-        Some(b'x') => {
-            folded_starts_with(name, b"x-auth-")
-                || folded_eq(name, b"x-client-cert-subject")
-                || folded_eq(name, b"x-real-ip")
-                || folded_eq(name, b"x-original-url")
-                || folded_eq(name, b"x-rewrite-url")
-                || (name.contains(&b'_')
-                    && (folded_starts_with(name, b"x-forwarded-")
-                        || folded_eq(name, b"x-request-id")))
-        }
-        Some(b'f') => name == b"forwarded",
-        _ => false,
+    if GATEWAY_SET_HEADERS
+        .iter()
+        .any(|ours| name == ours.as_bytes())
+    {
+        return false;
     }
+    if name.contains(&b'_')
+        && GATEWAY_SET_HEADERS
+            .iter()
+            .any(|ours| folded_eq(name, ours.as_bytes()))
+    {
+        return true;
+    }
+    RESERVED_REQUEST_HEADERS
+        .iter()
+        .any(|reserved| match reserved {
+            Reserved::Name(ours) => folded_eq(name, ours.as_bytes()),
+            Reserved::Family(ours) => folded_starts_with(name, ours.as_bytes()),
+        })
 }
 
 /// `name` equals `ours` with each `_` in `name` read as `-`.
@@ -227,8 +286,12 @@ fn folded_starts_with(name: &[u8], ours: &[u8]) -> bool {
 pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
     // Usernames, roles and key ids are validated to header-safe characters
     // when they are created; a value that still fails is left out.
-    if let Ok(user) = HeaderValue::from_str(&identity.user) {
+    if let Ok(user) = HeaderValue::from_str(identity.user()) {
         headers.insert(X_AUTH_USER.clone(), user);
+    }
+    // The subject alone is ambiguous across providers; the pair is the caller.
+    if let Ok(provider) = HeaderValue::from_str(identity.provider()) {
+        headers.insert(X_AUTH_PROVIDER.clone(), provider);
     }
     if let Ok(roles) = HeaderValue::from_str(&identity.roles.join(",")) {
         headers.insert(X_AUTH_ROLES.clone(), roles);
@@ -246,6 +309,77 @@ pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
     {
         headers.insert(X_AUTH_KEY_ID.clone(), value);
     }
+}
+
+/// What an answer to a request that carried a credential varies on.
+const CREDENTIAL_VARY: [&str; 2] = ["Authorization", "Cookie"];
+
+/// `Cache-Control` directives with which an upstream already decided who may
+/// store its answer: left as they are.
+const CACHE_DECIDED: [&str; 4] = ["public", "s-maxage", "private", "no-store"];
+
+/// Marks the answer to a request that carried a credential as that
+/// caller's, so no shared cache in front (nginx `proxy_cache`, a CDN) hands
+/// it to another caller: `Vary: Authorization, Cookie`, merged with the
+/// `Vary` already there (`*` already varies on everything), and
+/// `Cache-Control: private` added unless the `Cache-Control` there says
+/// `public`, `s-maxage`, `private` (unqualified: `private="f"` lets a shared
+/// cache keep the rest) or `no-store` (RFC 9111 section 5.2.2). For every
+/// answer alike: relayed, 304s, the gateway's own errors and decisions.
+pub fn mark_private(headers: &mut HeaderMap) {
+    let mut vary: Vec<String> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !vary.iter().any(|token| token == "*") {
+        for wanted in CREDENTIAL_VARY {
+            if !vary.iter().any(|token| token.eq_ignore_ascii_case(wanted)) {
+                vary.push(wanted.to_owned());
+            }
+        }
+        if let Ok(value) = HeaderValue::from_str(&vary.join(", ")) {
+            headers.insert(header::VARY, value);
+        }
+    }
+
+    let decided = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .any(|value| {
+            value.split(',').any(|directive| {
+                let directive = directive.trim();
+                let name = directive
+                    .split_once('=')
+                    .map_or(directive, |(n, _)| n.trim());
+                CACHE_DECIDED
+                    .iter()
+                    .any(|decided| name.eq_ignore_ascii_case(decided))
+                    && !(name.eq_ignore_ascii_case("private") && directive.contains('='))
+            })
+        });
+    if decided {
+        return;
+    }
+    let existing: Vec<&[u8]> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .filter(|value| !value.trim_ascii().is_empty())
+        .collect();
+    let mut joined = existing.join(&b", "[..]);
+    if !joined.is_empty() {
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(b"private");
+    let value =
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| HeaderValue::from_static("private"));
+    headers.insert(header::CACHE_CONTROL, value);
 }
 
 /// A `Host` header that is repeated or not a `host[:port]`.
@@ -545,6 +679,12 @@ mod tests {
         let mut h = headers(&[("cookie", "a=1")]);
         join_cookie_headers(&mut h);
         assert_eq!(h["cookie"], "a=1");
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_bytes(b"a=caf\xe9").unwrap());
+        h.append("cookie", HeaderValue::from_static("token=x"));
+        join_cookie_headers(&mut h);
+        let all: Vec<&[u8]> = h.get_all("cookie").iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(all, vec![&b"a=caf\xe9; token=x"[..]]);
     }
 
     #[test]
@@ -578,20 +718,52 @@ mod tests {
             "X_Forwarded_Port",
             "X_Request_Id",
             "x-request_id",
+            // Origin, address and method claims the gateway does not make.
+            "X-Forwarded-Port",
+            "X-Forwarded-Prefix",
+            "X-Forwarded-Server",
+            "X-Forwarded-Ssl",
+            "X-Forwarded-Scheme",
+            "X-Forwarded-Uri",
+            "X-Forwarded-Method",
+            "X-Forwarded-Protocol",
+            "X-Forwarded-Anything-New",
+            "x_forwarded_prefix",
+            "X-Forwarded",
+            "Forwarded-For",
+            "Front-End-Https",
+            "front_end_https",
+            "X-Original-URI",
+            "X-Original-Method",
+            "X-Original-Forwarded-For",
+            "X_Original_Host",
+            "x-original-url-x",
+            "X-Url-Scheme",
+            "X-Scheme",
+            "X-Client-IP",
+            "X-Cluster-Client-IP",
+            "True-Client-IP",
+            "CF-Connecting-IP",
+            "X-HTTP-Method-Override",
+            "X_HTTP_Method_Override",
+            "X-HTTP-Method",
+            "X-Method-Override",
+            "x-method_override",
         ];
         let kept = [
             "x-forwarded-for",
             "x-forwarded-host",
             "x-forwarded-proto",
-            "x-forwarded-port",
             "x-request-id",
             "x-authorization",
             "x-auth",
             "x_auth",
             "x-client-cert",
             "x-real-ip-extra",
-            "x-original-url-x",
-            "forwarded-for",
+            "forwarded-by-me",
+            "x-forwardedx",
+            "x-originalx",
+            "x-http-methods",
             "x-requestid",
             "accept",
             "a_b",
@@ -620,6 +792,42 @@ mod tests {
         assert_eq!(names(&h), vec!["x-forwarded-for"]);
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any member of a reserved family, in any case and with any
+            /// `-` written as `_`, is removed; only the gateway's own
+            /// `X-Forwarded-For/-Proto/-Host`, spelled exactly, stay.
+            #[test]
+            fn no_member_of_a_reserved_family_survives(
+                family in prop_oneof![
+                    Just("x-forwarded-"),
+                    Just("x-original-"),
+                    Just("x-auth-"),
+                ],
+                rest in "[a-z0-9-]{0,12}",
+                underscores in any::<u32>(),
+            ) {
+                let name: String = format!("{family}{rest}")
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| if c == '-' && underscores >> (i % 32) & 1 == 1 { '_' } else { c })
+                    .collect();
+                let mut h = HeaderMap::new();
+                h.insert(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_static("spoofed"),
+                );
+                remove_identity_headers(&mut h);
+                let ours = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+                    .contains(&name.as_str());
+                prop_assert_eq!(h.is_empty(), !ours, "{}", name);
+            }
+        }
+    }
+
     #[test]
     fn identity_headers_replace_spoofed_ones() {
         let mut h = headers(&[
@@ -630,7 +838,9 @@ mod tests {
         remove_identity_headers(&mut h);
         assert!(h.is_empty());
         let identity = Identity {
-            user: Arc::from("alice"),
+            principal: crate::auth::Principal::Store(crate::auth::StoreUser::for_tests(
+                "alice", "corp",
+            )),
             roles: Arc::from(vec!["a".to_owned(), "b".to_owned()]),
             method: AuthMethod::AccessKey,
             key_id: Some(uuid::Uuid::from_u128(
@@ -641,12 +851,17 @@ mod tests {
         };
         set_identity_headers(&mut h, &identity);
         assert_eq!(h["x-auth-user"], "alice");
+        assert_eq!(h["x-auth-provider"], "corp");
         assert_eq!(h["x-auth-roles"], "a,b");
         assert_eq!(h["x-auth-method"], "accesskey");
         assert_eq!(h["x-auth-key-id"], "01900000-0000-7000-8000-00000000002a");
 
         let mut h = HeaderMap::new();
         let no_roles = Identity {
+            principal: crate::auth::Principal::External {
+                provider: Arc::from("idp.example"),
+                subject: Arc::from("bob"),
+            },
             roles: Arc::from(Vec::<String>::new()),
             method: AuthMethod::Jwt,
             key_id: None,
@@ -654,8 +869,75 @@ mod tests {
         };
         set_identity_headers(&mut h, &no_roles);
         assert_eq!(h["x-auth-roles"], "");
+        assert_eq!(h["x-auth-user"], "bob");
+        assert_eq!(h["x-auth-provider"], "idp.example");
         assert_eq!(h["x-auth-method"], "jwt");
         assert!(h.get("x-auth-key-id").is_none());
+    }
+
+    #[test]
+    fn answers_to_credentialed_requests_are_private_and_vary() {
+        let marked = |pairs: &[(&str, &str)]| {
+            let mut h = headers(pairs);
+            mark_private(&mut h);
+            (
+                h.get_all("vary")
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                h.get_all("cache-control")
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            )
+        };
+        let pair = |vary: &str, cc: &str| (vary.to_owned(), cc.to_owned());
+        let both = "Authorization, Cookie";
+        assert_eq!(marked(&[]), pair(both, "private"));
+        assert_eq!(
+            marked(&[("cache-control", "max-age=60")]),
+            pair(both, "max-age=60, private")
+        );
+        assert_eq!(
+            marked(&[
+                ("cache-control", "max-age=60"),
+                ("cache-control", "must-revalidate")
+            ]),
+            pair(both, "max-age=60, must-revalidate, private")
+        );
+        for decided in [
+            "public, max-age=60",
+            "s-maxage=10",
+            "S-MaxAge = 10",
+            "private",
+            "no-store",
+            "max-age=0, Private",
+        ] {
+            assert_eq!(
+                marked(&[("cache-control", decided)]),
+                pair(both, decided),
+                "{decided}"
+            );
+        }
+        // A qualified private lets shared caches keep the rest.
+        assert_eq!(
+            marked(&[("cache-control", "private=\"Set-Cookie\", max-age=5")]),
+            pair(both, "private=\"Set-Cookie\", max-age=5, private")
+        );
+        assert_eq!(
+            marked(&[("vary", "Accept-Encoding"), ("vary", "origin, cookie")]),
+            pair("Accept-Encoding, origin, cookie, Authorization", "private")
+        );
+        assert_eq!(
+            marked(&[("vary", "*"), ("cache-control", "no-store")]),
+            pair("*", "no-store")
+        );
+        assert_eq!(
+            marked(&[("vary", "AUTHORIZATION,Cookie")]),
+            pair("AUTHORIZATION, Cookie", "private")
+        );
     }
 
     #[test]

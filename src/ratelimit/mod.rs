@@ -34,8 +34,14 @@ use redis::RedisBuckets;
 /// identity's shared `Arc`, the key id 16 bytes, the address a copy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {
-    /// An authenticated username.
-    User(Arc<str>),
+    /// An authenticated caller: provider and subject together, so one
+    /// name at two providers is two subjects.
+    User {
+        /// `local`, an `[[oidc]]` or a `[[jwt.jwks]]` provider.
+        provider: Arc<str>,
+        /// The name or `sub`.
+        user: Arc<str>,
+    },
     /// An access key's id.
     Key(uuid::Uuid),
     /// A client address (IPv6 by its /64).
@@ -46,7 +52,8 @@ impl Subject {
     /// The subject as part of a Redis key.
     fn redis_part(&self) -> String {
         match self {
-            Subject::User(user) => format!("u:{user}"),
+            // Neither part can hold `/` (provider and user name alphabets).
+            Subject::User { provider, user } => format!("u:{provider}/{user}"),
             Subject::Key(id) => format!("k:{id}"),
             Subject::Address(ip) => format!("a:{ip}"),
         }
@@ -217,7 +224,10 @@ impl RateLimits {
             }
             let subject = match config.by {
                 LimitBy::User => match identity {
-                    Some(identity) => Subject::User(identity.user.clone()),
+                    Some(identity) => Subject::User {
+                        provider: identity.provider().clone(),
+                        user: identity.user().clone(),
+                    },
                     None => continue,
                 },
                 LimitBy::Key => match identity.and_then(|identity| identity.key_id) {

@@ -61,6 +61,8 @@ pub struct KeyGrant {
     pub key_id: uuid::Uuid,
     /// Owner.
     pub username: String,
+    /// Owner's `[[oidc]]` provider; `None` for local users.
+    pub provider: Option<String>,
     /// Owner's roles.
     pub roles: Vec<String>,
     /// Expiry, unix seconds.
@@ -180,7 +182,7 @@ impl Store {
     /// The live (not deleted) key with this hash and its owner's roles.
     pub async fn key_grant(&self, token_hash_hex: &str) -> Result<Option<KeyGrant>, StoreError> {
         let row = sqlx::query(
-            "SELECT k.id, k.username, k.tm_expire, u.roles, k.roles AS key_roles, k.methods, \
+            "SELECT k.id, k.username, k.tm_expire, u.roles, u.provider, k.roles AS key_roles, k.methods, \
                k.path_prefixes FROM accesskeys k \
              JOIN users u ON u.username = k.username \
              WHERE k.token_hash = $1 AND k.tm_delete IS NULL",
@@ -195,6 +197,7 @@ impl Store {
         Ok(Some(KeyGrant {
             key_id,
             username: row.try_get("username")?,
+            provider: row.try_get("provider")?,
             roles: split_roles(&row.try_get::<String, _>("roles")?),
             expires_at: row.try_get("tm_expire")?,
             scope: scope_from_row(&row, "key_roles")?,

@@ -33,6 +33,18 @@ pub type KeyHash = [u8; 32];
 pub struct UserFacts {
     /// Current credential generation.
     pub generation: i64,
+    /// `local` or the user's `[[oidc]]` provider.
+    pub provider: Arc<str>,
+}
+
+impl UserFacts {
+    /// The facts of a user as stored.
+    pub fn of(user: &crate::store::User) -> UserFacts {
+        UserFacts {
+            generation: user.generation,
+            provider: Arc::from(user.provider_name()),
+        }
+    }
 }
 
 /// What an access-key check needs to know about the key.
@@ -57,6 +69,8 @@ pub struct KeyFacts {
 pub struct KeyOwner {
     /// Username.
     pub username: Arc<str>,
+    /// `local` or the user's `[[oidc]]` provider.
+    pub provider: Arc<str>,
     /// The user's roles.
     pub roles: Arc<[String]>,
 }
@@ -245,14 +259,16 @@ impl CredentialCache {
     /// The owner record for a key of `username` with `roles`: the one the
     /// user's other cached keys share when the roles are the same, so a
     /// million keys of one user hold one copy of the name and the roles.
-    pub fn key_owner(&self, username: &str, roles: Vec<String>) -> Arc<KeyOwner> {
+    pub fn key_owner(&self, username: &str, provider: &str, roles: Vec<String>) -> Arc<KeyOwner> {
         if let Some(owner) = self.owners.get(username)
             && *owner.roles == *roles
+            && *owner.provider == *provider
         {
             return owner.clone();
         }
         let owner = Arc::new(KeyOwner {
             username: Arc::from(username),
+            provider: Arc::from(provider),
             roles: Arc::from(roles),
         });
         if self.owners.len() >= self.max_owners {
@@ -382,11 +398,19 @@ mod tests {
         }
     }
 
+    fn facts_of_generation(generation: i64) -> UserFacts {
+        UserFacts {
+            generation,
+            provider: Arc::from("local"),
+        }
+    }
+
     fn facts(user: &str) -> KeyFacts {
         KeyFacts {
             key_id: Uuid::nil(),
             owner: Arc::new(KeyOwner {
                 username: Arc::from(user),
+                provider: Arc::from("local"),
                 roles: Arc::from(vec![]),
             }),
             expires_at: 0,
@@ -399,15 +423,15 @@ mod tests {
     fn positive_entries_go_stale_and_negative_ones_vanish() {
         let cache = CredentialCache::new(&config(100));
         let t0 = Instant::now();
-        cache.put_user("alice", Some(UserFacts { generation: 1 }), t0);
+        cache.put_user("alice", Some(facts_of_generation(1)), t0);
         cache.put_user("ghost", None, t0);
         assert_eq!(
             cache.user("alice", t0 + Duration::from_secs(59)),
-            Lookup::Fresh(Some(UserFacts { generation: 1 }))
+            Lookup::Fresh(Some(facts_of_generation(1)))
         );
         assert_eq!(
             cache.user("alice", t0 + Duration::from_secs(61)),
-            Lookup::Stale(UserFacts { generation: 1 })
+            Lookup::Stale(facts_of_generation(1))
         );
         assert_eq!(
             cache.user("ghost", t0 + Duration::from_secs(4)),
@@ -455,7 +479,7 @@ mod tests {
     fn forgetting_a_user_drops_their_keys() {
         let cache = CredentialCache::new(&config(100));
         let now = Instant::now();
-        cache.put_user("alice", Some(UserFacts { generation: 1 }), now);
+        cache.put_user("alice", Some(facts_of_generation(1)), now);
         cache.put_key([1; 32], Some(facts("alice")), now);
         cache.put_key([2; 32], Some(facts("bob")), now);
         cache.forget_user("alice");

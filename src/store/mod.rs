@@ -19,7 +19,7 @@ mod users;
 pub use accesskeys::{AccessKey, KeyGrant, NewKey};
 pub use changes::{CHANGES_CHANNEL, Change};
 pub use throttle::{Admission, Settle};
-pub use users::User;
+pub use users::{LOCAL_PROVIDER, ProviderConflict, User};
 
 use crate::config::StoreUrl;
 use sqlx::any::AnyPoolOptions;

@@ -30,6 +30,28 @@ pub struct User {
     /// The `[[oidc]]` provider the user signs in through; `None` for local
     /// users. Provider users have no password and no HA1.
     pub provider: Option<String>,
+    /// The provider's `sub` this user is bound to (first sign-in); `None`
+    /// for local users and for provider users not signed in since the
+    /// column was added.
+    pub provider_subject: Option<String>,
+}
+
+/// Why a sign-in through a provider was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderConflict {
+    /// The name belongs to a local user (`None`) or another provider's.
+    OtherHolder(Option<String>),
+    /// The name belongs to another account (`sub`) of the same provider.
+    OtherSubject,
+}
+
+pub use crate::names::LOCAL_PROVIDER;
+
+impl User {
+    /// `local` or the `[[oidc]]` provider's name.
+    pub fn provider_name(&self) -> &str {
+        self.provider.as_deref().unwrap_or(LOCAL_PROVIDER)
+    }
 }
 
 pub(super) fn join_roles(roles: &[String]) -> String {
@@ -55,7 +77,14 @@ fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
         generation: row.try_get("generation")?,
         created_at: row.try_get("created_at")?,
         provider: row.try_get("provider")?,
+        provider_subject: row.try_get("provider_subject")?,
     })
+}
+
+/// Whether going from roles `before` to `after` removes any: then the
+/// tokens issued before carry a role the user no longer has.
+pub(super) fn takes_roles_away(before: &[String], after: &[String]) -> bool {
+    before.iter().any(|role| !after.contains(role))
 }
 
 /// A generation strictly newer than `previous` (microseconds since the epoch,
@@ -87,43 +116,46 @@ impl Store {
             generation: next_generation(0),
             created_at: now,
             provider: None,
+            provider_subject: None,
         };
         self.insert_user(&user, now).await?;
         Ok(user)
     }
 
-    /// Records a sign-in through `provider`: creates the user on first
-    /// sign-in, and sets the roles the provider gave this time.
-    /// `Err(Ok(holder))` when the name belongs to a local user (`None`) or
-    /// another provider; such a name is never taken over.
+    /// Records a sign-in through `provider` by its account `subject`
+    /// (`sub`): creates the user on first sign-in, bound to `subject`, and
+    /// sets the roles the provider gave this time. A name that belongs to a
+    /// local user, another provider or another `sub` is never taken over.
+    /// A sign-in that takes a role away starts a new credential generation,
+    /// which ends the user's earlier tokens (as a password change does).
     pub async fn record_provider_user(
         &self,
         username: &str,
         provider: &str,
+        subject: &str,
         roles: &[String],
         now: i64,
-    ) -> Result<Result<User, Option<String>>, StoreError> {
-        // Two first sign-ins at once: the loser of the insert reads the row
-        // the winner made.
-        for _ in 0..2 {
+    ) -> Result<Result<User, ProviderConflict>, StoreError> {
+        // Two sign-ins at once: the loser of the insert or of the update
+        // reads the row the winner left.
+        for _ in 0..3 {
             match self.user(username).await? {
                 Some(user) if user.provider.as_deref() != Some(provider) => {
-                    return Ok(Err(user.provider));
+                    return Ok(Err(ProviderConflict::OtherHolder(user.provider)));
                 }
-                Some(mut user) => {
-                    if user.roles != roles {
-                        sqlx::query(
-                            "UPDATE users SET roles = $1, updated_at = $2 WHERE username = $3 AND provider = $4",
-                        )
-                        .bind(join_roles(roles))
-                        .bind(now)
-                        .bind(username)
-                        .bind(provider)
-                        .execute(&self.pool)
-                        .await?;
-                        user.roles = roles.to_vec();
+                Some(user)
+                    if user
+                        .provider_subject
+                        .as_deref()
+                        .is_some_and(|bound| bound != subject) =>
+                {
+                    return Ok(Err(ProviderConflict::OtherSubject));
+                }
+                Some(user) => {
+                    if let Some(user) = self.update_provider_user(user, subject, roles, now).await?
+                    {
+                        return Ok(Ok(user));
                     }
-                    return Ok(Ok(user));
                 }
                 None => {
                     let user = User {
@@ -138,6 +170,7 @@ impl Store {
                         generation: next_generation(0),
                         created_at: now,
                         provider: Some(provider.to_owned()),
+                        provider_subject: Some(subject.to_owned()),
                     };
                     match self.insert_user(&user, now).await {
                         Ok(()) => return Ok(Ok(user)),
@@ -150,14 +183,63 @@ impl Store {
         Err(StoreError::AlreadyExists)
     }
 
+    /// Binds `user` to `subject` when not bound yet and sets `roles`, with
+    /// a new generation when a role goes away; `None` when the row changed
+    /// since it was read (another sign-in, a password change, a removal).
+    async fn update_provider_user(
+        &self,
+        mut user: User,
+        subject: &str,
+        roles: &[String],
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        let takes_away = takes_roles_away(&user.roles, roles);
+        if user.roles == roles && user.provider_subject.is_some() {
+            return Ok(Some(user));
+        }
+        let generation = if takes_away {
+            next_generation(user.generation)
+        } else {
+            user.generation
+        };
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE users SET roles = $1, generation = $2, provider_subject = $3, updated_at = $4 \
+             WHERE username = $5 AND provider = $6 AND generation = $7 \
+             AND (provider_subject IS NULL OR provider_subject = $3)",
+        )
+        .bind(join_roles(roles))
+        .bind(generation)
+        .bind(subject)
+        .bind(now)
+        .bind(&user.username)
+        .bind(user.provider.as_deref())
+        .bind(user.generation)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        // Caches here and on other replicas drop the user's tokens and
+        // keys: a new generation, or keys whose owner's roles changed.
+        self.log_change(&mut tx, &Change::User(user.username.clone()), now)
+            .await?;
+        tx.commit().await?;
+        user.roles = roles.to_vec();
+        user.generation = generation;
+        user.provider_subject = Some(subject.to_owned());
+        Ok(Some(user))
+    }
+
     /// Inserts `user` (`AlreadyExists` when the name is taken) and logs
     /// the change: a new user of a removed user's name must not revive
     /// cached state.
     async fn insert_user(&self, user: &User, now: i64) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO users (id, username, password_hash, ha1, ha1_realm, roles, generation, created_at, updated_at, provider) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+            "INSERT INTO users (id, username, password_hash, ha1, ha1_realm, roles, generation, created_at, updated_at, provider, provider_subject) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -168,6 +250,7 @@ impl Store {
         .bind(user.generation)
         .bind(now)
         .bind(user.provider.as_deref())
+        .bind(user.provider_subject.as_deref())
         .execute(&mut *tx)
         .await?;
         self.log_change(&mut tx, &Change::User(user.username.clone()), now)
@@ -272,6 +355,20 @@ mod tests {
         assert_eq!(split_roles(""), Vec::<String>::new());
         let roles = vec!["admin".to_owned(), "ops".to_owned()];
         assert_eq!(split_roles(&join_roles(&roles)), roles);
+    }
+
+    #[test]
+    fn only_a_removed_role_takes_roles_away() {
+        let roles = |list: &[&str]| list.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        assert!(takes_roles_away(
+            &roles(&["admin", "dev"]),
+            &roles(&["dev"])
+        ));
+        assert!(takes_roles_away(&roles(&["admin"]), &roles(&[])));
+        assert!(takes_roles_away(&roles(&["admin"]), &roles(&["ops"])));
+        assert!(!takes_roles_away(&roles(&["dev"]), &roles(&["dev", "ops"])));
+        assert!(!takes_roles_away(&roles(&["a", "b"]), &roles(&["b", "a"])));
+        assert!(!takes_roles_away(&roles(&[]), &roles(&[])));
     }
 
     #[test]

@@ -19,7 +19,9 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -35,6 +37,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// One `[[jwt.jwks]]` entry, validated.
 #[derive(Debug, Clone)]
 pub struct JwksSource {
+    /// The provider's name (`X-Auth-Provider`): `name`, or the host of
+    /// `issuer`.
+    pub name: String,
     /// Where the JWK set is published.
     pub url: Uri,
     /// The only `iss` accepted for tokens under these keys.
@@ -68,6 +73,8 @@ type FetchClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 /// One provider: its keys and when they were last fetched.
 pub struct JwksProvider {
     source: JwksSource,
+    /// `source.name`, shared by every identity of this provider.
+    name: Arc<str>,
     keys: ArcSwap<KeyMap>,
     last_fetch: Mutex<Option<Instant>>,
     client: FetchClient,
@@ -79,12 +86,18 @@ impl JwksProvider {
     /// TLS settings.
     pub fn new(source: JwksSource, client: FetchClient, leeway: u64) -> Arc<Self> {
         Arc::new(JwksProvider {
+            name: Arc::from(source.name.as_str()),
             source,
             keys: ArcSwap::from_pointee(HashMap::new()),
             last_fetch: Mutex::new(None),
             client,
             leeway,
         })
+    }
+
+    /// The provider's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
     }
 
     /// The provider's issuer.
@@ -214,14 +227,35 @@ impl JwksProvider {
     }
 }
 
-/// The asymmetric keys of a JWK set that have a `kid`, each with its one
-/// algorithm: the JWK's `alg`, or the only one its key type allows here.
+/// Whether a JWK may verify signatures (RFC 7517 sections 4.2 and 4.3): a
+/// `use` other than `sig`, or `key_ops` without `verify`, means the
+/// provider published the key for something else (encryption), and a
+/// token "signed" under it must not pass.
+fn for_verifying(jwk: &Jwk) -> bool {
+    let use_ok = match &jwk.common.public_key_use {
+        None | Some(PublicKeyUse::Signature) => true,
+        Some(_) => false,
+    };
+    let ops_ok = match &jwk.common.key_operations {
+        None => true,
+        Some(ops) => ops.iter().any(|op| matches!(op, KeyOperations::Verify)),
+    };
+    use_ok && ops_ok
+}
+
+/// The asymmetric signature-verification keys of a JWK set that have a
+/// `kid`, each with its one algorithm: the JWK's `alg`, or the only one its
+/// key type allows here.
 fn keys_of(set: &JwkSet) -> KeyMap {
     let mut keys = HashMap::new();
     for jwk in &set.keys {
         let Some(kid) = jwk.common.key_id.clone() else {
             continue;
         };
+        if !for_verifying(jwk) {
+            debug!(kid = %kid, "skipping a JWK not meant for verifying signatures");
+            continue;
+        }
         let inferred = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
             AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
@@ -357,5 +391,30 @@ mod tests {
         let keys = keys_of(&set);
         assert_eq!(keys.len(), 1);
         assert_eq!(keys["ec"].1, Algorithm::ES256);
+    }
+
+    #[test]
+    fn keys_for_encryption_are_not_used_to_verify() {
+        let ec = |kid: &str, extra: serde_json::Value| {
+            let mut key = serde_json::json!({ "kty": "EC", "kid": kid, "crv": "P-256",
+                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0" });
+            for (name, value) in extra.as_object().unwrap() {
+                key[name] = value.clone();
+            }
+            key
+        };
+        let set: JwkSet = serde_json::from_value(serde_json::json!({ "keys": [
+            ec("enc", serde_json::json!({ "use": "enc" })),
+            ec("encrypt-ops", serde_json::json!({ "key_ops": ["encrypt", "wrapKey"] })),
+            ec("sign-only", serde_json::json!({ "key_ops": ["sign"] })),
+            ec("sig", serde_json::json!({ "use": "sig" })),
+            ec("verify-ops", serde_json::json!({ "key_ops": ["verify"] })),
+            ec("plain", serde_json::json!({})),
+        ]}))
+        .unwrap();
+        let mut kids: Vec<String> = keys_of(&set).into_keys().collect();
+        kids.sort();
+        assert_eq!(kids, ["plain", "sig", "verify-ops"]);
     }
 }

@@ -9,6 +9,9 @@
 //
 // Accounts come from `accounts_file`, read at every sign-in:
 //   { "alice": { "groups": ["admin"] }, ... }
+// The login name is the account's `sub` unless it sets "sub"; "email"
+// (default <login>@example.test) and "email_verified" (default true; null
+// leaves it out) set those claims, so two accounts can claim one address.
 // An account may ask the provider to misbehave on its token response, so
 // the gateway's checks meet real, validly signed tokens that are wrong:
 //   "misbehave": "aud"     -> ID token for another audience
@@ -56,14 +59,17 @@ const provider = new Provider(issuer, {
       accountId: id,
       async claims() {
         const account = accounts()[id] || {};
-        return {
-          sub: id,
-          email: `${id}@example.test`,
-          email_verified: true,
+        const claims = {
+          sub: account.sub || id,
+          email: account.email || `${id}@example.test`,
+          email_verified: 'email_verified' in account ? account.email_verified : true,
           name: id,
           preferred_username: id,
           groups: account.groups || [],
         };
+        // "email_verified": null leaves the claim out altogether.
+        if (claims.email_verified === null) delete claims.email_verified;
+        return claims;
       },
     };
   },
@@ -132,7 +138,9 @@ provider.use(async (ctx, next) => {
   await next();
   if (ctx.path !== '/token' || ctx.status !== 200 || !ctx.body || !ctx.body.id_token) return;
   const claims = jose.decodeJwt(ctx.body.id_token);
-  const mode = (accounts()[claims.sub] || {}).misbehave;
+  const mode = (Object.entries(accounts()).find(
+    ([id, account]) => (account.sub || id) === claims.sub,
+  ) || [null, {}])[1].misbehave;
   if (!mode) return;
   const now = Math.floor(Date.now() / 1000);
   if (mode === 'aud') claims.aud = 'someone-else';
