@@ -248,8 +248,19 @@ async fn http01_order_at_start_serves_a_certificate_from_pebbles_root() {
     let pebble = Pebble::start(http_port, tls_port).await;
     let domain = format!("{}.example.com", unique("gw"));
     let opts = acme_gateway_options(http_port, tls_port, &pebble.acme_toml(&domain, "http-01"));
-    let gw = Gateway::start_with(opts).await;
+    // Everything else on the plain listener is redirected to HTTPS; the
+    // CA's requests are not.
+    let mut gw = Gateway::prepare(opts);
+    let text = gw.render_config(gw.options()).replacen(
+        "[server]\n",
+        "[server]\nredirect_https = true\n",
+        1,
+    );
+    gw.write_config(&text);
+    gw.spawn().await;
     wait_serving(&gw, &pebble, 1).await;
+    let moved = get(&gw.url("/.well-known/other"), None, &[]).await;
+    assert_eq!(moved.status, 308, "{}", moved.text());
 
     let root = pebble.root().await;
     let https = gw.https_addr().await;
@@ -258,7 +269,7 @@ async fn http01_order_at_start_serves_a_certificate_from_pebbles_root() {
         .expect("the served chain verifies against pebble's root");
     assert!(!leaf.is_empty());
     assert_eq!(pebble.issued(), 1, "{}", pebble.logs());
-    assert_eq!(metric(&gw, "authgate_acme_orders_total").await, 1.0);
+    assert_eq!(gw.log_count(ORDERING), 1, "{}", gw.logs());
     // The answers are gone with the order; other tokens are 404, before
     // any route or credential (the only route would want a token).
     let r = get(
@@ -322,6 +333,7 @@ async fn a_restart_serves_the_cached_certificate_without_a_new_order() {
     let first = served_leaf(gw.https_addr().await, &domain, &root)
         .await
         .expect("first certificate");
+    assert_eq!(metric(&gw, "authgate_acme_orders_total").await, 1.0);
 
     gw.restart().await;
     wait_serving(&gw, &pebble, 2).await;
