@@ -238,7 +238,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::CheckConfig => check_config(&cli.config),
+        Command::CheckConfig => check_config(&cli.config).await,
         Command::OtkToken {
             key,
             user,
@@ -282,7 +282,7 @@ fn load(path: &Path) -> Result<Config, CliError> {
     })
 }
 
-fn check_config(path: &Path) -> Result<(), CliError> {
+async fn check_config(path: &Path) -> Result<(), CliError> {
     match Config::load(path) {
         Ok(config) => {
             // Pairs that are readable but do not go together (or hold no
@@ -292,6 +292,20 @@ fn check_config(path: &Path) -> Result<(), CliError> {
             {
                 println!("server.tls: {err}");
                 return Err(fail(format!("1 problem(s) in {}", path.display())));
+            }
+            // What only the network and the disk can tell: ACME's CA and cache.
+            if let Some(acme) = config.server.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+                let problems = crate::tls::acme::preflight(acme).await;
+                if !problems.is_empty() {
+                    for problem in &problems {
+                        println!("{problem}");
+                    }
+                    return Err(fail(format!(
+                        "{} problem(s) in {}",
+                        problems.len(),
+                        path.display()
+                    )));
+                }
             }
             for warning in config.warnings() {
                 println!("{warning}");

@@ -17,6 +17,7 @@ use crate::proxy::Forwarder;
 use crate::ratelimit::RateLimits;
 use crate::store::cache::CredentialCache;
 use crate::store::{Store, follow};
+use crate::tls::acme::AcmeControl;
 use crate::tls::{self, CertResolver, TlsError};
 use crate::token::jwks::JwksProvider;
 use tokio_rustls::TlsAcceptor;
@@ -43,6 +44,8 @@ pub struct Gateway {
     /// The HTTPS listener's certificates (SNI, watched files, ACME), shared
     /// by every snapshot: they outlive reloads.
     pub certificates: Option<Arc<CertResolver>>,
+    /// ACME ordering and renewal, shared by every snapshot (with TLS only).
+    pub acme: Option<Arc<AcmeControl>>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// External OpenID Connect providers for browser sign-in.
@@ -97,7 +100,17 @@ impl Gateway {
             }
             None => None,
         };
-        let gateway = Gateway::assemble(config, store, cache, metrics, hashes, certificates, None)?;
+        let acme = certificates.as_ref().map(|certificates| {
+            Arc::new(AcmeControl::new(
+                certificates.clone(),
+                store.clone(),
+                metrics.clone(),
+            ))
+        });
+        let mut gateway =
+            Gateway::assemble(config, store, cache, metrics, hashes, certificates, None)?;
+        gateway.acme = acme;
+        gateway.configure_acme();
         Ok(Arc::new(gateway))
     }
 
@@ -142,6 +155,8 @@ impl Gateway {
             ratelimits: RateLimits::new(&config.ratelimit, metrics.clone(), previous_limits),
             tls,
             certificates,
+            // Set by the caller: it outlives snapshots.
+            acme: None,
             metrics,
             store,
             cache,
@@ -178,7 +193,7 @@ impl Gateway {
         if let (Some(tls), Some(certificates)) = (&config.server.tls, &self.certificates) {
             certificates.configure(tls)?;
         }
-        Ok(Gateway::assemble(
+        let mut next = Gateway::assemble(
             config,
             self.store.clone(),
             self.cache.clone(),
@@ -186,6 +201,23 @@ impl Gateway {
             hashes,
             self.certificates.clone(),
             Some(&self.ratelimits),
-        )?)
+        )?;
+        next.acme = self.acme.clone();
+        // Other domains are ordered at once, with the same account.
+        next.configure_acme();
+        Ok(next)
+    }
+
+    /// Hands this snapshot's `[server.tls.acme]` to the ACME task.
+    fn configure_acme(&self) {
+        if let Some(acme) = &self.acme {
+            acme.configure(
+                self.config
+                    .server
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.acme.as_ref()),
+            );
+        }
     }
 }

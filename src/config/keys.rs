@@ -14,6 +14,7 @@ pub(super) fn known_keys(path: &str) -> Option<Vec<String>> {
         "" => Some(fields_of::<RawConfig>()),
         "server" => Some(fields_of::<RawServer>()),
         "server.tls" => Some(fields_of::<RawTls>()),
+        "server.tls.acme" => Some(fields_of::<RawAcme>()),
         "server.tls.certificates" => Some(fields_of::<RawTlsCertificate>()),
         "store" => Some(fields_of::<RawStore>()),
         "jwt" => Some(fields_of::<RawJwt>()),

@@ -190,11 +190,42 @@ pub struct TlsConfig {
     pub certificates: Vec<CertificateConfig>,
     /// `Strict-Transport-Security` for answers on the HTTPS listener.
     pub hsts: Option<http::HeaderValue>,
+    /// `[server.tls.acme]`: certificates ordered and renewed automatically.
+    pub acme: Option<AcmeConfig>,
     /// CA certificates (PEM) that client certificates must chain to.
     pub client_ca: Option<PathBuf>,
     /// Whether a client certificate is required (`true`) or only checked
     /// when one is sent.
     pub client_cert_required: bool,
+}
+
+/// `[server.tls.acme]`: an ACME (RFC 8555) account and the certificate it
+/// orders for `domains`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The directory URL (`https://`).
+    pub directory: String,
+    /// The names the certificate is for: DNS names, no wildcards.
+    pub domains: Vec<String>,
+    /// `mailto:` contacts given to the CA when the account is made.
+    pub contact: Vec<String>,
+    /// How the CA checks that the names are ours.
+    pub challenge: AcmeChallenge,
+    /// Where the account key and certificates are kept across restarts.
+    pub cache_dir: PathBuf,
+    /// Extra PEM roots trusted for the directory (a private or test CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The ACME challenge type answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// RFC 8737: a certificate for the name on the TLS listener, ALPN
+    /// `acme-tls/1`.
+    TlsAlpn01,
+    /// RFC 8555 section 8.3: `/.well-known/acme-challenge/<token>` on the
+    /// plain listener.
+    Http01,
 }
 
 /// A certificate and key file pair, and the names it is served for.
@@ -806,6 +837,107 @@ mod tests {
                 .server
                 .admin_listen,
             None
+        );
+    }
+
+    #[test]
+    fn acme_is_validated_key_by_key() {
+        let secret = secret_file();
+        let acme = |keys: &str| {
+            minimal(
+                secret.path(),
+                &format!("[server.tls]\nlisten = \"127.0.0.1:0\"\n[server.tls.acme]\n{keys}"),
+            )
+        };
+        // ACME alone is enough for the TLS listener; defaults filled in.
+        let config = Config::from_toml(&acme(
+            "directory = \"https://ca.test/dir\"\ndomains = [\"GW.example.com\", \"gw.example.com\"]\n",
+        ))
+        .unwrap();
+        let tls = config.server.tls.unwrap();
+        assert!(tls.default.is_none());
+        let acme_config = tls.acme.unwrap();
+        assert_eq!(acme_config.domains, ["gw.example.com"]);
+        assert_eq!(acme_config.challenge, AcmeChallenge::TlsAlpn01);
+        assert_eq!(acme_config.cache_dir, Path::new("data/acme"));
+
+        let cases = [
+            (
+                "domains = [\"gw.example.com\"]\n",
+                "server.tls.acme.directory: is required",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\n",
+                "server.tls.acme.domains: is required",
+            ),
+            (
+                "directory = \"ftp://ca.test/dir\"\ndomains = [\"a.example.com\"]\n",
+                "server.tls.acme.directory: \"ftp://ca.test/dir\" is not an https:// URL",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"127.0.0.1\"]\n",
+                "server.tls.acme.domains: \"127.0.0.1\" is not a DNS name",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"localhost\"]\n",
+                "server.tls.acme.domains: \"localhost\" is not a DNS name",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"a_b.example.com\"]\n",
+                "server.tls.acme.domains: \"a_b.example.com\" is not a DNS name",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"*.example.com\"]\n",
+                "server.tls.acme.domains: \"*.example.com\": wildcards need dns-01",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"a.example.com\"]\ncontact = [\"mailto:\"]\n",
+                "server.tls.acme.contact: \"mailto:\" is not a mailto:ADDRESS",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"a.example.com\"]\nchallenge = \"dns-01\"\n",
+                "server.tls.acme.challenge: \"dns-01\" must be \"tls-alpn-01\" or \"http-01\"",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"a.example.com\"]\ncache_dir = \"\"\n",
+                "server.tls.acme.cache_dir: must not be empty",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"a.example.com\"]\nca_file = \"/nonexistent/ca.pem\"\n",
+                "server.tls.acme.ca_file: cannot read /nonexistent/ca.pem",
+            ),
+        ];
+        for (keys, expected) in cases {
+            let err = Config::from_toml(&acme(keys)).unwrap_err();
+            assert!(
+                err.problems.iter().any(|p| p.starts_with(expected)),
+                "{keys}: {:?}",
+                err.problems
+            );
+        }
+
+        // http-01 is answered on the plain listener, which must exist.
+        let text = format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\n[server.tls.acme]\n\
+             directory = \"https://ca.test/dir\"\ndomains = [\"a.example.com\"]\nchallenge = \"http-01\"\n\
+             [jwt]\nsecret_file = {:?}\n",
+            secret.path().display().to_string()
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "server.tls.acme.challenge: http-01 is answered on the plain listener: set server.listen"
+            ]
+        );
+
+        // Without ACME or certificates the TLS listener has nothing to serve.
+        let text = minimal(secret.path(), "[server.tls]\nlisten = \"127.0.0.1:0\"\n");
+        let err = Config::from_toml(&text).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.contains("[server.tls.acme]")),
+            "{:?}",
+            err.problems
         );
     }
 

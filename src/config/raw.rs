@@ -79,6 +79,7 @@ pub(super) struct RawTls {
     pub(super) client_ca: Option<PathBuf>,
     pub(super) client_auth: Option<String>,
     pub(super) hsts: Option<String>,
+    pub(super) acme: Option<RawAcme>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +89,22 @@ pub(super) struct RawTlsCertificate {
     pub(super) names: Vec<String>,
     pub(super) cert: PathBuf,
     pub(super) key: PathBuf,
+}
+
+/// `[server.tls.acme]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAcme {
+    pub(super) directory: Option<String>,
+    #[serde(default)]
+    pub(super) domains: Vec<String>,
+    #[serde(default)]
+    pub(super) contact: Vec<String>,
+    #[serde(default = "defaults::acme_challenge")]
+    pub(super) challenge: String,
+    #[serde(default = "defaults::acme_cache_dir")]
+    pub(super) cache_dir: PathBuf,
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +343,12 @@ pub(super) mod defaults {
     }
     pub fn shutdown_grace() -> u64 {
         30
+    }
+    pub fn acme_challenge() -> String {
+        "tls-alpn-01".into()
+    }
+    pub fn acme_cache_dir() -> std::path::PathBuf {
+        "data/acme".into()
     }
     pub fn store_url() -> String {
         "sqlite://data/authgate.db".into()

@@ -409,7 +409,9 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         .listen
         .as_deref()
         .and_then(|value| p.socket_addr("server.listen", value));
+    let plain_listener = raw.listen.is_some();
     let tls = raw.tls.and_then(|tls| {
+        let acme = tls.acme.map(|acme| validate_acme(acme, plain_listener, p));
         let default = match (tls.cert, tls.key) {
             (Some(cert), Some(key)) => {
                 p.readable_file("server.tls.cert", &cert);
@@ -430,10 +432,10 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
                 None
             }
         };
-        if default.is_none() && tls.certificates.is_empty() {
+        if default.is_none() && tls.certificates.is_empty() && acme.is_none() {
             p.add(
                 "server.tls",
-                "needs cert and key, or [[server.tls.certificates]]",
+                "needs cert and key, [[server.tls.certificates]] or [server.tls.acme]",
             );
         }
         let mut certificates = Vec::with_capacity(tls.certificates.len());
@@ -487,6 +489,7 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
             default,
             certificates,
             hsts,
+            acme: acme.flatten(),
             client_ca: tls.client_ca,
             client_cert_required,
         })
@@ -527,6 +530,118 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         tls,
         shutdown_grace: p.seconds("server.shutdown_grace", raw.shutdown_grace, 0, 3600),
     }
+}
+
+/// `[server.tls.acme]`: every key checked; `None` when one is wrong.
+/// `plain_listener`: whether `server.listen` is set (http-01 needs it).
+pub(super) fn validate_acme(
+    raw: RawAcme,
+    plain_listener: bool,
+    p: &mut Problems,
+) -> Option<AcmeConfig> {
+    let before = p.0.len();
+    let directory = match raw.directory {
+        None => {
+            p.add(
+                "server.tls.acme.directory",
+                "is required (the CA's directory URL)",
+            );
+            String::new()
+        }
+        Some(url) => {
+            match url.parse::<Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+                _ => p.add(
+                    "server.tls.acme.directory",
+                    format_args!("{url:?} is not an https:// URL"),
+                ),
+            }
+            url
+        }
+    };
+    if raw.domains.is_empty() {
+        p.add(
+            "server.tls.acme.domains",
+            "is required: the names to order a certificate for",
+        );
+    }
+    let mut domains: Vec<String> = Vec::with_capacity(raw.domains.len());
+    for domain in &raw.domains {
+        let lower = domain.to_ascii_lowercase();
+        if lower.starts_with("*.") {
+            p.add(
+                "server.tls.acme.domains",
+                format_args!("{domain:?}: wildcards need dns-01, which authgate does not answer"),
+            );
+        } else if !valid_dns_name(&lower) {
+            p.add(
+                "server.tls.acme.domains",
+                format_args!("{domain:?} is not a DNS name"),
+            );
+        } else if !domains.contains(&lower) {
+            domains.push(lower);
+        }
+    }
+    for contact in &raw.contact {
+        let address = contact.strip_prefix("mailto:").unwrap_or("");
+        if !address.contains('@') || address.chars().any(|c| c.is_whitespace() || c == ',') {
+            p.add(
+                "server.tls.acme.contact",
+                format_args!("{contact:?} is not a mailto:ADDRESS"),
+            );
+        }
+    }
+    let challenge = match raw.challenge.as_str() {
+        "tls-alpn-01" => AcmeChallenge::TlsAlpn01,
+        "http-01" => {
+            if !plain_listener {
+                p.add(
+                    "server.tls.acme.challenge",
+                    "http-01 is answered on the plain listener: set server.listen",
+                );
+            }
+            AcmeChallenge::Http01
+        }
+        other => {
+            p.add(
+                "server.tls.acme.challenge",
+                format_args!("{other:?} must be \"tls-alpn-01\" or \"http-01\""),
+            );
+            AcmeChallenge::TlsAlpn01
+        }
+    };
+    if raw.cache_dir.as_os_str().is_empty() {
+        p.add("server.tls.acme.cache_dir", "must not be empty");
+    }
+    if let Some(ca) = &raw.ca_file {
+        p.readable_file("server.tls.acme.ca_file", ca);
+    }
+    (p.0.len() == before).then_some(AcmeConfig {
+        directory,
+        domains,
+        contact: raw.contact,
+        challenge,
+        cache_dir: raw.cache_dir,
+        ca_file: raw.ca_file,
+    })
+}
+
+/// A DNS name a public CA can issue for: dot-separated labels of
+/// `a-z 0-9 -` (1 to 63 each, no leading or trailing hyphen), at least two
+/// labels, 253 characters at most, not an IP address.
+pub(super) fn valid_dns_name(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && name.parse::<std::net::IpAddr>().is_err()
+        && labels.iter().all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 /// A list of IP addresses and CIDR ranges under `key`.

@@ -6,6 +6,7 @@
 //! [`last_use`], and [`follow`] keeps both true to the store.
 
 mod accesskeys;
+pub mod acme;
 pub mod cache;
 mod changes;
 pub mod follow;
