@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use crate::RunError;
+use crate::assertion::Assertions;
 use crate::auth::Authenticator;
 use crate::auth::password::HashLimiter;
 use crate::auth::throttle::LoginThrottle;
@@ -146,7 +147,14 @@ impl Gateway {
                 cache.clone(),
             ),
             throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
-            forwarder: Forwarder::try_new(&config.upstream, &config.limits)?,
+            forwarder: Forwarder::try_new(
+                &config.upstream,
+                &config.limits,
+                config
+                    .assertion
+                    .clone()
+                    .map(|assertion| Assertions::new(assertion, config.jwt.keys.clone())),
+            )?,
             oidc: crate::oidc::Providers::try_new(
                 &config.oidc,
                 &config.upstream,

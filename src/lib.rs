@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod assertion;
 pub mod auth;
 pub mod body;
 pub mod cli;

@@ -41,6 +41,9 @@ pub struct Route {
     /// every route to the same scheme and authority
     /// (`limits.max_upstream_requests`).
     pub in_flight: std::sync::Arc<crate::inflight::InFlight>,
+    /// `aud` of identity assertions for this route, instead of
+    /// `[assertion] audience`.
+    pub assertion_audience: Option<std::sync::Arc<str>>,
 }
 
 impl Route {
@@ -443,6 +446,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             login: None,
             in_flight: crate::inflight::InFlight::new(1),
+            assertion_audience: None,
         }
     }
 

@@ -526,6 +526,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             login: None,
             in_flight: crate::inflight::InFlight::new(1),
+            assertion_audience: None,
         }
     }
 

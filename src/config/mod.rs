@@ -105,6 +105,29 @@ pub struct Config {
     pub ratelimit: ratelimit::RateLimitConfig,
     /// External OpenID Connect providers for browser sign-in.
     pub oidc: Vec<OidcProviderConfig>,
+    /// `[assertion]`: a signed identity assertion on every authenticated
+    /// proxied request.
+    pub assertion: Option<AssertionConfig>,
+}
+
+/// `[assertion]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionConfig {
+    /// `aud` unless the route names its own.
+    pub audience: Arc<str>,
+    /// Lifetime of an assertion.
+    pub ttl: Duration,
+    /// What an assertion is bound to.
+    pub bind: AssertionBinding,
+}
+
+/// What an assertion is good for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionBinding {
+    /// The caller and the route: reusable for part of its life.
+    Identity,
+    /// Also this request's method, path and id (`htm`, `htu`, `jti`).
+    Request,
 }
 
 /// One `[[oidc]]` provider, validated.

@@ -32,6 +32,17 @@ pub(super) struct RawConfig {
     pub(super) ratelimit: ratelimit::RawRateLimit,
     #[serde(default)]
     pub(super) oidc: Vec<RawOidc>,
+    pub(super) assertion: Option<RawAssertion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAssertion {
+    pub(super) audience: Option<String>,
+    #[serde(default = "defaults::assertion_ttl")]
+    pub(super) ttl: u64,
+    #[serde(default = "defaults::assertion_bind")]
+    pub(super) bind: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +342,7 @@ pub(super) struct RawRoute {
     pub(super) roles: Vec<String>,
     pub(super) timeout: Option<u64>,
     pub(super) login: Option<String>,
+    pub(super) assertion_audience: Option<String>,
 }
 
 /// Default values, documented in the README's configuration reference.
@@ -349,6 +361,12 @@ pub(super) mod defaults {
     }
     pub fn acme_cache_dir() -> std::path::PathBuf {
         "data/acme".into()
+    }
+    pub fn assertion_ttl() -> u64 {
+        30
+    }
+    pub fn assertion_bind() -> String {
+        "identity".into()
     }
     pub fn store_url() -> String {
         "sqlite://data/authgate.db".into()

@@ -280,8 +280,53 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         }
     }
     let ratelimit = ratelimit::validate(raw.ratelimit, p);
+    let assertion = raw.assertion.and_then(|raw| {
+        if let Some(jwt) = &jwt
+            && !jwt.keys.signs_asymmetrically()
+        {
+            p.add(
+                "assertion",
+                "needs an asymmetric signing key ([[jwt.keys]] with a private_key): upstreams verify assertions with the public JWKS, and an HS256 secret would let every upstream mint them",
+            );
+        }
+        let bind = match raw.bind.as_str() {
+            "identity" => AssertionBinding::Identity,
+            "request" => AssertionBinding::Request,
+            other => {
+                p.add(
+                    "assertion.bind",
+                    format_args!("{other:?} must be \"identity\" or \"request\""),
+                );
+                AssertionBinding::Identity
+            }
+        };
+        let ttl = p.seconds("assertion.ttl", raw.ttl, 1, 300);
+        match raw.audience {
+            Some(audience) if !audience.is_empty() => Some(AssertionConfig {
+                audience: Arc::from(audience),
+                ttl,
+                bind,
+            }),
+            _ => {
+                p.add("assertion.audience", "is required (the default `aud`; routes may set assertion_audience)");
+                None
+            }
+        }
+    });
+    for route in routes.iter() {
+        if route.assertion_audience.is_some() && assertion.is_none() {
+            p.add(
+                "route.assertion_audience",
+                format_args!(
+                    "route {:?} sets it, but there is no [assertion] table",
+                    route.prefix
+                ),
+            );
+        }
+    }
 
     Some(Config {
+        assertion,
         server,
         store,
         jwt: jwt?,
@@ -1001,6 +1046,10 @@ pub(super) fn validate_routes(
                 roles: route.roles,
                 timeout,
                 login: route.login.map(Arc::from),
+                assertion_audience: route
+                    .assertion_audience
+                    .filter(|audience| !audience.is_empty())
+                    .map(Arc::from),
             }),
             Err(problem) => p.add(&format!("{key}.upstream"), problem),
         }

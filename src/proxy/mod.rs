@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{Instrument, debug, info, warn};
 
+use crate::assertion::Assertions;
 use crate::auth::extract::{strip_credential_headers, strip_credential_query};
 use crate::auth::{Identity, Permit};
 use crate::body::{self, Body};
@@ -41,6 +42,8 @@ pub struct Forwarder {
     clients: Box<[UpstreamClient]>,
     max_body_bytes: Option<u64>,
     idle_timeout: Duration,
+    /// `[assertion]`: signs `X-Auth-Assertion` for authenticated requests.
+    assertions: Option<Assertions>,
 }
 
 impl Forwarder {
@@ -50,7 +53,11 @@ impl Forwarder {
     /// `upstream.ca_file`, and `upstream.client_cert` when set. Request
     /// bodies are capped at `limits.max_proxy_body_bytes`, and upgraded
     /// connections close after `limits.idle_timeout` without traffic.
-    pub fn try_new(config: &UpstreamConfig, limits: &Limits) -> Result<Self, TlsError> {
+    pub fn try_new(
+        config: &UpstreamConfig,
+        limits: &Limits,
+        assertions: Option<Assertions>,
+    ) -> Result<Self, TlsError> {
         let tls = tls::upstream_config(config)?;
         let clients = (0..crate::workers::count())
             .map(|_| client_with(config, tls.clone()))
@@ -59,6 +66,7 @@ impl Forwarder {
             clients,
             max_body_bytes: limits.max_proxy_body_bytes,
             idle_timeout: limits.idle_timeout,
+            assertions,
         })
     }
 
@@ -115,6 +123,23 @@ impl Forwarder {
             return Err(GatewayError::BodyTooLarge);
         }
         rewrite_head(&mut parts, upstream, permit.identity(), &client, request_id)?;
+        if let (Some(assertions), Some(identity)) = (&self.assertions, permit.identity()) {
+            // Fail closed: an upstream that expects assertions must never
+            // see an authenticated request without one.
+            let assertion = assertions
+                .header_for(
+                    identity,
+                    route,
+                    &parts.method,
+                    parts.uri.path(),
+                    request_id,
+                    crate::clock::unix_now(),
+                )
+                .ok_or(GatewayError::Internal)?;
+            parts
+                .headers
+                .insert(crate::assertion::X_AUTH_ASSERTION.clone(), assertion);
+        }
 
         let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
         let outbound = Request::from_parts(parts, body);

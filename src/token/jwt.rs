@@ -275,6 +275,25 @@ impl JwtKeys {
         })
     }
 
+    /// Whether tokens are signed with a private key (verifiable by anyone
+    /// with the JWKS) rather than the HS256 secret.
+    pub fn signs_asymmetrically(&self) -> bool {
+        self.signer.header.alg != Algorithm::HS256
+    }
+
+    /// Signs `claims` with the signing key under JOSE header `typ`, for
+    /// tokens that are not login tokens (verification here refuses any
+    /// `typ` but `JWT`, RFC 8725 section 3.11).
+    pub fn sign_typed<T: serde::Serialize>(
+        &self,
+        typ: &str,
+        claims: &T,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = self.signer.header.clone();
+        header.typ = Some(typ.to_owned());
+        jsonwebtoken::encode(&header, claims, &self.signer.encoding)
+    }
+
     /// The issuer of the tokens these keys sign.
     pub fn issuer(&self) -> &str {
         &self.issuer

@@ -52,11 +52,17 @@ pip_pinned upgrades-aliases hypercorn==0.18.0 gunicorn==27.0.1
 # ---------------------------------------------------------------------------
 pip_pinned differential-python flask==3.1.3
 
+# PyJWT verifies X-Auth-Assertion in docs/assertions/verify_assertion.py
+# (tests/assertion.rs).
+pip_pinned assertion-python "pyjwt[crypto]==2.10.1"
+
 # Node packages:
 # - method-override: Express middleware reading the method from
 #   X-HTTP-Method-Override & co. and `?_method=` (tests/header_hygiene.rs);
 # - ws: the WebSocket server behind tests/websocket_revocation.rs.
-node_packages="express@5.2.1 method-override@3.0.0 ws@8.23.1"
+# - jose: verifies X-Auth-Assertion in docs/assertions/verify-assertion.mjs
+#   (tests/assertion.rs).
+node_packages="express@5.2.1 method-override@3.0.0 ws@8.23.1 jose@6.2.19"
 NODE_DIR="$UPSTREAMS/node"
 if [ ! -f "$NODE_DIR/.installed" ] || [ "$(cat "$NODE_DIR/.installed")" != "$node_packages" ]; then
   mkdir -p "$NODE_DIR"
