@@ -124,7 +124,11 @@ const GET: &[u8] = b"GET /public/pp HTTP/1.1\r\nHost: gw.test\r\nConnection: clo
 /// A gateway that takes PROXY headers from 127.0.0.1 only, plain and TLS.
 async fn gateway(upstream: &Upstream, server: &CertKey) -> Gateway {
     let mut opts = GatewayOptions::new(&upstream.url());
-    opts.extra_toml = tls_toml(&server.cert, &server.key, "");
+    // A one-second head deadline: a slow PROXY header counts against it.
+    opts.extra_toml = format!(
+        "{}[limits]\nheader_read_timeout = 1\n",
+        tls_toml(&server.cert, &server.key, "")
+    );
     let mut gw = Gateway::prepare(opts);
     let text = gw.render_config(gw.options()).replacen(
         "[server]\n",
@@ -224,5 +228,27 @@ async fn a_header_is_required_from_listed_peers_and_never_believed_from_others()
             .requests()
             .iter()
             .any(|r| r.contains_anywhere("6.6.6.6"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_proxy_header_counts_against_the_head_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "pp3");
+    let server = ca.server_cert("server");
+    let upstream = Upstream::start().await;
+    let gw = gateway(&upstream, &server).await;
+
+    let started = Instant::now();
+    let mut slow = connect_from([127, 0, 0, 1], gw.addr()).await;
+    slow.write_all(b"PROXY TCP4 192.0.2.1 ").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection is closed, not left waiting");
+    assert!(rest.is_empty(), "closed unanswered");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed at the one-second head deadline, took {:?}",
+        started.elapsed()
     );
 }

@@ -322,17 +322,30 @@ async fn check_config_names_mismatched_pairs_and_bad_names() {
 struct OpenConnection {
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
     authority: String,
+    /// Full or resumed.
+    handshake: Option<rustls::HandshakeKind>,
 }
 
 impl OpenConnection {
     async fn connect(addr: SocketAddr, name: &str, ca: &Ca) -> OpenConnection {
-        let config: Arc<rustls::ClientConfig> = client_config(&[&ca.cert], None, &["http/1.1"]);
+        let config = client_config(&[&ca.cert], None, &["http/1.1"]);
+        OpenConnection::connect_with(addr, name, config).await
+    }
+
+    /// With `config`, whose session store carries tickets from one
+    /// connection to the next.
+    async fn connect_with(
+        addr: SocketAddr,
+        name: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> OpenConnection {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await
             .expect("TLS handshake");
+        let handshake = tls.get_ref().1.handshake_kind();
         let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -341,6 +354,7 @@ impl OpenConnection {
         OpenConnection {
             sender,
             authority: format!("{name}:{}", addr.port()),
+            handshake,
         }
     }
 
@@ -425,5 +439,79 @@ async fn redirect_https_sends_plain_requests_to_tls_and_hsts_marks_tls_answers()
     assert_eq!(
         over_tls.header("strict-transport-security").as_deref(),
         Some("max-age=31536000; includeSubDomains")
+    );
+}
+
+/// `openssl s_client` to `addr` with SNI `name` (none when empty) and
+/// `extra` arguments; stdin closed, so it quits after the handshake.
+async fn s_client(addr: SocketAddr, name: &str, ca: &Ca, extra: &[&str]) -> String {
+    let mut args = vec![
+        "s_client".to_string(),
+        "-connect".to_string(),
+        addr.to_string(),
+        "-CAfile".to_string(),
+        ca.cert.display().to_string(),
+    ];
+    if name.is_empty() {
+        args.push("-noservername".into());
+    } else {
+        args.extend(["-servername".to_string(), name.to_string()]);
+    }
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run openssl s_client");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .await
+    .expect("s_client task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_clients_get_the_certificate_for_their_name_and_resume_sessions() {
+    let dir = certs_dir();
+    let ca = Ca::new(dir.path(), "openssl");
+    let default = leaf(&ca, "default", &["gw.test"]);
+    let api = leaf(&ca, "api", &["api.a.test"]);
+    let upstream = Upstream::start().await;
+    let table = format!(
+        "{}{}",
+        tls_toml(&default.cert, &default.key, ""),
+        certificate_entry(&api, None)
+    );
+    let gw = gateway_with(&upstream, table).await;
+    let https = gw.https_addr().await;
+
+    let to_api = s_client(https, "api.a.test", &ca, &[]).await;
+    assert!(to_api.contains("CN = api.a.test"), "{to_api}");
+    assert!(to_api.contains("Verify return code: 0 (ok)"), "{to_api}");
+    let no_sni = s_client(https, "", &ca, &[]).await;
+    assert!(no_sni.contains("CN = gw.test"), "{no_sni}");
+
+    // Resumption with TLS 1.2 (s_client reconnects before a TLS 1.3
+    // ticket arrives, so TLS 1.3 is checked with rustls below).
+    let resumed = s_client(https, "api.a.test", &ca, &["-tls1_2", "-reconnect"]).await;
+    assert!(
+        resumed.matches("Reused, TLSv1.2").count() >= 5,
+        "the session is resumed on reconnects\n{resumed}"
+    );
+
+    // TLS 1.3: a ticket from the first connection resumes the second.
+    let config = client_config(&[&ca.cert], None, &["http/1.1"]);
+    let mut first = OpenConnection::connect_with(https, "api.a.test", config.clone()).await;
+    first.get_ok("/healthz").await;
+    drop(first);
+    let second = OpenConnection::connect_with(https, "api.a.test", config).await;
+    assert_eq!(
+        second.handshake,
+        Some(rustls::HandshakeKind::Resumed),
+        "a TLS 1.3 ticket resumes the session"
     );
 }
