@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Fails when the crate's modules import each other in a cycle.
 
-Reads every `crate::...` path in src/ (including `use crate::{a, b::c}`
-groups), maps it to the module it names, and looks for cycles between
-top-level modules (`server` -> `proxy` -> `server`) and between sibling
+Reads every module path in src/: `crate::...`, `super::...` (repeated),
+`self::...` and paths that start with a child module's name (2018 paths),
+with `use` groups (`use crate::{a, b::c}`) expanded; maps each to the
+deepest module it names, or to the crate root (`crate`) for items defined
+in lib.rs (`crate::RunError`). Then looks for cycles between top-level
+modules (`server` -> `proxy` -> `server`, the root included: a module
+using a root item depends on everything the root uses) and between sibling
 submodules. A module using its own parent or children is not a cycle.
 
     python3 scripts/module_cycles.py          # prints the layers, exit 0
@@ -24,11 +28,32 @@ def module_of(path: pathlib.Path) -> tuple:
     return tuple(parts)
 
 
-def crate_paths(text: str):
-    """Every module path named after `crate::`, groups expanded."""
+ROOT = ("crate",)
+
+
+def module_paths(text: str, here: tuple, children: set):
+    """Every absolute module path the text names, groups expanded: after
+    `crate::`, `super::` (from `here`), `self::`, or a child module's name."""
     text = re.sub(r"//[^\n]*", "", text)
-    for match in re.finditer(r"\bcrate::", text):
-        yield from expand(text, match.end(), ())
+    for match in re.finditer(r"(?<![A-Za-z0-9_:])((?:super::)+|self::|crate::|([a-z_][a-z0-9_]*)::)", text):
+        head = match.group(1)
+        if head == "crate::":
+            base = ()
+        elif head == "self::":
+            base = here
+        elif head.startswith("super::"):
+            ups = head.count("super::")
+            if ups > len(here):
+                continue
+            base = here[: len(here) - ups]
+        elif match.group(2) in children:
+            # A child module named without `self::` (only at the start of a
+            # path, not after another `::`).
+            yield here + (match.group(2),) + next(expand(text, match.end(), ()), ())
+            continue
+        else:
+            continue
+        yield from expand(text, match.end(), base)
 
 
 def expand(text, pos, prefix):
@@ -72,18 +97,25 @@ def main() -> int:
     edges = {}
     for file in files:
         source = module_of(file)
-        if not source or source[0] in IGNORED:
+        if source and source[0] in IGNORED:
             continue
-        for path in crate_paths(file.read_text()):
-            # The deepest module the path names.
-            target = ()
+        children = {m[len(source)] for m in modules if len(m) == len(source) + 1 and m[: len(source)] == source}
+        text = file.read_text()
+        # An inline test module (last in the file by convention) names its
+        # file's module as `super`: its paths are the file's own.
+        text = re.split(r"#\[cfg\(test\)\]\s*mod tests\b", text)[0]
+        for path in module_paths(text, source, children):
+            # The deepest module the path names; an item of lib.rs is the root's.
+            target = ROOT
             for depth in range(len(path), 0, -1):
                 if path[:depth] in modules:
                     target = path[:depth]
                     break
-            if not target:
+            if not path or (target == ROOT and path[0] in modules):
                 continue
-            edges.setdefault(source, set()).add(target)
+            node = source or ROOT
+            if node != target:
+                edges.setdefault(node, set()).add(target)
 
     cycles = []
     # Top level: collapse every module to its first component.

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::RunError;
 use crate::assertion::Assertions;
 use crate::auth::Authenticator;
 use crate::auth::password::HashLimiter;
@@ -55,6 +54,18 @@ pub struct Gateway {
     pub ratelimits: RateLimits,
 }
 
+/// Why the gateway's shared state could not be built at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or migrated.
+    #[error("cannot open the store: {}", .0.detail())]
+    Store(#[from] crate::store::StoreError),
+    /// TLS could not be set up: a certificate, key or CA file could not be
+    /// loaded, or rustls refused it.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
 /// Why a new config was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -71,7 +82,7 @@ pub enum ReloadError {
 
 impl Gateway {
     /// Opens the store, loads revocations and starts the background tasks.
-    pub async fn start(config: Config) -> Result<Arc<Gateway>, RunError> {
+    pub async fn start(config: Config) -> Result<Arc<Gateway>, StartError> {
         let store = Store::open(&config.store.url).await?;
         let cache = Arc::new(CredentialCache::new(&config.cache));
         for (jti, expires_at) in store.revoked_tokens(unix_now()).await? {

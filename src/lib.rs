@@ -54,16 +54,12 @@ pub use gateway::Gateway;
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The store could not be opened or migrated.
-    #[error("cannot open the store: {}", .0.detail())]
-    Store(#[from] store::StoreError),
+    /// The store, the caches or TLS could not be set up.
+    #[error(transparent)]
+    Start(#[from] gateway::StartError),
     /// A listener could not be bound.
     #[error(transparent)]
     Serve(#[from] server::ServeError),
-    /// TLS could not be set up: a certificate, key or CA file could not be
-    /// loaded, or rustls refused it.
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
 }
 
 /// Runs the gateway with `config` until `shutdown` completes, then drains.

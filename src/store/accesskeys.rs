@@ -5,8 +5,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::changes::Change;
-use super::users::{join_roles, split_roles};
 use super::{Store, StoreError};
+use super::{join_roles, split_roles};
 use crate::scope::KeyScope;
 
 /// An access key as stored (never the key itself).

@@ -283,6 +283,20 @@ impl Store {
     }
 }
 
+/// A list column (roles, methods, path prefixes): comma-separated.
+fn join_roles(roles: &[String]) -> String {
+    roles.join(",")
+}
+
+/// The items of a list column.
+fn split_roles(roles: &str) -> Vec<String> {
+    roles
+        .split(',')
+        .filter(|role| !role.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use sqlx::Row;

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 
 use super::accesskeys::revoke_user_keys;
 use super::changes::Change;
-use super::{Store, StoreError};
+use super::{Store, StoreError, join_roles, split_roles};
 
 /// A user as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,18 +52,6 @@ impl User {
     pub fn provider_name(&self) -> &str {
         self.provider.as_deref().unwrap_or(LOCAL_PROVIDER)
     }
-}
-
-pub(super) fn join_roles(roles: &[String]) -> String {
-    roles.join(",")
-}
-
-pub(super) fn split_roles(roles: &str) -> Vec<String> {
-    roles
-        .split(',')
-        .filter(|role| !role.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {

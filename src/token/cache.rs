@@ -16,7 +16,7 @@ use foldhash::fast::RandomState;
 use quick_cache::{Lifecycle, UnitWeighter};
 
 use super::TokenRevocations;
-use super::jwt::VerifiedToken;
+use super::claims::VerifiedToken;
 
 /// Most tokens kept.
 pub const MAX_VERIFIED_TOKENS: usize = 20_000;

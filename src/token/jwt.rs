@@ -6,59 +6,12 @@ use std::time::Duration;
 
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use serde::{Deserialize, Serialize};
 
 use super::cache::TokenCache;
+pub use super::claims::{Claims, VerifiedToken};
 
 /// Tokens longer than this are refused before any parsing or crypto.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
-
-/// The claims of every token authgate issues. Kept small on purpose: the
-/// user's profile is not in the token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// Username.
-    pub sub: String,
-    /// Roles at issue time.
-    #[serde(default)]
-    pub roles: Vec<String>,
-    /// Issued at (unix seconds).
-    pub iat: i64,
-    /// Not before (unix seconds).
-    pub nbf: i64,
-    /// Expiry (unix seconds).
-    pub exp: i64,
-    /// Issuer.
-    pub iss: String,
-    /// Unique token id, for logout.
-    pub jti: String,
-    /// The user's credential generation: a password change or removal makes
-    /// every token of an older generation invalid.
-    pub r#gen: i64,
-}
-
-/// A token that passed the full check, as the verified-token cache keeps
-/// it: the claims, and the identity parts that every request presenting
-/// the token shares instead of copying them.
-#[derive(Debug, PartialEq, Eq)]
-pub struct VerifiedToken {
-    /// The token's claims.
-    pub claims: Claims,
-    /// `sub`, shared.
-    pub user: Arc<str>,
-    /// `roles`, shared.
-    pub roles: Arc<[String]>,
-}
-
-impl VerifiedToken {
-    pub(crate) fn new(claims: Claims) -> Self {
-        VerifiedToken {
-            user: Arc::from(claims.sub.as_str()),
-            roles: Arc::from(claims.roles.as_slice()),
-            claims,
-        }
-    }
-}
 
 /// Why a token was refused. The variants become fixed 401 messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -7,6 +7,7 @@
 //! cache through [`TokenRevocations`].
 
 pub mod cache;
+pub mod claims;
 pub mod jwks;
 pub mod jwt;
 pub mod state;
