@@ -128,9 +128,11 @@ impl Gateway {
                 providers,
                 store.clone(),
                 cache.clone(),
-            ),
+            )
+            .with_sources(config.credential_sources()),
             throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
-            forwarder: Forwarder::try_new(&config.upstream, &config.limits)?,
+            forwarder: Forwarder::try_new(&config.upstream, &config.limits)?
+                .with_credential_sources(config.credential_sources()),
             oidc: crate::oidc::Providers::try_new(
                 &config.oidc,
                 &config.upstream,

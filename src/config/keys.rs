@@ -26,6 +26,7 @@ pub(super) fn known_keys(path: &str) -> Option<Vec<String>> {
         "cache" => Some(fields_of::<RawCache>()),
         "route" => Some(fields_of::<RawRoute>()),
         "oidc" => Some(fields_of::<RawOidc>()),
+        "accesskeys" => Some(fields_of::<RawAccessKeys>()),
         "ratelimit" => Some(fields_of::<ratelimit::RawRateLimit>()),
         "ratelimit.rule" => Some(fields_of::<ratelimit::RawRule>()),
         _ => None,

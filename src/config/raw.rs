@@ -30,6 +30,23 @@ pub(super) struct RawConfig {
     pub(super) ratelimit: ratelimit::RawRateLimit,
     #[serde(default)]
     pub(super) oidc: Vec<RawOidc>,
+    #[serde(default)]
+    pub(super) accesskeys: RawAccessKeys,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccessKeys {
+    #[serde(default = "defaults::key_header")]
+    pub(super) header: String,
+}
+
+impl Default for RawAccessKeys {
+    fn default() -> Self {
+        RawAccessKeys {
+            header: defaults::key_header(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +81,8 @@ pub(super) struct RawServer {
     pub(super) proxy_protocol: Vec<String>,
     #[serde(default)]
     pub(super) redirect_https: bool,
+    #[serde(default = "defaults::credentials_in_query")]
+    pub(super) credentials_in_query: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,6 +313,12 @@ pub(super) mod defaults {
     }
     pub fn oidc_username_claim() -> String {
         "sub".into()
+    }
+    pub fn key_header() -> String {
+        "X-API-Key".into()
+    }
+    pub fn credentials_in_query() -> bool {
+        true
     }
     pub fn shutdown_grace() -> u64 {
         30

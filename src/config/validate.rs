@@ -246,6 +246,9 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         }
     }
     let ratelimit = ratelimit::validate(raw.ratelimit, p);
+    let accesskeys = AccessKeysConfig {
+        header: key_header(&raw.accesskeys.header, p),
+    };
 
     Some(Config {
         server,
@@ -259,6 +262,7 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         routes,
         oidc,
         ratelimit,
+        accesskeys,
     })
 }
 
@@ -487,11 +491,59 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         trusted_proxies,
         proxy_protocol,
         redirect_https: raw.redirect_https,
+        credentials_in_query: raw.credentials_in_query,
         listen,
         admin_listen,
         tls,
         shutdown_grace: p.seconds("server.shutdown_grace", raw.shutdown_grace, 0, 3600),
     }
+}
+
+/// Headers that cannot carry access keys: read as something else, or
+/// hop-by-hop, or set by the gateway (lower case, `-` for `_`).
+const KEY_HEADER_TAKEN: [&str; 16] = [
+    "authorization",
+    "cookie",
+    "host",
+    "content-type",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+/// `accesskeys.header`: `None` for `""`; otherwise a header name that is
+/// not one the gateway reads or sets for something else (a key header named
+/// `Authorization` or `Cookie` would make every JWT or cookie a key; one
+/// named like an identity or forwarding header is removed before it could
+/// be read).
+fn key_header(name: &str, p: &mut Problems) -> Option<http::HeaderName> {
+    if name.is_empty() {
+        return None;
+    }
+    let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+        p.add("accesskeys.header", "must be a header name or \"\"");
+        return None;
+    };
+    let folded = header.as_str().replace('_', "-");
+    let taken = KEY_HEADER_TAKEN.contains(&folded.as_str())
+        || crate::proxy::headers::is_reserved_request_header(folded.as_bytes());
+    if taken {
+        p.add(
+            "accesskeys.header",
+            format_args!("{name:?} is a header the gateway reads or sets for something else"),
+        );
+        return None;
+    }
+    Some(header)
 }
 
 /// A list of IP addresses and CIDR ranges under `key`.

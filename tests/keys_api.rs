@@ -1,0 +1,270 @@
+//! Issue 24: access keys as the API credential. Keys as `Authorization:
+//! Bearer ag_...` and in the `[accesskeys] header`, `credentials_in_query`,
+//! the checksum of new keys, disable/enable.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const KEYS: &str = "/v1.0/accesskeys";
+
+/// Gateway + upstream + a user with a JWT and one key (`(jwt, key, id)`).
+async fn setup_with(opts: impl FnOnce(&mut GatewayOptions)) -> (Upstream, Gateway, String, Value) {
+    let upstream = Upstream::start().await;
+    let mut o = GatewayOptions::new(&upstream.url());
+    opts(&mut o);
+    let gw = Gateway::start_with(o).await;
+    let user = unique("t");
+    gw.add_user(&user, &random_password(), &["dev"]).await;
+    let jwt = gw.issue_token(&user).await;
+    let created = post_json(
+        &gw.url(KEYS),
+        Some(&jwt),
+        &json!({"name": "k", "detail": "", "expire": 3600}),
+    )
+    .await;
+    created.expect_status(200);
+    (upstream, gw, jwt, created.json())
+}
+
+fn token(v: &Value) -> String {
+    v["token"].as_str().expect("token").to_owned()
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn a_key_as_bearer_or_in_the_key_header_is_accepted_and_never_forwarded() {
+    let (upstream, gw, _jwt, created) = setup_with(|_| {}).await;
+    let key = token(&created);
+
+    let r = get(&gw.url("/x?a=1"), Some(&key), &[]).await;
+    r.expect_status(200);
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-auth-method").as_deref(), Some("accesskey"));
+    assert_eq!(seen.header("x-auth-key-id"), Some(id(&created)));
+    assert!(
+        !seen.has_header("authorization"),
+        "{:?}",
+        seen.header_names()
+    );
+    assert!(!seen.contains_anywhere(&key[3..]));
+
+    // The header, with folded spellings of it beside: none reaches the
+    // upstream, whatever an upstream would fold them into.
+    let r = get(
+        &gw.url("/x"),
+        None,
+        &[
+            ("X-API-Key", key.as_str()),
+            ("X_API_Key", "ag_smuggled_value_for_the_upstream_00000"),
+            ("x-api_key", "something"),
+        ],
+    )
+    .await;
+    r.expect_status(200);
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-auth-key-id"), Some(id(&created)));
+    for name in seen.header_names() {
+        assert!(
+            !name.replace('_', "-").eq_ignore_ascii_case("x-api-key"),
+            "{name} reached the upstream"
+        );
+    }
+    assert!(!seen.contains_anywhere(&key[3..]));
+    assert!(!seen.contains_anywhere("smuggled"));
+    assert_eq!(
+        r.header("cache-control").as_deref(),
+        Some("private"),
+        "an answer to a keyed request is the caller's"
+    );
+
+    // The gateway's own endpoints and verify read them too.
+    get(&gw.url(KEYS), Some(&key), &[]).await.expect_status(200);
+    get(&gw.url(KEYS), None, &[("x-api-key", key.as_str())])
+        .await
+        .expect_status(200);
+    let r = get(
+        &gw.url("/_authgate/verify"),
+        None,
+        &[("x-api-key", key.as_str()), ("x-forwarded-uri", "/x")],
+    )
+    .await;
+    r.expect_status(200);
+    assert_eq!(r.header("x-auth-key-id"), Some(id(&created)));
+    assert_eq!(r.header("x-auth-method").as_deref(), Some("accesskey"));
+
+    // A key of the right shape that is not ours: 401, as on ?accesskey=.
+    let made_up = format!("ag_{}", "A".repeat(43));
+    get(&gw.url("/x"), Some(&made_up), &[])
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    get(&gw.url("/x"), None, &[("x-api-key", &made_up)])
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+}
+
+#[tokio::test]
+async fn a_key_in_a_header_and_another_in_the_query_conflict() {
+    let (upstream, gw, jwt, created) = setup_with(|_| {}).await;
+    let key = token(&created);
+    let other = token(
+        &post_json(
+            &gw.url(KEYS),
+            Some(&jwt),
+            &json!({"name": "k2", "detail": "", "expire": 3600}),
+        )
+        .await
+        .json(),
+    );
+    let before = upstream.count();
+    let cases: Vec<(String, Vec<(&str, String)>)> = vec![
+        (
+            format!("/x?accesskey={other}"),
+            vec![("x-api-key", key.clone())],
+        ),
+        (
+            format!("/x?accesskey={other}"),
+            vec![("authorization", format!("Bearer {key}"))],
+        ),
+        (
+            "/x".to_owned(),
+            vec![
+                ("authorization", format!("Bearer {key}")),
+                ("x-api-key", other.clone()),
+            ],
+        ),
+        (
+            "/x".to_owned(),
+            vec![
+                ("x-api-key", key.clone()),
+                ("cookie", format!("token={jwt}")),
+            ],
+        ),
+        (
+            "/x".to_owned(),
+            vec![
+                ("x-api-key", key.clone()),
+                ("authorization", format!("Bearer {jwt}")),
+            ],
+        ),
+    ];
+    for (target, headers) in &cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for path in [target.clone(), target.replacen("/x", KEYS, 1)] {
+            let r = get(&gw.url(&path), None, &headers).await;
+            let body = r.expect_error(400, "INVALID_ARGUMENT", "CONFLICTING_CREDENTIALS");
+            assert!(!body.to_string().contains(&key[3..]), "{body}");
+        }
+    }
+    assert_eq!(
+        upstream.count(),
+        before,
+        "a conflict never reaches the upstream"
+    );
+    // The same key in the header and the query is one credential.
+    get(
+        &gw.url(&format!("/x?accesskey={key}")),
+        None,
+        &[("x-api-key", &key)],
+    )
+    .await
+    .expect_status(200);
+}
+
+#[tokio::test]
+async fn a_bearer_key_cannot_manage_keys() {
+    let (_upstream, gw, _jwt, created) = setup_with(|_| {}).await;
+    let key = token(&created);
+    let body = json!({"name": "minted", "detail": "", "expire": 60});
+    let r = post_json(&gw.url(KEYS), Some(&key), &body).await;
+    r.expect_error(403, "PERMISSION_DENIED", "ACCESSKEY_NOT_ALLOWED");
+    let r = request(
+        "POST",
+        &gw.url(KEYS),
+        &[("x-api-key", key.as_str())],
+        Some(&body),
+    )
+    .await;
+    r.expect_error(403, "PERMISSION_DENIED", "ACCESSKEY_NOT_ALLOWED");
+    let path = format!("{KEYS}/{}", id(&created));
+    let r = request(
+        "DELETE",
+        &gw.url(&path),
+        &[("authorization", &format!("Bearer {key}"))],
+        None,
+    )
+    .await;
+    r.expect_error(403, "PERMISSION_DENIED", "ACCESSKEY_NOT_ALLOWED");
+}
+
+#[tokio::test]
+async fn credentials_in_the_query_can_be_refused_everywhere() {
+    let (upstream, gw, jwt, created) = setup_with(|o| {
+        o.server_extra_toml = "credentials_in_query = false\n".to_owned();
+    })
+    .await;
+    let key = token(&created);
+    let before = upstream.count();
+    for target in [
+        format!("/x?accesskey={key}"),
+        format!("/x?a=1&token={jwt}"),
+        format!("/public/p?accesskey={key}"),
+        format!("{KEYS}?accesskey={key}"),
+        format!("/_authgate/verify/x?accesskey={key}"),
+        "/x?%74oken=abc".to_owned(),
+        // Where no credential is read at all.
+        "/healthz?token=abc".to_owned(),
+    ] {
+        let r = get(&gw.url(&target), None, &[]).await;
+        let body = r.expect_error(400, "INVALID_ARGUMENT", "CREDENTIAL_IN_QUERY");
+        assert!(!body.to_string().contains(&key[3..]), "{body}");
+    }
+    // Also when the judged query comes in X-Forwarded-Uri, and beside a
+    // good header credential.
+    get(
+        &gw.url("/_authgate/verify"),
+        Some(&key),
+        &[("x-forwarded-uri", &format!("/x?accesskey={key}"))],
+    )
+    .await
+    .expect_error(400, "INVALID_ARGUMENT", "CREDENTIAL_IN_QUERY");
+    get(&gw.url(&format!("/x?accesskey={key}")), Some(&key), &[])
+        .await
+        .expect_error(400, "INVALID_ARGUMENT", "CREDENTIAL_IN_QUERY");
+    assert_eq!(upstream.count(), before);
+    // Headers still work.
+    get(&gw.url("/x?tokens=1"), None, &[("x-api-key", &key)])
+        .await
+        .expect_status(200);
+    get(&gw.url("/x"), Some(&jwt), &[]).await.expect_status(200);
+}
+
+#[tokio::test]
+async fn the_key_header_can_be_renamed_or_turned_off() {
+    let (upstream, gw, _jwt, created) = setup_with(|o| {
+        o.extra_toml = "[accesskeys]\nheader = \"ApiKey\"".to_owned();
+    })
+    .await;
+    let key = token(&created);
+    get(&gw.url("/x"), None, &[("apikey", &key)])
+        .await
+        .expect_status(200);
+    assert!(!upstream.last().contains_anywhere(&key[3..]));
+    get(&gw.url("/x"), None, &[("x-api-key", &key)])
+        .await
+        .expect_401("AUTHENTICATION_REQUIRED");
+
+    let (_upstream, gw, _jwt, created) = setup_with(|o| {
+        o.extra_toml = "[accesskeys]\nheader = \"\"".to_owned();
+    })
+    .await;
+    let key = token(&created);
+    get(&gw.url("/x"), None, &[("x-api-key", &key)])
+        .await
+        .expect_401("AUTHENTICATION_REQUIRED");
+    get(&gw.url("/x"), Some(&key), &[]).await.expect_status(200);
+}
