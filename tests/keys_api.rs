@@ -268,3 +268,62 @@ async fn the_key_header_can_be_renamed_or_turned_off() {
         .expect_401("AUTHENTICATION_REQUIRED");
     get(&gw.url("/x"), Some(&key), &[]).await.expect_status(200);
 }
+
+fn cache_misses(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with("authgate_cache_misses_total "))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no authgate_cache_misses_total in\n{metrics}"))
+}
+
+async fn misses(gw: &Gateway) -> u64 {
+    cache_misses(&get(&gw.url("/metrics"), None, &[]).await.text())
+}
+
+/// A flood of made-up keys of the checksummed format costs no store
+/// lookup: the cache-miss counter (every miss is a store query) does not
+/// move, while each made-up key of the old format costs one.
+#[tokio::test]
+async fn made_up_and_mistyped_keys_cost_no_store_lookup() {
+    let (_upstream, gw, _jwt, created) = setup_with(|_| {}).await;
+    let key = token(&created);
+    assert_eq!(key.len(), 52, "ag_ + 43 random + 6 checksum");
+    assert_eq!(created["token_prefix"], key[..11]);
+    get(&gw.url("/x"), Some(&key), &[]).await.expect_status(200);
+
+    let before = misses(&gw).await;
+    let alphabet: Vec<char> = ('A'..='Z').chain('a'..='z').chain('0'..='9').collect();
+    for i in 0..300usize {
+        let random: String = (0..49)
+            .map(|j| alphabet[(i * 31 + j * 7 + i * j) % alphabet.len()])
+            .collect();
+        let made_up = format!("ag_{random}");
+        let r = match i % 3 {
+            0 => get(&gw.url("/x"), Some(&made_up), &[]).await,
+            1 => get(&gw.url("/x"), None, &[("x-api-key", &made_up)]).await,
+            _ => get(&gw.url(&format!("/x?accesskey={made_up}")), None, &[]).await,
+        };
+        r.expect_401("INVALID_CREDENTIALS");
+    }
+    // A real key with one character changed.
+    for at in [3, 20, 45, 51] {
+        let mut typo = key.clone().into_bytes();
+        typo[at] = if typo[at] == b'x' { b'y' } else { b'x' };
+        let typo = String::from_utf8(typo).unwrap();
+        get(&gw.url("/x"), Some(&typo), &[])
+            .await
+            .expect_401("INVALID_CREDENTIALS");
+    }
+    assert_eq!(misses(&gw).await, before, "made-up keys reached the store");
+
+    // Keys of the old format still go to the store (they may be real).
+    for i in 0..5 {
+        let legacy = format!("ag_{}{i}", "L".repeat(42));
+        get(&gw.url("/x"), Some(&legacy), &[])
+            .await
+            .expect_401("INVALID_CREDENTIALS");
+    }
+    assert_eq!(misses(&gw).await, before + 5);
+}
