@@ -145,6 +145,16 @@ pub enum KeyCommand {
         /// Key id (UUID).
         id: String,
     },
+    /// Disable an access key: refused like a deleted one until enabled.
+    Disable {
+        /// Key id (UUID).
+        id: String,
+    },
+    /// Enable a disabled access key again.
+    Enable {
+        /// Key id (UUID).
+        id: String,
+    },
 }
 
 /// `authgate token ...`
@@ -546,7 +556,9 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
             println!("key: {}", created.key);
         }
         KeyCommand::List { user } => {
-            println!("ID\tUSER\tNAME\tTOKEN_PREFIX\tEXPIRES\tLAST_USED\tROLES\tMETHODS\tPATHS");
+            println!(
+                "ID\tUSER\tNAME\tTOKEN_PREFIX\tEXPIRES\tLAST_USED\tROLES\tMETHODS\tPATHS\tENABLED\tUSES\tREROLLED"
+            );
             let mut before: Option<String> = None;
             loop {
                 let page = store.keys(user.as_deref(), before.as_deref(), 500).await?;
@@ -556,7 +568,7 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
                         items => items.join(","),
                     };
                     println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                         key.id,
                         escape(&key.username),
                         escape(&key.name),
@@ -569,6 +581,9 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
                             .map_or_else(|| "(owner's)".to_owned(), |roles| roles.join(",")),
                         list(&key.scope.methods),
                         list(&key.scope.path_prefixes),
+                        if key.enabled { "yes" } else { "no" },
+                        key.uses,
+                        key.tm_rerolled.map(rfc3339).unwrap_or_else(|| "-".into()),
                     );
                 }
                 match page.last() {
@@ -587,7 +602,29 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
             };
             println!("revoked key {id}");
         }
+        KeyCommand::Disable { id } => set_key_enabled(&store, &id, false).await?,
+        KeyCommand::Enable { id } => set_key_enabled(&store, &id, true).await?,
     }
+    Ok(())
+}
+
+/// `key disable` / `key enable`: the change log carries it to every
+/// running gateway, which forgets what it cached about the key.
+async fn set_key_enabled(store: &Store, id: &str, enabled: bool) -> Result<(), CliError> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(fail(format!("{id:?} is not a key id (UUID)")));
+    }
+    let current = match store.key(id, None).await {
+        Err(StoreError::NotFound) => return Err(fail(format!("no live key with id {id}"))),
+        other => other?,
+    };
+    let update = crate::store::KeyUpdate {
+        name: &current.name,
+        detail: &current.detail,
+        enabled: Some(enabled),
+    };
+    store.update_key(id, None, update, unix_now()).await?;
+    println!("{} key {id}", if enabled { "enabled" } else { "disabled" });
     Ok(())
 }
 

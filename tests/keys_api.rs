@@ -327,3 +327,149 @@ async fn made_up_and_mistyped_keys_cost_no_store_lookup() {
     }
     assert_eq!(misses(&gw).await, before + 5);
 }
+
+async fn put(gw: &Gateway, path: &str, auth: (&str, &str), body: &Value) -> Resp {
+    request("PUT", &gw.url(path), &[auth], Some(body)).await
+}
+
+#[tokio::test]
+async fn a_disabled_key_is_refused_like_a_deleted_one_until_enabled() {
+    let (upstream, gw, jwt, created) = setup_with(|_| {}).await;
+    let key = token(&created);
+    let path = format!("{KEYS}/{}", id(&created));
+    let auth = format!("Bearer {jwt}");
+    assert_eq!(created["enabled"], true);
+    get(&gw.url("/x"), Some(&key), &[]).await.expect_status(200);
+
+    let r = put(
+        &gw,
+        &path,
+        ("authorization", &auth),
+        &json!({"enabled": false}),
+    )
+    .await;
+    r.expect_status(200);
+    assert_eq!(r.json()["enabled"], false);
+    assert_eq!(r.json()["name"], "k", "a field left out is unchanged");
+    let before = upstream.count();
+    for headers in [vec![("x-api-key", key.as_str())], vec![]] {
+        let target = if headers.is_empty() {
+            format!("/x?accesskey={key}")
+        } else {
+            "/x".to_owned()
+        };
+        let r = get(&gw.url(&target), None, &headers).await;
+        let body = r.expect_401("INVALID_CREDENTIALS");
+        // The same answer as for a deleted key: nothing tells them apart.
+        assert_eq!(
+            body["error"]["message"], "the access key is unknown or revoked",
+            "{body}"
+        );
+    }
+    assert_eq!(upstream.count(), before);
+    get(&gw.url(KEYS), Some(&key), &[])
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    let listed = get(&gw.url(&path), Some(&jwt), &[]).await;
+    assert_eq!(listed.json()["enabled"], false);
+
+    // A disabled key cannot enable itself; nor can any key.
+    put(&gw, &path, ("x-api-key", &key), &json!({"enabled": true}))
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    let other = token(
+        &post_json(
+            &gw.url(KEYS),
+            Some(&jwt),
+            &json!({"name": "o", "expire": 60}),
+        )
+        .await
+        .json(),
+    );
+    put(&gw, &path, ("x-api-key", &other), &json!({"enabled": true}))
+        .await
+        .expect_error(403, "PERMISSION_DENIED", "ACCESSKEY_NOT_ALLOWED");
+    put(
+        &gw,
+        &path,
+        ("authorization", &format!("Bearer {other}")),
+        &json!({"enabled": true}),
+    )
+    .await
+    .expect_error(403, "PERMISSION_DENIED", "ACCESSKEY_NOT_ALLOWED");
+
+    let r = put(
+        &gw,
+        &path,
+        ("authorization", &auth),
+        &json!({"enabled": true, "name": "again"}),
+    )
+    .await;
+    r.expect_status(200);
+    assert_eq!(r.json()["enabled"], true);
+    assert_eq!(r.json()["name"], "again");
+    get(&gw.url("/x"), Some(&key), &[]).await.expect_status(200);
+
+    // The CLI does the same.
+    let out = gw.cli_ok(&["key", "disable", &id(&created)], None).await;
+    assert!(out.contains("disabled"), "{out}");
+    assert!(
+        poll_until(std::time::Duration::from_secs(5), || async {
+            get(&gw.url("/x"), Some(&key), &[]).await.status == 401
+        })
+        .await,
+        "key disable did not reach the gateway"
+    );
+    let listed = gw.cli_ok(&["key", "list"], None).await;
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&id(&created)))
+        .unwrap();
+    assert!(line.contains("\tno\t"), "{line}");
+    gw.cli_ok(&["key", "enable", &id(&created)], None).await;
+    assert!(
+        poll_until(std::time::Duration::from_secs(5), || async {
+            get(&gw.url("/x"), Some(&key), &[]).await.status == 200
+        })
+        .await,
+        "key enable did not reach the gateway"
+    );
+}
+
+#[tokio::test]
+async fn bad_updates_are_refused_with_the_field_named() {
+    let (_upstream, gw, jwt, created) = setup_with(|_| {}).await;
+    let path = format!("{KEYS}/{}", id(&created));
+    let auth = format!("Bearer {jwt}");
+    for (body, field, reason) in [
+        (json!({"enabled": "no"}), "enabled", "INVALID_FIELD"),
+        (json!({"enabled": 0}), "enabled", "INVALID_FIELD"),
+        (
+            json!({"enabled": null, "colour": "red"}),
+            "colour",
+            "INVALID_JSON",
+        ),
+    ] {
+        let r = put(&gw, &path, ("authorization", &auth), &body).await;
+        let err = r.expect_error(400, "INVALID_ARGUMENT", reason);
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(field),
+            "{body}: {err}"
+        );
+    }
+    // Another user's key is not found.
+    let stranger = unique("s");
+    gw.add_user(&stranger, &random_password(), &[]).await;
+    let theirs = gw.issue_token(&stranger).await;
+    put(
+        &gw,
+        &path,
+        ("authorization", &format!("Bearer {theirs}")),
+        &json!({"enabled": false}),
+    )
+    .await
+    .expect_error(404, "NOT_FOUND", "RESOURCE_NOT_FOUND");
+    get(&gw.url("/x"), Some(&token(&created)), &[])
+        .await
+        .expect_status(200);
+}

@@ -446,3 +446,57 @@ async fn concurrent_wrong_passwords_on_two_replicas_are_checked_at_most_max_fail
         );
     }
 }
+
+/// Issue 24: a key disabled on one replica is refused on the other within
+/// [`ACROSS_REPLICAS`], even where it was cached, and works there again
+/// once enabled (the negative entry is forgotten too).
+#[tokio::test]
+async fn a_key_disabled_on_one_replica_is_refused_on_the_other_and_enabled_again() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("alice", "alice-password", &[]).await;
+    let token = login_ok(&a, "alice", "alice-password").await;
+    let created = post_json(
+        &a.url("/v1.0/accesskeys"),
+        Some(&token),
+        &json!({"name": "k", "expire": 3600}),
+    )
+    .await;
+    created.expect_status(200);
+    let key = created.json()["token"].as_str().unwrap().to_string();
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let on_b = b.url("/data");
+    assert_eq!(get(&on_b, Some(&key), &[]).await.status, 200);
+
+    let bearer = format!("Bearer {token}");
+    let path = a.url(&format!("/v1.0/accesskeys/{id}"));
+    request(
+        "PUT",
+        &path,
+        &[("authorization", bearer.as_str())],
+        Some(&json!({"enabled": false})),
+    )
+    .await
+    .expect_status(200);
+    assert!(
+        time_until_status(&on_b, Some(&key), 401, ACROSS_REPLICAS)
+            .await
+            .is_some(),
+        "replica B still accepted the disabled key after {ACROSS_REPLICAS:?}"
+    );
+    request(
+        "PUT",
+        &path,
+        &[("authorization", bearer.as_str())],
+        Some(&json!({"enabled": true})),
+    )
+    .await
+    .expect_status(200);
+    assert!(
+        time_until_status(&on_b, Some(&key), 200, ACROSS_REPLICAS)
+            .await
+            .is_some(),
+        "replica B still refused the enabled key after {ACROSS_REPLICAS:?}"
+    );
+}

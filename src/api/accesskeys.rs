@@ -17,7 +17,7 @@ use crate::body::Body;
 use crate::clock::{rfc3339, unix_now};
 use crate::error::GatewayError;
 use crate::scope::{KeyScope, check_fields};
-use crate::store::{AccessKey, Change};
+use crate::store::{AccessKey, Change, KeyUpdate};
 use crate::text::{MAX_DETAIL_CHARS, MAX_NAME_CHARS};
 
 /// Keys per page when `page_size` is not given, and the most allowed.
@@ -40,9 +40,13 @@ struct CreateRequest {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UpdateRequest {
     name: Option<String>,
     detail: Option<String>,
+    /// `false` disables the key, `true` enables it again (read as a value
+    /// so that a wrong type is answered naming the field).
+    enabled: Option<serde_json::Value>,
     // Present only to be refused: a scope is fixed at creation.
     roles: Option<serde_json::Value>,
     methods: Option<serde_json::Value>,
@@ -64,6 +68,9 @@ fn view(key: &AccessKey) -> serde_json::Value {
         "roles": key.scope.roles,
         "methods": key.scope.methods,
         "path_prefixes": key.scope.path_prefixes,
+        "enabled": key.enabled,
+        "uses": key.uses,
+        "tm_rerolled": key.tm_rerolled.map(rfc3339).unwrap_or_default(),
     })
 }
 
@@ -232,8 +239,9 @@ pub async fn get(
     Ok(json(StatusCode::OK, &view(&key)))
 }
 
-/// `PUT /v1.0/accesskeys/{id} {"name","detail"}`; a field left out keeps
-/// its value.
+/// `PUT /v1.0/accesskeys/{id} {"name","detail","enabled"}`; a field left
+/// out keeps its value. Disabling or enabling evicts the key from every
+/// replica's cache through the change log.
 pub async fn update(
     request: Request<Incoming>,
     ctx: &Context<'_>,
@@ -247,14 +255,31 @@ pub async fn update(
             "a key's roles, methods and path_prefixes are fixed when it is created",
         ));
     }
+    let enabled = match body.enabled {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(enabled)) => Some(enabled),
+        Some(_) => {
+            return Err(GatewayError::InvalidArgument(
+                "enabled must be true or false",
+            ));
+        }
+    };
     let store = &ctx.gateway.store;
     let current = store.key(id, scope(&identity)).await?;
     let name = body.name.unwrap_or(current.name);
     let detail = body.detail.unwrap_or(current.detail);
     check_text(&name, &detail)?;
-    let key = store
-        .update_key(id, scope(&identity), &name, &detail, unix_now())
+    let update = KeyUpdate {
+        name: &name,
+        detail: &detail,
+        enabled,
+    };
+    let (key, evict) = store
+        .update_key(id, scope(&identity), update, unix_now())
         .await?;
+    for hash_hex in evict {
+        ctx.gateway.cache.apply(&Change::Key(hash_hex));
+    }
     Ok(json(StatusCode::OK, &view(&key)))
 }
 
@@ -266,13 +291,15 @@ pub async fn delete(
 ) -> Result<Response<Body>, GatewayError> {
     let identity = writer(&request, ctx).await?;
     check_id(id)?;
-    let (key, hash_hex) = ctx
+    let (key, hashes) = ctx
         .gateway
         .store
         .delete_key(id, scope(&identity), unix_now())
         .await?;
     // The same eviction other processes apply when they read the change log.
-    ctx.gateway.cache.apply(&Change::Key(hash_hex));
+    for hash_hex in hashes {
+        ctx.gateway.cache.apply(&Change::Key(hash_hex));
+    }
     Ok(json(StatusCode::OK, &view(&key)))
 }
 

@@ -495,7 +495,7 @@ impl Authenticator {
             Lookup::Stale(facts) => Some(facts),
             Lookup::Missing => None,
         };
-        match self.store.key_grant(&hex::encode(hash)).await {
+        match self.store.key_grant(&hex::encode(hash), unix_now()).await {
             Ok(grant) => {
                 let facts = grant.map(|grant| {
                     let owner = self.cache.key_owner(

@@ -32,6 +32,23 @@ pub struct AccessKey {
     pub tm_last_used: Option<i64>,
     /// What the key was narrowed to at creation.
     pub scope: KeyScope,
+    /// Whether the key works; a disabled one is refused like a deleted one.
+    pub enabled: bool,
+    /// Requests the key authenticated (added in batches).
+    pub uses: i64,
+    /// The last reroll, unix seconds; `None`: never rerolled.
+    pub tm_rerolled: Option<i64>,
+}
+
+/// A change to a live key's name, detail and enabled state.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyUpdate<'a> {
+    /// New name.
+    pub name: &'a str,
+    /// New detail.
+    pub detail: &'a str,
+    /// `Some`: enable or disable; `None`: unchanged.
+    pub enabled: Option<bool>,
 }
 
 /// A key to store: everything but the key itself, which only its
@@ -98,11 +115,24 @@ fn key_from_row(row: &AnyRow) -> Result<AccessKey, sqlx::Error> {
         tm_update: row.try_get("tm_update")?,
         tm_last_used: row.try_get("tm_last_used")?,
         scope: scope_from_row(row, "roles")?,
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        uses: row.try_get("uses")?,
+        tm_rerolled: row.try_get("tm_rerolled")?,
     })
 }
 
 const KEY_COLUMNS: &str = "id, username, name, detail, token_prefix, tm_expire, tm_create, tm_update, \
-     tm_last_used, roles, methods, path_prefixes";
+     tm_last_used, roles, methods, path_prefixes, enabled, uses, tm_rerolled";
+
+/// The hashes a key is known by (its secret, and the one a reroll replaced
+/// while it may still be in its grace), for the change log.
+fn hashes_of(row: &AnyRow) -> Result<Vec<String>, sqlx::Error> {
+    let mut hashes = vec![row.try_get::<String, _>("token_hash")?];
+    if let Some(old) = row.try_get::<Option<String>, _>("old_token_hash")? {
+        hashes.push(old);
+    }
+    Ok(hashes)
+}
 
 pub(super) async fn revoke_user_keys(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -142,6 +172,9 @@ impl Store {
             tm_update: now,
             tm_last_used: None,
             scope: scope.clone(),
+            enabled: true,
+            uses: 0,
+            tm_rerolled: None,
         };
         let mut tx = self.begin_write().await?;
         // The owner must exist at commit time, not only when the request
@@ -179,18 +212,37 @@ impl Store {
         Ok(key)
     }
 
-    /// The live (not deleted) key with this hash and its owner's roles.
-    pub async fn key_grant(&self, token_hash_hex: &str) -> Result<Option<KeyGrant>, StoreError> {
+    /// The live (not deleted), enabled key with this hash and its owner's
+    /// roles. A secret replaced by a reroll is found until its grace ends,
+    /// and its grant expires then (or with the key, if sooner).
+    pub async fn key_grant(
+        &self,
+        token_hash_hex: &str,
+        now: i64,
+    ) -> Result<Option<KeyGrant>, StoreError> {
+        // Two indexed lookups in one statement: the current secret, or a
+        // replaced one still in its grace.
         let row = sqlx::query(
             "SELECT k.id, k.username, k.tm_expire, u.roles, u.provider, k.roles AS key_roles, k.methods, \
-               k.path_prefixes FROM accesskeys k \
+               k.path_prefixes, CAST(CASE WHEN k.token_hash = $1 THEN 1 ELSE 0 END AS BIGINT) AS current, \
+               k.old_token_expire FROM accesskeys k \
              JOIN users u ON u.username = k.username \
-             WHERE k.token_hash = $1 AND k.tm_delete IS NULL",
+             WHERE (k.token_hash = $1 OR (k.old_token_hash = $1 AND k.old_token_expire > $2)) \
+               AND k.tm_delete IS NULL AND k.enabled = 1",
         )
         .bind(token_hash_hex)
+        .bind(now)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
+        let tm_expire: i64 = row.try_get("tm_expire")?;
+        let current = row.try_get::<i64, _>("current")? != 0;
+        let expires_at = if current {
+            tm_expire
+        } else {
+            let grace_end: Option<i64> = row.try_get("old_token_expire")?;
+            grace_end.map_or(tm_expire, |end| end.min(tm_expire))
+        };
         let id: String = row.try_get("id")?;
         let key_id = uuid::Uuid::parse_str(&id)
             .map_err(|_| StoreError::Unavailable(format!("access key id {id:?} is not a UUID")))?;
@@ -199,7 +251,7 @@ impl Store {
             username: row.try_get("username")?,
             provider: row.try_get("provider")?,
             roles: split_roles(&row.try_get::<String, _>("roles")?),
-            expires_at: row.try_get("tm_expire")?,
+            expires_at,
             scope: scope_from_row(&row, "key_roles")?,
         }))
     }
@@ -263,45 +315,60 @@ impl Store {
         Ok(changed)
     }
 
-    /// Renames a live key.
+    /// Renames, enables or disables a live key. A change of the enabled
+    /// state goes into the change log under every hash the key is known by,
+    /// so every replica forgets what it cached (a disabled key's grant, or
+    /// the negative entry of a key enabled again); those hashes are returned
+    /// for this process's own cache.
     pub async fn update_key(
         &self,
         id: &str,
         owner: Option<&str>,
-        name: &str,
-        detail: &str,
+        update: KeyUpdate<'_>,
         now: i64,
-    ) -> Result<AccessKey, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE accesskeys SET name = $1, detail = $2, tm_update = $3 \
-             WHERE id = $4 AND tm_delete IS NULL AND ($5 = '' OR username = $5)",
-        )
-        .bind(name)
-        .bind(detail)
+    ) -> Result<(AccessKey, Vec<String>), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE accesskeys SET name = $1, detail = $2, tm_update = $3, \
+               enabled = CASE WHEN $4 < 0 THEN enabled ELSE $4 END \
+             WHERE id = $5 AND tm_delete IS NULL AND ($6 = '' OR username = $6) \
+             RETURNING {KEY_COLUMNS}, token_hash, old_token_hash"
+        )))
+        .bind(update.name)
+        .bind(update.detail)
         .bind(now)
+        .bind(update.enabled.map_or(-1_i64, i64::from))
         .bind(id)
         .bind(owner.unwrap_or(""))
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
-        .rows_affected();
-        if updated == 0 {
-            return Err(StoreError::NotFound);
+        .ok_or(StoreError::NotFound)?;
+        let key = key_from_row(&row)?;
+        let mut evict = Vec::new();
+        if update.enabled.is_some() {
+            evict = hashes_of(&row)?;
+            for hash in &evict {
+                self.log_change(&mut tx, &Change::Key(hash.clone()), now)
+                    .await?;
+            }
         }
-        self.key(id, owner).await
+        tx.commit().await?;
+        Ok((key, evict))
     }
 
-    /// Revokes (soft-deletes) a live key; returns it and its hash.
+    /// Revokes (soft-deletes) a live key; returns it and the hashes it was
+    /// known by (its secret, and one a reroll replaced).
     pub async fn delete_key(
         &self,
         id: &str,
         owner: Option<&str>,
         now: i64,
-    ) -> Result<(AccessKey, String), StoreError> {
+    ) -> Result<(AccessKey, Vec<String>), StoreError> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE accesskeys SET tm_delete = $1, tm_update = $1 \
              WHERE id = $2 AND tm_delete IS NULL AND ($3 = '' OR username = $3) \
-             RETURNING {KEY_COLUMNS}, token_hash"
+             RETURNING {KEY_COLUMNS}, token_hash, old_token_hash"
         )))
         .bind(now)
         .bind(id)
@@ -310,10 +377,12 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound)?;
         let key = key_from_row(&row)?;
-        let hash: String = row.try_get("token_hash")?;
-        self.log_change(&mut tx, &Change::Key(hash.clone()), now)
-            .await?;
+        let hashes = hashes_of(&row)?;
+        for hash in &hashes {
+            self.log_change(&mut tx, &Change::Key(hash.clone()), now)
+                .await?;
+        }
         tx.commit().await?;
-        Ok((key, hash))
+        Ok((key, hashes))
     }
 }
