@@ -201,6 +201,9 @@ impl From<StoreError> for CliError {
             StoreError::RoleNotHeld(role) => {
                 format!("the key's owner does not hold role {}", escape(&role))
             }
+            StoreError::KeyLimitReached => {
+                "KEY_LIMIT_REACHED: the user holds accesskeys.max_per_user unexpired keys; delete one first".into()
+            }
         })
     }
 }
@@ -245,7 +248,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::CheckConfig => check_config(&cli.config),
+        Command::CheckConfig => check_config(&cli.config).await,
         Command::OtkToken {
             key,
             user,
@@ -264,7 +267,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             let result = match command {
                 Command::Serve { .. } => serve(config.clone(), cli.config.clone()).await,
                 Command::User(command) => user(command, &config, &mut store).await,
-                Command::Key(command) => key(command, &mut store).await,
+                Command::Key(command) => key(command, &config, &mut store).await,
                 Command::Token(TokenCommand::Issue { user, ttl }) => {
                     token(&user, ttl, &config, &mut store).await
                 }
@@ -289,7 +292,7 @@ fn load(path: &Path) -> Result<Config, CliError> {
     })
 }
 
-fn check_config(path: &Path) -> Result<(), CliError> {
+async fn check_config(path: &Path) -> Result<(), CliError> {
     match Config::load(path) {
         Ok(config) => {
             // Pairs that are readable but do not go together (or hold no
@@ -299,6 +302,20 @@ fn check_config(path: &Path) -> Result<(), CliError> {
             {
                 println!("server.tls: {err}");
                 return Err(fail(format!("1 problem(s) in {}", path.display())));
+            }
+            // What only the network and the disk can tell: ACME's CA and cache.
+            if let Some(acme) = config.server.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+                let problems = crate::tls::acme::preflight(acme).await;
+                if !problems.is_empty() {
+                    for problem in &problems {
+                        println!("{problem}");
+                    }
+                    return Err(fail(format!(
+                        "{} problem(s) in {}",
+                        problems.len(),
+                        path.display()
+                    )));
+                }
             }
             for warning in config.warnings() {
                 println!("{warning}");
@@ -510,7 +527,11 @@ fn check_cli_label(flag: &str, value: &str, max_chars: usize) -> Result<(), CliE
     })
 }
 
-async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliError> {
+async fn key(
+    command: KeyCommand,
+    config: &Config,
+    store: &mut LazyStore<'_>,
+) -> Result<(), CliError> {
     let store = store.open().await?;
     match command {
         KeyCommand::Create {
@@ -544,6 +565,7 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
                 detail: &detail,
                 expires_in: expire,
                 scope: &scope,
+                max_per_user: config.accesskeys.max_per_user,
             };
             let created = accesskey::issue(&store, request, unix_now()).await;
             let created = match created {

@@ -17,6 +17,7 @@ use crate::proxy::Forwarder;
 use crate::ratelimit::RateLimits;
 use crate::store::cache::CredentialCache;
 use crate::store::{Store, follow};
+use crate::tls::acme::AcmeControl;
 use crate::tls::{self, CertResolver, TlsError};
 use crate::token::jwks::JwksProvider;
 use tokio_rustls::TlsAcceptor;
@@ -43,6 +44,8 @@ pub struct Gateway {
     /// The HTTPS listener's certificates (SNI, watched files, ACME), shared
     /// by every snapshot: they outlive reloads.
     pub certificates: Option<Arc<CertResolver>>,
+    /// ACME ordering and renewal, shared by every snapshot (with TLS only).
+    pub acme: Option<Arc<AcmeControl>>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// External OpenID Connect providers for browser sign-in.
@@ -84,7 +87,10 @@ impl Gateway {
             );
         }
         follow::start(&store, &cache, config.store.poll_interval).await?;
-        let hashes = HashLimiter::new(config.login.max_concurrent_hashes);
+        let hashes = HashLimiter::new(
+            config.login.max_concurrent_hashes,
+            config.login.max_queued_hashes,
+        );
         let metrics = Arc::new(Metrics::default());
         let certificates = match &config.server.tls {
             Some(tls) => {
@@ -94,7 +100,17 @@ impl Gateway {
             }
             None => None,
         };
-        let gateway = Gateway::assemble(config, store, cache, metrics, hashes, certificates, None)?;
+        let acme = certificates.as_ref().map(|certificates| {
+            Arc::new(AcmeControl::new(
+                certificates.clone(),
+                store.clone(),
+                metrics.clone(),
+            ))
+        });
+        let mut gateway =
+            Gateway::assemble(config, store, cache, metrics, hashes, certificates, None)?;
+        gateway.acme = acme;
+        gateway.configure_acme();
         Ok(Arc::new(gateway))
     }
 
@@ -141,6 +157,8 @@ impl Gateway {
             ratelimits: RateLimits::new(&config.ratelimit, metrics.clone(), previous_limits),
             tls,
             certificates,
+            // Set by the caller: it outlives snapshots.
+            acme: None,
             metrics,
             store,
             cache,
@@ -150,7 +168,7 @@ impl Gateway {
 
     /// A snapshot with `config` that shares this one's store, cache and
     /// metrics. Listeners and the store cannot change this way.
-    pub fn reconfigure(&self, config: Config) -> Result<Gateway, ReloadError> {
+    pub fn reconfigure(&self, mut config: Config) -> Result<Gateway, ReloadError> {
         let old = &self.config.server;
         let new = &config.server;
         if old.listen != new.listen
@@ -162,18 +180,22 @@ impl Gateway {
         if self.config.store.url != config.store.url {
             return Err(ReloadError::NeedsRestart("store.url"));
         }
+        config.routes.adopt_in_flight(&self.config.routes);
         // The same hashing slots while the bound stays: requests still
         // running on the old snapshot count against the new one's bound.
-        let hashes =
-            if config.login.max_concurrent_hashes == self.config.login.max_concurrent_hashes {
-                self.throttle.hashes().clone()
-            } else {
-                HashLimiter::new(config.login.max_concurrent_hashes)
-            };
+        let (slots, queued) = (
+            config.login.max_concurrent_hashes,
+            config.login.max_queued_hashes,
+        );
+        let hashes = if self.throttle.hashes().same_bounds(slots, queued) {
+            self.throttle.hashes().clone()
+        } else {
+            HashLimiter::new(slots, queued)
+        };
         if let (Some(tls), Some(certificates)) = (&config.server.tls, &self.certificates) {
             certificates.configure(tls)?;
         }
-        Ok(Gateway::assemble(
+        let mut next = Gateway::assemble(
             config,
             self.store.clone(),
             self.cache.clone(),
@@ -181,6 +203,23 @@ impl Gateway {
             hashes,
             self.certificates.clone(),
             Some(&self.ratelimits),
-        )?)
+        )?;
+        next.acme = self.acme.clone();
+        // Other domains are ordered at once, with the same account.
+        next.configure_acme();
+        Ok(next)
+    }
+
+    /// Hands this snapshot's `[server.tls.acme]` to the ACME task.
+    fn configure_acme(&self) {
+        if let Some(acme) = &self.acme {
+            acme.configure(
+                self.config
+                    .server
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.acme.as_ref()),
+            );
+        }
     }
 }

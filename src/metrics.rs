@@ -183,6 +183,10 @@ pub struct Metrics {
     request_latency: SharedHistogram,
     upstream_latency: SharedHistogram,
     open_connections: Gauge,
+    acme_orders: Counter,
+    acme_failures: Counter,
+    acme_next_attempt: Gauge,
+    acme_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -199,6 +203,10 @@ impl Default for Metrics {
             request_latency: SharedHistogram::default(),
             upstream_latency: SharedHistogram::default(),
             open_connections: Gauge::default(),
+            acme_orders: Counter::default(),
+            acme_failures: Counter::default(),
+            acme_next_attempt: Gauge::default(),
+            acme_expiry: Gauge::default(),
         };
         let mut registry = Registry::default();
         // Counters are named without `_total`: the encoder appends it.
@@ -251,6 +259,26 @@ impl Default for Metrics {
             "authgate_open_connections",
             "Client connections open",
             metrics.open_connections.clone(),
+        );
+        registry.register(
+            "authgate_acme_orders",
+            "ACME certificates ordered and issued by this process",
+            metrics.acme_orders.clone(),
+        );
+        registry.register(
+            "authgate_acme_failures",
+            "ACME attempts (account, order, validation, issuance) that failed",
+            metrics.acme_failures.clone(),
+        );
+        registry.register(
+            "authgate_acme_next_attempt_seconds",
+            "Unix time of the next ACME check or attempt (renewal or retry)",
+            metrics.acme_next_attempt.clone(),
+        );
+        registry.register(
+            "authgate_acme_certificate_expiry_seconds",
+            "Unix time the served ACME certificate expires (0: none yet)",
+            metrics.acme_expiry.clone(),
         );
         Metrics {
             registry,
@@ -373,6 +401,25 @@ impl Metrics {
     /// The config was reloaded.
     pub fn reloads(&self) {
         self.reloads.inc();
+    }
+
+    /// An ACME certificate was issued to this process.
+    pub fn acme_ordered(&self) {
+        self.acme_orders.inc();
+    }
+
+    /// An ACME attempt failed; the next one is at `next_attempt` (Unix
+    /// seconds).
+    pub fn acme_failed(&self, next_attempt: i64) {
+        self.acme_failures.inc();
+        self.acme_next_attempt.set(next_attempt);
+    }
+
+    /// The served ACME certificate expires at `expiry`; it is looked at
+    /// again at `next_check` (Unix seconds).
+    pub fn acme_serving(&self, expiry: i64, next_check: i64) {
+        self.acme_expiry.set(expiry);
+        self.acme_next_attempt.set(next_check);
     }
 
     /// A connection opened (`+1`) or closed (`-1`).

@@ -37,6 +37,10 @@ pub struct Route {
     pub timeout: Duration,
     /// The `[[oidc]]` provider browsers without a credential are sent to.
     pub login: Option<std::sync::Arc<str>>,
+    /// Requests in flight to this route's upstream: one counter shared by
+    /// every route to the same scheme and authority
+    /// (`limits.max_upstream_requests`).
+    pub in_flight: std::sync::Arc<crate::inflight::InFlight>,
 }
 
 impl Route {
@@ -216,6 +220,28 @@ impl RouteTable {
         RouteTable {
             routes,
             lowercase_prefixes,
+        }
+    }
+
+    /// Takes over `previous`'s in-flight counters for the upstreams both
+    /// tables forward to with the same bound, so requests still running on
+    /// the old config count against the new one's bound after a reload.
+    pub fn adopt_in_flight(&mut self, previous: &RouteTable) {
+        for route in &mut self.routes {
+            let Some(upstream) = &route.upstream else {
+                continue;
+            };
+            let key = crate::inflight::upstream_key(upstream);
+            let old = previous.routes.iter().find(|old| {
+                old.upstream
+                    .as_ref()
+                    .is_some_and(|u| crate::inflight::upstream_key(u) == key)
+            });
+            if let Some(old) = old
+                && old.in_flight.max() == route.in_flight.max()
+            {
+                route.in_flight = old.in_flight.clone();
+            }
         }
     }
 
@@ -416,6 +442,7 @@ mod tests {
             roles: vec![],
             timeout: Duration::from_secs(1),
             login: None,
+            in_flight: crate::inflight::InFlight::new(1),
         }
     }
 
@@ -445,6 +472,22 @@ mod tests {
         assert_eq!(table.find("/publicity").unwrap().prefix, "/");
         let empty = RouteTable::new(vec![route("/api")]);
         assert!(empty.find("/other").is_none());
+    }
+
+    #[test]
+    fn a_reload_keeps_the_counters_of_the_same_upstreams() {
+        let old = RouteTable::new(vec![route("/a"), route("/b")]);
+        let held = old.find("/a").unwrap().in_flight.try_enter().unwrap();
+        let mut same_bound = RouteTable::new(vec![route("/a")]);
+        same_bound.adopt_in_flight(&old);
+        assert_eq!(same_bound.find("/a").unwrap().in_flight.current(), 1);
+        let mut other_bound = RouteTable::new(vec![Route {
+            in_flight: crate::inflight::InFlight::new(5),
+            ..route("/a")
+        }]);
+        other_bound.adopt_in_flight(&old);
+        assert_eq!(other_bound.find("/a").unwrap().in_flight.current(), 0);
+        drop(held);
     }
 
     #[test]

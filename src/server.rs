@@ -303,6 +303,7 @@ fn http_builder(limits: &Limits) -> HttpBuilders {
     http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_streams_per_connection)
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
     HttpBuilders { http1, http2 }
@@ -384,7 +385,15 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
                     return;
                 }
                 match tokio::time::timeout_at(head_deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
+                    Ok(Ok(mut tls_stream)) => {
+                        if tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN)
+                        {
+                            // A tls-alpn-01 validation: the handshake was the
+                            // answer; no HTTP on this connection (RFC 8737 3).
+                            debug!(client.addr = %peer, "ACME tls-alpn-01 validation handshake");
+                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls_stream).await;
+                            return;
+                        }
                         let subject = crate::tls::peer_subject(tls_stream.get_ref().1);
                         task.client.cert_subject = subject.map(Arc::from);
                         let alpn = tls_stream.get_ref().1.alpn_protocol();

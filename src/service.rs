@@ -87,6 +87,18 @@ async fn handle_inner(
     if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
         return Err(GatewayError::InvalidHost);
     }
+    // ACME's http-01 validation, before routes and credentials: the CA
+    // knows neither.
+    if !client.tls
+        && let Some(token) = request
+            .uri()
+            .path()
+            .strip_prefix(crate::tls::acme::HTTP01_PREFIX)
+    {
+        ctx.route(Arc::from("acme_challenge"), "acme_challenge");
+        ctx.served(Outcome::Own);
+        return Ok(acme_challenge(gateway, token).await);
+    }
     // HTTP/1 heads with more fields are refused by the parser already (a
     // bare 431); HTTP/2 has no count limit of its own.
     if request.headers().len() > gateway.config.limits.max_headers {
@@ -173,6 +185,30 @@ fn client_ip(gateway: &Gateway, client: &ClientInfo, request: &Request<Incoming>
         request.headers(),
         &gateway.config.server.trusted_proxies,
     )
+}
+
+/// The answer to an http-01 validation request: the key authorization of
+/// a challenge in progress (`text/plain`), or 404.
+async fn acme_challenge(gateway: &Gateway, token: &str) -> Response<Body> {
+    let answer = match &gateway.acme {
+        Some(acme) => acme.http01_answer(token).await,
+        None => None,
+    };
+    match answer {
+        Some(answer) => {
+            let mut response = Response::new(crate::body::full(answer));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain"),
+            );
+            response
+        }
+        None => {
+            let mut response = Response::new(crate::body::empty());
+            *response.status_mut() = http::StatusCode::NOT_FOUND;
+            response
+        }
+    }
 }
 
 /// Paths the plain listener serves even with `server.redirect_https`:

@@ -540,6 +540,7 @@ mod tests {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             timeout: Duration::from_secs(1),
             login: None,
+            in_flight: crate::inflight::InFlight::new(1),
         }
     }
 

@@ -6,6 +6,7 @@
 //! behind the [`Files`] seam, the files it names; [`Config::from_toml_in`]
 //! with files in memory touches no disk.
 
+mod env;
 mod keys;
 pub mod ratelimit;
 mod raw;
@@ -47,6 +48,20 @@ const MAX_PROXY_BODY_BYTES: u64 = 1 << 40;
 /// Highest `login.max_concurrent_hashes` (19 MiB each: 20 GiB at this bound).
 const MAX_CONCURRENT_HASHES: u64 = 1024;
 
+/// Highest `login.max_queued_hashes`: a queued login holds only its
+/// connection and its small request body, not a hash's memory.
+const MAX_QUEUED_HASHES: u64 = 100_000;
+
+/// Highest `limits.max_streams_per_connection` (h2's own ceiling is 2^31-1;
+/// beyond a few thousand one client holds a worker's share alone).
+const MAX_STREAMS_PER_CONNECTION: u64 = 10_000;
+
+/// Highest `onetimekey.max_per_address`.
+const MAX_ONETIME_KEYS_PER_ADDRESS: u64 = 10_000;
+
+/// Highest `accesskeys.max_per_user`.
+const MAX_KEYS_PER_USER: u64 = 1_000_000;
+
 /// A config that could not be loaded: every problem found, one line each.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", problems.join("\n"))]
@@ -74,6 +89,8 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// One-time-key login.
     pub onetimekey: OneTimeKeyConfig,
+    /// Access-key bounds (`[accesskeys]`).
+    pub accesskeys: AccessKeysConfig,
     /// Request limits and timeouts on the client side.
     pub limits: Limits,
     /// Upstream connection defaults.
@@ -88,16 +105,6 @@ pub struct Config {
     pub ratelimit: ratelimit::RateLimitConfig,
     /// External OpenID Connect providers for browser sign-in.
     pub oidc: Vec<OidcProviderConfig>,
-    /// Access keys as the API credential (`[accesskeys]`).
-    pub accesskeys: AccessKeysConfig,
-}
-
-/// `[accesskeys]`, validated.
-#[derive(Debug, Clone)]
-pub struct AccessKeysConfig {
-    /// The request header that carries an access key (`accesskeys.header`,
-    /// default `X-API-Key`); `None` when set to `""`.
-    pub header: Option<http::HeaderName>,
 }
 
 impl Config {
@@ -198,11 +205,42 @@ pub struct TlsConfig {
     pub certificates: Vec<CertificateConfig>,
     /// `Strict-Transport-Security` for answers on the HTTPS listener.
     pub hsts: Option<http::HeaderValue>,
+    /// `[server.tls.acme]`: certificates ordered and renewed automatically.
+    pub acme: Option<AcmeConfig>,
     /// CA certificates (PEM) that client certificates must chain to.
     pub client_ca: Option<PathBuf>,
     /// Whether a client certificate is required (`true`) or only checked
     /// when one is sent.
     pub client_cert_required: bool,
+}
+
+/// `[server.tls.acme]`: an ACME (RFC 8555) account and the certificate it
+/// orders for `domains`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The directory URL (`https://`).
+    pub directory: String,
+    /// The names the certificate is for: DNS names, no wildcards.
+    pub domains: Vec<String>,
+    /// `mailto:` contacts given to the CA when the account is made.
+    pub contact: Vec<String>,
+    /// How the CA checks that the names are ours.
+    pub challenge: AcmeChallenge,
+    /// Where the account key and certificates are kept across restarts.
+    pub cache_dir: PathBuf,
+    /// Extra PEM roots trusted for the directory (a private or test CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The ACME challenge type answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// RFC 8737: a certificate for the name on the TLS listener, ALPN
+    /// `acme-tls/1`.
+    TlsAlpn01,
+    /// RFC 8555 section 8.3: `/.well-known/acme-challenge/<token>` on the
+    /// plain listener.
+    Http01,
 }
 
 /// A certificate and key file pair, and the names it is served for.
@@ -308,6 +346,18 @@ pub struct OneTimeKeyConfig {
     pub realm: String,
     /// How long an issued key stays usable.
     pub ttl: Duration,
+    /// One-time keys outstanding per client address (IPv6 per /64).
+    pub max_per_address: usize,
+}
+
+/// Access-key bounds.
+#[derive(Debug, Clone)]
+pub struct AccessKeysConfig {
+    /// Unexpired keys one user may hold (`accesskeys.max_per_user`).
+    pub max_per_user: usize,
+    /// The request header that carries an access key (`accesskeys.header`,
+    /// default `X-API-Key`); `None` when set to `""`.
+    pub header: Option<http::HeaderName>,
 }
 
 /// Client-side limits.
@@ -327,6 +377,11 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Proxied requests in flight to one upstream at once, HTTP/2 streams
+    /// and open WebSocket tunnels included; beyond, 503 `UPSTREAM_BUSY`.
+    pub max_upstream_requests: usize,
+    /// HTTP/2 streams open at once on one client connection.
+    pub max_streams_per_connection: u32,
 }
 
 /// Upstream connection defaults.
@@ -357,10 +412,14 @@ pub struct LoginConfig {
     /// (default 50: many users may share one address behind NAT or a proxy).
     pub address_max_failures: u32,
     /// Password hashes computed at once (`login.max_concurrent_hashes`;
-    /// 0 in the file, the default, means the number of cores). Logins
-    /// beyond it are answered 503 with `Retry-After` at once: each argon2id
-    /// hash holds 19 MiB while it runs.
+    /// 0 in the file, the default, means the number of cores): each
+    /// argon2id hash holds 19 MiB while it runs. Logins beyond it wait in
+    /// the queue (`max_queued_hashes`).
     pub max_concurrent_hashes: usize,
+    /// Logins that wait for a hashing slot (at most
+    /// [`crate::auth::password::HASH_QUEUE_WAIT`]) when every slot is
+    /// taken; beyond, 503 `LOGIN_BUSY` at once (`login.max_queued_hashes`).
+    pub max_queued_hashes: usize,
     /// Window over which failures are counted.
     pub window: Duration,
     /// How long a locked-out user or address is refused.
@@ -430,16 +489,31 @@ impl Config {
     /// Parses and validates config text, reading the files it names from
     /// `files` only: with files in memory, no disk is touched.
     pub fn from_toml_in(text: &str, files: &dyn Files) -> Result<Config, ConfigError> {
+        Config::from_toml_with(text, files, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_toml_in`] with environment variables (`${VAR}` in
+    /// string values) read through `env`.
+    pub fn from_toml_with(
+        text: &str,
+        files: &dyn Files,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let syntax = |err: &dyn std::fmt::Display| {
             ConfigError::one(format!("config: {}", err.to_string().trim_end()))
         };
         let mut table: toml::Table = toml::from_str(text).map_err(|err| syntax(&err))?;
         let mut problems = Problems::new(files);
+        let uses_env = text.contains("${");
+        if uses_env {
+            env::expand_table(&mut table, env, &mut problems.0);
+        }
         unknown_keys(&mut table, "", "", &mut problems);
-        // Without unknown keys the text is parsed again so that type errors
-        // keep their line and column; with them, the rest of the config is
-        // still checked (without those keys), so every problem is listed.
-        let raw: Result<RawConfig, String> = if problems.0.is_empty() {
+        // Without unknown keys or variables the text is parsed again so that
+        // type errors keep their line and column; otherwise the table is
+        // used (values expanded, unknown keys left out), so every problem is
+        // listed.
+        let raw: Result<RawConfig, String> = if problems.0.is_empty() && !uses_env {
             toml::from_str(text).map_err(|err| err.to_string())
         } else {
             toml::Value::Table(table)
@@ -718,6 +792,7 @@ mod tests {
             "jwt.keys",
             "jwt.jwks",
             "onetimekey",
+            "accesskeys",
             "limits",
             "upstream",
             "login",
@@ -820,6 +895,107 @@ mod tests {
             .expect_err("unknown key");
         assert!(
             err.problems.iter().any(|p| p.contains("accesskeys.headr")),
+            "{:?}",
+            err.problems
+        );
+    }
+
+    #[test]
+    fn acme_is_validated_key_by_key() {
+        let secret = secret_file();
+        let acme = |keys: &str| {
+            minimal(
+                secret.path(),
+                &format!("[server.tls]\nlisten = \"127.0.0.1:0\"\n[server.tls.acme]\n{keys}"),
+            )
+        };
+        // ACME alone is enough for the TLS listener; defaults filled in.
+        let config = Config::from_toml(&acme(
+            "directory = \"https://ca.test/dir\"\ndomains = [\"GW.example.com\", \"gw.example.com\"]\n",
+        ))
+        .unwrap();
+        let tls = config.server.tls.unwrap();
+        assert!(tls.default.is_none());
+        let acme_config = tls.acme.unwrap();
+        assert_eq!(acme_config.domains, ["gw.example.com"]);
+        assert_eq!(acme_config.challenge, AcmeChallenge::TlsAlpn01);
+        assert_eq!(acme_config.cache_dir, Path::new("data/acme"));
+
+        let cases = [
+            (
+                "domains = [\"gw.example.com\"]\n",
+                "server.tls.acme.directory: is required",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\n",
+                "server.tls.acme.domains: is required",
+            ),
+            (
+                "directory = \"ftp://ca.test/dir\"\ndomains = [\"a.example.com\"]\n",
+                "server.tls.acme.directory: \"ftp://ca.test/dir\" is not an https:// URL",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"127.0.0.1\"]\n",
+                "server.tls.acme.domains: \"127.0.0.1\" is not a DNS name",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"localhost\"]\n",
+                "server.tls.acme.domains: \"localhost\" is not a DNS name",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"a_b.example.com\"]\n",
+                "server.tls.acme.domains: \"a_b.example.com\" is not a DNS name",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"*.example.com\"]\n",
+                "server.tls.acme.domains: \"*.example.com\": wildcards need dns-01",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"a.example.com\"]\ncontact = [\"mailto:\"]\n",
+                "server.tls.acme.contact: \"mailto:\" is not a mailto:ADDRESS",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"a.example.com\"]\nchallenge = \"dns-01\"\n",
+                "server.tls.acme.challenge: \"dns-01\" must be \"tls-alpn-01\" or \"http-01\"",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"a.example.com\"]\ncache_dir = \"\"\n",
+                "server.tls.acme.cache_dir: must not be empty",
+            ),
+            (
+                "directory = \"https://ca.test/dir\"\ndomains = [\"a.example.com\"]\nca_file = \"/nonexistent/ca.pem\"\n",
+                "server.tls.acme.ca_file: cannot read /nonexistent/ca.pem",
+            ),
+        ];
+        for (keys, expected) in cases {
+            let err = Config::from_toml(&acme(keys)).unwrap_err();
+            assert!(
+                err.problems.iter().any(|p| p.starts_with(expected)),
+                "{keys}: {:?}",
+                err.problems
+            );
+        }
+
+        // http-01 is answered on the plain listener, which must exist.
+        let text = format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\n[server.tls.acme]\n\
+             directory = \"https://ca.test/dir\"\ndomains = [\"a.example.com\"]\nchallenge = \"http-01\"\n\
+             [jwt]\nsecret_file = {:?}\n",
+            secret.path().display().to_string()
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "server.tls.acme.challenge: http-01 is answered on the plain listener: set server.listen"
+            ]
+        );
+
+        // Without ACME or certificates the TLS listener has nothing to serve.
+        let text = minimal(secret.path(), "[server.tls]\nlisten = \"127.0.0.1:0\"\n");
+        let err = Config::from_toml(&text).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.contains("[server.tls.acme]")),
             "{:?}",
             err.problems
         );
@@ -1004,5 +1180,75 @@ mod tests {
             let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
             assert!(all.contains(key), "{bad}: {all}");
         }
+    }
+
+    #[test]
+    fn bounds_have_the_contract_defaults_and_ranges() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(secret.path(), "")).unwrap();
+        assert_eq!(config.limits.max_upstream_requests, 1024);
+        assert_eq!(config.limits.max_streams_per_connection, 100);
+        assert_eq!(config.accesskeys.max_per_user, 100);
+        assert_eq!(config.onetimekey.max_per_address, 10);
+        assert_eq!(config.login.max_queued_hashes, 64);
+        let text = minimal(
+            secret.path(),
+            "[limits]\nmax_upstream_requests = 3\nmax_streams_per_connection = 4\n\
+             [accesskeys]\nmax_per_user = 5\n[onetimekey]\nmax_per_address = 6\n\
+             [login]\nmax_queued_hashes = 0\n",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            (
+                config.limits.max_upstream_requests,
+                config.limits.max_streams_per_connection,
+                config.accesskeys.max_per_user,
+                config.onetimekey.max_per_address,
+                config.login.max_queued_hashes,
+            ),
+            (3, 4, 5, 6, 0)
+        );
+        for (bad, key) in [
+            (
+                "[limits]\nmax_upstream_requests = 0",
+                "limits.max_upstream_requests",
+            ),
+            (
+                "[limits]\nmax_streams_per_connection = 0",
+                "limits.max_streams_per_connection",
+            ),
+            ("[accesskeys]\nmax_per_user = 0", "accesskeys.max_per_user"),
+            (
+                "[onetimekey]\nmax_per_address = 0",
+                "onetimekey.max_per_address",
+            ),
+            (
+                "[login]\nmax_queued_hashes = 1000000",
+                "login.max_queued_hashes",
+            ),
+            ("[accesskeys]\nmax_per_usr = 5", "accesskeys.max_per_usr"),
+        ] {
+            let text = minimal(secret.path(), &format!("{bad}\n"));
+            let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+            assert!(all.contains(key), "{bad}: {all}");
+        }
+    }
+
+    #[test]
+    fn routes_to_one_upstream_share_one_in_flight_counter() {
+        let secret = secret_file();
+        let text = minimal(
+            secret.path(),
+            "[[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:7/x\"\n\
+             [[route]]\npath_prefix = \"/b\"\nupstream = \"HTTP://127.0.0.1:7/y\"\n\
+             [[route]]\npath_prefix = \"/c\"\nupstream = \"http://127.0.0.1:8\"\n",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let counter = |prefix: &str| {
+            let route = config.routes.find(&format!("{prefix}/z")).unwrap();
+            Arc::as_ptr(&route.in_flight)
+        };
+        assert_eq!(counter("/a"), counter("/b"), "one server, one bound");
+        assert_ne!(counter("/a"), counter("/c"));
     }
 }

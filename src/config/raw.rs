@@ -17,6 +17,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) onetimekey: RawOneTimeKey,
     #[serde(default)]
+    pub(super) accesskeys: RawAccessKeys,
+    #[serde(default)]
     pub(super) limits: RawLimits,
     #[serde(default)]
     pub(super) upstream: RawUpstream,
@@ -30,23 +32,6 @@ pub(super) struct RawConfig {
     pub(super) ratelimit: ratelimit::RawRateLimit,
     #[serde(default)]
     pub(super) oidc: Vec<RawOidc>,
-    #[serde(default)]
-    pub(super) accesskeys: RawAccessKeys,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAccessKeys {
-    #[serde(default = "defaults::key_header")]
-    pub(super) header: String,
-}
-
-impl Default for RawAccessKeys {
-    fn default() -> Self {
-        RawAccessKeys {
-            header: defaults::key_header(),
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +81,7 @@ pub(super) struct RawTls {
     pub(super) client_ca: Option<PathBuf>,
     pub(super) client_auth: Option<String>,
     pub(super) hsts: Option<String>,
+    pub(super) acme: Option<RawAcme>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +91,22 @@ pub(super) struct RawTlsCertificate {
     pub(super) names: Vec<String>,
     pub(super) cert: PathBuf,
     pub(super) key: PathBuf,
+}
+
+/// `[server.tls.acme]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAcme {
+    pub(super) directory: Option<String>,
+    #[serde(default)]
+    pub(super) domains: Vec<String>,
+    #[serde(default)]
+    pub(super) contact: Vec<String>,
+    #[serde(default = "defaults::acme_challenge")]
+    pub(super) challenge: String,
+    #[serde(default = "defaults::acme_cache_dir")]
+    pub(super) cache_dir: PathBuf,
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +174,8 @@ pub(super) struct RawOneTimeKey {
     pub(super) realm: String,
     #[serde(default = "defaults::otk_ttl")]
     pub(super) ttl: u64,
+    #[serde(default = "defaults::otk_max_per_address")]
+    pub(super) max_per_address: u64,
 }
 
 impl Default for RawOneTimeKey {
@@ -179,6 +183,25 @@ impl Default for RawOneTimeKey {
         RawOneTimeKey {
             realm: defaults::realm(),
             ttl: defaults::otk_ttl(),
+            max_per_address: defaults::otk_max_per_address(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccessKeys {
+    #[serde(default = "defaults::keys_max_per_user")]
+    pub(super) max_per_user: u64,
+    #[serde(default = "defaults::key_header")]
+    pub(super) header: String,
+}
+
+impl Default for RawAccessKeys {
+    fn default() -> Self {
+        RawAccessKeys {
+            max_per_user: defaults::keys_max_per_user(),
+            header: defaults::key_header(),
         }
     }
 }
@@ -199,6 +222,10 @@ pub(super) struct RawLimits {
     pub(super) idle_timeout: u64,
     #[serde(default = "defaults::max_connections")]
     pub(super) max_connections: u64,
+    #[serde(default = "defaults::max_upstream_requests")]
+    pub(super) max_upstream_requests: u64,
+    #[serde(default = "defaults::max_streams_per_connection")]
+    pub(super) max_streams_per_connection: u64,
 }
 
 impl Default for RawLimits {
@@ -211,6 +238,8 @@ impl Default for RawLimits {
             header_read_timeout: defaults::header_read_timeout(),
             idle_timeout: defaults::idle_timeout(),
             max_connections: defaults::max_connections(),
+            max_upstream_requests: defaults::max_upstream_requests(),
+            max_streams_per_connection: defaults::max_streams_per_connection(),
         }
     }
 }
@@ -254,6 +283,8 @@ pub(super) struct RawLogin {
     pub(super) address_max_failures: u64,
     #[serde(default)]
     pub(super) max_concurrent_hashes: u64,
+    #[serde(default = "defaults::max_queued_hashes")]
+    pub(super) max_queued_hashes: u64,
     #[serde(default = "defaults::login_window")]
     pub(super) window: u64,
     #[serde(default = "defaults::lockout")]
@@ -266,6 +297,7 @@ impl Default for RawLogin {
             max_failures: defaults::max_failures(),
             address_max_failures: defaults::address_max_failures(),
             max_concurrent_hashes: 0,
+            max_queued_hashes: defaults::max_queued_hashes(),
             window: defaults::login_window(),
             lockout: defaults::lockout(),
         }
@@ -323,6 +355,12 @@ pub(super) mod defaults {
     pub fn shutdown_grace() -> u64 {
         30
     }
+    pub fn acme_challenge() -> String {
+        "tls-alpn-01".into()
+    }
+    pub fn acme_cache_dir() -> std::path::PathBuf {
+        "data/acme".into()
+    }
     pub fn store_url() -> String {
         "sqlite://data/authgate.db".into()
     }
@@ -361,6 +399,21 @@ pub(super) mod defaults {
     }
     pub fn max_connections() -> u64 {
         10_000
+    }
+    pub fn max_upstream_requests() -> u64 {
+        1024
+    }
+    pub fn max_streams_per_connection() -> u64 {
+        100
+    }
+    pub fn max_queued_hashes() -> u64 {
+        64
+    }
+    pub fn otk_max_per_address() -> u64 {
+        10
+    }
+    pub fn keys_max_per_user() -> u64 {
+        100
     }
     pub fn connect_timeout() -> u64 {
         5

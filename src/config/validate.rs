@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::Uri;
 use ipnet::IpNet;
 
+use crate::inflight::InFlight;
 use crate::routes::{Route, RouteAuth, RouteTable};
 use crate::token::jwks::JwksSource;
 use crate::token::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
@@ -89,6 +90,21 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     let onetimekey = OneTimeKeyConfig {
         ttl: p.seconds("onetimekey.ttl", raw.onetimekey.ttl, 10, 3600),
         realm: raw.onetimekey.realm,
+        max_per_address: p.count(
+            "onetimekey.max_per_address",
+            raw.onetimekey.max_per_address,
+            1,
+            MAX_ONETIME_KEYS_PER_ADDRESS,
+        ),
+    };
+    let accesskeys = AccessKeysConfig {
+        max_per_user: p.count(
+            "accesskeys.max_per_user",
+            raw.accesskeys.max_per_user,
+            1,
+            MAX_KEYS_PER_USER,
+        ),
+        header: key_header(&raw.accesskeys.header, p),
     };
     if onetimekey.realm.is_empty() || onetimekey.realm.contains(':') {
         p.add("onetimekey.realm", "must be non-empty and contain no ':'");
@@ -137,6 +153,19 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             1,
             1_000_000,
         ),
+        max_upstream_requests: p.count(
+            "limits.max_upstream_requests",
+            raw.limits.max_upstream_requests,
+            1,
+            1_000_000,
+        ),
+        max_streams_per_connection: u32::try_from(p.count(
+            "limits.max_streams_per_connection",
+            raw.limits.max_streams_per_connection,
+            1,
+            MAX_STREAMS_PER_CONNECTION,
+        ))
+        .unwrap_or(u32::MAX),
     };
 
     let upstream = UpstreamConfig {
@@ -201,6 +230,12 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,
         },
+        max_queued_hashes: p.count(
+            "login.max_queued_hashes",
+            raw.login.max_queued_hashes,
+            0,
+            MAX_QUEUED_HASHES,
+        ),
         window: p.seconds("login.window", raw.login.window, 1, 86_400),
         lockout: p.seconds("login.lockout", raw.login.lockout, 1, 86_400),
     };
@@ -231,7 +266,7 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             }
         }
     }
-    let routes = validate_routes(raw.route, &upstream, p);
+    let routes = validate_routes(raw.route, &upstream, limits.max_upstream_requests, p);
     for route in routes.iter() {
         if let Some(login) = &route.login
             && !oidc.iter().any(|provider| provider.name == **login)
@@ -246,15 +281,13 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         }
     }
     let ratelimit = ratelimit::validate(raw.ratelimit, p);
-    let accesskeys = AccessKeysConfig {
-        header: key_header(&raw.accesskeys.header, p),
-    };
 
     Some(Config {
         server,
         store,
         jwt: jwt?,
         onetimekey,
+        accesskeys,
         limits,
         upstream,
         login,
@@ -262,7 +295,6 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         routes,
         oidc,
         ratelimit,
-        accesskeys,
     })
 }
 
@@ -378,7 +410,9 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         .listen
         .as_deref()
         .and_then(|value| p.socket_addr("server.listen", value));
+    let plain_listener = raw.listen.is_some();
     let tls = raw.tls.and_then(|tls| {
+        let acme = tls.acme.map(|acme| validate_acme(acme, plain_listener, p));
         let default = match (tls.cert, tls.key) {
             (Some(cert), Some(key)) => {
                 p.readable_file("server.tls.cert", &cert);
@@ -399,10 +433,10 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
                 None
             }
         };
-        if default.is_none() && tls.certificates.is_empty() {
+        if default.is_none() && tls.certificates.is_empty() && acme.is_none() {
             p.add(
                 "server.tls",
-                "needs cert and key, or [[server.tls.certificates]]",
+                "needs cert and key, [[server.tls.certificates]] or [server.tls.acme]",
             );
         }
         let mut certificates = Vec::with_capacity(tls.certificates.len());
@@ -456,6 +490,7 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
             default,
             certificates,
             hsts,
+            acme: acme.flatten(),
             client_ca: tls.client_ca,
             client_cert_required,
         })
@@ -544,6 +579,118 @@ fn key_header(name: &str, p: &mut Problems) -> Option<http::HeaderName> {
         return None;
     }
     Some(header)
+}
+
+/// `[server.tls.acme]`: every key checked; `None` when one is wrong.
+/// `plain_listener`: whether `server.listen` is set (http-01 needs it).
+pub(super) fn validate_acme(
+    raw: RawAcme,
+    plain_listener: bool,
+    p: &mut Problems,
+) -> Option<AcmeConfig> {
+    let before = p.0.len();
+    let directory = match raw.directory {
+        None => {
+            p.add(
+                "server.tls.acme.directory",
+                "is required (the CA's directory URL)",
+            );
+            String::new()
+        }
+        Some(url) => {
+            match url.parse::<Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+                _ => p.add(
+                    "server.tls.acme.directory",
+                    format_args!("{url:?} is not an https:// URL"),
+                ),
+            }
+            url
+        }
+    };
+    if raw.domains.is_empty() {
+        p.add(
+            "server.tls.acme.domains",
+            "is required: the names to order a certificate for",
+        );
+    }
+    let mut domains: Vec<String> = Vec::with_capacity(raw.domains.len());
+    for domain in &raw.domains {
+        let lower = domain.to_ascii_lowercase();
+        if lower.starts_with("*.") {
+            p.add(
+                "server.tls.acme.domains",
+                format_args!("{domain:?}: wildcards need dns-01, which authgate does not answer"),
+            );
+        } else if !valid_dns_name(&lower) {
+            p.add(
+                "server.tls.acme.domains",
+                format_args!("{domain:?} is not a DNS name"),
+            );
+        } else if !domains.contains(&lower) {
+            domains.push(lower);
+        }
+    }
+    for contact in &raw.contact {
+        let address = contact.strip_prefix("mailto:").unwrap_or("");
+        if !address.contains('@') || address.chars().any(|c| c.is_whitespace() || c == ',') {
+            p.add(
+                "server.tls.acme.contact",
+                format_args!("{contact:?} is not a mailto:ADDRESS"),
+            );
+        }
+    }
+    let challenge = match raw.challenge.as_str() {
+        "tls-alpn-01" => AcmeChallenge::TlsAlpn01,
+        "http-01" => {
+            if !plain_listener {
+                p.add(
+                    "server.tls.acme.challenge",
+                    "http-01 is answered on the plain listener: set server.listen",
+                );
+            }
+            AcmeChallenge::Http01
+        }
+        other => {
+            p.add(
+                "server.tls.acme.challenge",
+                format_args!("{other:?} must be \"tls-alpn-01\" or \"http-01\""),
+            );
+            AcmeChallenge::TlsAlpn01
+        }
+    };
+    if raw.cache_dir.as_os_str().is_empty() {
+        p.add("server.tls.acme.cache_dir", "must not be empty");
+    }
+    if let Some(ca) = &raw.ca_file {
+        p.readable_file("server.tls.acme.ca_file", ca);
+    }
+    (p.0.len() == before).then_some(AcmeConfig {
+        directory,
+        domains,
+        contact: raw.contact,
+        challenge,
+        cache_dir: raw.cache_dir,
+        ca_file: raw.ca_file,
+    })
+}
+
+/// A DNS name a public CA can issue for: dot-separated labels of
+/// `a-z 0-9 -` (1 to 63 each, no leading or trailing hyphen), at least two
+/// labels, 253 characters at most, not an IP address.
+pub(super) fn valid_dns_name(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && name.parse::<std::net::IpAddr>().is_err()
+        && labels.iter().all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 /// A list of IP addresses and CIDR ranges under `key`.
@@ -793,12 +940,44 @@ pub(super) fn read_secret(path: &Path, p: &mut Problems) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// The in-flight counters of a config's routes: one per upstream scheme
+/// and authority, so routes to one server share its bound.
+struct UpstreamCounters {
+    max: usize,
+    seen: Vec<(String, Arc<InFlight>)>,
+}
+
+impl UpstreamCounters {
+    fn new(max: usize) -> Self {
+        UpstreamCounters {
+            max,
+            seen: Vec::new(),
+        }
+    }
+
+    fn for_upstream(&mut self, upstream: Option<&Uri>) -> Arc<InFlight> {
+        let Some(upstream) = upstream else {
+            // A verify-only route forwards nothing; its counter stays at 0.
+            return InFlight::new(self.max);
+        };
+        let key = crate::inflight::upstream_key(upstream);
+        if let Some((_, counter)) = self.seen.iter().find(|(seen, _)| *seen == key) {
+            return counter.clone();
+        }
+        let counter = InFlight::new(self.max);
+        self.seen.push((key, counter.clone()));
+        counter
+    }
+}
+
 pub(super) fn validate_routes(
     raw: Vec<RawRoute>,
     upstream: &UpstreamConfig,
+    max_upstream_requests: usize,
     p: &mut Problems,
 ) -> RouteTable {
     let mut routes = Vec::with_capacity(raw.len());
+    let mut counters = UpstreamCounters::new(max_upstream_requests);
     for (index, route) in raw.into_iter().enumerate() {
         let key = format!("route[{index}]");
         let prefix = route.path_prefix;
@@ -864,6 +1043,7 @@ pub(super) fn validate_routes(
         match route.upstream.as_deref().map(parse_upstream).transpose() {
             Ok(upstream) => routes.push(Route {
                 label: prefix.as_str().into(),
+                in_flight: counters.for_upstream(upstream.as_ref()),
                 prefix,
                 upstream,
                 auth,

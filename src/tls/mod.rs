@@ -1,6 +1,6 @@
 //! rustls, set up once from the config: the HTTPS listener's acceptor
-//! (certificate chain, key, optional client-CA verifier, ALPN h2 and
-//! http/1.1), the client config for `https://` upstreams, and the subject
+//! (certificates from [`certs`] and [`acme`], optional client-CA verifier,
+//! ALPN h2 and http/1.1), the client config for `https://` upstreams, and the subject
 //! of a verified client certificate as RFC 4514 text.
 
 use std::path::Path;
@@ -11,11 +11,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use crate::config::{TlsConfig, UpstreamConfig};
+use crate::config::{AcmeChallenge, TlsConfig, UpstreamConfig};
 
+pub mod acme;
 pub mod certs;
 
-pub use certs::CertResolver;
+pub use certs::{ACME_TLS_ALPN, CertResolver};
 
 /// A certificate, key or CA file could not be loaded, or rustls refused
 /// the combination.
@@ -52,6 +53,25 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// The private key in `pem`, read from `path`.
 fn key_from_pem(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|err| TlsError::at(path, &err))
+}
+
+/// A chain and its private key as rustls serves them, the key checked
+/// against the leaf; `what` names them in errors.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'_>,
+    what: &str,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    if chain.is_empty() {
+        return Err(TlsError(format!("{what}: no certificate found")));
+    }
+    let signing = rustls::crypto::ring::sign::any_supported_type(key)
+        .map_err(|err| TlsError(format!("{what}: {err}")))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|err| TlsError(format!("{what}: {err}")))?;
+    Ok(Arc::new(certified))
 }
 
 /// The crypto provider of every TLS setup here.
@@ -92,6 +112,15 @@ pub fn acceptor(
     };
     let mut server = builder.with_cert_resolver(certificates);
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Offered only while ACME may validate that way: the listener closes
+    // such connections after the handshake.
+    if config
+        .acme
+        .as_ref()
+        .is_some_and(|acme| acme.challenge == AcmeChallenge::TlsAlpn01)
+    {
+        server.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     server.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|err| TlsError(err.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(server)))
@@ -217,6 +246,7 @@ mod tests {
             client_ca: None,
             client_cert_required: false,
             hsts: None,
+            acme: None,
         }
     }
 
