@@ -155,6 +155,15 @@ pub enum KeyCommand {
         /// Key id (UUID).
         id: String,
     },
+    /// Give an access key a new secret, shown only here; the old one keeps
+    /// working for --grace seconds (0 to 604800, default 0).
+    Reroll {
+        /// Key id (UUID).
+        id: String,
+        /// Seconds the old secret keeps working.
+        #[arg(long, default_value_t = 0)]
+        grace: u64,
+    },
 }
 
 /// `authgate token ...`
@@ -626,6 +635,27 @@ async fn key(
         }
         KeyCommand::Disable { id } => set_key_enabled(&store, &id, false).await?,
         KeyCommand::Enable { id } => set_key_enabled(&store, &id, true).await?,
+        KeyCommand::Reroll { id, grace } => {
+            if uuid::Uuid::parse_str(&id).is_err() {
+                return Err(fail(format!("{id:?} is not a key id (UUID)")));
+            }
+            let grace = i64::try_from(grace)
+                .ok()
+                .filter(|grace| *grace <= accesskey::MAX_REROLL_GRACE_SECS)
+                .ok_or_else(|| fail("--grace must be from 0 to 604800 seconds"))?;
+            let (key, hash_hex, prefix) = accesskey::fresh_secret();
+            // The change log carries the replaced secret's new end to every
+            // running gateway.
+            match store
+                .reroll_key(&id, None, &hash_hex, &prefix, grace, unix_now())
+                .await
+            {
+                Err(StoreError::NotFound) => return Err(fail(format!("no live key with id {id}"))),
+                other => other?,
+            };
+            println!("id: {id}");
+            println!("key: {key}");
+        }
     }
     Ok(())
 }

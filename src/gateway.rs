@@ -52,6 +52,9 @@ pub struct Gateway {
     pub oidc: crate::oidc::Providers,
     /// The rate-limit rules and their buckets.
     pub ratelimits: RateLimits,
+    /// Per-address budget of `POST /v1.0/accesskeys/revoke`, which needs
+    /// no credential.
+    pub revoke_bound: Arc<crate::ratelimit::memory::MemoryBuckets>,
 }
 
 /// Why a new config was not taken.
@@ -155,6 +158,7 @@ impl Gateway {
                 config.jwt.leeway,
             )?,
             ratelimits: RateLimits::new(&config.ratelimit, metrics.clone(), previous_limits),
+            revoke_bound: crate::api::accesskeys::revoke_bound(),
             tls,
             certificates,
             // Set by the caller: it outlives snapshots.

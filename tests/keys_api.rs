@@ -473,3 +473,251 @@ async fn bad_updates_are_refused_with_the_field_named() {
         .await
         .expect_status(200);
 }
+
+async fn reroll(gw: &Gateway, id: &str, auth: (&str, &str), body: &Value) -> Resp {
+    request(
+        "POST",
+        &gw.url(&format!("{KEYS}/{id}/reroll")),
+        &[auth],
+        Some(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_rerolled_key_gets_a_new_secret_and_the_old_one_works_only_through_the_grace() {
+    let (_upstream, gw, jwt, created) = setup_with(|_| {}).await;
+    let old = token(&created);
+    let key_id = id(&created);
+    let auth = format!("Bearer {jwt}");
+    // Cached before the reroll.
+    get(&gw.url("/x"), Some(&old), &[]).await.expect_status(200);
+
+    let r = reroll(&gw, &key_id, ("authorization", &auth), &json!({"grace": 2})).await;
+    r.expect_status(200);
+    let rerolled = r.json();
+    let new = token(&rerolled);
+    assert_ne!(new, old);
+    assert_eq!(new.len(), 52);
+    assert_eq!(rerolled["id"], created["id"]);
+    assert_eq!(rerolled["name"], created["name"]);
+    assert_eq!(rerolled["tm_expire"], created["tm_expire"]);
+    assert_eq!(rerolled["token_prefix"], new[..11]);
+    assert!(is_rfc3339_utc(rerolled["tm_rerolled"].as_str().unwrap()));
+    let shown = get(&gw.url(&format!("{KEYS}/{key_id}")), Some(&jwt), &[]).await;
+    assert!(
+        shown.json().get("token").is_none(),
+        "the token is shown only once"
+    );
+    assert_eq!(shown.json()["tm_rerolled"], rerolled["tm_rerolled"]);
+
+    let r = get(&gw.url("/x"), None, &[("x-api-key", &new)]).await;
+    r.expect_status(200);
+    get(&gw.url("/x"), Some(&old), &[]).await.expect_status(200);
+    // Through the whole grace (whole seconds: up to one more)...
+    tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+    get(&gw.url("/x"), Some(&old), &[]).await.expect_status(200);
+    // ...and after it, never again (the cached grant ends with it).
+    assert!(
+        poll_until(std::time::Duration::from_millis(1500), || async {
+            get(&gw.url("/x"), Some(&old), &[]).await.status == 401
+        })
+        .await,
+        "the old secret still works after its grace"
+    );
+    get(&gw.url("/x"), Some(&old), &[])
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    get(&gw.url("/x"), Some(&new), &[]).await.expect_status(200);
+
+    // Grace 0 (the default): the replaced secret stops at once, cached or not.
+    let r = reroll(&gw, &key_id, ("authorization", &auth), &json!({})).await;
+    r.expect_status(200);
+    let newest = token(&r.json());
+    get(&gw.url("/x"), Some(&new), &[])
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    get(&gw.url("/x"), Some(&newest), &[])
+        .await
+        .expect_status(200);
+
+    // The CLI, with a grace.
+    let out = gw
+        .cli_ok(&["key", "reroll", &key_id, "--grace", "60"], None)
+        .await;
+    let cli_key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key: "))
+        .expect("key line")
+        .to_owned();
+    assert!(
+        poll_until(std::time::Duration::from_secs(5), || async {
+            get(&gw.url("/x"), Some(&cli_key), &[]).await.status == 200
+        })
+        .await
+    );
+    get(&gw.url("/x"), Some(&newest), &[])
+        .await
+        .expect_status(200);
+    assert!(!gw.logs().contains(&newest[3..]) && !gw.logs().contains(&old[3..]));
+}
+
+#[tokio::test]
+async fn bad_rerolls_are_refused() {
+    let (_upstream, gw, jwt, created) = setup_with(|_| {}).await;
+    let key = token(&created);
+    let key_id = id(&created);
+    let auth = format!("Bearer {jwt}");
+    for (body, field, reason) in [
+        (json!({"grace": -1}), "grace", "INVALID_FIELD"),
+        (json!({"grace": 604_801}), "grace", "INVALID_FIELD"),
+        (json!({"grace": "10"}), "grace", "INVALID_FIELD"),
+        (json!({"grace": 1.5}), "grace", "INVALID_FIELD"),
+        (json!({"grace": 1, "graec": 2}), "graec", "INVALID_JSON"),
+    ] {
+        let r = reroll(&gw, &key_id, ("authorization", &auth), &body).await;
+        let err = r.expect_error(400, "INVALID_ARGUMENT", reason);
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(field),
+            "{err}"
+        );
+    }
+    reroll(
+        &gw,
+        &key_id,
+        ("authorization", &auth),
+        &json!({"grace": 604_800}),
+    )
+    .await
+    .expect_status(200);
+    // The key (still in its grace) cannot reroll itself.
+    for auth in [
+        ("x-api-key", key.clone()),
+        ("authorization", format!("Bearer {key}")),
+    ] {
+        reroll(&gw, &key_id, (auth.0, &auth.1), &json!({}))
+            .await
+            .expect_error(403, "PERMISSION_DENIED", "ACCESSKEY_NOT_ALLOWED");
+    }
+    let stranger = unique("s");
+    gw.add_user(&stranger, &random_password(), &[]).await;
+    let theirs = gw.issue_token(&stranger).await;
+    reroll(
+        &gw,
+        &key_id,
+        ("authorization", &format!("Bearer {theirs}")),
+        &json!({}),
+    )
+    .await
+    .expect_error(404, "NOT_FOUND", "RESOURCE_NOT_FOUND");
+    reroll(&gw, "not-a-uuid", ("authorization", &auth), &json!({}))
+        .await
+        .expect_error(400, "INVALID_ARGUMENT", "INVALID_ID");
+    get(&gw.url("/x"), Some(&key), &[]).await.expect_status(200);
+}
+
+async fn revoke(gw: &Gateway, body: &Value) -> Resp {
+    request("POST", &gw.url(&format!("{KEYS}/revoke")), &[], Some(body)).await
+}
+
+#[tokio::test]
+async fn whoever_holds_a_key_can_revoke_it_by_value() {
+    let (_upstream, gw, jwt, created) = setup_with(|_| {}).await;
+    let key = token(&created);
+    get(&gw.url("/x"), Some(&key), &[]).await.expect_status(200);
+    let r = revoke(&gw, &json!({"token": key})).await;
+    r.expect_status(200);
+    assert_eq!(r.json(), json!({"revoked": true, "id": id(&created)}));
+    get(&gw.url("/x"), Some(&key), &[])
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    assert_eq!(
+        revoke(&gw, &json!({"token": key})).await.json(),
+        json!({"revoked": false})
+    );
+    for made_up in [
+        format!("ag_{}", "Q".repeat(49)),
+        "hello".to_owned(),
+        String::new(),
+    ] {
+        let r = revoke(&gw, &json!({"token": made_up})).await;
+        r.expect_status(200);
+        assert_eq!(r.json(), json!({"revoked": false}));
+    }
+
+    // A secret still in a reroll's grace revokes the key, new secret too.
+    let second = post_json(
+        &gw.url(KEYS),
+        Some(&jwt),
+        &json!({"name": "b", "expire": 600}),
+    )
+    .await
+    .json();
+    let old = token(&second);
+    let r = reroll(
+        &gw,
+        &id(&second),
+        ("authorization", &format!("Bearer {jwt}")),
+        &json!({"grace": 600}),
+    )
+    .await;
+    let new = token(&r.json());
+    get(&gw.url("/x"), Some(&new), &[]).await.expect_status(200);
+    get(&gw.url("/x"), Some(&old), &[]).await.expect_status(200);
+    let r = revoke(&gw, &json!({"token": old})).await;
+    assert_eq!(r.json(), json!({"revoked": true, "id": id(&second)}));
+    get(&gw.url("/x"), Some(&new), &[])
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    get(&gw.url("/x"), Some(&old), &[])
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+
+    // Bad bodies.
+    for (body, field) in [
+        (json!({}), "token"),
+        (json!({"token": 5}), "token"),
+        (json!({"token": "x", "id": "y"}), "id"),
+    ] {
+        let r = revoke(&gw, &body).await;
+        assert_eq!(r.status, 400, "{body}");
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "{body}"
+        );
+    }
+    let logs = gw.logs();
+    assert!(logs.contains("access key revoked by value"), "{logs}");
+    for secret in [&key, &old, &new] {
+        assert!(!logs.contains(&secret[3..]), "a key reached the log");
+    }
+}
+
+#[tokio::test]
+async fn revoking_by_value_is_bounded_per_address() {
+    let (_upstream, gw, _jwt, created) = setup_with(|_| {}).await;
+    let mut limited = None;
+    for i in 0..40 {
+        let r = revoke(
+            &gw,
+            &json!({"token": format!("ag_{}{i:02}", "Z".repeat(47))}),
+        )
+        .await;
+        if r.status == 429 {
+            limited = Some((i, r));
+            break;
+        }
+        r.expect_status(200);
+    }
+    let (at, r) = limited.expect("40 revocations from one address in a row were all served");
+    assert!(at >= 20, "limited after {at}");
+    r.expect_error(429, "RESOURCE_EXHAUSTED", "TOO_MANY_ATTEMPTS");
+    assert!(r.header("retry-after").is_some());
+    // The real key still works; only the revoke endpoint is bounded.
+    get(&gw.url("/x"), Some(&token(&created)), &[])
+        .await
+        .expect_status(200);
+}

@@ -12,10 +12,15 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{Context, caller, json, read_json};
+use crate::auth::throttle::address_block;
 use crate::auth::{AuthMethod, StoreUser, accesskey};
 use crate::body::Body;
 use crate::clock::{rfc3339, unix_now};
+use crate::config::ratelimit::{LimitBy, RateLimitRule};
 use crate::error::GatewayError;
+use crate::proxy::headers::client_ip;
+use crate::ratelimit::memory::MemoryBuckets;
+use crate::ratelimit::{Decision, Subject};
 use crate::scope::{KeyScope, check_fields};
 use crate::store::{AccessKey, Change, KeyUpdate};
 use crate::text::{MAX_DETAIL_CHARS, MAX_NAME_CHARS};
@@ -282,6 +287,126 @@ pub async fn update(
         ctx.gateway.cache.apply(&Change::Key(hash_hex));
     }
     Ok(json(StatusCode::OK, &view(&key)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RerollRequest {
+    /// Seconds the replaced secret keeps working (read as a value so that
+    /// a wrong type is answered naming the field).
+    grace: Option<serde_json::Value>,
+}
+
+/// `POST /v1.0/accesskeys/{id}/reroll {"grace": SECONDS}` (JWT only): a new
+/// secret for the same key, shown only in this answer (`token`). The one it
+/// replaces works until `grace` has passed, on every replica, then never
+/// again.
+pub async fn reroll(
+    request: Request<Incoming>,
+    ctx: &Context<'_>,
+    id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let identity = writer(&request, ctx).await?;
+    check_id(id)?;
+    let body: RerollRequest = read_json(request, ctx).await?;
+    let grace = match body.grace {
+        None | Some(serde_json::Value::Null) => 0,
+        Some(value) => value
+            .as_i64()
+            .filter(|secs| (0..=accesskey::MAX_REROLL_GRACE_SECS).contains(secs))
+            .ok_or(GatewayError::InvalidArgument(
+                "grace must be a whole number of seconds from 0 to 604800",
+            ))?,
+    };
+    let (key, hash_hex, prefix) = accesskey::fresh_secret();
+    let (stored, evict) = ctx
+        .gateway
+        .store
+        .reroll_key(id, scope(&identity), &hash_hex, &prefix, grace, unix_now())
+        .await?;
+    for hash_hex in evict {
+        ctx.gateway.cache.apply(&Change::Key(hash_hex));
+    }
+    let mut value = view(&stored);
+    value["token"] = serde_json::Value::String(key);
+    Ok(json(StatusCode::OK, &value))
+}
+
+/// Sustained revocations by value per client address and second.
+const REVOKE_RATE_PER_SEC: f64 = 1.0;
+/// Revocations by value one address may make at once.
+const REVOKE_BURST: u32 = 20;
+
+/// The per-address budget of [`revoke`]: it takes no credential, so
+/// without one an address could make the gateway hash and look up keys
+/// (and write to the store) as fast as it can send.
+pub(crate) fn revoke_bound() -> std::sync::Arc<MemoryBuckets> {
+    MemoryBuckets::new(&RateLimitRule {
+        name: std::sync::Arc::from("accesskeys_revoke"),
+        by: LimitBy::Address,
+        rate: REVOKE_RATE_PER_SEC,
+        burst: REVOKE_BURST,
+        path_prefix: None,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    token: Option<serde_json::Value>,
+}
+
+/// `POST /v1.0/accesskeys/revoke {"token": "ag_..."}`, with no other
+/// credential (holding the key is the proof): the key is deleted at once,
+/// whichever of its secrets was given. 200 `{"revoked": true, "id"}`, or
+/// `{"revoked": false}` for a key that is unknown (or not a key at all).
+/// Bounded per client address (429 `TOO_MANY_ATTEMPTS`).
+pub async fn revoke(
+    request: Request<Incoming>,
+    ctx: &Context<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    let ip = client_ip(
+        ctx.client.addr.ip(),
+        request.headers(),
+        &ctx.gateway.config.server.trusted_proxies,
+    );
+    let subject = Subject::Address(address_block(ip));
+    if let Decision::Limited { retry_after, .. } = ctx.gateway.revoke_bound.check(&subject) {
+        return Err(GatewayError::TooManyAttempts {
+            retry_after: retry_after.as_secs().max(1),
+        });
+    }
+    let body: RevokeRequest = read_json(request, ctx).await?;
+    let key = match body.token {
+        Some(serde_json::Value::String(key)) => key,
+        _ => {
+            return Err(GatewayError::InvalidArgument(
+                "token must be the access key (a string starting ag_)",
+            ));
+        }
+    };
+    // A mistyped or made-up key is no key: answered without the store.
+    let revoked = if accesskey::well_formed(&key) {
+        let hash_hex = hex::encode(accesskey::hash(&key));
+        ctx.gateway
+            .store
+            .revoke_key_by_hash(&hash_hex, unix_now())
+            .await?
+    } else {
+        None
+    };
+    let answer = match revoked {
+        Some((id, hashes)) => {
+            for hash_hex in hashes {
+                ctx.gateway.cache.apply(&Change::Key(hash_hex));
+            }
+            // The audit trail: which key, from where; never the key.
+            tracing::info!(key.id = %id, client.addr = %ip, "access key revoked by value");
+            serde_json::json!({ "revoked": true, "id": id })
+        }
+        None => serde_json::json!({ "revoked": false }),
+    };
+    Ok(json(StatusCode::OK, &answer))
 }
 
 /// `DELETE /v1.0/accesskeys/{id}`: the key stops working at once.

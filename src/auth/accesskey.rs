@@ -136,6 +136,18 @@ pub async fn issue(
     Ok(IssuedKey { stored, key })
 }
 
+/// A fresh secret for an existing key: the key itself (shown once), its
+/// hex hash and its shown prefix.
+pub fn fresh_secret() -> (String, String, String) {
+    let key = generate();
+    let hash_hex = hex::encode(hash(&key));
+    let prefix = token_prefix(&key).to_owned();
+    (key, hash_hex, prefix)
+}
+
+/// Longest grace a reroll may give the replaced secret: a week.
+pub const MAX_REROLL_GRACE_SECS: i64 = 7 * 86_400;
+
 /// Whether `key` may be a key of ours, so that it is worth a store lookup:
 /// a key with a checksum that checks, or a key of the shape made before
 /// checksums (`ag_` and 32 or more base64url characters, other than the

@@ -380,6 +380,102 @@ impl Store {
         Ok((key, evict))
     }
 
+    /// Gives a live key a new secret (`new_hash_hex`, shown prefix
+    /// `new_prefix`); id, name, scope, rate limit, enabled state and expiry
+    /// are kept. The secret it replaces keeps working for `grace` seconds
+    /// (not at all with `grace` 0); one replaced by an earlier reroll stops
+    /// at once. Every hash whose grant changed goes into the change log
+    /// and is returned for this process's cache.
+    pub async fn reroll_key(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        new_hash_hex: &str,
+        new_prefix: &str,
+        grace: i64,
+        now: i64,
+    ) -> Result<(AccessKey, Vec<String>), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT token_hash, old_token_hash FROM accesskeys \
+             WHERE id = $1 AND tm_delete IS NULL AND ($2 = '' OR username = $2)",
+        )
+        .bind(id)
+        .bind(owner.unwrap_or(""))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let evict = hashes_of(&row)?;
+        let replaced: String = row.try_get("token_hash")?;
+        // Times are whole seconds and `now` is truncated: one more second
+        // makes the grace last at least `grace` (and less than `grace + 1`).
+        let (old_hash, old_expire) = if grace > 0 {
+            (
+                Some(replaced.as_str()),
+                Some(now.saturating_add(grace).saturating_add(1)),
+            )
+        } else {
+            (None, None)
+        };
+        // Guarded by the secret read above: of two rerolls at once, the
+        // second finds nothing and is answered as not found.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE accesskeys SET token_hash = $1, token_prefix = $2, old_token_hash = $3, \
+               old_token_expire = $4, tm_rerolled = $5, tm_update = $5 \
+             WHERE id = $6 AND token_hash = $7 AND tm_delete IS NULL \
+             RETURNING {KEY_COLUMNS}"
+        )))
+        .bind(new_hash_hex)
+        .bind(new_prefix)
+        .bind(old_hash)
+        .bind(old_expire)
+        .bind(now)
+        .bind(id)
+        .bind(&replaced)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let key = key_from_row(&row)?;
+        for hash in &evict {
+            self.log_change(&mut tx, &Change::Key(hash.clone()), now)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok((key, evict))
+    }
+
+    /// Revokes (soft-deletes) the live key known by this hash: its secret,
+    /// or one a reroll replaced that is still in its grace. Returns its id
+    /// and every hash it was known by; `None` when there is no such key.
+    pub async fn revoke_key_by_hash(
+        &self,
+        hash_hex: &str,
+        now: i64,
+    ) -> Result<Option<(String, Vec<String>)>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "UPDATE accesskeys SET tm_delete = $2, tm_update = $2 \
+             WHERE (token_hash = $1 OR (old_token_hash = $1 AND old_token_expire > $2)) \
+               AND tm_delete IS NULL \
+             RETURNING id, token_hash, old_token_hash",
+        )
+        .bind(hash_hex)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: String = row.try_get("id")?;
+        let hashes = hashes_of(&row)?;
+        for hash in &hashes {
+            self.log_change(&mut tx, &Change::Key(hash.clone()), now)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Some((id, hashes)))
+    }
+
     /// Revokes (soft-deletes) a live key; returns it and the hashes it was
     /// known by (its secret, and one a reroll replaced).
     pub async fn delete_key(
