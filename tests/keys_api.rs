@@ -721,3 +721,48 @@ async fn revoking_by_value_is_bounded_per_address() {
         .await
         .expect_status(200);
 }
+
+/// `uses` counts the requests a key authenticated, written in batches:
+/// shown within 10 seconds, with one store write per key per flush.
+#[tokio::test]
+async fn uses_count_the_requests_a_key_authenticated() {
+    let (_upstream, gw, jwt, created) = setup_with(|_| {}).await;
+    assert_eq!(created["uses"], 0);
+    let key = token(&created);
+    let path = format!("{KEYS}/{}", id(&created));
+    for i in 0..7 {
+        let r = match i % 3 {
+            0 => get(&gw.url("/x"), Some(&key), &[]).await,
+            1 => get(&gw.url("/x"), None, &[("x-api-key", &key)]).await,
+            _ => {
+                get(
+                    &gw.url("/_authgate/verify"),
+                    None,
+                    &[("x-api-key", &key), ("x-forwarded-uri", "/x")],
+                )
+                .await
+            }
+        };
+        r.expect_status(200);
+    }
+    // Refused requests are not uses.
+    get(&gw.url("/x"), Some(&format!("{key}x")), &[])
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    let shown = poll_until(std::time::Duration::from_secs(10), || async {
+        get(&gw.url(&path), Some(&jwt), &[]).await.json()["uses"] == 7
+    })
+    .await;
+    let now = get(&gw.url(&path), Some(&jwt), &[]).await.json();
+    assert!(shown, "uses not 7 within 10 s: {now}");
+    assert!(
+        is_rfc3339_utc(now["tm_last_used"].as_str().unwrap()),
+        "{now}"
+    );
+    let listed = gw.cli_ok(&["key", "list"], None).await;
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&id(&created)))
+        .unwrap();
+    assert!(line.contains("\tyes\t7\t"), "{line}");
+}

@@ -315,15 +315,28 @@ impl Store {
         Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
     }
 
-    /// Records when keys were last used, in one transaction: `uses` are
-    /// `(key id, unix seconds)`; a time never moves backwards. Returns the
-    /// rows changed.
-    pub async fn record_key_uses(&self, uses: &[(uuid::Uuid, i64)]) -> Result<u64, StoreError> {
-        if uses.is_empty() {
+    /// Records when keys were last used and how often, in one transaction:
+    /// `uses` are `(key id, unix seconds)`, a time never moving backwards;
+    /// `counts` are `(key id, requests)`, added to `uses`. Returns the rows
+    /// changed.
+    pub async fn record_key_uses(
+        &self,
+        uses: &[(uuid::Uuid, i64)],
+        counts: &[(uuid::Uuid, u64)],
+    ) -> Result<u64, StoreError> {
+        if uses.is_empty() && counts.is_empty() {
             return Ok(0);
         }
         let mut tx = self.begin_write().await?;
         let mut changed = 0;
+        for (id, count) in counts {
+            changed += sqlx::query("UPDATE accesskeys SET uses = uses + $1 WHERE id = $2")
+                .bind(i64::try_from(*count).unwrap_or(i64::MAX))
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
         for (id, at) in uses {
             changed += sqlx::query(
                 "UPDATE accesskeys SET tm_last_used = $1 \
