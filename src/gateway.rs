@@ -148,17 +148,17 @@ impl Gateway {
                 store.clone(),
                 cache.clone(),
             )
-            .with_sources(config.credential_sources()),
+            .with_sources(credential_sources(&config)),
             throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
             forwarder: Forwarder::try_new(&config.upstream, &config.limits)?
-                .with_credential_sources(config.credential_sources()),
+                .with_credential_sources(credential_sources(&config)),
             oidc: crate::oidc::Providers::try_new(
                 &config.oidc,
                 &config.upstream,
                 config.jwt.leeway,
             )?,
             ratelimits: RateLimits::new(&config.ratelimit, metrics.clone(), previous_limits),
-            revoke_bound: crate::api::accesskeys::revoke_bound(),
+            revoke_bound: revoke_bound(),
             tls,
             certificates,
             // Set by the caller: it outlives snapshots.
@@ -225,5 +225,32 @@ impl Gateway {
                     .and_then(|t| t.acme.as_ref()),
             );
         }
+    }
+}
+
+/// Sustained revocations by value per client address and second.
+const REVOKE_RATE_PER_SEC: f64 = 1.0;
+/// Revocations by value one address may make at once.
+const REVOKE_BURST: u32 = 20;
+
+/// The per-address budget of `POST /v1.0/accesskeys/revoke`: it takes no credential, so
+/// without one an address could make the gateway hash and look up keys
+/// (and write to the store) as fast as it can send.
+fn revoke_bound() -> Arc<crate::ratelimit::memory::MemoryBuckets> {
+    crate::ratelimit::memory::MemoryBuckets::new(&crate::config::ratelimit::RateLimitRule {
+        name: Arc::from("accesskeys_revoke"),
+        by: crate::config::ratelimit::LimitBy::Address,
+        rate: REVOKE_RATE_PER_SEC,
+        burst: REVOKE_BURST,
+        path_prefix: None,
+    })
+}
+
+/// Where a request's credential may be, as `config` says: the access-key
+/// header and whether the query may carry one.
+pub fn credential_sources(config: &Config) -> crate::auth::extract::Sources {
+    crate::auth::extract::Sources {
+        key_header: config.accesskeys.header.clone(),
+        query: config.server.credentials_in_query,
     }
 }

@@ -16,10 +16,8 @@ use crate::auth::throttle::address_block;
 use crate::auth::{AuthMethod, StoreUser, accesskey};
 use crate::body::Body;
 use crate::clock::{rfc3339, unix_now};
-use crate::config::ratelimit::{LimitBy, RateLimitRule};
 use crate::error::GatewayError;
 use crate::proxy::headers::client_ip;
-use crate::ratelimit::memory::MemoryBuckets;
 use crate::ratelimit::{Decision, Subject};
 use crate::scope::{KeyScope, check_fields};
 use crate::store::{AccessKey, Change, KeyUpdate};
@@ -330,24 +328,6 @@ pub async fn reroll(
     let mut value = view(&stored);
     value["token"] = serde_json::Value::String(key);
     Ok(json(StatusCode::OK, &value))
-}
-
-/// Sustained revocations by value per client address and second.
-const REVOKE_RATE_PER_SEC: f64 = 1.0;
-/// Revocations by value one address may make at once.
-const REVOKE_BURST: u32 = 20;
-
-/// The per-address budget of [`revoke`]: it takes no credential, so
-/// without one an address could make the gateway hash and look up keys
-/// (and write to the store) as fast as it can send.
-pub(crate) fn revoke_bound() -> std::sync::Arc<MemoryBuckets> {
-    MemoryBuckets::new(&RateLimitRule {
-        name: std::sync::Arc::from("accesskeys_revoke"),
-        by: LimitBy::Address,
-        rate: REVOKE_RATE_PER_SEC,
-        burst: REVOKE_BURST,
-        path_prefix: None,
-    })
 }
 
 #[derive(Deserialize)]

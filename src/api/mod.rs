@@ -1,7 +1,7 @@
 //! The gateway's own endpoints. Paths here are fixed by the contract and
 //! are matched before any route.
 
-pub(crate) mod accesskeys;
+mod accesskeys;
 mod admin;
 mod login;
 mod oidc;

@@ -107,17 +107,6 @@ pub struct Config {
     pub oidc: Vec<OidcProviderConfig>,
 }
 
-impl Config {
-    /// Where a request's credential may be: the access-key header and
-    /// whether the query may carry one.
-    pub fn credential_sources(&self) -> crate::auth::extract::Sources {
-        crate::auth::extract::Sources {
-            key_header: self.accesskeys.header.clone(),
-            query: self.server.credentials_in_query,
-        }
-    }
-}
-
 /// One `[[oidc]]` provider, validated.
 #[derive(Debug, Clone)]
 pub struct OidcProviderConfig {

@@ -555,6 +555,19 @@ const KEY_HEADER_TAKEN: [&str; 16] = [
     "x-request-id",
 ];
 
+/// Families of headers the gateway removes before anything reads them
+/// (identity, forwarding; the whole list is `RESERVED_REQUEST_HEADERS` in
+/// `proxy::headers`, which `config` must not import).
+const KEY_HEADER_TAKEN_FAMILIES: [&str; 7] = [
+    "x-auth-",
+    "x-forwarded",
+    "forwarded",
+    "x-original-",
+    "x-real-ip",
+    "x-client-",
+    "x-http-method",
+];
+
 /// `accesskeys.header`: `None` for `""`; otherwise a header name that is
 /// not one the gateway reads or sets for something else (a key header named
 /// `Authorization` or `Cookie` would make every JWT or cookie a key; one
@@ -570,7 +583,9 @@ fn key_header(name: &str, p: &mut Problems) -> Option<http::HeaderName> {
     };
     let folded = header.as_str().replace('_', "-");
     let taken = KEY_HEADER_TAKEN.contains(&folded.as_str())
-        || crate::proxy::headers::is_reserved_request_header(folded.as_bytes());
+        || KEY_HEADER_TAKEN_FAMILIES
+            .iter()
+            .any(|family| folded.starts_with(family));
     if taken {
         p.add(
             "accesskeys.header",

@@ -246,7 +246,7 @@ const GATEWAY_SET_HEADERS: [&str; 4] = [
 
 /// Whether a (lower-case) request header name is one that
 /// [`remove_identity_headers`] removes.
-pub(crate) fn is_reserved_request_header(name: &[u8]) -> bool {
+fn is_reserved_request_header(name: &[u8]) -> bool {
     if GATEWAY_SET_HEADERS
         .iter()
         .any(|ours| name == ours.as_bytes())
