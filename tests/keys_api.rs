@@ -766,3 +766,25 @@ async fn uses_count_the_requests_a_key_authenticated() {
         .unwrap();
     assert!(line.contains("\tyes\t7\t"), "{line}");
 }
+
+/// A key's own rate limit is not built yet: asking for one is refused,
+/// never silently ignored, and the object says `"rate_limit": null`.
+#[tokio::test]
+async fn a_rate_limit_on_create_is_refused_until_supported() {
+    let (_upstream, gw, jwt, created) = setup_with(|_| {}).await;
+    assert_eq!(created["rate_limit"], Value::Null);
+    let r = post_json(
+        &gw.url(KEYS),
+        Some(&jwt),
+        &json!({"name": "r", "expire": 60, "rate_limit": {"rate": 1, "burst": 1}}),
+    )
+    .await;
+    let err = r.expect_error(400, "INVALID_ARGUMENT", "INVALID_FIELD");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rate_limit"),
+        "{err}"
+    );
+}

@@ -40,6 +40,9 @@ struct CreateRequest {
     methods: Option<Vec<String>>,
     #[serde(default)]
     path_prefixes: Option<Vec<String>>,
+    /// A key's own budget: not built yet, so refused rather than ignored
+    /// (a caller must not believe a limit applies).
+    rate_limit: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +77,8 @@ fn view(key: &AccessKey) -> serde_json::Value {
         "enabled": key.enabled,
         "uses": key.uses,
         "tm_rerolled": key.tm_rerolled.map(rfc3339).unwrap_or_default(),
+        // No key has a budget of its own yet (see `CreateRequest`).
+        "rate_limit": serde_json::Value::Null,
     })
 }
 
@@ -210,6 +215,11 @@ pub async fn create(
             "expire must be a whole number of seconds from 1 to ten years",
         ))?;
     check_text(&body.name, &body.detail)?;
+    if body.rate_limit.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(GatewayError::InvalidArgument(
+            "rate_limit: a key's own rate limit is not supported by this gateway yet",
+        ));
+    }
     let scope = KeyScope {
         roles: body.roles,
         methods: body.methods.unwrap_or_default(),
