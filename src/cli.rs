@@ -145,6 +145,25 @@ pub enum KeyCommand {
         /// Key id (UUID).
         id: String,
     },
+    /// Disable an access key: refused like a deleted one until enabled.
+    Disable {
+        /// Key id (UUID).
+        id: String,
+    },
+    /// Enable a disabled access key again.
+    Enable {
+        /// Key id (UUID).
+        id: String,
+    },
+    /// Give an access key a new secret, shown only here; the old one keeps
+    /// working for --grace seconds (0 to 604800, default 0).
+    Reroll {
+        /// Key id (UUID).
+        id: String,
+        /// Seconds the old secret keeps working.
+        #[arg(long, default_value_t = 0)]
+        grace: u64,
+    },
 }
 
 /// `authgate token ...`
@@ -568,7 +587,9 @@ async fn key(
             println!("key: {}", created.key);
         }
         KeyCommand::List { user } => {
-            println!("ID\tUSER\tNAME\tTOKEN_PREFIX\tEXPIRES\tLAST_USED\tROLES\tMETHODS\tPATHS");
+            println!(
+                "ID\tUSER\tNAME\tTOKEN_PREFIX\tEXPIRES\tLAST_USED\tROLES\tMETHODS\tPATHS\tENABLED\tUSES\tREROLLED"
+            );
             let mut before: Option<String> = None;
             loop {
                 let page = store.keys(user.as_deref(), before.as_deref(), 500).await?;
@@ -578,7 +599,7 @@ async fn key(
                         items => items.join(","),
                     };
                     println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                         key.id,
                         escape(&key.username),
                         escape(&key.name),
@@ -591,6 +612,9 @@ async fn key(
                             .map_or_else(|| "(owner's)".to_owned(), |roles| roles.join(",")),
                         list(&key.scope.methods),
                         list(&key.scope.path_prefixes),
+                        if key.enabled { "yes" } else { "no" },
+                        key.uses,
+                        key.tm_rerolled.map(rfc3339).unwrap_or_else(|| "-".into()),
                     );
                 }
                 match page.last() {
@@ -609,7 +633,50 @@ async fn key(
             };
             println!("revoked key {id}");
         }
+        KeyCommand::Disable { id } => set_key_enabled(&store, &id, false).await?,
+        KeyCommand::Enable { id } => set_key_enabled(&store, &id, true).await?,
+        KeyCommand::Reroll { id, grace } => {
+            if uuid::Uuid::parse_str(&id).is_err() {
+                return Err(fail(format!("{id:?} is not a key id (UUID)")));
+            }
+            let grace = i64::try_from(grace)
+                .ok()
+                .filter(|grace| *grace <= accesskey::MAX_REROLL_GRACE_SECS)
+                .ok_or_else(|| fail("--grace must be from 0 to 604800 seconds"))?;
+            let (key, hash_hex, prefix) = accesskey::fresh_secret();
+            // The change log carries the replaced secret's new end to every
+            // running gateway.
+            match store
+                .reroll_key(&id, None, &hash_hex, &prefix, grace, unix_now())
+                .await
+            {
+                Err(StoreError::NotFound) => return Err(fail(format!("no live key with id {id}"))),
+                other => other?,
+            };
+            println!("id: {id}");
+            println!("key: {key}");
+        }
     }
+    Ok(())
+}
+
+/// `key disable` / `key enable`: the change log carries it to every
+/// running gateway, which forgets what it cached about the key.
+async fn set_key_enabled(store: &Store, id: &str, enabled: bool) -> Result<(), CliError> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(fail(format!("{id:?} is not a key id (UUID)")));
+    }
+    let current = match store.key(id, None).await {
+        Err(StoreError::NotFound) => return Err(fail(format!("no live key with id {id}"))),
+        other => other?,
+    };
+    let update = crate::store::KeyUpdate {
+        name: &current.name,
+        detail: &current.detail,
+        enabled: Some(enabled),
+    };
+    store.update_key(id, None, update, unix_now()).await?;
+    println!("{} key {id}", if enabled { "enabled" } else { "disabled" });
     Ok(())
 }
 

@@ -44,6 +44,12 @@ pub enum GatewayError {
     /// encoding (e.g. a bad chunk-size line) or a body cut short.
     #[error("the request body is malformed (bad chunked encoding) or ended early")]
     InvalidBody,
+    /// A credential in the query (`?token=`, `?accesskey=`) where
+    /// `[server] credentials_in_query = false`.
+    #[error(
+        "credentials in the query string are turned off here; send the key in a header (Authorization: Bearer, X-API-Key) or a cookie"
+    )]
+    CredentialInQuery,
     /// Two different credentials came with one request.
     #[error("the request carries two different credentials; send exactly one")]
     ConflictingCredentials,
@@ -57,7 +63,7 @@ pub enum GatewayError {
     ConflictingForwardedHeaders,
     /// No credential came with a request that needs one.
     #[error(
-        "this route requires a credential: a Bearer token, ?token=, ?accesskey= or the token/accesskey cookie"
+        "this route requires a credential: a Bearer token or access key, the access-key header, ?token=, ?accesskey= or the token/accesskey cookie"
     )]
     AuthenticationRequired,
     /// A credential came but is wrong, malformed, expired, revoked or badly signed.
@@ -236,6 +242,7 @@ impl GatewayError {
             InvalidHost => (BAD_REQUEST, "INVALID_HOST"),
             InvalidBody => (BAD_REQUEST, "INVALID_BODY"),
             ConflictingCredentials => (BAD_REQUEST, "CONFLICTING_CREDENTIALS"),
+            CredentialInQuery => (BAD_REQUEST, "CREDENTIAL_IN_QUERY"),
             ConflictingForwardedHeaders => (BAD_REQUEST, "CONFLICTING_FORWARDED_HEADERS"),
             AuthenticationRequired => (UNAUTHENTICATED, "AUTHENTICATION_REQUIRED"),
             InvalidCredentials { .. } => (UNAUTHENTICATED, "INVALID_CREDENTIALS"),
@@ -453,6 +460,12 @@ mod tests {
                 400,
                 "INVALID_ARGUMENT",
                 "CONFLICTING_CREDENTIALS",
+            ),
+            (
+                GatewayError::CredentialInQuery,
+                400,
+                "INVALID_ARGUMENT",
+                "CREDENTIAL_IN_QUERY",
             ),
             (
                 GatewayError::ConflictingForwardedHeaders,

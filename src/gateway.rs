@@ -52,6 +52,9 @@ pub struct Gateway {
     pub oidc: crate::oidc::Providers,
     /// The rate-limit rules and their buckets.
     pub ratelimits: RateLimits,
+    /// Per-address budget of `POST /v1.0/accesskeys/revoke`, which needs
+    /// no credential.
+    pub revoke_bound: Arc<crate::ratelimit::memory::MemoryBuckets>,
 }
 
 /// Why the gateway's shared state could not be built at start.
@@ -156,7 +159,8 @@ impl Gateway {
                 providers,
                 store.clone(),
                 cache.clone(),
-            ),
+            )
+            .with_sources(credential_sources(&config)),
             throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
             forwarder: Forwarder::try_new(
                 &config.upstream,
@@ -165,13 +169,15 @@ impl Gateway {
                     .assertion
                     .clone()
                     .map(|assertion| Assertions::new(assertion, config.jwt.keys.clone())),
-            )?,
+            )?
+            .with_credential_sources(credential_sources(&config)),
             oidc: crate::oidc::Providers::try_new(
                 &config.oidc,
                 &config.upstream,
                 config.jwt.leeway,
             )?,
             ratelimits: RateLimits::new(&config.ratelimit, metrics.clone(), previous_limits),
+            revoke_bound: revoke_bound(),
             tls,
             certificates,
             // Set by the caller: it outlives snapshots.
@@ -238,5 +244,32 @@ impl Gateway {
                     .and_then(|t| t.acme.as_ref()),
             );
         }
+    }
+}
+
+/// Sustained revocations by value per client address and second.
+const REVOKE_RATE_PER_SEC: f64 = 1.0;
+/// Revocations by value one address may make at once.
+const REVOKE_BURST: u32 = 20;
+
+/// The per-address budget of `POST /v1.0/accesskeys/revoke`: it takes no credential, so
+/// without one an address could make the gateway hash and look up keys
+/// (and write to the store) as fast as it can send.
+fn revoke_bound() -> Arc<crate::ratelimit::memory::MemoryBuckets> {
+    crate::ratelimit::memory::MemoryBuckets::new(&crate::config::ratelimit::RateLimitRule {
+        name: Arc::from("accesskeys_revoke"),
+        by: crate::config::ratelimit::LimitBy::Address,
+        rate: REVOKE_RATE_PER_SEC,
+        burst: REVOKE_BURST,
+        path_prefix: None,
+    })
+}
+
+/// Where a request's credential may be, as `config` says: the access-key
+/// header and whether the query may carry one.
+pub fn credential_sources(config: &Config) -> crate::auth::extract::Sources {
+    crate::auth::extract::Sources {
+        key_header: config.accesskeys.header.clone(),
+        query: config.server.credentials_in_query,
     }
 }

@@ -61,6 +61,15 @@ pub async fn judge<'g>(
     ctx: &mut RequestContext,
 ) -> Result<Permit<'g>, GatewayError> {
     let path = request.path.as_str();
+    // The judged query of a verify request comes from a header: refused
+    // here too, whether or not the route needs a credential.
+    if !gateway.config.server.credentials_in_query
+        && request
+            .query
+            .is_some_and(crate::auth::extract::query_carries_credential)
+    {
+        return Err(GatewayError::CredentialInQuery);
+    }
     let matched = gateway
         .config
         .routes

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::api::{self, Endpoint};
-use crate::auth::extract::carries_credential;
+use crate::auth::extract::{carries_credential, query_carries_credential};
 use crate::body::Body;
 use crate::conn::ClientInfo;
 use crate::context::RequestContext;
@@ -44,8 +44,11 @@ pub async fn handle(
     // 101), it is this caller's alone when a credential came with it. A
     // verify answer judges one held request, whose credential may be in
     // the judged query: always the caller's.
-    let credential = carries_credential(request.headers(), request.uri().query())
-        || verify::verify_suffix(request.uri().path()).is_some();
+    let credential = carries_credential(
+        request.headers(),
+        request.uri().query(),
+        gateway.auth.sources(),
+    ) || verify::verify_suffix(request.uri().path()).is_some();
     let span = ctx.span();
     let over_tls = client.tls;
     async move {
@@ -108,6 +111,13 @@ async fn handle_inner(
         return https_redirect(gateway, &request);
     }
     let path = CheckedPath::new(request.uri().path()).map_err(|_| GatewayError::InvalidPath)?;
+    // Refused on every path, public ones and the gateway's own included:
+    // the operator wants no secret in any URL a log in front keeps.
+    if !gateway.config.server.credentials_in_query
+        && request.uri().query().is_some_and(query_carries_credential)
+    {
+        return Err(GatewayError::CredentialInQuery);
+    }
 
     if let Some(suffix) = verify::verify_suffix(path.as_str()) {
         ctx.verifying();

@@ -446,3 +446,114 @@ async fn concurrent_wrong_passwords_on_two_replicas_are_checked_at_most_max_fail
         );
     }
 }
+
+/// Issue 24: a key disabled on one replica is refused on the other within
+/// [`ACROSS_REPLICAS`], even where it was cached, and works there again
+/// once enabled (the negative entry is forgotten too).
+#[tokio::test]
+async fn a_key_disabled_on_one_replica_is_refused_on_the_other_and_enabled_again() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("alice", "alice-password", &[]).await;
+    let token = login_ok(&a, "alice", "alice-password").await;
+    let created = post_json(
+        &a.url("/v1.0/accesskeys"),
+        Some(&token),
+        &json!({"name": "k", "expire": 3600}),
+    )
+    .await;
+    created.expect_status(200);
+    let key = created.json()["token"].as_str().unwrap().to_string();
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let on_b = b.url("/data");
+    assert_eq!(get(&on_b, Some(&key), &[]).await.status, 200);
+
+    let bearer = format!("Bearer {token}");
+    let path = a.url(&format!("/v1.0/accesskeys/{id}"));
+    request(
+        "PUT",
+        &path,
+        &[("authorization", bearer.as_str())],
+        Some(&json!({"enabled": false})),
+    )
+    .await
+    .expect_status(200);
+    assert!(
+        time_until_status(&on_b, Some(&key), 401, ACROSS_REPLICAS)
+            .await
+            .is_some(),
+        "replica B still accepted the disabled key after {ACROSS_REPLICAS:?}"
+    );
+    request(
+        "PUT",
+        &path,
+        &[("authorization", bearer.as_str())],
+        Some(&json!({"enabled": true})),
+    )
+    .await
+    .expect_status(200);
+    assert!(
+        time_until_status(&on_b, Some(&key), 200, ACROSS_REPLICAS)
+            .await
+            .is_some(),
+        "replica B still refused the enabled key after {ACROSS_REPLICAS:?}"
+    );
+}
+
+/// Issue 24: a key rerolled on one replica with a grace: on the other, the
+/// old secret (cached there) works through the grace and is refused after
+/// it; the new one works at once.
+#[tokio::test]
+async fn a_rerolled_keys_old_secret_ends_with_its_grace_on_the_other_replica() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("alice", "alice-password", &[]).await;
+    let token = login_ok(&a, "alice", "alice-password").await;
+    let created = post_json(
+        &a.url("/v1.0/accesskeys"),
+        Some(&token),
+        &json!({"name": "k", "expire": 3600}),
+    )
+    .await;
+    created.expect_status(200);
+    let old = created.json()["token"].as_str().unwrap().to_string();
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let on_b = b.url("/data");
+    assert_eq!(get(&on_b, Some(&old), &[]).await.status, 200);
+
+    let grace = Duration::from_secs(3);
+    let rerolled = post_json(
+        &a.url(&format!("/v1.0/accesskeys/{id}/reroll")),
+        Some(&token),
+        &json!({"grace": grace.as_secs()}),
+    )
+    .await;
+    rerolled.expect_status(200);
+    let started = Instant::now();
+    let new = rerolled.json()["token"].as_str().unwrap().to_string();
+    assert!(
+        time_until_status(&on_b, Some(&new), 200, ACROSS_REPLICAS)
+            .await
+            .is_some(),
+        "the new secret did not work on B"
+    );
+    assert_eq!(
+        get(&on_b, Some(&old), &[]).await.status,
+        200,
+        "within the grace"
+    );
+    let refused_after = time_until_status(&on_b, Some(&old), 401, grace + ACROSS_REPLICAS)
+        .await
+        .map(|_| started.elapsed());
+    let refused_after = refused_after.expect("the old secret still worked on B after its grace");
+    assert!(
+        refused_after >= grace - Duration::from_millis(200),
+        "refused before the grace ended: {refused_after:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&on_b, Some(&old), &[]).await.status, 401, "never again");
+    assert_eq!(get(&a.url("/data"), Some(&old), &[]).await.status, 401);
+    assert_eq!(get(&on_b, Some(&new), &[]).await.status, 200);
+}

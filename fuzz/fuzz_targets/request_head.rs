@@ -71,7 +71,8 @@ fuzz_target!(|data: &[u8]| {
     );
     let upstream: Uri = UPSTREAM.parse().unwrap();
     let id = HeaderValue::from_static("fuzz-request");
-    if rewrite_head(&mut parts, &upstream, identity.as_ref(), &client, &id).is_err() {
+    let sources = authgate::auth::extract::Sources::default();
+    if rewrite_head(&mut parts, &upstream, identity.as_ref(), &client, &id, &sources).is_err() {
         return;
     }
     let h = &parts.headers;

@@ -12,12 +12,15 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{Context, caller, json, read_json};
+use crate::auth::throttle::address_block;
 use crate::auth::{AuthMethod, StoreUser, accesskey};
 use crate::body::Body;
 use crate::clock::{rfc3339, unix_now};
 use crate::error::GatewayError;
+use crate::proxy::headers::client_ip;
+use crate::ratelimit::{Decision, Subject};
 use crate::scope::{KeyScope, check_fields};
-use crate::store::{AccessKey, Change};
+use crate::store::{AccessKey, Change, KeyUpdate};
 use crate::text::{MAX_DETAIL_CHARS, MAX_NAME_CHARS};
 
 /// Keys per page when `page_size` is not given, and the most allowed.
@@ -37,12 +40,19 @@ struct CreateRequest {
     methods: Option<Vec<String>>,
     #[serde(default)]
     path_prefixes: Option<Vec<String>>,
+    /// A key's own budget: not built yet, so refused rather than ignored
+    /// (a caller must not believe a limit applies).
+    rate_limit: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UpdateRequest {
     name: Option<String>,
     detail: Option<String>,
+    /// `false` disables the key, `true` enables it again (read as a value
+    /// so that a wrong type is answered naming the field).
+    enabled: Option<serde_json::Value>,
     // Present only to be refused: a scope is fixed at creation.
     roles: Option<serde_json::Value>,
     methods: Option<serde_json::Value>,
@@ -64,6 +74,11 @@ fn view(key: &AccessKey) -> serde_json::Value {
         "roles": key.scope.roles,
         "methods": key.scope.methods,
         "path_prefixes": key.scope.path_prefixes,
+        "enabled": key.enabled,
+        "uses": key.uses,
+        "tm_rerolled": key.tm_rerolled.map(rfc3339).unwrap_or_default(),
+        // No key has a budget of its own yet (see `CreateRequest`).
+        "rate_limit": serde_json::Value::Null,
     })
 }
 
@@ -200,6 +215,11 @@ pub async fn create(
             "expire must be a whole number of seconds from 1 to ten years",
         ))?;
     check_text(&body.name, &body.detail)?;
+    if body.rate_limit.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(GatewayError::InvalidArgument(
+            "rate_limit: a key's own rate limit is not supported by this gateway yet",
+        ));
+    }
     let scope = KeyScope {
         roles: body.roles,
         methods: body.methods.unwrap_or_default(),
@@ -233,8 +253,9 @@ pub async fn get(
     Ok(json(StatusCode::OK, &view(&key)))
 }
 
-/// `PUT /v1.0/accesskeys/{id} {"name","detail"}`; a field left out keeps
-/// its value.
+/// `PUT /v1.0/accesskeys/{id} {"name","detail","enabled"}`; a field left
+/// out keeps its value. Disabling or enabling evicts the key from every
+/// replica's cache through the change log.
 pub async fn update(
     request: Request<Incoming>,
     ctx: &Context<'_>,
@@ -248,15 +269,134 @@ pub async fn update(
             "a key's roles, methods and path_prefixes are fixed when it is created",
         ));
     }
+    let enabled = match body.enabled {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(enabled)) => Some(enabled),
+        Some(_) => {
+            return Err(GatewayError::InvalidArgument(
+                "enabled must be true or false",
+            ));
+        }
+    };
     let store = &ctx.gateway.store;
     let current = store.key(id, scope(&identity)).await?;
     let name = body.name.unwrap_or(current.name);
     let detail = body.detail.unwrap_or(current.detail);
     check_text(&name, &detail)?;
-    let key = store
-        .update_key(id, scope(&identity), &name, &detail, unix_now())
+    let update = KeyUpdate {
+        name: &name,
+        detail: &detail,
+        enabled,
+    };
+    let (key, evict) = store
+        .update_key(id, scope(&identity), update, unix_now())
         .await?;
+    for hash_hex in evict {
+        ctx.gateway.cache.apply(&Change::Key(hash_hex));
+    }
     Ok(json(StatusCode::OK, &view(&key)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RerollRequest {
+    /// Seconds the replaced secret keeps working (read as a value so that
+    /// a wrong type is answered naming the field).
+    grace: Option<serde_json::Value>,
+}
+
+/// `POST /v1.0/accesskeys/{id}/reroll {"grace": SECONDS}` (JWT only): a new
+/// secret for the same key, shown only in this answer (`token`). The one it
+/// replaces works until `grace` has passed, on every replica, then never
+/// again.
+pub async fn reroll(
+    request: Request<Incoming>,
+    ctx: &Context<'_>,
+    id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let identity = writer(&request, ctx).await?;
+    check_id(id)?;
+    let body: RerollRequest = read_json(request, ctx).await?;
+    let grace = match body.grace {
+        None | Some(serde_json::Value::Null) => 0,
+        Some(value) => value
+            .as_i64()
+            .filter(|secs| (0..=accesskey::MAX_REROLL_GRACE_SECS).contains(secs))
+            .ok_or(GatewayError::InvalidArgument(
+                "grace must be a whole number of seconds from 0 to 604800",
+            ))?,
+    };
+    let (key, hash_hex, prefix) = accesskey::fresh_secret();
+    let (stored, evict) = ctx
+        .gateway
+        .store
+        .reroll_key(id, scope(&identity), &hash_hex, &prefix, grace, unix_now())
+        .await?;
+    for hash_hex in evict {
+        ctx.gateway.cache.apply(&Change::Key(hash_hex));
+    }
+    let mut value = view(&stored);
+    value["token"] = serde_json::Value::String(key);
+    Ok(json(StatusCode::OK, &value))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    token: Option<serde_json::Value>,
+}
+
+/// `POST /v1.0/accesskeys/revoke {"token": "ag_..."}`, with no other
+/// credential (holding the key is the proof): the key is deleted at once,
+/// whichever of its secrets was given. 200 `{"revoked": true, "id"}`, or
+/// `{"revoked": false}` for a key that is unknown (or not a key at all).
+/// Bounded per client address (429 `TOO_MANY_ATTEMPTS`).
+pub async fn revoke(
+    request: Request<Incoming>,
+    ctx: &Context<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    let ip = client_ip(
+        ctx.client.addr.ip(),
+        request.headers(),
+        &ctx.gateway.config.server.trusted_proxies,
+    );
+    let subject = Subject::Address(address_block(ip));
+    if let Decision::Limited { retry_after, .. } = ctx.gateway.revoke_bound.check(&subject) {
+        return Err(GatewayError::TooManyAttempts {
+            retry_after: retry_after.as_secs().max(1),
+        });
+    }
+    let body: RevokeRequest = read_json(request, ctx).await?;
+    let key = match body.token {
+        Some(serde_json::Value::String(key)) => key,
+        _ => {
+            return Err(GatewayError::InvalidArgument(
+                "token must be the access key (a string starting ag_)",
+            ));
+        }
+    };
+    // A mistyped or made-up key is no key: answered without the store.
+    let revoked = if accesskey::well_formed(&key) {
+        let hash_hex = hex::encode(accesskey::hash(&key));
+        ctx.gateway
+            .store
+            .revoke_key_by_hash(&hash_hex, unix_now())
+            .await?
+    } else {
+        None
+    };
+    let answer = match revoked {
+        Some((id, hashes)) => {
+            for hash_hex in hashes {
+                ctx.gateway.cache.apply(&Change::Key(hash_hex));
+            }
+            // The audit trail: which key, from where; never the key.
+            tracing::info!(key.id = %id, client.addr = %ip, "access key revoked by value");
+            serde_json::json!({ "revoked": true, "id": id })
+        }
+        None => serde_json::json!({ "revoked": false }),
+    };
+    Ok(json(StatusCode::OK, &answer))
 }
 
 /// `DELETE /v1.0/accesskeys/{id}`: the key stops working at once.
@@ -267,13 +407,15 @@ pub async fn delete(
 ) -> Result<Response<Body>, GatewayError> {
     let identity = writer(&request, ctx).await?;
     check_id(id)?;
-    let (key, hash_hex) = ctx
+    let (key, hashes) = ctx
         .gateway
         .store
         .delete_key(id, scope(&identity), unix_now())
         .await?;
     // The same eviction other processes apply when they read the change log.
-    ctx.gateway.cache.apply(&Change::Key(hash_hex));
+    for hash_hex in hashes {
+        ctx.gateway.cache.apply(&Change::Key(hash_hex));
+    }
     Ok(json(StatusCode::OK, &view(&key)))
 }
 

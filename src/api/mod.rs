@@ -36,6 +36,10 @@ pub enum Endpoint {
     AccessKeys,
     /// `/v1.0/accesskeys/{id}`
     AccessKey(String),
+    /// `/v1.0/accesskeys/{id}/reroll`
+    RerollKey(String),
+    /// `/v1.0/accesskeys/revoke`
+    RevokeKey,
     /// `/.well-known/jwks.json`
     Jwks,
     /// `/healthz`
@@ -61,6 +65,7 @@ impl Endpoint {
             "/auth/onetimekey" => Endpoint::OneTimeKey,
             "/auth/onetimekey/login" => Endpoint::OneTimeKeyLogin,
             "/v1.0/accesskeys" | "/v1.0/accesskeys/" => Endpoint::AccessKeys,
+            "/v1.0/accesskeys/revoke" => Endpoint::RevokeKey,
             "/.well-known/jwks.json" => Endpoint::Jwks,
             "/healthz" => Endpoint::Healthz,
             "/readyz" => Endpoint::Readyz,
@@ -68,7 +73,10 @@ impl Endpoint {
             "/_authgate" => Endpoint::Reserved,
             _ => {
                 if let Some(id) = path.strip_prefix("/v1.0/accesskeys/") {
-                    Endpoint::AccessKey(id.to_owned())
+                    match id.strip_suffix("/reroll") {
+                        Some(id) => Endpoint::RerollKey(id.to_owned()),
+                        None => Endpoint::AccessKey(id.to_owned()),
+                    }
                 } else if let Some((name, action)) = path
                     .strip_prefix("/auth/oidc/")
                     .and_then(|rest| rest.split_once('/'))
@@ -95,7 +103,8 @@ impl Endpoint {
             Endpoint::Logout => "logout",
             Endpoint::OneTimeKey => "onetimekey",
             Endpoint::OneTimeKeyLogin => "onetimekey_login",
-            Endpoint::AccessKeys | Endpoint::AccessKey(_) => "accesskeys",
+            Endpoint::AccessKeys | Endpoint::AccessKey(_) | Endpoint::RerollKey(_) => "accesskeys",
+            Endpoint::RevokeKey => "accesskeys_revoke",
             Endpoint::Jwks => "jwks",
             Endpoint::Healthz => "healthz",
             Endpoint::Readyz => "readyz",
@@ -132,6 +141,8 @@ pub async fn serve(
         (Endpoint::AccessKey(id), Method::GET) => accesskeys::get(request, &ctx, &id).await,
         (Endpoint::AccessKey(id), Method::PUT) => accesskeys::update(request, &ctx, &id).await,
         (Endpoint::AccessKey(id), Method::DELETE) => accesskeys::delete(request, &ctx, &id).await,
+        (Endpoint::RerollKey(id), Method::POST) => accesskeys::reroll(request, &ctx, &id).await,
+        (Endpoint::RevokeKey, Method::POST) => accesskeys::revoke(request, &ctx).await,
         (Endpoint::Jwks, Method::GET | Method::HEAD) => Ok(ops::jwks(&ctx)),
         (Endpoint::Healthz, Method::GET | Method::HEAD) => Ok(ops::healthz()),
         (Endpoint::Readyz, Method::GET | Method::HEAD) => ops::readyz(&ctx).await,

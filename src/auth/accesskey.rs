@@ -1,6 +1,13 @@
-//! Access keys: their format (`ag_` + 43 base64url characters, 256 random
-//! bits) and their issue, shared by the API and the CLI. The store keeps
-//! only the SHA-256 of a key and its first characters.
+//! Access keys: their format and their issue, shared by the API and the
+//! CLI. The store keeps only the SHA-256 of a key and its first characters.
+//!
+//! A key is `ag_`, 43 base64url characters (256 random bits) and, in keys
+//! made since issue 24, 6 base62 characters of the CRC-32 of everything
+//! before them (GitHub's token format is the model). The checksum lets a
+//! mistyped or made-up key be refused without a store lookup, and lets a
+//! secret scanner tell our keys from random strings:
+//! `ag_[A-Za-z0-9_-]{43}[A-Za-z0-9]{6}` whose last 6 characters check.
+//! Keys made before carry no checksum and keep working.
 
 use sha2::{Digest, Sha256};
 
@@ -13,6 +20,16 @@ pub const KEY_PREFIX: &str = "ag_";
 pub const TOKEN_PREFIX_CHARS: usize = 11;
 /// Random bytes in a key.
 const KEY_RANDOM_BYTES: usize = 32;
+/// Base64url characters the random bytes take.
+const KEY_RANDOM_CHARS: usize = 43;
+/// Base62 characters of the checksum (62^6 > 2^32).
+const CHECKSUM_CHARS: usize = 6;
+/// Length of a key made before checksums: `ag_` + 43.
+const LEGACY_KEY_CHARS: usize = KEY_PREFIX.len() + KEY_RANDOM_CHARS;
+/// Length of a key with a checksum.
+pub const KEY_CHARS: usize = LEGACY_KEY_CHARS + CHECKSUM_CHARS;
+/// Base62 digits, in order.
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 /// Keys longer than this are refused before hashing.
 pub const MAX_KEY_BYTES: usize = 256;
 /// The longest lifetime a key may be given: ten years.
@@ -21,9 +38,38 @@ pub const MAX_EXPIRE_SECS: i64 = 10 * 366 * 86_400;
 /// The SHA-256 of a key: what the store and the cache know it by.
 pub type KeyHash = [u8; 32];
 
-/// A fresh random key.
+/// A fresh random key, with its checksum.
 pub fn generate() -> String {
-    format!("{KEY_PREFIX}{}", super::random_token(KEY_RANDOM_BYTES))
+    let mut key = format!("{KEY_PREFIX}{}", super::random_token(KEY_RANDOM_BYTES));
+    let checksum = checksum(key.as_bytes());
+    key.push_str(&checksum);
+    key
+}
+
+/// The checksum of a key's body (`ag_` and the random part): its CRC-32
+/// (IEEE, as zlib and PNG) in 6 base62 digits, most significant first.
+fn checksum(body: &[u8]) -> String {
+    let mut value = u64::from(crc32(body));
+    let mut digits = [b'0'; CHECKSUM_CHARS];
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(value % 62) as usize];
+        value /= 62;
+    }
+    digits.iter().map(|&d| char::from(d)).collect()
+}
+
+/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320). Bitwise: a key
+/// is 46 bytes, so a table would buy nothing measurable.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
 }
 
 /// SHA-256 of the key's bytes.
@@ -90,16 +136,49 @@ pub async fn issue(
     Ok(IssuedKey { stored, key })
 }
 
-/// Whether `key` has the shape of a key; anything else is refused without
-/// a store lookup.
+/// A fresh secret for an existing key: the key itself (shown once), its
+/// hex hash and its shown prefix.
+pub fn fresh_secret() -> (String, String, String) {
+    let key = generate();
+    let hash_hex = hex::encode(hash(&key));
+    let prefix = token_prefix(&key).to_owned();
+    (key, hash_hex, prefix)
+}
+
+/// Longest grace a reroll may give the replaced secret: a week.
+pub const MAX_REROLL_GRACE_SECS: i64 = 7 * 86_400;
+
+/// Whether `key` may be a key of ours, so that it is worth a store lookup:
+/// a key with a checksum that checks, or a key of the shape made before
+/// checksums (`ag_` and 32 or more base64url characters, other than the
+/// checksummed length). Anything else is refused without a lookup.
 pub fn well_formed(key: &str) -> bool {
-    key.len() <= MAX_KEY_BYTES
-        && key.strip_prefix(KEY_PREFIX).is_some_and(|rest| {
-            rest.len() >= 32
-                && rest
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    if key.len() > MAX_KEY_BYTES {
+        return false;
+    }
+    let Some(rest) = key.strip_prefix(KEY_PREFIX) else {
+        return false;
+    };
+    if rest.len() < 32
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return false;
+    }
+    if key.len() != KEY_CHARS {
+        // Made before checksums: nothing to check but the shape.
+        return true;
+    }
+    checksum_matches(key)
+}
+
+/// Whether a key of the checksummed length ends in the checksum of the
+/// rest. Compared as bytes: the checksum is public, no secret leaks by
+/// timing.
+fn checksum_matches(key: &str) -> bool {
+    let (body, sum) = key.as_bytes().split_at(LEGACY_KEY_CHARS);
+    checksum(body).as_bytes() == sum
 }
 
 #[cfg(test)]
@@ -112,7 +191,8 @@ mod tests {
         let b = generate();
         assert_ne!(a, b);
         assert!(a.starts_with("ag_"));
-        assert_eq!(a.len(), 3 + 43);
+        assert_eq!(a.len(), 3 + 43 + 6);
+        assert_eq!(a.len(), KEY_CHARS);
         assert!(well_formed(&a), "{a}");
         assert_eq!(token_prefix(&a).len(), 11);
         assert!(a.starts_with(token_prefix(&a)));
@@ -125,6 +205,45 @@ mod tests {
         assert!(!well_formed(&format!("ag_{}", "a!".repeat(20))));
         assert!(!well_formed(&format!("ag_{}", "a".repeat(400))));
         assert!(well_formed(&format!("ag_{}", "a".repeat(32))));
+    }
+
+    #[test]
+    fn crc32_known_vectors() {
+        // The CRC-32 check value (RFC 1952's CRC, as zlib computes it).
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(checksum(b"123456789"), "3jZRME");
+        assert_eq!(checksum(b""), "000000");
+    }
+
+    #[test]
+    fn a_mistyped_key_fails_its_checksum() {
+        let key = generate();
+        assert!(well_formed(&key));
+        // Every single-character change in the body or the checksum.
+        for at in KEY_PREFIX.len()..key.len() {
+            let mut bytes = key.clone().into_bytes();
+            bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+            let typo = String::from_utf8(bytes).unwrap();
+            assert!(!well_formed(&typo), "{at}");
+        }
+        // Two neighbours swapped.
+        let mut bytes = key.clone().into_bytes();
+        let at = (4..key.len() - 1)
+            .find(|&i| bytes[i] != bytes[i + 1])
+            .unwrap();
+        bytes.swap(at, at + 1);
+        assert!(!well_formed(&String::from_utf8(bytes).unwrap()));
+        // Made up at the checksummed length.
+        assert!(!well_formed(&format!("ag_{}", "A".repeat(49))));
+    }
+
+    #[test]
+    fn keys_made_before_checksums_still_pass() {
+        // What `generate` made before: ag_ + 43 base64url characters.
+        let legacy = format!("ag_{}", super::super::random_token(KEY_RANDOM_BYTES));
+        assert_eq!(legacy.len(), LEGACY_KEY_CHARS);
+        assert!(well_formed(&legacy));
     }
 
     #[test]

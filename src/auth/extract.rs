@@ -3,19 +3,46 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Query parameter and cookie carrying a JWT.
 pub const TOKEN_PARAM: &str = "token";
 /// Query parameter and cookie carrying an access key.
 pub const ACCESSKEY_PARAM: &str = "accesskey";
+/// What a Bearer value that is an access key starts with (anything else
+/// after `Bearer` is a JWT). The same as [`crate::auth::accesskey::KEY_PREFIX`].
+pub const BEARER_KEY_PREFIX: &str = "ag_";
+/// The default `[accesskeys] header`.
+pub const DEFAULT_KEY_HEADER: &str = "x-api-key";
+
+/// Where a request's credential may be, as configured: the header that
+/// carries access keys (`[accesskeys] header`, `None` when turned off) and
+/// whether the query may carry one (`[server] credentials_in_query`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    /// The access-key header (lower case, as `HeaderMap` keeps names).
+    pub key_header: Option<HeaderName>,
+    /// Whether `?token=` and `?accesskey=` are accepted.
+    pub query: bool,
+}
+
+impl Default for Sources {
+    /// `X-API-Key` and credentials in the query, as the seed service.
+    fn default() -> Self {
+        Sources {
+            key_header: Some(HeaderName::from_static(DEFAULT_KEY_HEADER)),
+            query: true,
+        }
+    }
+}
 
 /// What kind of secret a credential is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialKind {
     /// A JWT (Bearer header, `?token=`, cookie `token`).
     Jwt,
-    /// An access key (`?accesskey=`, cookie `accesskey`).
+    /// An access key (`?accesskey=`, cookie `accesskey`, Bearer `ag_...`,
+    /// the `[accesskeys] header`).
     AccessKey,
 }
 
@@ -45,6 +72,9 @@ pub enum ExtractError {
     /// A credential is present but unusable (empty, not UTF-8, or an
     /// `Authorization` scheme other than Bearer with nothing else given).
     Malformed,
+    /// A credential in the query where `[server] credentials_in_query` is
+    /// off.
+    InQuery,
 }
 
 /// Finds the request's credential. `Ok(None)` when there is none.
@@ -53,10 +83,17 @@ pub enum ExtractError {
 /// secrets are a conflict. An `Authorization` header with another scheme
 /// (e.g. Basic) is not ours: it is ignored when another credential is
 /// present, and makes the request malformed when it is the only one.
+/// `Bearer ag_...` and the `sources.key_header` carry access keys; with
+/// `sources.query` off, any credential parameter in the query is refused
+/// (whatever else the request carries).
 pub fn extract<'a>(
     headers: &'a HeaderMap,
     query: Option<&'a str>,
+    sources: &Sources,
 ) -> Result<Option<Credential<'a>>, ExtractError> {
+    if !sources.query && query.is_some_and(|query| query.split('&').any(names_credential)) {
+        return Err(ExtractError::InQuery);
+    }
     let mut found: Option<Credential<'a>> = None;
     let mut foreign_authorization = false;
     let mut add = |candidate: Credential<'a>| -> Result<(), ExtractError> {
@@ -77,10 +114,20 @@ pub fn extract<'a>(
         let value = value.to_str().map_err(|_| ExtractError::Malformed)?;
         match bearer_token(value) {
             Some(token) => add(Credential {
-                kind: CredentialKind::Jwt,
+                kind: bearer_kind(token),
                 secret: Cow::Borrowed(token),
             })?,
             None => foreign_authorization = true,
+        }
+    }
+
+    if let Some(name) = &sources.key_header {
+        for value in headers.get_all(name) {
+            let value = value.to_str().map_err(|_| ExtractError::Malformed)?;
+            add(Credential {
+                kind: CredentialKind::AccessKey,
+                secret: Cow::Borrowed(value.trim()),
+            })?;
         }
     }
 
@@ -118,12 +165,45 @@ pub fn extract<'a>(
 
 /// Whether the request carries anything that could be a credential: an
 /// `Authorization` header of any scheme, a `token` or `accesskey` cookie
-/// (read as bytes), or a credential query parameter. Its answer then
+/// (read as bytes), the access-key header under any spelling an upstream
+/// could fold into it, or a credential query parameter. Its answer then
 /// depends on who asked (see [`crate::proxy::headers::mark_private`]).
-pub fn carries_credential(headers: &HeaderMap, query: Option<&str>) -> bool {
+pub fn carries_credential(headers: &HeaderMap, query: Option<&str>, sources: &Sources) -> bool {
     headers.contains_key(header::AUTHORIZATION)
         || request_cookies(headers).any(|(name, _)| kind_of_cookie(name).is_some())
+        || sources
+            .key_header
+            .as_ref()
+            .is_some_and(|ours| headers.keys().any(|name| folds_to(name, ours)))
         || query.is_some_and(|query| query.split('&').any(names_credential))
+}
+
+/// Whether `query` holds a `token` or `accesskey` parameter (under any
+/// encoding of its name).
+pub fn query_carries_credential(query: &str) -> bool {
+    query.split('&').any(names_credential)
+}
+
+/// What a Bearer value is: an access key when it starts with `ag_`, a JWT
+/// otherwise (a JWT's header is base64url JSON and starts with `eyJ`).
+pub fn bearer_kind(token: &str) -> CredentialKind {
+    if token.starts_with(BEARER_KEY_PREFIX) {
+        CredentialKind::AccessKey
+    } else {
+        CredentialKind::Jwt
+    }
+}
+
+/// Whether header `name` is `ours` as an upstream could read it: the same
+/// name with any `_` read as `-` (names are lower case in a `HeaderMap`).
+/// Werkzeug, PHP and CGI fold `X_API_Key` into `X-API-Key`.
+fn folds_to(name: &HeaderName, ours: &HeaderName) -> bool {
+    let (name, ours) = (name.as_str().as_bytes(), ours.as_str().as_bytes());
+    name.len() == ours.len()
+        && name
+            .iter()
+            .zip(ours)
+            .all(|(&have, &want)| have == want || (have == b'_' && want == b'-'))
 }
 
 /// Whether a `name=value` query piece names a credential, by its decoded
@@ -187,9 +267,21 @@ fn split_cookie_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// Removes every credential of ours from the headers: Bearer
-/// `Authorization` headers and the `token`/`accesskey` cookies. Other
-/// `Authorization` schemes and other cookies are kept as they were.
-pub fn strip_credential_headers(headers: &mut HeaderMap) {
+/// `Authorization` headers, the `token`/`accesskey` cookies and the
+/// access-key header under every spelling an upstream could fold into it
+/// (`X_API_Key`), whether or not it was read. Other `Authorization`
+/// schemes and other cookies are kept as they were.
+pub fn strip_credential_headers(headers: &mut HeaderMap, sources: &Sources) {
+    if let Some(ours) = &sources.key_header {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| folds_to(name, ours))
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
     if headers.contains_key(header::AUTHORIZATION) {
         let kept: Vec<HeaderValue> = headers
             .get_all(header::AUTHORIZATION)
@@ -478,74 +570,230 @@ mod tests {
     #[test]
     fn finds_each_source() {
         let h = headers(&[("authorization", "Bearer abc.def.ghi")]);
-        assert_eq!(extract(&h, None), Ok(Some(jwt("abc.def.ghi"))));
+        assert_eq!(
+            extract(&h, None, &Sources::default()),
+            Ok(Some(jwt("abc.def.ghi")))
+        );
         let h = headers(&[("authorization", "bearer   abc")]);
-        assert_eq!(extract(&h, None), Ok(Some(jwt("abc"))));
+        assert_eq!(extract(&h, None, &Sources::default()), Ok(Some(jwt("abc"))));
         let empty = HeaderMap::new();
         assert_eq!(
-            extract(&empty, Some("a=1&token=abc&b=2")),
+            extract(&empty, Some("a=1&token=abc&b=2"), &Sources::default()),
             Ok(Some(jwt("abc")))
         );
-        let found = extract(&empty, Some("accesskey=ag_x")).unwrap().unwrap();
+        let found = extract(&empty, Some("accesskey=ag_x"), &Sources::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(found.kind, CredentialKind::AccessKey);
         assert_eq!(found.secret, "ag_x");
         let h = headers(&[("cookie", "theme=dark; token=abc; lang=en")]);
-        assert_eq!(extract(&h, None), Ok(Some(jwt("abc"))));
+        assert_eq!(extract(&h, None, &Sources::default()), Ok(Some(jwt("abc"))));
         let h = headers(&[("cookie", "accesskey=\"ag_q\"")]);
-        assert_eq!(extract(&h, None).unwrap().unwrap().secret, "ag_q");
+        assert_eq!(
+            extract(&h, None, &Sources::default())
+                .unwrap()
+                .unwrap()
+                .secret,
+            "ag_q"
+        );
     }
 
     #[test]
     fn nothing_is_none() {
         let h = headers(&[("cookie", "theme=dark"), ("x-other", "1")]);
-        assert_eq!(extract(&h, Some("a=1&tokens=2&xtoken=3")), Ok(None));
+        assert_eq!(
+            extract(&h, Some("a=1&tokens=2&xtoken=3"), &Sources::default()),
+            Ok(None)
+        );
     }
 
     #[test]
     fn the_same_secret_twice_is_one_credential() {
         let h = headers(&[("authorization", "Bearer abc"), ("cookie", "token=abc")]);
-        assert_eq!(extract(&h, Some("token=abc")), Ok(Some(jwt("abc"))));
+        assert_eq!(
+            extract(&h, Some("token=abc"), &Sources::default()),
+            Ok(Some(jwt("abc")))
+        );
     }
 
     #[test]
     fn different_secrets_conflict() {
         let h = headers(&[("authorization", "Bearer abc")]);
         assert_eq!(
-            extract(&h, Some("token=xyz")),
+            extract(&h, Some("token=xyz"), &Sources::default()),
             Err(ExtractError::Conflicting)
         );
         assert_eq!(
-            extract(&h, Some("accesskey=abc")),
+            extract(&h, Some("accesskey=abc"), &Sources::default()),
             Err(ExtractError::Conflicting)
         );
         let h = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
-        assert_eq!(extract(&h, None), Err(ExtractError::Conflicting));
+        assert_eq!(
+            extract(&h, None, &Sources::default()),
+            Err(ExtractError::Conflicting)
+        );
         let h = headers(&[("cookie", "token=a; accesskey=b")]);
-        assert_eq!(extract(&h, None), Err(ExtractError::Conflicting));
+        assert_eq!(
+            extract(&h, None, &Sources::default()),
+            Err(ExtractError::Conflicting)
+        );
     }
 
     #[test]
     fn malformed_credentials() {
         for value in ["Bearer", "Bearer    ", "Basic dXNlcjpwYXNz", "Token abc"] {
             let h = headers(&[("authorization", value)]);
-            assert_eq!(extract(&h, None), Err(ExtractError::Malformed), "{value}");
+            assert_eq!(
+                extract(&h, None, &Sources::default()),
+                Err(ExtractError::Malformed),
+                "{value}"
+            );
         }
         let mut h = HeaderMap::new();
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
         );
-        assert_eq!(extract(&h, None), Err(ExtractError::Malformed));
         assert_eq!(
-            extract(&HeaderMap::new(), Some("token=")),
+            extract(&h, None, &Sources::default()),
             Err(ExtractError::Malformed)
+        );
+        assert_eq!(
+            extract(&HeaderMap::new(), Some("token="), &Sources::default()),
+            Err(ExtractError::Malformed)
+        );
+    }
+
+    fn key(secret: &str) -> Credential<'_> {
+        Credential {
+            kind: CredentialKind::AccessKey,
+            secret: Cow::Borrowed(secret),
+        }
+    }
+
+    #[test]
+    fn keys_come_as_bearer_and_in_the_key_header() {
+        let d = Sources::default();
+        let h = headers(&[("authorization", "Bearer ag_abc")]);
+        assert_eq!(extract(&h, None, &d), Ok(Some(key("ag_abc"))));
+        // Anything else after Bearer is a JWT, `AG_` and `eyJ` included.
+        let h = headers(&[("authorization", "Bearer AG_abc")]);
+        assert_eq!(extract(&h, None, &d), Ok(Some(jwt("AG_abc"))));
+        let h = headers(&[("X-API-Key", "ag_abc")]);
+        assert_eq!(extract(&h, None, &d), Ok(Some(key("ag_abc"))));
+        // The same key in every place is one credential.
+        let h = headers(&[
+            ("authorization", "Bearer ag_abc"),
+            ("x-api-key", "ag_abc"),
+            ("cookie", "accesskey=ag_abc"),
+        ]);
+        assert_eq!(
+            extract(&h, Some("accesskey=ag_abc"), &d),
+            Ok(Some(key("ag_abc")))
+        );
+        // A key in a header and another in the query: a conflict.
+        let h = headers(&[("x-api-key", "ag_abc")]);
+        assert_eq!(
+            extract(&h, Some("accesskey=ag_xyz"), &d),
+            Err(ExtractError::Conflicting)
+        );
+        let h = headers(&[("authorization", "Bearer ag_abc")]);
+        assert_eq!(
+            extract(&h, Some("accesskey=ag_xyz"), &d),
+            Err(ExtractError::Conflicting)
+        );
+        // The same secret as a key and as a JWT is two credentials.
+        assert_eq!(
+            extract(&h, Some("token=ag_abc"), &d),
+            Err(ExtractError::Conflicting)
+        );
+        let h = headers(&[("x-api-key", "ag_a"), ("x-api-key", "ag_b")]);
+        assert_eq!(extract(&h, None, &d), Err(ExtractError::Conflicting));
+        let h = headers(&[("x-api-key", "ag_abc"), ("authorization", "Bearer eyJ.x.y")]);
+        assert_eq!(extract(&h, None, &d), Err(ExtractError::Conflicting));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_bytes(b"ag_\xff").unwrap());
+        assert_eq!(extract(&h, None, &d), Err(ExtractError::Malformed));
+        let h = headers(&[("x-api-key", "")]);
+        assert_eq!(extract(&h, None, &d), Err(ExtractError::Malformed));
+    }
+
+    #[test]
+    fn the_key_header_can_be_renamed_or_turned_off() {
+        let renamed = Sources {
+            key_header: Some(HeaderName::from_static("apikey")),
+            query: true,
+        };
+        let off = Sources {
+            key_header: None,
+            query: true,
+        };
+        let h = headers(&[("apikey", "ag_abc"), ("x-api-key", "ag_other")]);
+        assert_eq!(extract(&h, None, &renamed), Ok(Some(key("ag_abc"))));
+        assert_eq!(extract(&h, None, &off), Ok(None));
+        let mut stripped = h.clone();
+        strip_credential_headers(&mut stripped, &renamed);
+        assert!(stripped.get("apikey").is_none());
+        assert!(stripped.get("x-api-key").is_some());
+        assert!(!carries_credential(&h, None, &off));
+        assert!(carries_credential(&h, None, &renamed));
+    }
+
+    #[test]
+    fn the_key_header_is_stripped_under_every_folded_spelling() {
+        let d = Sources::default();
+        let mut h = headers(&[
+            ("x-api-key", "ag_abc"),
+            ("x_api_key", "ag_other"),
+            ("x-api_key", "ag_third"),
+            ("x-api-keys", "kept"),
+            ("authorization", "Bearer ag_abc"),
+        ]);
+        // Only the name itself is read; the folded ones are still the
+        // client's own and never reach an upstream.
+        assert_eq!(extract(&h, None, &d), Ok(Some(key("ag_abc"))));
+        assert!(carries_credential(
+            &headers(&[("x_api_key", "ag_q")]),
+            None,
+            &d
+        ));
+        strip_credential_headers(&mut h, &d);
+        let left: Vec<&str> = h.keys().map(|name| name.as_str()).collect();
+        assert_eq!(left, vec!["x-api-keys"]);
+    }
+
+    #[test]
+    fn credentials_in_the_query_can_be_refused() {
+        let no_query = Sources {
+            query: false,
+            ..Sources::default()
+        };
+        for query in ["token=abc", "a=1&accesskey=ag_x", "%74oken=x", "accesskey="] {
+            assert_eq!(
+                extract(&HeaderMap::new(), Some(query), &no_query),
+                Err(ExtractError::InQuery),
+                "{query}"
+            );
+        }
+        // Whatever else the request carries.
+        let h = headers(&[("x-api-key", "ag_abc")]);
+        assert_eq!(
+            extract(&h, Some("accesskey=ag_abc"), &no_query),
+            Err(ExtractError::InQuery)
+        );
+        assert_eq!(
+            extract(&h, Some("a=1&tokens=2"), &no_query),
+            Ok(Some(key("ag_abc")))
         );
     }
 
     #[test]
     fn foreign_scheme_is_ignored_beside_our_credential() {
         let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
-        assert_eq!(extract(&h, Some("token=abc")), Ok(Some(jwt("abc"))));
+        assert_eq!(
+            extract(&h, Some("token=abc"), &Sources::default()),
+            Ok(Some(jwt("abc")))
+        );
     }
 
     #[test]
@@ -671,14 +919,14 @@ mod tests {
             ("cookie", "theme=dark; token=abc; lang=en"),
             ("cookie", "accesskey=ag_1"),
         ]);
-        strip_credential_headers(&mut h);
+        strip_credential_headers(&mut h, &Sources::default());
         let auth: Vec<_> = h.get_all(header::AUTHORIZATION).iter().collect();
         assert_eq!(auth, vec!["Basic dXNlcjpwYXNz"]);
         let cookies: Vec<_> = h.get_all(header::COOKIE).iter().collect();
         assert_eq!(cookies, vec!["theme=dark; lang=en"]);
 
         let mut h = headers(&[("cookie", "token=abc")]);
-        strip_credential_headers(&mut h);
+        strip_credential_headers(&mut h, &Sources::default());
         assert!(h.get(header::COOKIE).is_none());
     }
 
@@ -690,20 +938,35 @@ mod tests {
 
     #[test]
     fn what_carries_a_credential() {
-        assert!(!carries_credential(&HeaderMap::new(), None));
+        assert!(!carries_credential(
+            &HeaderMap::new(),
+            None,
+            &Sources::default()
+        ));
         assert!(!carries_credential(
             &headers(&[("cookie", "theme=dark; mytoken=x")]),
-            Some("a=1&tokens=2")
+            Some("a=1&tokens=2"),
+            &Sources::default()
         ));
         assert!(carries_credential(
             &headers(&[("authorization", "Basic dXNlcjpwYXNz")]),
-            None
+            None,
+            &Sources::default()
         ));
-        assert!(carries_credential(&raw_cookie(b"a=\xe9; token=x"), None));
-        assert!(carries_credential(&HeaderMap::new(), Some("a=1&to%6Ben=x")));
+        assert!(carries_credential(
+            &raw_cookie(b"a=\xe9; token=x"),
+            None,
+            &Sources::default()
+        ));
         assert!(carries_credential(
             &HeaderMap::new(),
-            Some("accesskey=ag_x")
+            Some("a=1&to%6Ben=x"),
+            &Sources::default()
+        ));
+        assert!(carries_credential(
+            &HeaderMap::new(),
+            Some("accesskey=ag_x"),
+            &Sources::default()
         ));
     }
 
@@ -712,30 +975,33 @@ mod tests {
         // One obs-text byte (Latin-1 é) in another cookie used to hide the
         // whole header from extraction and from stripping.
         let h = raw_cookie(b"theme=caf\xe9; token=abc; lang=en");
-        assert_eq!(extract(&h, None), Ok(Some(jwt("abc"))));
+        assert_eq!(extract(&h, None, &Sources::default()), Ok(Some(jwt("abc"))));
         assert_eq!(
-            extract(&h, Some("token=other")),
+            extract(&h, Some("token=other"), &Sources::default()),
             Err(ExtractError::Conflicting)
         );
         let mut h = raw_cookie(b"theme=caf\xe9; token=abc; lang=\xff");
-        strip_credential_headers(&mut h);
+        strip_credential_headers(&mut h, &Sources::default());
         assert_eq!(h[header::COOKIE].as_bytes(), b"theme=caf\xe9; lang=\xff");
         let mut h = raw_cookie(b"\x80=1;accesskey=ag_x");
         assert_eq!(
-            extract(&h, None).map(|c| c.map(|c| c.kind)),
+            extract(&h, None, &Sources::default()).map(|c| c.map(|c| c.kind)),
             Ok(Some(CredentialKind::AccessKey))
         );
-        strip_credential_headers(&mut h);
+        strip_credential_headers(&mut h, &Sources::default());
         assert_eq!(h[header::COOKIE].as_bytes(), b"\x80=1");
         // A credential cookie whose value is not UTF-8 is malformed, and
         // still stripped.
         let mut h = raw_cookie(b"a=1; token=\xe9\xe9");
-        assert_eq!(extract(&h, None), Err(ExtractError::Malformed));
-        strip_credential_headers(&mut h);
+        assert_eq!(
+            extract(&h, None, &Sources::default()),
+            Err(ExtractError::Malformed)
+        );
+        strip_credential_headers(&mut h, &Sources::default());
         assert_eq!(h[header::COOKIE].as_bytes(), b"a=1");
         // Untouched when there is nothing of ours: the same bytes.
         let mut h = raw_cookie(b"theme=caf\xe9;x=\"q\"");
-        strip_credential_headers(&mut h);
+        strip_credential_headers(&mut h, &Sources::default());
         assert_eq!(h[header::COOKIE].as_bytes(), b"theme=caf\xe9;x=\"q\"");
     }
 
@@ -751,6 +1017,7 @@ mod tests {
             QueryAccessKey,
             CookieToken,
             CookieAccessKey,
+            KeyHeader,
         }
 
         fn place() -> impl Strategy<Value = Place> {
@@ -760,12 +1027,13 @@ mod tests {
                 Just(Place::QueryAccessKey),
                 Just(Place::CookieToken),
                 Just(Place::CookieAccessKey),
+                Just(Place::KeyHeader),
             ]
         }
 
-        /// Secrets that need no escaping anywhere.
+        /// Secrets that need no escaping anywhere; some shaped like keys.
         fn secret() -> impl Strategy<Value = String> {
-            "[A-Za-z0-9._-]{1,12}"
+            "(ag_)?[A-Za-z0-9._-]{1,12}"
         }
 
         /// Query pieces and cookies that are not credentials.
@@ -804,6 +1072,9 @@ mod tests {
                     Place::QueryAccessKey => query.push(format!("accesskey={secret}")),
                     Place::CookieToken => cookies.push(format!("token={secret}")),
                     Place::CookieAccessKey => cookies.push(format!("accesskey={secret}")),
+                    Place::KeyHeader => {
+                        headers.append(DEFAULT_KEY_HEADER, HeaderValue::from_str(secret).unwrap());
+                    }
                 }
             }
             if !cookies.is_empty() {
@@ -816,10 +1087,13 @@ mod tests {
             (headers, query.join("&"))
         }
 
-        fn kind_of(place: Place) -> CredentialKind {
+        fn kind_of(place: Place, secret: &str) -> CredentialKind {
             match place {
-                Place::Bearer | Place::QueryToken | Place::CookieToken => CredentialKind::Jwt,
-                Place::QueryAccessKey | Place::CookieAccessKey => CredentialKind::AccessKey,
+                Place::Bearer => bearer_kind(secret),
+                Place::QueryToken | Place::CookieToken => CredentialKind::Jwt,
+                Place::QueryAccessKey | Place::CookieAccessKey | Place::KeyHeader => {
+                    CredentialKind::AccessKey
+                }
             }
         }
 
@@ -863,7 +1137,7 @@ mod tests {
             #[test]
             fn extraction_never_panics_on_arbitrary_input(
                 values in prop::collection::vec(
-                    (prop_oneof![Just("authorization"), Just("cookie"), Just("x-other")],
+                    (prop_oneof![Just("authorization"), Just("cookie"), Just("x-api-key"), Just("x-other")],
                      prop::collection::vec(any::<u8>(), 0..40)),
                     0..6,
                 ),
@@ -875,13 +1149,13 @@ mod tests {
                         headers.append(name, value);
                     }
                 }
-                let found = extract(&headers, Some(&query));
+                let found = extract(&headers, Some(&query), &Sources::default());
                 if let Ok(Some(credential)) = found {
                     prop_assert!(!credential.secret.is_empty());
                 }
                 let _ = strip_credential_query(&query);
-                strip_credential_headers(&mut headers);
-                prop_assert!(extract(&headers, None).is_ok_and(|c| c.is_none())
+                strip_credential_headers(&mut headers, &Sources::default());
+                prop_assert!(extract(&headers, None, &Sources::default()).is_ok_and(|c| c.is_none())
                     || headers.get_all(header::AUTHORIZATION).iter().next().is_some());
             }
 
@@ -894,11 +1168,11 @@ mod tests {
                 let query = (!query.is_empty()).then_some(query.as_str());
                 let mut distinct: Vec<(CredentialKind, &str)> = placed
                     .iter()
-                    .map(|(place, secret)| (kind_of(*place), secret.as_str()))
+                    .map(|(place, secret)| (kind_of(*place, secret), secret.as_str()))
                     .collect();
                 distinct.sort_by_key(|(kind, secret)| (*kind == CredentialKind::Jwt, *secret));
                 distinct.dedup();
-                let found = extract(&headers, query);
+                let found = extract(&headers, query, &Sources::default());
                 match distinct.as_slice() {
                     [] => prop_assert_eq!(found, Ok(None)),
                     [(kind, secret)] => {
@@ -934,8 +1208,8 @@ mod tests {
                 let expected = (!kept.is_empty()).then(|| kept.join("&"));
                 prop_assert_eq!(strip_credential_query(&query).map(Cow::into_owned), expected);
 
-                strip_credential_headers(&mut headers);
-                prop_assert_eq!(extract(&headers, None), Ok(None));
+                strip_credential_headers(&mut headers, &Sources::default());
+                prop_assert_eq!(extract(&headers, None, &Sources::default()), Ok(None));
                 let cookies: Vec<String> = request_cookies(&headers)
                     .map(|(name, value)| format!(
                         "{}={}",

@@ -249,6 +249,7 @@ pub struct Authenticator {
     external: Vec<Arc<jwks::JwksProvider>>,
     store: Store,
     cache: Arc<CredentialCache>,
+    sources: extract::Sources,
 }
 
 impl Authenticator {
@@ -264,7 +265,20 @@ impl Authenticator {
             external,
             store,
             cache,
+            sources: extract::Sources::default(),
         }
+    }
+
+    /// Reads credentials from `sources` (the access-key header, whether
+    /// the query may carry one) instead of the defaults.
+    pub fn with_sources(mut self, sources: extract::Sources) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    /// Where credentials are read from.
+    pub fn sources(&self) -> &extract::Sources {
+        &self.sources
     }
 
     /// The signing keys.
@@ -279,9 +293,10 @@ impl Authenticator {
         headers: &http::HeaderMap,
         query: Option<&str>,
     ) -> Result<Identity, GatewayError> {
-        let credential = extract::extract(headers, query)
+        let credential = extract::extract(headers, query, &self.sources)
             .map_err(|err| match err {
                 extract::ExtractError::Conflicting => GatewayError::ConflictingCredentials,
+                extract::ExtractError::InQuery => GatewayError::CredentialInQuery,
                 extract::ExtractError::Malformed => {
                     GatewayError::invalid("the credential is malformed")
                 }
@@ -480,7 +495,7 @@ impl Authenticator {
             Lookup::Stale(facts) => Some(facts),
             Lookup::Missing => None,
         };
-        match self.store.key_grant(&hex::encode(hash)).await {
+        match self.store.key_grant(&hex::encode(hash), unix_now()).await {
             Ok(grant) => {
                 let facts = grant.map(|grant| {
                     let owner = self.cache.key_owner(

@@ -199,6 +199,10 @@ pub struct ServerConfig {
     /// Whether the plain listener answers 308 to `https://` (ACME's
     /// http-01 path, health checks and forward auth excepted).
     pub redirect_https: bool,
+    /// `server.credentials_in_query` (default `true`): whether `?token=`
+    /// and `?accesskey=` are accepted; when `false` they are refused with
+    /// 400 `CREDENTIAL_IN_QUERY` everywhere.
+    pub credentials_in_query: bool,
 }
 
 /// The HTTPS listener.
@@ -363,6 +367,9 @@ pub struct OneTimeKeyConfig {
 pub struct AccessKeysConfig {
     /// Unexpired keys one user may hold (`accesskeys.max_per_user`).
     pub max_per_user: usize,
+    /// The request header that carries an access key (`accesskeys.header`,
+    /// default `X-API-Key`); `None` when set to `""`.
+    pub header: Option<http::HeaderName>,
 }
 
 /// Client-side limits.
@@ -860,6 +867,48 @@ mod tests {
                 .server
                 .admin_listen,
             None
+        );
+    }
+
+    #[test]
+    fn the_key_header_and_credentials_in_query() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(secret.path(), "")).unwrap();
+        assert_eq!(
+            config.accesskeys.header.as_ref().map(|h| h.as_str()),
+            Some("x-api-key")
+        );
+        assert!(config.server.credentials_in_query);
+        let text = minimal(secret.path(), "[accesskeys]\nheader = \"\"\n")
+            .replace("listen = ", "credentials_in_query = false\nlisten = ");
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(config.accesskeys.header, None);
+        assert!(!config.server.credentials_in_query);
+        for bad in [
+            "Authorization",
+            "cookie",
+            "X-Forwarded-For",
+            "X_Auth_User",
+            "x-request-id",
+            "Transfer-Encoding",
+            "bad header",
+        ] {
+            let extra = format!("[accesskeys]\nheader = {bad:?}\n");
+            let err = Config::from_toml(&minimal(secret.path(), &extra)).expect_err(bad);
+            assert!(
+                err.problems
+                    .iter()
+                    .any(|p| p.starts_with("accesskeys.header")),
+                "{bad}: {:?}",
+                err.problems
+            );
+        }
+        let err = Config::from_toml(&minimal(secret.path(), "[accesskeys]\nheadr = \"a\"\n"))
+            .expect_err("unknown key");
+        assert!(
+            err.problems.iter().any(|p| p.contains("accesskeys.headr")),
+            "{:?}",
+            err.problems
         );
     }
 

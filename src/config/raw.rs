@@ -77,6 +77,8 @@ pub(super) struct RawServer {
     pub(super) proxy_protocol: Vec<String>,
     #[serde(default)]
     pub(super) redirect_https: bool,
+    #[serde(default = "defaults::credentials_in_query")]
+    pub(super) credentials_in_query: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,12 +204,15 @@ impl Default for RawOneTimeKey {
 pub(super) struct RawAccessKeys {
     #[serde(default = "defaults::keys_max_per_user")]
     pub(super) max_per_user: u64,
+    #[serde(default = "defaults::key_header")]
+    pub(super) header: String,
 }
 
 impl Default for RawAccessKeys {
     fn default() -> Self {
         RawAccessKeys {
             max_per_user: defaults::keys_max_per_user(),
+            header: defaults::key_header(),
         }
     }
 }
@@ -352,6 +357,12 @@ pub(super) mod defaults {
     }
     pub fn oidc_username_claim() -> String {
         "sub".into()
+    }
+    pub fn key_header() -> String {
+        "X-API-Key".into()
+    }
+    pub fn credentials_in_query() -> bool {
+        true
     }
     pub fn shutdown_grace() -> u64 {
         30

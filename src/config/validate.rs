@@ -104,6 +104,7 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             1,
             MAX_KEYS_PER_USER,
         ),
+        header: key_header(&raw.accesskeys.header, p),
     };
     if onetimekey.realm.is_empty() || onetimekey.realm.contains(':') {
         p.add("onetimekey.realm", "must be non-empty and contain no ':'");
@@ -570,11 +571,74 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         trusted_proxies,
         proxy_protocol,
         redirect_https: raw.redirect_https,
+        credentials_in_query: raw.credentials_in_query,
         listen,
         admin_listen,
         tls,
         shutdown_grace: p.seconds("server.shutdown_grace", raw.shutdown_grace, 0, 3600),
     }
+}
+
+/// Headers that cannot carry access keys: read as something else, or
+/// hop-by-hop, or set by the gateway (lower case, `-` for `_`).
+const KEY_HEADER_TAKEN: [&str; 16] = [
+    "authorization",
+    "cookie",
+    "host",
+    "content-type",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+/// Families of headers the gateway removes before anything reads them
+/// (identity, forwarding; the whole list is `RESERVED_REQUEST_HEADERS` in
+/// `proxy::headers`, which `config` must not import).
+const KEY_HEADER_TAKEN_FAMILIES: [&str; 7] = [
+    "x-auth-",
+    "x-forwarded",
+    "forwarded",
+    "x-original-",
+    "x-real-ip",
+    "x-client-",
+    "x-http-method",
+];
+
+/// `accesskeys.header`: `None` for `""`; otherwise a header name that is
+/// not one the gateway reads or sets for something else (a key header named
+/// `Authorization` or `Cookie` would make every JWT or cookie a key; one
+/// named like an identity or forwarding header is removed before it could
+/// be read).
+fn key_header(name: &str, p: &mut Problems) -> Option<http::HeaderName> {
+    if name.is_empty() {
+        return None;
+    }
+    let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+        p.add("accesskeys.header", "must be a header name or \"\"");
+        return None;
+    };
+    let folded = header.as_str().replace('_', "-");
+    let taken = KEY_HEADER_TAKEN.contains(&folded.as_str())
+        || KEY_HEADER_TAKEN_FAMILIES
+            .iter()
+            .any(|family| folded.starts_with(family));
+    if taken {
+        p.add(
+            "accesskeys.header",
+            format_args!("{name:?} is a header the gateway reads or sets for something else"),
+        );
+        return None;
+    }
+    Some(header)
 }
 
 /// `[server.tls.acme]`: every key checked; `None` when one is wrong.

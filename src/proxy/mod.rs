@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::assertion::Assertions;
-use crate::auth::extract::{strip_credential_headers, strip_credential_query};
+use crate::auth::extract::{Sources, strip_credential_headers, strip_credential_query};
 use crate::auth::{Identity, Permit};
 use crate::body::{self, Body};
 use crate::config::{Limits, UpstreamConfig};
@@ -44,6 +44,8 @@ pub struct Forwarder {
     idle_timeout: Duration,
     /// `[assertion]`: signs `X-Auth-Assertion` for authenticated requests.
     assertions: Option<Assertions>,
+    /// Where credentials may be, so that all of them are stripped.
+    sources: Sources,
 }
 
 impl Forwarder {
@@ -67,7 +69,15 @@ impl Forwarder {
             max_body_bytes: limits.max_proxy_body_bytes,
             idle_timeout: limits.idle_timeout,
             assertions,
+            sources: Sources::default(),
         })
+    }
+
+    /// Strips the credentials of `sources` (the configured access-key
+    /// header) instead of the defaults.
+    pub fn with_credential_sources(mut self, sources: Sources) -> Self {
+        self.sources = sources;
+        self
     }
 
     /// The current worker's client.
@@ -122,7 +132,14 @@ impl Forwarder {
         {
             return Err(GatewayError::BodyTooLarge);
         }
-        rewrite_head(&mut parts, upstream, permit.identity(), &client, request_id)?;
+        rewrite_head(
+            &mut parts,
+            upstream,
+            permit.identity(),
+            &client,
+            request_id,
+            &self.sources,
+        )?;
         if let (Some(assertions), Some(identity)) = (&self.assertions, permit.identity()) {
             // Fail closed: an upstream that expects assertions must never
             // see an authenticated request without one.
@@ -213,6 +230,7 @@ pub fn rewrite_head(
     identity: Option<&Identity>,
     client: &ClientInfo,
     request_id: &HeaderValue,
+    sources: &Sources,
 ) -> Result<(), GatewayError> {
     let websocket = headers::is_websocket_handshake(&parts.method, parts.version, &parts.headers);
     let original_host = headers::requested_authority(&parts.uri, &parts.headers)
@@ -222,7 +240,7 @@ pub fn rewrite_head(
 
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h, websocket);
-    strip_credential_headers(h);
+    strip_credential_headers(h, sources);
     headers::join_cookie_headers(h);
     headers::remove_identity_headers(h);
     if let Some(identity) = identity {
@@ -517,7 +535,15 @@ mod tests {
         let client = ClientInfo::new("192.0.2.1:5000".parse().unwrap(), true);
         let upstream: Uri = "http://127.0.0.1:9000/base".parse().unwrap();
         let id = HeaderValue::from_static("req-1");
-        rewrite_head(&mut parts, &upstream, None, &client, &id).unwrap();
+        rewrite_head(
+            &mut parts,
+            &upstream,
+            None,
+            &client,
+            &id,
+            &Sources::default(),
+        )
+        .unwrap();
         assert_eq!(
             parts.uri.to_string(),
             "http://127.0.0.1:9000/base/admin/x?a=1&b=2"
@@ -541,7 +567,14 @@ mod tests {
             .unwrap();
         let (mut parts, ()) = request.into_parts();
         assert_eq!(
-            rewrite_head(&mut parts, &upstream, None, &client, &id),
+            rewrite_head(
+                &mut parts,
+                &upstream,
+                None,
+                &client,
+                &id,
+                &Sources::default()
+            ),
             Err(GatewayError::InvalidHost)
         );
     }

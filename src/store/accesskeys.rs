@@ -32,6 +32,23 @@ pub struct AccessKey {
     pub tm_last_used: Option<i64>,
     /// What the key was narrowed to at creation.
     pub scope: KeyScope,
+    /// Whether the key works; a disabled one is refused like a deleted one.
+    pub enabled: bool,
+    /// Requests the key authenticated (added in batches).
+    pub uses: i64,
+    /// The last reroll, unix seconds; `None`: never rerolled.
+    pub tm_rerolled: Option<i64>,
+}
+
+/// A change to a live key's name, detail and enabled state.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyUpdate<'a> {
+    /// New name.
+    pub name: &'a str,
+    /// New detail.
+    pub detail: &'a str,
+    /// `Some`: enable or disable; `None`: unchanged.
+    pub enabled: Option<bool>,
 }
 
 /// A key to store: everything but the key itself, which only its
@@ -100,11 +117,24 @@ fn key_from_row(row: &AnyRow) -> Result<AccessKey, sqlx::Error> {
         tm_update: row.try_get("tm_update")?,
         tm_last_used: row.try_get("tm_last_used")?,
         scope: scope_from_row(row, "roles")?,
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        uses: row.try_get("uses")?,
+        tm_rerolled: row.try_get("tm_rerolled")?,
     })
 }
 
 const KEY_COLUMNS: &str = "id, username, name, detail, token_prefix, tm_expire, tm_create, tm_update, \
-     tm_last_used, roles, methods, path_prefixes";
+     tm_last_used, roles, methods, path_prefixes, enabled, uses, tm_rerolled";
+
+/// The hashes a key is known by (its secret, and the one a reroll replaced
+/// while it may still be in its grace), for the change log.
+fn hashes_of(row: &AnyRow) -> Result<Vec<String>, sqlx::Error> {
+    let mut hashes = vec![row.try_get::<String, _>("token_hash")?];
+    if let Some(old) = row.try_get::<Option<String>, _>("old_token_hash")? {
+        hashes.push(old);
+    }
+    Ok(hashes)
+}
 
 pub(super) async fn revoke_user_keys(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -154,6 +184,9 @@ impl Store {
             tm_update: now,
             tm_last_used: None,
             scope: scope.clone(),
+            enabled: true,
+            uses: 0,
+            tm_rerolled: None,
         };
         let mut tx = self.begin_write().await?;
         // The owner must exist at commit time, not only when the request
@@ -203,18 +236,37 @@ impl Store {
         Ok(key)
     }
 
-    /// The live (not deleted) key with this hash and its owner's roles.
-    pub async fn key_grant(&self, token_hash_hex: &str) -> Result<Option<KeyGrant>, StoreError> {
+    /// The live (not deleted), enabled key with this hash and its owner's
+    /// roles. A secret replaced by a reroll is found until its grace ends,
+    /// and its grant expires then (or with the key, if sooner).
+    pub async fn key_grant(
+        &self,
+        token_hash_hex: &str,
+        now: i64,
+    ) -> Result<Option<KeyGrant>, StoreError> {
+        // Two indexed lookups in one statement: the current secret, or a
+        // replaced one still in its grace.
         let row = sqlx::query(
             "SELECT k.id, k.username, k.tm_expire, u.roles, u.provider, k.roles AS key_roles, k.methods, \
-               k.path_prefixes FROM accesskeys k \
+               k.path_prefixes, CAST(CASE WHEN k.token_hash = $1 THEN 1 ELSE 0 END AS BIGINT) AS current, \
+               k.old_token_expire FROM accesskeys k \
              JOIN users u ON u.username = k.username \
-             WHERE k.token_hash = $1 AND k.tm_delete IS NULL",
+             WHERE (k.token_hash = $1 OR (k.old_token_hash = $1 AND k.old_token_expire > $2)) \
+               AND k.tm_delete IS NULL AND k.enabled = 1",
         )
         .bind(token_hash_hex)
+        .bind(now)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
+        let tm_expire: i64 = row.try_get("tm_expire")?;
+        let current = row.try_get::<i64, _>("current")? != 0;
+        let expires_at = if current {
+            tm_expire
+        } else {
+            let grace_end: Option<i64> = row.try_get("old_token_expire")?;
+            grace_end.map_or(tm_expire, |end| end.min(tm_expire))
+        };
         let id: String = row.try_get("id")?;
         let key_id = uuid::Uuid::parse_str(&id)
             .map_err(|_| StoreError::Unavailable(format!("access key id {id:?} is not a UUID")))?;
@@ -223,7 +275,7 @@ impl Store {
             username: row.try_get("username")?,
             provider: row.try_get("provider")?,
             roles: split_roles(&row.try_get::<String, _>("roles")?),
-            expires_at: row.try_get("tm_expire")?,
+            expires_at,
             scope: scope_from_row(&row, "key_roles")?,
         }))
     }
@@ -263,15 +315,28 @@ impl Store {
         Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
     }
 
-    /// Records when keys were last used, in one transaction: `uses` are
-    /// `(key id, unix seconds)`; a time never moves backwards. Returns the
-    /// rows changed.
-    pub async fn record_key_uses(&self, uses: &[(uuid::Uuid, i64)]) -> Result<u64, StoreError> {
-        if uses.is_empty() {
+    /// Records when keys were last used and how often, in one transaction:
+    /// `uses` are `(key id, unix seconds)`, a time never moving backwards;
+    /// `counts` are `(key id, requests)`, added to `uses`. Returns the rows
+    /// changed.
+    pub async fn record_key_uses(
+        &self,
+        uses: &[(uuid::Uuid, i64)],
+        counts: &[(uuid::Uuid, u64)],
+    ) -> Result<u64, StoreError> {
+        if uses.is_empty() && counts.is_empty() {
             return Ok(0);
         }
         let mut tx = self.begin_write().await?;
         let mut changed = 0;
+        for (id, count) in counts {
+            changed += sqlx::query("UPDATE accesskeys SET uses = uses + $1 WHERE id = $2")
+                .bind(i64::try_from(*count).unwrap_or(i64::MAX))
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
         for (id, at) in uses {
             changed += sqlx::query(
                 "UPDATE accesskeys SET tm_last_used = $1 \
@@ -287,45 +352,156 @@ impl Store {
         Ok(changed)
     }
 
-    /// Renames a live key.
+    /// Renames, enables or disables a live key. A change of the enabled
+    /// state goes into the change log under every hash the key is known by,
+    /// so every replica forgets what it cached (a disabled key's grant, or
+    /// the negative entry of a key enabled again); those hashes are returned
+    /// for this process's own cache.
     pub async fn update_key(
         &self,
         id: &str,
         owner: Option<&str>,
-        name: &str,
-        detail: &str,
+        update: KeyUpdate<'_>,
         now: i64,
-    ) -> Result<AccessKey, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE accesskeys SET name = $1, detail = $2, tm_update = $3 \
-             WHERE id = $4 AND tm_delete IS NULL AND ($5 = '' OR username = $5)",
-        )
-        .bind(name)
-        .bind(detail)
+    ) -> Result<(AccessKey, Vec<String>), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE accesskeys SET name = $1, detail = $2, tm_update = $3, \
+               enabled = CASE WHEN $4 < 0 THEN enabled ELSE $4 END \
+             WHERE id = $5 AND tm_delete IS NULL AND ($6 = '' OR username = $6) \
+             RETURNING {KEY_COLUMNS}, token_hash, old_token_hash"
+        )))
+        .bind(update.name)
+        .bind(update.detail)
         .bind(now)
+        .bind(update.enabled.map_or(-1_i64, i64::from))
         .bind(id)
         .bind(owner.unwrap_or(""))
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
-        .rows_affected();
-        if updated == 0 {
-            return Err(StoreError::NotFound);
+        .ok_or(StoreError::NotFound)?;
+        let key = key_from_row(&row)?;
+        let mut evict = Vec::new();
+        if update.enabled.is_some() {
+            evict = hashes_of(&row)?;
+            for hash in &evict {
+                self.log_change(&mut tx, &Change::Key(hash.clone()), now)
+                    .await?;
+            }
         }
-        self.key(id, owner).await
+        tx.commit().await?;
+        Ok((key, evict))
     }
 
-    /// Revokes (soft-deletes) a live key; returns it and its hash.
+    /// Gives a live key a new secret (`new_hash_hex`, shown prefix
+    /// `new_prefix`); id, name, scope, rate limit, enabled state and expiry
+    /// are kept. The secret it replaces keeps working for `grace` seconds
+    /// (not at all with `grace` 0); one replaced by an earlier reroll stops
+    /// at once. Every hash whose grant changed goes into the change log
+    /// and is returned for this process's cache.
+    pub async fn reroll_key(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        new_hash_hex: &str,
+        new_prefix: &str,
+        grace: i64,
+        now: i64,
+    ) -> Result<(AccessKey, Vec<String>), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT token_hash, old_token_hash FROM accesskeys \
+             WHERE id = $1 AND tm_delete IS NULL AND ($2 = '' OR username = $2)",
+        )
+        .bind(id)
+        .bind(owner.unwrap_or(""))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let evict = hashes_of(&row)?;
+        let replaced: String = row.try_get("token_hash")?;
+        // Times are whole seconds and `now` is truncated: one more second
+        // makes the grace last at least `grace` (and less than `grace + 1`).
+        let (old_hash, old_expire) = if grace > 0 {
+            (
+                Some(replaced.as_str()),
+                Some(now.saturating_add(grace).saturating_add(1)),
+            )
+        } else {
+            (None, None)
+        };
+        // Guarded by the secret read above: of two rerolls at once, the
+        // second finds nothing and is answered as not found.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE accesskeys SET token_hash = $1, token_prefix = $2, old_token_hash = $3, \
+               old_token_expire = $4, tm_rerolled = $5, tm_update = $5 \
+             WHERE id = $6 AND token_hash = $7 AND tm_delete IS NULL \
+             RETURNING {KEY_COLUMNS}"
+        )))
+        .bind(new_hash_hex)
+        .bind(new_prefix)
+        .bind(old_hash)
+        .bind(old_expire)
+        .bind(now)
+        .bind(id)
+        .bind(&replaced)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let key = key_from_row(&row)?;
+        for hash in &evict {
+            self.log_change(&mut tx, &Change::Key(hash.clone()), now)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok((key, evict))
+    }
+
+    /// Revokes (soft-deletes) the live key known by this hash: its secret,
+    /// or one a reroll replaced that is still in its grace. Returns its id
+    /// and every hash it was known by; `None` when there is no such key.
+    pub async fn revoke_key_by_hash(
+        &self,
+        hash_hex: &str,
+        now: i64,
+    ) -> Result<Option<(String, Vec<String>)>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "UPDATE accesskeys SET tm_delete = $2, tm_update = $2 \
+             WHERE (token_hash = $1 OR (old_token_hash = $1 AND old_token_expire > $2)) \
+               AND tm_delete IS NULL \
+             RETURNING id, token_hash, old_token_hash",
+        )
+        .bind(hash_hex)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: String = row.try_get("id")?;
+        let hashes = hashes_of(&row)?;
+        for hash in &hashes {
+            self.log_change(&mut tx, &Change::Key(hash.clone()), now)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Some((id, hashes)))
+    }
+
+    /// Revokes (soft-deletes) a live key; returns it and the hashes it was
+    /// known by (its secret, and one a reroll replaced).
     pub async fn delete_key(
         &self,
         id: &str,
         owner: Option<&str>,
         now: i64,
-    ) -> Result<(AccessKey, String), StoreError> {
+    ) -> Result<(AccessKey, Vec<String>), StoreError> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE accesskeys SET tm_delete = $1, tm_update = $1 \
              WHERE id = $2 AND tm_delete IS NULL AND ($3 = '' OR username = $3) \
-             RETURNING {KEY_COLUMNS}, token_hash"
+             RETURNING {KEY_COLUMNS}, token_hash, old_token_hash"
         )))
         .bind(now)
         .bind(id)
@@ -334,11 +510,13 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound)?;
         let key = key_from_row(&row)?;
-        let hash: String = row.try_get("token_hash")?;
-        self.log_change(&mut tx, &Change::Key(hash.clone()), now)
-            .await?;
+        let hashes = hashes_of(&row)?;
+        for hash in &hashes {
+            self.log_change(&mut tx, &Change::Key(hash.clone()), now)
+                .await?;
+        }
         tx.commit().await?;
-        Ok((key, hash))
+        Ok((key, hashes))
     }
 }
 

@@ -172,14 +172,16 @@ async fn write_key_uses(store: Store, cache: Weak<CredentialCache>) {
             return;
         };
         let uses = cache.last_use.take(unix_now());
-        if uses.is_empty() {
+        let counts = cache.last_use.take_counts();
+        if uses.is_empty() && counts.is_empty() {
             continue;
         }
-        match store.record_key_uses(&uses).await {
+        match store.record_key_uses(&uses, &counts).await {
             Ok(rows) => cache.last_use.written(rows),
             Err(err) => {
                 debug!(error = %err, "cannot record access-key uses; will retry");
                 cache.last_use.put_back(uses);
+                cache.last_use.put_back_counts(counts);
             }
         }
     }

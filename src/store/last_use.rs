@@ -1,6 +1,7 @@
-//! When access keys were last used: noted in memory on the request path
-//! (one map lookup; nothing waits on the store) and written to the store in
-//! batches by a background task, at most once a minute per key.
+//! When access keys were last used and how often: noted in memory on the
+//! request path (a map lookup and an atomic add; nothing waits on the
+//! store) and written to the store in batches by a background task, the
+//! last use at most once a minute per key, the count of uses every flush.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,8 @@ pub struct LastUse {
     queued: DashMap<Uuid, i64, foldhash::fast::RandomState>,
     /// Uses to write at the next flush.
     pending: Mutex<HashMap<Uuid, i64>>,
+    /// Requests each key authenticated since the last flush.
+    counts: DashMap<Uuid, AtomicU64, foldhash::fast::RandomState>,
     /// Batches written.
     pub flushes: AtomicU64,
     /// Rows changed by them.
@@ -33,6 +36,18 @@ impl LastUse {
     /// Notes a use of `key` at `now` (unix seconds), unless one was queued
     /// less than [`RESOLUTION_SECS`] ago.
     pub fn note(&self, key: Uuid, now: i64) {
+        // Under the shard's read lock when the key is already counted.
+        match self.counts.get(&key) {
+            Some(count) => {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.counts
+                    .entry(key)
+                    .or_default()
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if let Some(queued) = self.queued.get(&key)
             && now - *queued < RESOLUTION_SECS
         {
@@ -52,6 +67,32 @@ impl LastUse {
             .retain(|_, queued| now - *queued < RESOLUTION_SECS);
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         pending.drain().collect()
+    }
+
+    /// The counts of uses since the last call, for keys used at all. A
+    /// use counted while this runs is kept for the next call, never lost.
+    pub fn take_counts(&self) -> Vec<(Uuid, u64)> {
+        let mut taken = Vec::new();
+        for entry in self.counts.iter() {
+            let count = entry.value().swap(0, Ordering::Relaxed);
+            if count > 0 {
+                taken.push((*entry.key(), count));
+            }
+        }
+        // Only counters still at zero: one that moved since is kept.
+        self.counts
+            .retain(|_, count| count.load(Ordering::Relaxed) > 0);
+        taken
+    }
+
+    /// Adds counts back after a failed write.
+    pub fn put_back_counts(&self, counts: Vec<(Uuid, u64)>) {
+        for (key, count) in counts {
+            self.counts
+                .entry(key)
+                .or_default()
+                .fetch_add(count, Ordering::Relaxed);
+        }
     }
 
     /// Puts uses back after a failed write, unless newer ones were noted.
@@ -90,5 +131,24 @@ mod tests {
         assert_eq!(uses.take(1060), vec![(a, 1060)]);
         uses.put_back(vec![(b, 1070)]);
         assert_eq!(uses.take(1071), vec![(b, 1070)]);
+    }
+
+    #[test]
+    fn every_use_is_counted_once() {
+        let uses = LastUse::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        for second in 0..100 {
+            uses.note(a, 1000 + second);
+        }
+        uses.note(b, 1000);
+        let mut counts = uses.take_counts();
+        counts.sort();
+        let mut expected = vec![(a, 100), (b, 1)];
+        expected.sort();
+        assert_eq!(counts, expected);
+        assert!(uses.take_counts().is_empty());
+        uses.note(a, 2000);
+        uses.put_back_counts(vec![(a, 5)]);
+        assert_eq!(uses.take_counts(), vec![(a, 6)]);
     }
 }

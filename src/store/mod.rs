@@ -16,7 +16,7 @@ mod revocations;
 mod throttle;
 mod users;
 
-pub use accesskeys::{AccessKey, KeyGrant, NewKey};
+pub use accesskeys::{AccessKey, KeyGrant, KeyUpdate, NewKey};
 pub use changes::{CHANGES_CHANNEL, Change};
 pub use throttle::{Admission, Settle};
 pub use users::{LOCAL_PROVIDER, ProviderConflict, User};

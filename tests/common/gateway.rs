@@ -79,6 +79,8 @@ pub struct GatewayOptions {
     /// `server.listen` (a fixed port when the config must name its own
     /// address, as an OIDC redirect_url does).
     pub listen: String,
+    /// Lines added inside `[server]`, each ending with a newline.
+    pub server_extra_toml: String,
 }
 
 impl GatewayOptions {
@@ -112,6 +114,7 @@ impl GatewayOptions {
             upstream_extra_toml: String::new(),
             omit_secret_file: false,
             listen: "127.0.0.1:0".to_string(),
+            server_extra_toml: String::new(),
         }
     }
 
@@ -120,7 +123,7 @@ impl GatewayOptions {
             r#"[server]
 listen = "{listen}"
 shutdown_grace = {grace}
-
+{server_extra}
 [store]
 url = "{db_url}"
 
@@ -145,6 +148,7 @@ lockout = {ll}
 "#,
             listen = self.listen,
             grace = self.shutdown_grace,
+            server_extra = self.server_extra_toml,
             issuer = self.issuer,
             ttl = self.jwt_ttl,
             leeway = self.jwt_leeway,
