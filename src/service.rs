@@ -120,16 +120,21 @@ async fn handle_inner(
         return api::serve(endpoint, request, api_ctx).await;
     }
 
+    // Routes are chosen by the host the upstream is told about
+    // (`X-Forwarded-Host` is set from the same value).
+    let authority = headers::requested_authority(request.uri(), request.headers())
+        .map_err(|_| GatewayError::InvalidHost)?;
+    let host = authority
+        .as_ref()
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::routes::canonical_host);
     let judged = JudgedRequest {
         method: request.method(),
         path,
         query: request.uri().query(),
         headers: request.headers(),
         client_ip: client_ip(gateway, &client, &request),
-        host: request
-            .headers()
-            .get(header::HOST)
-            .and_then(|host| host.to_str().ok()),
+        host: host.as_deref(),
         scheme: Some(client.proto()),
         ending: Ending::Forward,
     };

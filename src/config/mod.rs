@@ -828,6 +828,115 @@ mod tests {
         assert!(err.to_string().contains("jwt.secret_file"), "{err}");
     }
 
+    /// The problems of a config with one `[[route]]` holding `keys` (and
+    /// `path_prefix`, `upstream` unless given).
+    fn route_problems(keys: &str) -> Vec<String> {
+        let secret = secret_file();
+        let mut route = String::from("[[route]]\n");
+        if !keys.contains("path_prefix") {
+            route.push_str("path_prefix = \"/api\"\n");
+        }
+        if !keys.contains("upstream") {
+            route.push_str("upstream = \"http://127.0.0.1:1\"\n");
+        }
+        route.push_str(keys);
+        match Config::from_toml(&minimal(secret.path(), &route)) {
+            Ok(_) => Vec::new(),
+            Err(err) => err.problems,
+        }
+    }
+
+    #[test]
+    fn routing_keys_are_accepted() {
+        let problems = route_problems(
+            "hosts = [\"API.example.com\", \"*.example.com\", \"api.example.com.\"]\n\
+             methods = [\"GET\", \"HEAD\", \"PROPFIND\"]\nrewrite_prefix = \"/v2\"\n\
+             auth = \"optional\"\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(route_problems("hosts = []\nstrip_prefix = true\n").is_empty());
+    }
+
+    #[test]
+    fn each_bad_routing_key_is_one_problem() {
+        let cases = [
+            ("hosts = [\"a*b.test\"]\n", "route[0].hosts"),
+            ("hosts = [\"*\"]\n", "route[0].hosts"),
+            ("hosts = [\"*.*.test\"]\n", "route[0].hosts"),
+            ("hosts = [\"https://a.test\"]\n", "route[0].hosts"),
+            ("hosts = [\"a.test:8080\"]\n", "route[0].hosts"),
+            ("hosts = [\"\"]\n", "route[0].hosts"),
+            ("hosts = [\"a.test/x\"]\n", "route[0].hosts"),
+            ("methods = [\"get\"]\n", "route[0].methods"),
+            ("methods = [\"Get\"]\n", "route[0].methods"),
+            ("methods = []\n", "route[0].methods"),
+            (
+                "strip_prefix = true\nrewrite_prefix = \"/v2\"\n",
+                "route[0].rewrite_prefix",
+            ),
+            ("rewrite_prefix = \"v2\"\n", "route[0].rewrite_prefix"),
+            ("rewrite_prefix = \"/v2/../x\"\n", "route[0].rewrite_prefix"),
+            ("rewrite_prefix = \"/v%2e\"\n", "route[0].rewrite_prefix"),
+            ("rewrite_prefix = \"/a//b\"\n", "route[0].rewrite_prefix"),
+            ("auth = \"optional\"\nroles = [\"ops\"]\n", "route[0].auth"),
+            ("auth = \"optional\"\nlogin = \"corp\"\n", "route[0].auth"),
+        ];
+        for (keys, key) in cases {
+            let problems = route_problems(keys);
+            let routing: Vec<&String> = problems
+                .iter()
+                .filter(|problem| !problem.contains("names no [[oidc]]"))
+                .collect();
+            assert_eq!(routing.len(), 1, "{keys}: {problems:?}");
+            assert!(routing[0].contains(key), "{keys}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn routes_that_could_take_one_request_are_refused() {
+        let secret = secret_file();
+        let problems = |routes: &str| match Config::from_toml(&minimal(secret.path(), routes)) {
+            Ok(_) => Vec::new(),
+            Err(err) => err.problems,
+        };
+        let route = |keys: &str| {
+            format!("[[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n{keys}")
+        };
+        // Different hosts, or methods without one in common: fine.
+        let apart = [
+            (route("hosts = [\"x.test\"]\n"), route("")),
+            (
+                route("hosts = [\"*.x.test\"]\n"),
+                route("hosts = [\"x.test\"]\n"),
+            ),
+            (
+                route("methods = [\"GET\"]\n"),
+                route("methods = [\"POST\"]\n"),
+            ),
+        ];
+        for (first, second) in apart {
+            let found = problems(&format!("{first}{second}"));
+            assert!(found.is_empty(), "{first}{second}: {found:?}");
+        }
+        let together = [
+            (route(""), route("")),
+            (
+                route("hosts = [\"X.test\"]\n"),
+                route("hosts = [\"y.test\", \"x.test.\"]\n"),
+            ),
+            (
+                route("methods = [\"GET\", \"PUT\"]\n"),
+                route("methods = [\"PUT\"]\n"),
+            ),
+            (route("methods = [\"GET\"]\n"), route("")),
+        ];
+        for (first, second) in together {
+            let found = problems(&format!("{first}{second}"));
+            assert_eq!(found.len(), 1, "{first}{second}: {found:?}");
+            assert!(found[0].contains("more than once"), "{found:?}");
+        }
+    }
+
     #[test]
     fn reserved_prefix_and_duplicates_are_refused() {
         let secret = secret_file();

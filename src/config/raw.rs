@@ -285,6 +285,12 @@ pub(super) struct RawRoute {
     pub(super) roles: Vec<String>,
     pub(super) timeout: Option<u64>,
     pub(super) login: Option<String>,
+    #[serde(default)]
+    pub(super) hosts: Vec<String>,
+    pub(super) methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) strip_prefix: bool,
+    pub(super) rewrite_prefix: Option<String>,
 }
 
 /// Default values, documented in the README's configuration reference.

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
+use http::{Method, Uri};
 use ipnet::IpNet;
 
-use crate::routes::{Route, RouteAuth, RouteTable};
+use crate::routes::{HostPattern, PrefixRewrite, Route, RouteAuth, RouteTable};
 use crate::token::jwks::JwksSource;
 use crate::token::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
 
@@ -782,12 +782,75 @@ pub(super) fn validate_routes(
         let auth = match route.auth.as_str() {
             "required" => RouteAuth::Required,
             "public" => RouteAuth::Public,
+            "optional" => RouteAuth::Optional,
             other => {
                 p.add(
                     &format!("{key}.auth"),
-                    format_args!("{other:?} must be \"required\" or \"public\""),
+                    format_args!("{other:?} must be \"required\", \"public\" or \"optional\""),
                 );
                 RouteAuth::Required
+            }
+        };
+        if auth == RouteAuth::Optional && (!route.roles.is_empty() || route.login.is_some()) {
+            p.add(
+                &format!("{key}.auth"),
+                "\"optional\" cannot go with roles or login: a caller without a credential is let through",
+            );
+        }
+        let mut hosts = Vec::with_capacity(route.hosts.len());
+        for host in &route.hosts {
+            match parse_host_pattern(host) {
+                Ok(pattern) => {
+                    if !hosts.contains(&pattern) {
+                        hosts.push(pattern);
+                    }
+                }
+                Err(problem) => p.add(&format!("{key}.hosts"), problem),
+            }
+        }
+        let methods = route.methods.map(|names| {
+            let mut methods = Vec::with_capacity(names.len());
+            if names.is_empty() {
+                p.add(
+                    &format!("{key}.methods"),
+                    "must list at least one method (leave it out for every method)",
+                );
+            }
+            for name in &names {
+                match parse_method(name) {
+                    Ok(method) => {
+                        if !methods.contains(&method) {
+                            methods.push(method);
+                        }
+                    }
+                    Err(problem) => p.add(&format!("{key}.methods"), problem),
+                }
+            }
+            methods
+        });
+        let rewrite = match (route.strip_prefix, route.rewrite_prefix) {
+            (true, Some(_)) => {
+                p.add(
+                    &format!("{key}.rewrite_prefix"),
+                    "strip_prefix and rewrite_prefix cannot both be set",
+                );
+                PrefixRewrite::Keep
+            }
+            (true, None) => PrefixRewrite::Strip,
+            (false, None) => PrefixRewrite::Keep,
+            (false, Some(replacement)) => {
+                let valid = replacement.starts_with('/')
+                    && crate::routes::check_path(&replacement).is_ok()
+                    && crate::routes::valid_prefix(&replacement);
+                if !valid {
+                    p.add(
+                        &format!("{key}.rewrite_prefix"),
+                        format_args!(
+                            "{replacement:?} must be a normal path starting with '/' made of A-Z a-z 0-9 - . _ ~ and /"
+                        ),
+                    );
+                }
+                PrefixRewrite::Replace(replacement.trim_end_matches('/').to_owned())
             }
         };
         if auth == RouteAuth::Public && !route.roles.is_empty() {
@@ -818,18 +881,83 @@ pub(super) fn validate_routes(
                 roles: route.roles,
                 timeout,
                 login: route.login.map(Arc::from),
+                hosts,
+                methods,
+                rewrite,
             }),
             Err(problem) => p.add(&format!("{key}.upstream"), problem),
         }
     }
     let table = RouteTable::new(routes);
-    for duplicate in table.duplicate_prefixes() {
-        p.add(
-            "route",
-            format_args!("path_prefix {duplicate:?} appears more than once (prefixes compare ignoring ASCII case)"),
-        );
+    let mut reported = std::collections::HashSet::new();
+    for (first, second) in table.conflicts() {
+        // A pair is found once per host level they share; reported once.
+        if reported.insert(first.prefix.to_ascii_lowercase()) {
+            p.add(
+                "route",
+                format_args!(
+                    "path_prefix {:?} appears more than once for the same hosts and methods, so two routes could take one request (prefixes compare ignoring ASCII case)",
+                    second.prefix
+                ),
+            );
+        }
     }
     table
+}
+
+/// A `hosts` entry: a DNS name or `*.` and one (any case, one trailing dot
+/// allowed), without scheme, port, path or a `*` anywhere else.
+pub(super) fn parse_host_pattern(value: &str) -> Result<HostPattern, String> {
+    let lower = value.to_ascii_lowercase();
+    let (wildcard, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if value.contains("://") {
+        return Err(format!("{value:?} must be a host name, without a scheme"));
+    }
+    if value.contains(':') {
+        return Err(format!(
+            "{value:?} must be a host name, without a port (ports are ignored)"
+        ));
+    }
+    let labels_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        });
+    if !labels_ok {
+        return Err(format!(
+            "{value:?} must be a host name (letters, digits, '-', '_' and dots) or \"*.\" and one; '*' only as the whole first label"
+        ));
+    }
+    Ok(if wildcard {
+        HostPattern::Wildcard(name.to_owned())
+    } else {
+        HostPattern::Exact(name.to_owned())
+    })
+}
+
+/// A method name as HTTP spells the standard ones: upper case (methods are
+/// case-sensitive, so `get` would be another method that no client sends).
+pub(super) fn parse_method(value: &str) -> Result<Method, String> {
+    let token_ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !token_ok {
+        return Err(format!(
+            "{value:?} must be an upper-case method name such as \"GET\" (methods are case-sensitive)"
+        ));
+    }
+    Method::from_bytes(value.as_bytes()).map_err(|_| format!("{value:?} is not a method name"))
 }
 
 /// An upstream base URL: `http://host:port` with an optional path prefix.

@@ -27,6 +27,7 @@ use crate::body::{self, Body};
 use crate::config::{Limits, UpstreamConfig};
 use crate::conn::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::error::GatewayError;
+use crate::routes::{PrefixRewrite, Route};
 use crate::tls::{self, TlsError};
 
 /// Resolves when the credential a WebSocket was opened with stops working
@@ -99,6 +100,9 @@ impl Forwarder {
         // forwards, whatever called this.
         let upstream = route.upstream.as_ref().ok_or(GatewayError::NoRoute)?;
         let (mut parts, incoming) = request.into_parts();
+        if route.rewrite != PrefixRewrite::Keep {
+            parts.uri = rewritten_uri(route, &parts.uri)?;
+        }
         if let Some(limit) = self.max_body_bytes
             && declared_length(&parts.headers).is_some_and(|length| length > limit)
         {
@@ -415,6 +419,23 @@ async fn revoked(watch: Option<CredentialWatch>) {
     }
 }
 
+/// `uri` with its path's prefix stripped or replaced as `route` says, its
+/// authority and query kept (the authority is still the client's, for
+/// `X-Forwarded-Host`). The rewritten path passes the path policy again.
+fn rewritten_uri(route: &Route, uri: &Uri) -> Result<Uri, GatewayError> {
+    let path = route
+        .upstream_path(uri.path())
+        .ok_or(GatewayError::InvalidPath)?;
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.into_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(path_and_query).map_err(|_| GatewayError::InvalidPath)?);
+    Uri::from_parts(parts).map_err(|_| GatewayError::Internal)
+}
+
 /// The upstream URI: the upstream's scheme and authority, its own path
 /// prefix (if any) followed by the request path, and the query without
 /// credentials.
@@ -468,7 +489,7 @@ mod tests {
     fn rewritten_heads_carry_no_credential_and_the_upstream_host() {
         let request = Request::builder()
             .uri("http://evil.example/admin/x?a=1&token=secret&b=2")
-            .header("host", "other.example")
+            .header("host", "Evil.Example.")
             .header("authorization", "Bearer secret")
             .header("cookie", "token=secret; theme=dark")
             .header("x-auth-user", "root")
@@ -500,6 +521,17 @@ mod tests {
             .uri("/x")
             .header("host", "a")
             .header("host", "b")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        assert_eq!(
+            rewrite_head(&mut parts, &upstream, None, &client, &id),
+            Err(GatewayError::InvalidHost)
+        );
+        // An absolute-form target naming another host than `Host`.
+        let request = Request::builder()
+            .uri("http://evil.example/x")
+            .header("host", "api.example")
             .body(())
             .unwrap();
         let (mut parts, ()) = request.into_parts();

@@ -1,0 +1,298 @@
+//! Routing by host and method, prefix rewrites and optional auth, through
+//! the real gateway in front of recording upstreams (issue 25).
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+/// One `[[route]]` in TOML with extra keys.
+fn route(prefix: &str, upstream: &Upstream, keys: &str) -> String {
+    format!(
+        "\n[[route]]\npath_prefix = \"{prefix}\"\nupstream = \"{}\"\n{keys}",
+        upstream.url()
+    )
+}
+
+/// A gateway whose routes are `routes` only.
+async fn gateway(routes: String) -> Gateway {
+    let mut opts = GatewayOptions::new("http://127.0.0.1:1");
+    opts.routes = Vec::new();
+    opts.extra_toml = routes;
+    Gateway::start_with(opts).await
+}
+
+/// A raw HTTP/1.1 request with `host` and extra header lines.
+async fn send(gw: &Gateway, method: &str, target: &str, host: &str, extra: &str) -> RawResponse {
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    raw_request(gw.addr(), &head, b"").await
+}
+
+fn error_reason(response: &RawResponse) -> String {
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
+    body["error"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_pick_the_level_exact_then_wildcard_then_any() {
+    let any = Upstream::start().await;
+    let exact = Upstream::start().await;
+    let wild = Upstream::start().await;
+    let gw = gateway(
+        route("/", &any, "auth = \"public\"\n")
+            + &route("/", &exact, "auth = \"public\"\nhosts = [\"api.a.test\"]\n")
+            + &route("/", &wild, "auth = \"public\"\nhosts = [\"*.a.test\"]\n"),
+    )
+    .await;
+    let cases = [
+        ("api.a.test", &exact),
+        ("API.A.Test", &exact),
+        ("api.a.test.", &exact),
+        ("api.a.test:8443", &exact),
+        ("other.a.test", &wild),
+        ("x.y.a.test", &wild),
+        ("a.test", &any),
+        ("elsewhere.test", &any),
+        ("127.0.0.1", &any),
+        ("[::1]:80", &any),
+    ];
+    for (host, upstream) in cases {
+        let before = upstream.count();
+        let response = send(&gw, "GET", "/x", host, "").await;
+        assert_eq!(response.status, 200, "{host}");
+        assert_eq!(upstream.count(), before + 1, "{host} went elsewhere");
+    }
+    // The upstream is told the routed host, canonical.
+    send(&gw, "GET", "/x", "API.A.Test.:8443", "").await;
+    assert_eq!(
+        exact.last().header("x-forwarded-host").as_deref(),
+        Some("api.a.test:8443")
+    );
+    // An absolute-form target naming another host than Host is refused,
+    // not routed by either.
+    let before = (any.count(), exact.count(), wild.count());
+    let response = send(&gw, "GET", "http://api.a.test/x", "other.test", "").await;
+    assert_eq!(response.status, 400);
+    assert_eq!(error_reason(&response), "INVALID_HOST");
+    // The same host twice over: routed by it.
+    let response = send(&gw, "GET", "http://API.a.test/x", "api.a.test", "").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(exact.count(), before.1 + 1);
+    assert_eq!((any.count(), wild.count()), (before.0, before.2));
+    // Hosts that are no DNS name are refused before routing.
+    for odd in ["a..b", "a%2eb", "a.test,b.test", "[::1"] {
+        let response = send(&gw, "GET", "/x", odd, "").await;
+        assert_eq!(response.status, 400, "{odd}");
+    }
+}
+
+/// One HTTP/2 (h2c, prior knowledge) GET of `uri` with `headers`: status.
+async fn h2_get(gw: &Gateway, uri: &str, headers: &[(&str, &str)]) -> u16 {
+    let stream = TcpStream::connect(gw.addr()).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    let mut request = hyper::Request::builder().uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Empty::<Bytes>::new()).expect("request"))
+        .await
+        .expect("h2 response");
+    response.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_authority_routes_like_host() {
+    let any = Upstream::start().await;
+    let exact = Upstream::start().await;
+    let gw = gateway(
+        route("/", &any, "auth = \"public\"\n")
+            + &route("/", &exact, "auth = \"public\"\nhosts = [\"api.a.test\"]\n"),
+    )
+    .await;
+    assert_eq!(h2_get(&gw, "http://API.a.test:9/x", &[]).await, 200);
+    assert_eq!((exact.count(), any.count()), (1, 0));
+    assert_eq!(
+        exact.last().header("x-forwarded-host").as_deref(),
+        Some("api.a.test:9")
+    );
+    // `:authority` and a `Host` field naming another host: refused.
+    assert_eq!(
+        h2_get(&gw, "http://api.a.test/x", &[("host", "other.test")]).await,
+        400
+    );
+    assert_eq!(
+        h2_get(&gw, "http://other.test/x", &[("host", "api.a.test")]).await,
+        400
+    );
+    assert_eq!((exact.count(), any.count()), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_choose_routes_and_405_comes_before_credentials() {
+    let reads = Upstream::start().await;
+    let writes = Upstream::start().await;
+    let gw = gateway(
+        route(
+            "/api",
+            &reads,
+            "methods = [\"GET\", \"HEAD\"]\nauth = \"public\"\n",
+        ) + &route("/api", &writes, "methods = [\"POST\"]\n"),
+    )
+    .await;
+    let response = send(&gw, "GET", "/api/1", "gw.test", "").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(reads.count(), 1);
+    // POST needs a credential on its own route.
+    let response = send(&gw, "POST", "/api/1", "gw.test", "").await;
+    assert_eq!(response.status, 401);
+    let response = send(
+        &gw,
+        "DELETE",
+        "/api/1",
+        "gw.test",
+        "Authorization: Bearer not-even-a-token\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 405);
+    assert_eq!(error_reason(&response), "METHOD_NOT_ALLOWED");
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(response.header("allow"), Some("GET, HEAD, POST"));
+    assert_eq!(writes.count(), 0);
+    // Lower-case is another method, which no route takes.
+    let response = send(&gw, "get", "/api/1", "gw.test", "").await;
+    assert_eq!(response.status, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stricter_route_holds_per_host() {
+    let site = Upstream::start().await;
+    let gw = gateway(
+        route("/", &site, "auth = \"public\"\n")
+            + &route("/", &site, "auth = \"public\"\nhosts = [\"api.test\"]\n")
+            + &route(
+                "/admin",
+                &site,
+                "hosts = [\"api.test\"]\nroles = [\"admin\"]\n",
+            ),
+    )
+    .await;
+    for path in [
+        "/admin/x",
+        "/ADMIN/x",
+        "/admin;x/y",
+        "/admin./x",
+        "/Admin%20/x",
+    ] {
+        let response = send(&gw, "GET", path, "api.test", "").await;
+        assert_eq!(response.status, 401, "{path} on api.test");
+    }
+    // Another host has no /admin route: its own rules apply.
+    let response = send(&gw, "GET", "/admin/x", "www.test", "").await;
+    assert_eq!(response.status, 200);
+    // A host level whose only route is another reading of the path
+    // refuses it rather than sending it to the laxer level.
+    let gw = gateway(
+        route("/", &site, "auth = \"public\"\n")
+            + &route("/admin", &site, "hosts = [\"api.test\"]\n"),
+    )
+    .await;
+    for path in ["/admin;x/y", "/admin./x", "/admin~/x"] {
+        let response = send(&gw, "GET", path, "api.test", "").await;
+        assert_eq!(response.status, 400, "{path}");
+        assert_eq!(error_reason(&response), "INVALID_PATH", "{path}");
+    }
+    let response = send(&gw, "GET", "/ADMIN/x", "API.test.", "").await;
+    assert_eq!(response.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_are_stripped_or_rewritten_for_the_upstream() {
+    let up = Upstream::start().await;
+    let gw = gateway(
+        route("/api", &up, "auth = \"public\"\nstrip_prefix = true\n")
+            + &route("/v1", &up, "auth = \"public\"\nrewrite_prefix = \"/v2\"\n"),
+    )
+    .await;
+    let cases = [
+        ("/api", "/"),
+        ("/api/", "/"),
+        ("/api/x/y?q=1", "/x/y?q=1"),
+        ("/API/x", "/x"),
+        ("/api/x;p=1", "/x;p=1"),
+        ("/v1", "/v2"),
+        ("/v1/x?token=", "/v2/x"),
+        ("/V1/users/7", "/v2/users/7"),
+    ];
+    for (sent, seen) in cases {
+        let response = send(&gw, "GET", sent, "gw.test", "").await;
+        assert_eq!(response.status, 200, "{sent}");
+        assert_eq!(up.last().uri, seen, "{sent}");
+    }
+    // Nothing climbs out of the prefix: refused before the upstream.
+    let before = up.count();
+    for sent in [
+        "/api/../admin",
+        "/api/%2e%2e/admin",
+        "/api/..;/admin",
+        "/api//admin",
+        "/api/.%2e/x",
+        "/v1/%2e%2e/x",
+        "/v1/..%3b/x",
+    ] {
+        let response = send(&gw, "GET", sent, "gw.test", "").await;
+        assert_eq!(response.status, 400, "{sent}");
+    }
+    // `/apix` is not under `/api`.
+    let response = send(&gw, "GET", "/apix", "gw.test", "").await;
+    assert_eq!(response.status, 404);
+    assert_eq!(up.count(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_auth_forwards_identity_only_for_a_good_credential() {
+    let up = Upstream::start().await;
+    let gw = gateway(route("/", &up, "auth = \"optional\"\n")).await;
+    let user = unique("u");
+    gw.add_user(&user, &random_password(), &["ops"]).await;
+    let token = gw.issue_token(&user).await;
+
+    let response = get(&gw.url("/x"), None, &[("x-auth-user", "root")]).await;
+    response.expect_status(200);
+    let seen = up.last();
+    assert!(
+        !seen.has_header("x-auth-user"),
+        "no identity without a credential"
+    );
+    assert!(!seen.has_header("x-auth-roles"));
+
+    let response = get(&gw.url("/x"), Some(&token), &[]).await;
+    response.expect_status(200);
+    let seen = up.last();
+    assert_eq!(seen.header("x-auth-user").as_deref(), Some(user.as_str()));
+    assert_eq!(seen.header("x-auth-roles").as_deref(), Some("ops"));
+    assert!(!seen.has_header("authorization"));
+
+    let before = up.count();
+    let response = get(&gw.url("/x"), Some("not-a-token"), &[]).await;
+    response.expect_invalid_token();
+    let response = get(&gw.url("/x?token=bad"), None, &[]).await;
+    response.expect_status(401);
+    assert_eq!(up.count(), before, "a bad credential reached the upstream");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
