@@ -296,3 +296,63 @@ async fn optional_auth_forwards_identity_only_for_a_good_credential() {
     assert_eq!(up.count(), before, "a bad credential reached the upstream");
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_judges_with_the_same_table() {
+    let up = Upstream::start().await;
+    let gw = gateway(
+        route("/", &up, "auth = \"public\"\n")
+            + &route(
+                "/api",
+                &up,
+                "hosts = [\"api.test\"]\nroles = [\"admin\"]\nstrip_prefix = true\nmethods = [\"GET\"]\n",
+            ),
+    )
+    .await;
+    gw.add_user("root", &random_password(), &["admin"]).await;
+    let root = gw.issue_token("root").await;
+    let verify = |headers: &'static str| {
+        let gw = &gw;
+        async move { send(gw, "GET", "/_authgate/verify", "gw.internal", headers).await }
+    };
+    // The judged host picks the level: api.test holds /api to its role.
+    let response = verify("X-Forwarded-Host: api.test\r\nX-Forwarded-Uri: /api/x\r\n").await;
+    assert_eq!(response.status, 401);
+    let response = verify("X-Forwarded-Host: API.test.:443\r\nX-Forwarded-Uri: /API/x\r\n").await;
+    assert_eq!(response.status, 401);
+    let response = verify("X-Forwarded-Host: www.test\r\nX-Forwarded-Uri: /api/x\r\n").await;
+    assert_eq!(response.status, 200);
+    // The decision is on the path as the client sent it, not stripped:
+    // `/x` on api.test is the public catch-all's.
+    let response = verify("X-Forwarded-Host: api.test\r\nX-Forwarded-Uri: /x\r\n").await;
+    assert_eq!(response.status, 200);
+    assert!(response.header("x-auth-user").is_none());
+    let head = format!(
+        "GET /_authgate/verify HTTP/1.1\r\nHost: gw.internal\r\nX-Forwarded-Host: api.test\r\n\
+         X-Forwarded-Uri: /api/x\r\nAuthorization: Bearer {root}\r\nConnection: close\r\n\r\n"
+    );
+    let response = raw_request(gw.addr(), &head, b"").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-auth-user"), Some("root"));
+    // The judged method meets the route's methods: 405 with Allow.
+    let response = verify(
+        "X-Forwarded-Host: api.test\r\nX-Forwarded-Uri: /api/x\r\nX-Forwarded-Method: DELETE\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 405);
+    assert_eq!(response.header("allow"), Some("GET"));
+    // Without X-Forwarded-Host, the verify request's own Host (Envoy).
+    let response = send(&gw, "GET", "/_authgate/verify/api/x", "api.test", "").await;
+    assert_eq!(response.status, 401);
+    // Two hosts, or a host that is no host: refused, never guessed at.
+    for headers in [
+        "X-Forwarded-Host: api.test\r\nX-Forwarded-Host: www.test\r\nX-Forwarded-Uri: /api/x\r\n",
+        "X-Forwarded-Host: www.test, api.test\r\nX-Forwarded-Uri: /api/x\r\n",
+        "X-Forwarded-Host: api..test\r\nX-Forwarded-Uri: /api/x\r\n",
+    ] {
+        let response = verify(headers).await;
+        assert_eq!(response.status, 400, "{headers}");
+        assert_eq!(error_reason(&response), "INVALID_HOST", "{headers}");
+    }
+    assert_eq!(up.count(), 0, "a decision reached the upstream");
+}
