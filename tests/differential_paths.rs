@@ -259,11 +259,7 @@ const SETUPS: [Setup; 4] = [
             )
         },
         mount: "/v1",
-        allowed: [
-            &[],
-            &["root", "public"],
-            &["root", "public", "admin"],
-        ],
+        allowed: [&[], &["root", "public"], &["root", "public", "admin"]],
     },
 ];
 

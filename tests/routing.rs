@@ -356,3 +356,76 @@ async fn forward_auth_judges_with_the_same_table() {
     }
     assert_eq!(up.count(), 0, "a decision reached the upstream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_the_table_while_requests_are_in_flight() {
+    let before = Upstream::start().await;
+    let after = Upstream::start().await;
+    let slow = Upstream::start_with_delay(Duration::from_millis(300)).await;
+    let table = |api: &Upstream| {
+        route("/", &slow, "auth = \"public\"\n")
+            + &route("/", api, "auth = \"public\"\nhosts = [\"api.test\"]\n")
+    };
+    let mut opts = GatewayOptions::new("http://127.0.0.1:1");
+    opts.routes = Vec::new();
+    opts.extra_toml = table(&before);
+    let mut gw = Gateway::start_with(opts.clone()).await;
+    // Requests in flight across the swap: each is answered by the table it
+    // was routed by.
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = gw.addr();
+            tokio::spawn(async move {
+                raw_request(
+                    addr,
+                    "GET /slow HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n\r\n",
+                    b"",
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let addr = gw.addr();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            // Until told to stop (a bound keeps a broken reload from looping).
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let head = "GET /x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n";
+                statuses.push(raw_request(addr, head, b"").await.status);
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    opts.extra_toml = table(&after);
+    gw.set_options(opts);
+    gw.sighup();
+    assert!(
+        poll_until(Duration::from_secs(15), || async { after.count() > 0 }).await,
+        "the new table never took requests"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = load.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for request in in_flight {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let switched = before.count() + after.count();
+    assert_eq!(
+        switched,
+        statuses.len(),
+        "every request went to one table's upstream"
+    );
+    // After the swap, api.test is the new upstream's only.
+    let count = before.count();
+    let response = send(&gw, "GET", "/x", "api.test", "").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(before.count(), count);
+}
