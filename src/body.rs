@@ -23,3 +23,12 @@ pub fn empty() -> Body {
 pub fn stream(incoming: hyper::body::Incoming) -> Body {
     incoming.boxed_unsync()
 }
+
+/// Any body with the upstream's frame and error types (a wrapped upstream
+/// body), boxed.
+pub fn boxed<B>(inner: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
+    inner.boxed_unsync()
+}

@@ -191,6 +191,9 @@ impl From<StoreError> for CliError {
             StoreError::RoleNotHeld(role) => {
                 format!("the key's owner does not hold role {}", escape(&role))
             }
+            StoreError::KeyLimitReached => {
+                "KEY_LIMIT_REACHED: the user holds accesskeys.max_per_user unexpired keys; delete one first".into()
+            }
         })
     }
 }
@@ -254,7 +257,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             let result = match command {
                 Command::Serve { .. } => serve(config.clone(), cli.config.clone()).await,
                 Command::User(command) => user(command, &config, &mut store).await,
-                Command::Key(command) => key(command, &mut store).await,
+                Command::Key(command) => key(command, &config, &mut store).await,
                 Command::Token(TokenCommand::Issue { user, ttl }) => {
                     token(&user, ttl, &config, &mut store).await
                 }
@@ -500,7 +503,11 @@ fn check_cli_label(flag: &str, value: &str, max_chars: usize) -> Result<(), CliE
     })
 }
 
-async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliError> {
+async fn key(
+    command: KeyCommand,
+    config: &Config,
+    store: &mut LazyStore<'_>,
+) -> Result<(), CliError> {
     let store = store.open().await?;
     match command {
         KeyCommand::Create {
@@ -534,6 +541,7 @@ async fn key(command: KeyCommand, store: &mut LazyStore<'_>) -> Result<(), CliEr
                 detail: &detail,
                 expires_in: expire,
                 scope: &scope,
+                max_per_user: config.accesskeys.max_per_user,
             };
             let created = accesskey::issue(&store, request, unix_now()).await;
             let created = match created {

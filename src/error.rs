@@ -134,6 +134,22 @@ pub enum GatewayError {
         /// Seconds to wait before trying again.
         retry_after: u64,
     },
+    /// The client address holds `onetimekey.max_per_address` outstanding
+    /// one-time keys already.
+    #[error("this address holds as many one-time keys as it may; try again later")]
+    OneTimeKeysPerAddress {
+        /// Seconds until its oldest outstanding key expires, at least 1.
+        retry_after: u64,
+    },
+    /// The user holds `accesskeys.max_per_user` unexpired access keys already.
+    #[error("this user holds as many access keys as it may; delete one first")]
+    KeyLimitReached,
+    /// `limits.max_upstream_requests` requests are in flight to this
+    /// route's upstream already.
+    #[error(
+        "the upstream service has as many requests in flight as the gateway allows; try again shortly"
+    )]
+    UpstreamBusy,
     /// A resource already exists (e.g. a user of that name).
     #[error("{0}")]
     Conflict(&'static str),
@@ -179,6 +195,10 @@ pub enum GatewayError {
     #[error("internal error")]
     Internal,
 }
+
+/// `Retry-After` of a 503 `UPSTREAM_BUSY`: in-flight requests to a healthy
+/// upstream finish within seconds.
+pub const UPSTREAM_BUSY_RETRY_AFTER_SECS: u64 = 1;
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
 pub const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
@@ -243,6 +263,8 @@ impl GatewayError {
             UnsupportedMediaType => (MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
             HeadersTooLarge => (HEADERS_TOO_LARGE, "HEADERS_TOO_LARGE"),
             TooManyAttempts { .. } => (TOO_MANY, "TOO_MANY_ATTEMPTS"),
+            OneTimeKeysPerAddress { .. } => (TOO_MANY, "RATE_LIMITED"),
+            KeyLimitReached => (TOO_MANY, "KEY_LIMIT_REACHED"),
             SignInRequired { .. } => (SIGN_IN, "SIGN_IN_REQUIRED"),
             SignInFailed(_) => (UNAUTHENTICATED, "SIGN_IN_FAILED"),
             AccountConflict => (FORBIDDEN, "ACCOUNT_CONFLICT"),
@@ -252,6 +274,7 @@ impl GatewayError {
             UpstreamUnreachable => (BAD_GATEWAY, "UPSTREAM_UNREACHABLE"),
             UpstreamInvalidResponse => (BAD_GATEWAY, "UPSTREAM_INVALID_RESPONSE"),
             UpstreamTimeout => (GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT"),
+            UpstreamBusy => (UNAVAILABLE, "UPSTREAM_BUSY"),
             StoreUnavailable => (UNAVAILABLE, "STORE_UNAVAILABLE"),
             LoginBusy { .. } => (UNAVAILABLE, "LOGIN_BUSY"),
             Internal => (INTERNAL, "INTERNAL_ERROR"),
@@ -336,6 +359,18 @@ impl GatewayError {
             | GatewayError::LoginBusy { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
+            GatewayError::OneTimeKeysPerAddress { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after).max(1)),
+                );
+            }
+            GatewayError::UpstreamBusy => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UPSTREAM_BUSY_RETRY_AFTER_SECS),
+                );
+            }
             GatewayError::RateLimited {
                 retry_after,
                 policy,
@@ -368,6 +403,7 @@ impl From<crate::store::StoreError> for GatewayError {
             StoreError::NotFound => GatewayError::NotFound,
             StoreError::AlreadyExists => GatewayError::Conflict("that name is already taken"),
             StoreError::RoleNotHeld(_) => GatewayError::RoleNotHeld,
+            StoreError::KeyLimitReached => GatewayError::KeyLimitReached,
             StoreError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "store unavailable");
                 GatewayError::StoreUnavailable
@@ -581,6 +617,24 @@ mod tests {
                 "UNAVAILABLE",
                 "LOGIN_BUSY",
             ),
+            (
+                GatewayError::UpstreamBusy,
+                503,
+                "UNAVAILABLE",
+                "UPSTREAM_BUSY",
+            ),
+            (
+                GatewayError::KeyLimitReached,
+                429,
+                "RESOURCE_EXHAUSTED",
+                "KEY_LIMIT_REACHED",
+            ),
+            (
+                GatewayError::OneTimeKeysPerAddress { retry_after: 9 },
+                429,
+                "RESOURCE_EXHAUSTED",
+                "RATE_LIMITED",
+            ),
         ];
         for (err, status, name, reason) in cases {
             assert_eq!(err.status_code().as_u16(), status, "{err:?}");
@@ -617,6 +671,18 @@ mod tests {
             r#""per-user";q=2;w=1"#
         );
         assert_eq!(response.headers()[RATELIMIT], r#""per-user";r=0;t=1"#);
+    }
+
+    #[test]
+    fn the_bounds_tell_when_to_come_back() {
+        let busy = GatewayError::UpstreamBusy.into_response("r");
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let otk = GatewayError::OneTimeKeysPerAddress { retry_after: 0 }.into_response("r");
+        assert_eq!(
+            otk.headers()[header::RETRY_AFTER],
+            "1",
+            "at least one second"
+        );
     }
 
     #[test]

@@ -84,7 +84,10 @@ impl Gateway {
             );
         }
         follow::start(&store, &cache, config.store.poll_interval).await?;
-        let hashes = HashLimiter::new(config.login.max_concurrent_hashes);
+        let hashes = HashLimiter::new(
+            config.login.max_concurrent_hashes,
+            config.login.max_queued_hashes,
+        );
         let metrics = Arc::new(Metrics::default());
         let certificates = match &config.server.tls {
             Some(tls) => {
@@ -148,7 +151,7 @@ impl Gateway {
 
     /// A snapshot with `config` that shares this one's store, cache and
     /// metrics. Listeners and the store cannot change this way.
-    pub fn reconfigure(&self, config: Config) -> Result<Gateway, ReloadError> {
+    pub fn reconfigure(&self, mut config: Config) -> Result<Gateway, ReloadError> {
         let old = &self.config.server;
         let new = &config.server;
         if old.listen != new.listen
@@ -160,14 +163,18 @@ impl Gateway {
         if self.config.store.url != config.store.url {
             return Err(ReloadError::NeedsRestart("store.url"));
         }
+        config.routes.adopt_in_flight(&self.config.routes);
         // The same hashing slots while the bound stays: requests still
         // running on the old snapshot count against the new one's bound.
-        let hashes =
-            if config.login.max_concurrent_hashes == self.config.login.max_concurrent_hashes {
-                self.throttle.hashes().clone()
-            } else {
-                HashLimiter::new(config.login.max_concurrent_hashes)
-            };
+        let (slots, queued) = (
+            config.login.max_concurrent_hashes,
+            config.login.max_queued_hashes,
+        );
+        let hashes = if self.throttle.hashes().same_bounds(slots, queued) {
+            self.throttle.hashes().clone()
+        } else {
+            HashLimiter::new(slots, queued)
+        };
         if let (Some(tls), Some(certificates)) = (&config.server.tls, &self.certificates) {
             certificates.configure(tls)?;
         }

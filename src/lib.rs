@@ -18,6 +18,7 @@ pub mod conn;
 pub mod context;
 pub mod error;
 pub mod gateway;
+pub mod inflight;
 pub mod judge;
 pub mod logging;
 pub mod metrics;

@@ -70,6 +70,10 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// What the upstream gets instead of the matched prefix.
     pub rewrite: PrefixRewrite,
+    /// Requests in flight to this route's upstream: one counter shared by
+    /// every route to the same scheme and authority
+    /// (`limits.max_upstream_requests`).
+    pub in_flight: std::sync::Arc<crate::inflight::InFlight>,
 }
 
 impl Route {
@@ -520,6 +524,35 @@ impl RouteTable {
         Err(RouteMiss::NoRoute)
     }
 
+    /// Takes over `previous`'s in-flight counters for the upstreams both
+    /// tables forward to with the same bound, so requests still running on
+    /// the old config count against the new one's bound after a reload.
+    /// Every copy of a route (one per host level it is in) gets the same.
+    pub fn adopt_in_flight(&mut self, previous: &RouteTable) {
+        let levels = self
+            .exact
+            .values_mut()
+            .chain(self.wildcard.values_mut())
+            .chain(std::iter::once(&mut self.any_host))
+            .flat_map(|level| level.routes.iter_mut());
+        for route in self.all.iter_mut().chain(levels) {
+            let Some(upstream) = &route.upstream else {
+                continue;
+            };
+            let key = crate::inflight::upstream_key(upstream);
+            let old = previous.all.iter().find(|old| {
+                old.upstream
+                    .as_ref()
+                    .is_some_and(|u| crate::inflight::upstream_key(u) == key)
+            });
+            if let Some(old) = old
+                && old.in_flight.max() == route.in_flight.max()
+            {
+                route.in_flight = old.in_flight.clone();
+            }
+        }
+    }
+
     /// Pairs of routes that could both take one request (same host
     /// pattern, same prefix ignoring ASCII case, a method in common).
     pub fn conflicts(&self) -> Vec<(&Route, &Route)> {
@@ -739,6 +772,7 @@ mod tests {
             hosts: vec![],
             methods: None,
             rewrite: PrefixRewrite::Keep,
+            in_flight: crate::inflight::InFlight::new(1),
         }
     }
 
@@ -768,6 +802,34 @@ mod tests {
         assert_eq!(table.find("/publicity").unwrap().prefix, "/");
         let empty = RouteTable::new(vec![route("/api")]);
         assert!(empty.find("/other").is_none());
+    }
+
+    #[test]
+    fn a_reload_keeps_the_counters_of_the_same_upstreams() {
+        let find = |table: &super::RouteTable, host: Option<&str>| {
+            let matched = table.route_for(host, &Method::GET, "/a").unwrap();
+            matched.route.in_flight.current()
+        };
+        let old = super::RouteTable::new(vec![route("/a"), route("/b")]);
+        let old_route = old.route_for(None, &Method::GET, "/a").unwrap().route;
+        let held = old_route.in_flight.try_enter().unwrap();
+        let mut same_bound = super::RouteTable::new(vec![route("/a")]);
+        same_bound.adopt_in_flight(&old);
+        assert_eq!(find(&same_bound, None), 1);
+        // A route on a host level is adopted too (each copy of it).
+        let mut on_host =
+            super::RouteTable::new(vec![on_hosts(route("/a"), &["x.test", "*.y.test"])]);
+        on_host.adopt_in_flight(&old);
+        assert_eq!(find(&on_host, Some("x.test")), 1);
+        assert_eq!(find(&on_host, Some("z.y.test")), 1);
+        assert_eq!(on_host.iter().next().unwrap().in_flight.current(), 1);
+        let mut other_bound = super::RouteTable::new(vec![Route {
+            in_flight: crate::inflight::InFlight::new(5),
+            ..route("/a")
+        }]);
+        other_bound.adopt_in_flight(&old);
+        assert_eq!(find(&other_bound, None), 0);
+        drop(held);
     }
 
     #[test]

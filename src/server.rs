@@ -303,6 +303,7 @@ fn http_builder(limits: &Limits) -> HttpBuilders {
     http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_streams_per_connection)
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
     HttpBuilders { http1, http2 }

@@ -607,3 +607,52 @@ async fn user_remove_stops_tokens_within_3s() {
         .await
         .expect_status(200);
 }
+
+/// `${VAR}` and `${VAR:-default}` in config values come from the
+/// environment; a missing one is a `check-config` problem naming it, and
+/// a value holding TOML syntax stays a plain value.
+#[tokio::test]
+async fn config_values_read_environment_variables() {
+    let gw = prepared();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    let templated = text
+        .replacen(
+            "issuer = \"authgate\"",
+            "issuer = \"${AUTHGATE_TEST_ISSUER}\"",
+            1,
+        )
+        .replacen(
+            "realm = \"voximplant.com\"",
+            "realm = \"${AUTHGATE_TEST_REALM:-voximplant.com}\"",
+            1,
+        );
+    assert_ne!(templated, text, "the generated config has both keys");
+    let config = write_file(gw.dir(), "templated.toml", &templated);
+    let run = |envs: Vec<(String, String)>| {
+        run_bin(
+            gw.dir(),
+            vec![
+                "check-config".into(),
+                "--config".into(),
+                config.display().to_string(),
+            ],
+            None,
+            envs,
+        )
+    };
+
+    let missing = run(Vec::new()).await;
+    assert!(!missing.status.success());
+    assert!(
+        stdout(&missing)
+            .contains("jwt.issuer: environment variable AUTHGATE_TEST_ISSUER is not set"),
+        "{}",
+        stdout(&missing)
+    );
+    let set = run(vec![(
+        "AUTHGATE_TEST_ISSUER".into(),
+        "issuer\" = \"x".into(),
+    )])
+    .await;
+    assert!(set.status.success(), "{}{}", stdout(&set), stderr(&set));
+}

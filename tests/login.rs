@@ -244,6 +244,8 @@ async fn logins_beyond_max_concurrent_hashes_get_503_with_retry_after_and_the_re
     let upstream = Upstream::start().await;
     let mut opts = GatewayOptions::new(&upstream.url());
     opts.login_max_concurrent_hashes = Some(1);
+    // No queue: every login beyond the one slot is refused at once.
+    opts.login_max_queued_hashes = Some(0);
     let gw = Gateway::start_with(opts).await;
     let user = unique("hasher");
     let pw = random_password();

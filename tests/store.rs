@@ -42,6 +42,13 @@ async fn create_keys_at_once(gw: &Gateway, jwt: &str) -> Vec<(u16, String)> {
     all
 }
 
+/// Room for every key the write tests create for their one user (beyond
+/// the default `accesskeys.max_per_user`).
+fn many_keys(mut opts: GatewayOptions) -> GatewayOptions {
+    opts.extra_toml = format!("[accesskeys]\nmax_per_user = {}\n", WRITERS * KEYS_EACH);
+    opts
+}
+
 fn assert_all_ok(answers: &[(u16, String)]) {
     let failed: Vec<_> = answers
         .iter()
@@ -59,7 +66,7 @@ fn assert_all_ok(answers: &[(u16, String)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_concurrent_key_writers_all_succeed_on_sqlite() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&upstream).await;
+    let gw = Gateway::start_with(many_keys(GatewayOptions::new(&upstream.url()))).await;
     let user = unique("writer");
     gw.add_user(&user, &random_password(), &[]).await;
     let jwt = gw.issue_token(&user).await;
@@ -74,7 +81,7 @@ async fn sixteen_concurrent_key_writers_all_succeed_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_login_bookkeeping_does_not_starve_key_writes() {
     let upstream = Upstream::start().await;
-    let mut opts = GatewayOptions::new(&upstream.url());
+    let mut opts = many_keys(GatewayOptions::new(&upstream.url()));
     opts.login_max_concurrent_hashes = Some(4);
     let gw = Gateway::start_with(opts).await;
     let user = unique("writer");

@@ -212,6 +212,7 @@ pub async fn create(
         detail: &body.detail,
         expires_in: expire,
         scope: &scope,
+        max_per_user: ctx.gateway.config.accesskeys.max_per_user,
     };
     let issued = accesskey::issue(&ctx.gateway.store, request, unix_now()).await?;
     ctx.gateway.metrics.keys_created();

@@ -18,10 +18,13 @@ use crate::names::valid_username;
 use crate::proxy::headers::client_ip;
 use crate::store::User;
 use crate::store::cache::UserFacts;
+use crate::store::onetimekeys::NewOneTimeKey;
 
-/// Outstanding one-time keys kept per user; older ones are dropped.
-const ONETIME_KEYS_PER_USER: i64 = 5;
-/// Outstanding one-time keys kept in all; beyond, issuing answers 429.
+/// Outstanding one-time keys kept per user and asking address; older ones
+/// are dropped.
+const ONETIME_KEYS_PER_USER: usize = 5;
+/// Outstanding one-time keys of local users kept in all; beyond, issuing
+/// answers 429 (one address holds at most `onetimekey.max_per_address`).
 const ONETIME_KEYS_TOTAL: i64 = 100_000;
 /// Random bytes in a one-time key (128 bits).
 const ONETIME_KEY_BYTES: usize = 16;
@@ -96,9 +99,9 @@ pub async fn login(
 ) -> Result<Response<Body>, GatewayError> {
     let headers = request.headers().clone();
     let body: LoginRequest = read_json(request, ctx).await?;
-    // A hashing slot first: beyond the bound the answer costs no store
-    // round-trip and no memory.
-    let permit = ctx.gateway.throttle.hashes().try_acquire().map_err(|_| {
+    // A hashing slot first (waiting in the bounded queue if need be):
+    // beyond the queue the answer costs no store round-trip and no memory.
+    let permit = ctx.gateway.throttle.hashes().acquire().await.map_err(|_| {
         ctx.gateway.metrics.login("password", "busy");
         GatewayError::LoginBusy {
             retry_after: password::BUSY_RETRY_AFTER_SECS,
@@ -197,12 +200,21 @@ pub async fn logout(
     Ok(response)
 }
 
-/// `POST /auth/onetimekey {"username"}`: the same answer for unknown users,
-/// whose keys are stored too and can never succeed.
+/// `POST /auth/onetimekey {"username"}`: the same answer for unknown users.
+/// Every key counts against the asking address (`onetimekey.max_per_address`,
+/// 429 beyond); only keys for local users are stored, so names that are no
+/// user take no room in the table real users share, and a user's older keys
+/// are dropped only among those asked from the same address.
 pub async fn issue_onetime_key(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
+    let ip = client_ip(
+        ctx.client.addr.ip(),
+        request.headers(),
+        &ctx.gateway.config.server.trusted_proxies,
+    );
+    let address = address_subject(ip);
     let body: OneTimeKeyRequest = read_json(request, ctx).await?;
     if body.username.is_empty() || body.username.len() > 256 {
         return Err(GatewayError::InvalidArgument(
@@ -210,29 +222,44 @@ pub async fn issue_onetime_key(
         ));
     }
     let store = &ctx.gateway.store;
+    let config = &ctx.gateway.config.onetimekey;
     let now = unix_now();
-    if store.onetime_key_count().await? >= ONETIME_KEYS_TOTAL {
+    // Users of an external provider have no HA1: their keys could never
+    // succeed, so they are treated as unknown names.
+    let local_user = valid_username(&body.username)
+        && store
+            .user(&body.username)
+            .await?
+            .is_some_and(|user| user.provider.is_none());
+    if local_user && store.onetime_key_count().await? >= ONETIME_KEYS_TOTAL {
         store
             .sweep(now, now - crate::store::follow::CHANGE_LOG_KEEP_SECS)
             .await?;
         if store.onetime_key_count().await? >= ONETIME_KEYS_TOTAL {
             return Err(GatewayError::TooManyAttempts {
-                retry_after: ctx.gateway.config.onetimekey.ttl.as_secs(),
+                retry_after: config.ttl.as_secs(),
             });
         }
     }
-    let ttl = ctx.gateway.config.onetimekey.ttl.as_secs();
+    let ttl = config.ttl.as_secs();
     let key = hex::encode(crate::auth::random_bytes::<ONETIME_KEY_BYTES>());
     let key_hash = hex::encode(crate::auth::accesskey::hash(&key));
-    store
-        .put_onetime_key(
-            &key_hash,
-            &body.username,
-            now + i64::try_from(ttl).unwrap_or(i64::MAX),
-            ONETIME_KEYS_PER_USER,
-            now,
-        )
-        .await?;
+    let new = NewOneTimeKey {
+        key_hash_hex: &key_hash,
+        username: local_user.then_some(body.username.as_str()),
+        address: &address,
+        expires_at: now + i64::try_from(ttl).unwrap_or(i64::MAX),
+        max_per_user: ONETIME_KEYS_PER_USER,
+        max_per_address: config.max_per_address,
+    };
+    if let Err(full) = store.put_onetime_key(new, now).await? {
+        ctx.gateway
+            .metrics
+            .login("onetimekey_issue", "address_limit");
+        return Err(GatewayError::OneTimeKeysPerAddress {
+            retry_after: full.retry_after,
+        });
+    }
     ctx.gateway.metrics.login("onetimekey_issue", "success");
     Ok(json(
         StatusCode::OK,

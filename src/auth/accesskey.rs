@@ -51,6 +51,9 @@ pub struct KeyRequest<'a> {
     /// What the key is narrowed to (fields checked by the caller; the
     /// owner's roles are checked by the store, at commit).
     pub scope: &'a KeyScope,
+    /// Unexpired keys the owner may hold, this one included
+    /// (`accesskeys.max_per_user`; checked by the store, at commit).
+    pub max_per_user: usize,
 }
 
 /// A key made and stored: its record, and the key itself (shown once).
@@ -64,7 +67,8 @@ pub struct IssuedKey {
 
 /// Makes a fresh key for `request` and stores its hash; `NotFound` when
 /// the owner does not exist, `RoleNotHeld` when the scope lists a role the
-/// owner does not hold.
+/// owner does not hold, `KeyLimitReached` when the owner holds
+/// `max_per_user` unexpired keys already.
 pub async fn issue(
     store: &Store,
     request: KeyRequest<'_>,
@@ -80,6 +84,7 @@ pub async fn issue(
         token_prefix: token_prefix(&key),
         tm_expire: now.saturating_add(request.expires_in),
         scope: request.scope,
+        max_per_user: request.max_per_user,
     };
     let stored = store.create_key(new, now).await?;
     Ok(IssuedKey { stored, key })

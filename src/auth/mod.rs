@@ -528,6 +528,7 @@ mod tests {
             hosts: vec![],
             methods: None,
             rewrite: crate::routes::PrefixRewrite::Keep,
+            in_flight: crate::inflight::InFlight::new(1),
         }
     }
 

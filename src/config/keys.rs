@@ -20,6 +20,7 @@ pub(super) fn known_keys(path: &str) -> Option<Vec<String>> {
         "jwt.keys" => Some(fields_of::<RawJwtKey>()),
         "jwt.jwks" => Some(fields_of::<RawJwks>()),
         "onetimekey" => Some(fields_of::<RawOneTimeKey>()),
+        "accesskeys" => Some(fields_of::<RawAccessKeys>()),
         "limits" => Some(fields_of::<RawLimits>()),
         "upstream" => Some(fields_of::<RawUpstream>()),
         "login" => Some(fields_of::<RawLogin>()),

@@ -6,6 +6,7 @@
 //! behind the [`Files`] seam, the files it names; [`Config::from_toml_in`]
 //! with files in memory touches no disk.
 
+mod env;
 mod keys;
 pub mod ratelimit;
 mod raw;
@@ -47,6 +48,20 @@ const MAX_PROXY_BODY_BYTES: u64 = 1 << 40;
 /// Highest `login.max_concurrent_hashes` (19 MiB each: 20 GiB at this bound).
 const MAX_CONCURRENT_HASHES: u64 = 1024;
 
+/// Highest `login.max_queued_hashes`: a queued login holds only its
+/// connection and its small request body, not a hash's memory.
+const MAX_QUEUED_HASHES: u64 = 100_000;
+
+/// Highest `limits.max_streams_per_connection` (h2's own ceiling is 2^31-1;
+/// beyond a few thousand one client holds a worker's share alone).
+const MAX_STREAMS_PER_CONNECTION: u64 = 10_000;
+
+/// Highest `onetimekey.max_per_address`.
+const MAX_ONETIME_KEYS_PER_ADDRESS: u64 = 10_000;
+
+/// Highest `accesskeys.max_per_user`.
+const MAX_KEYS_PER_USER: u64 = 1_000_000;
+
 /// A config that could not be loaded: every problem found, one line each.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", problems.join("\n"))]
@@ -74,6 +89,8 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// One-time-key login.
     pub onetimekey: OneTimeKeyConfig,
+    /// Access-key bounds (`[accesskeys]`).
+    pub accesskeys: AccessKeysConfig,
     /// Request limits and timeouts on the client side.
     pub limits: Limits,
     /// Upstream connection defaults.
@@ -283,6 +300,15 @@ pub struct OneTimeKeyConfig {
     pub realm: String,
     /// How long an issued key stays usable.
     pub ttl: Duration,
+    /// One-time keys outstanding per client address (IPv6 per /64).
+    pub max_per_address: usize,
+}
+
+/// Access-key bounds.
+#[derive(Debug, Clone)]
+pub struct AccessKeysConfig {
+    /// Unexpired keys one user may hold (`accesskeys.max_per_user`).
+    pub max_per_user: usize,
 }
 
 /// Client-side limits.
@@ -302,6 +328,11 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Proxied requests in flight to one upstream at once, HTTP/2 streams
+    /// and open WebSocket tunnels included; beyond, 503 `UPSTREAM_BUSY`.
+    pub max_upstream_requests: usize,
+    /// HTTP/2 streams open at once on one client connection.
+    pub max_streams_per_connection: u32,
 }
 
 /// Upstream connection defaults.
@@ -332,10 +363,14 @@ pub struct LoginConfig {
     /// (default 50: many users may share one address behind NAT or a proxy).
     pub address_max_failures: u32,
     /// Password hashes computed at once (`login.max_concurrent_hashes`;
-    /// 0 in the file, the default, means the number of cores). Logins
-    /// beyond it are answered 503 with `Retry-After` at once: each argon2id
-    /// hash holds 19 MiB while it runs.
+    /// 0 in the file, the default, means the number of cores): each
+    /// argon2id hash holds 19 MiB while it runs. Logins beyond it wait in
+    /// the queue (`max_queued_hashes`).
     pub max_concurrent_hashes: usize,
+    /// Logins that wait for a hashing slot (at most
+    /// [`crate::auth::password::HASH_QUEUE_WAIT`]) when every slot is
+    /// taken; beyond, 503 `LOGIN_BUSY` at once (`login.max_queued_hashes`).
+    pub max_queued_hashes: usize,
     /// Window over which failures are counted.
     pub window: Duration,
     /// How long a locked-out user or address is refused.
@@ -405,16 +440,31 @@ impl Config {
     /// Parses and validates config text, reading the files it names from
     /// `files` only: with files in memory, no disk is touched.
     pub fn from_toml_in(text: &str, files: &dyn Files) -> Result<Config, ConfigError> {
+        Config::from_toml_with(text, files, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_toml_in`] with environment variables (`${VAR}` in
+    /// string values) read through `env`.
+    pub fn from_toml_with(
+        text: &str,
+        files: &dyn Files,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let syntax = |err: &dyn std::fmt::Display| {
             ConfigError::one(format!("config: {}", err.to_string().trim_end()))
         };
         let mut table: toml::Table = toml::from_str(text).map_err(|err| syntax(&err))?;
         let mut problems = Problems::new(files);
+        let uses_env = text.contains("${");
+        if uses_env {
+            env::expand_table(&mut table, env, &mut problems.0);
+        }
         unknown_keys(&mut table, "", "", &mut problems);
-        // Without unknown keys the text is parsed again so that type errors
-        // keep their line and column; with them, the rest of the config is
-        // still checked (without those keys), so every problem is listed.
-        let raw: Result<RawConfig, String> = if problems.0.is_empty() {
+        // Without unknown keys or variables the text is parsed again so that
+        // type errors keep their line and column; otherwise the table is
+        // used (values expanded, unknown keys left out), so every problem is
+        // listed.
+        let raw: Result<RawConfig, String> = if problems.0.is_empty() && !uses_env {
             toml::from_str(text).map_err(|err| err.to_string())
         } else {
             toml::Value::Table(table)
@@ -693,6 +743,7 @@ mod tests {
             "jwt.keys",
             "jwt.jwks",
             "onetimekey",
+            "accesskeys",
             "limits",
             "upstream",
             "login",
@@ -1046,5 +1097,106 @@ mod tests {
             let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
             assert!(all.contains(key), "{bad}: {all}");
         }
+    }
+
+    #[test]
+    fn bounds_have_the_contract_defaults_and_ranges() {
+        let secret = secret_file();
+        let config = Config::from_toml(&minimal(secret.path(), "")).unwrap();
+        assert_eq!(config.limits.max_upstream_requests, 1024);
+        assert_eq!(config.limits.max_streams_per_connection, 100);
+        assert_eq!(config.accesskeys.max_per_user, 100);
+        assert_eq!(config.onetimekey.max_per_address, 10);
+        assert_eq!(config.login.max_queued_hashes, 64);
+        let text = minimal(
+            secret.path(),
+            "[limits]\nmax_upstream_requests = 3\nmax_streams_per_connection = 4\n\
+             [accesskeys]\nmax_per_user = 5\n[onetimekey]\nmax_per_address = 6\n\
+             [login]\nmax_queued_hashes = 0\n",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            (
+                config.limits.max_upstream_requests,
+                config.limits.max_streams_per_connection,
+                config.accesskeys.max_per_user,
+                config.onetimekey.max_per_address,
+                config.login.max_queued_hashes,
+            ),
+            (3, 4, 5, 6, 0)
+        );
+        for (bad, key) in [
+            (
+                "[limits]\nmax_upstream_requests = 0",
+                "limits.max_upstream_requests",
+            ),
+            (
+                "[limits]\nmax_streams_per_connection = 0",
+                "limits.max_streams_per_connection",
+            ),
+            ("[accesskeys]\nmax_per_user = 0", "accesskeys.max_per_user"),
+            (
+                "[onetimekey]\nmax_per_address = 0",
+                "onetimekey.max_per_address",
+            ),
+            (
+                "[login]\nmax_queued_hashes = 1000000",
+                "login.max_queued_hashes",
+            ),
+            ("[accesskeys]\nmax_per_usr = 5", "accesskeys.max_per_usr"),
+        ] {
+            let text = minimal(secret.path(), &format!("{bad}\n"));
+            let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+            assert!(all.contains(key), "{bad}: {all}");
+        }
+    }
+
+    #[test]
+    fn routes_to_one_upstream_share_one_in_flight_counter() {
+        let secret = secret_file();
+        let text = minimal(
+            secret.path(),
+            "[[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:7/x\"\n\
+             [[route]]\npath_prefix = \"/b\"\nupstream = \"HTTP://127.0.0.1:7/y\"\n\
+             [[route]]\npath_prefix = \"/c\"\nupstream = \"http://127.0.0.1:8\"\n",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let counter = |prefix: &str| {
+            let path = format!("{prefix}/z");
+            let route = config
+                .routes
+                .route_for(None, &http::Method::GET, &path)
+                .unwrap()
+                .route;
+            Arc::as_ptr(&route.in_flight)
+        };
+        assert_eq!(counter("/a"), counter("/b"), "one server, one bound");
+        assert_ne!(counter("/a"), counter("/c"));
+    }
+
+    #[test]
+    fn a_route_on_several_hosts_keeps_one_in_flight_counter() {
+        let secret = secret_file();
+        let text = minimal(
+            secret.path(),
+            "[[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:7\"\n\
+             hosts = [\"x.test\", \"*.y.test\"]\n\
+             [[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:7\"\n",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let counter = |host: Option<&str>| {
+            let route = config
+                .routes
+                .route_for(host, &http::Method::GET, "/a")
+                .unwrap()
+                .route;
+            Arc::as_ptr(&route.in_flight)
+        };
+        assert_eq!(counter(Some("x.test")), counter(Some("z.y.test")));
+        assert_eq!(
+            counter(Some("x.test")),
+            counter(None),
+            "one server, one bound"
+        );
     }
 }

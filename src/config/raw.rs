@@ -17,6 +17,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) onetimekey: RawOneTimeKey,
     #[serde(default)]
+    pub(super) accesskeys: RawAccessKeys,
+    #[serde(default)]
     pub(super) limits: RawLimits,
     #[serde(default)]
     pub(super) upstream: RawUpstream,
@@ -153,6 +155,8 @@ pub(super) struct RawOneTimeKey {
     pub(super) realm: String,
     #[serde(default = "defaults::otk_ttl")]
     pub(super) ttl: u64,
+    #[serde(default = "defaults::otk_max_per_address")]
+    pub(super) max_per_address: u64,
 }
 
 impl Default for RawOneTimeKey {
@@ -160,6 +164,22 @@ impl Default for RawOneTimeKey {
         RawOneTimeKey {
             realm: defaults::realm(),
             ttl: defaults::otk_ttl(),
+            max_per_address: defaults::otk_max_per_address(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccessKeys {
+    #[serde(default = "defaults::keys_max_per_user")]
+    pub(super) max_per_user: u64,
+}
+
+impl Default for RawAccessKeys {
+    fn default() -> Self {
+        RawAccessKeys {
+            max_per_user: defaults::keys_max_per_user(),
         }
     }
 }
@@ -180,6 +200,10 @@ pub(super) struct RawLimits {
     pub(super) idle_timeout: u64,
     #[serde(default = "defaults::max_connections")]
     pub(super) max_connections: u64,
+    #[serde(default = "defaults::max_upstream_requests")]
+    pub(super) max_upstream_requests: u64,
+    #[serde(default = "defaults::max_streams_per_connection")]
+    pub(super) max_streams_per_connection: u64,
 }
 
 impl Default for RawLimits {
@@ -192,6 +216,8 @@ impl Default for RawLimits {
             header_read_timeout: defaults::header_read_timeout(),
             idle_timeout: defaults::idle_timeout(),
             max_connections: defaults::max_connections(),
+            max_upstream_requests: defaults::max_upstream_requests(),
+            max_streams_per_connection: defaults::max_streams_per_connection(),
         }
     }
 }
@@ -235,6 +261,8 @@ pub(super) struct RawLogin {
     pub(super) address_max_failures: u64,
     #[serde(default)]
     pub(super) max_concurrent_hashes: u64,
+    #[serde(default = "defaults::max_queued_hashes")]
+    pub(super) max_queued_hashes: u64,
     #[serde(default = "defaults::login_window")]
     pub(super) window: u64,
     #[serde(default = "defaults::lockout")]
@@ -247,6 +275,7 @@ impl Default for RawLogin {
             max_failures: defaults::max_failures(),
             address_max_failures: defaults::address_max_failures(),
             max_concurrent_hashes: 0,
+            max_queued_hashes: defaults::max_queued_hashes(),
             window: defaults::login_window(),
             lockout: defaults::lockout(),
         }
@@ -342,6 +371,21 @@ pub(super) mod defaults {
     }
     pub fn max_connections() -> u64 {
         10_000
+    }
+    pub fn max_upstream_requests() -> u64 {
+        1024
+    }
+    pub fn max_streams_per_connection() -> u64 {
+        100
+    }
+    pub fn max_queued_hashes() -> u64 {
+        64
+    }
+    pub fn otk_max_per_address() -> u64 {
+        10
+    }
+    pub fn keys_max_per_user() -> u64 {
+        100
     }
     pub fn connect_timeout() -> u64 {
         5

@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::{Method, Uri};
 use ipnet::IpNet;
 
+use crate::inflight::InFlight;
 use crate::routes::{HostPattern, PrefixRewrite, Route, RouteAuth, RouteTable};
 use crate::token::jwks::JwksSource;
 use crate::token::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
@@ -89,6 +90,20 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     let onetimekey = OneTimeKeyConfig {
         ttl: p.seconds("onetimekey.ttl", raw.onetimekey.ttl, 10, 3600),
         realm: raw.onetimekey.realm,
+        max_per_address: p.count(
+            "onetimekey.max_per_address",
+            raw.onetimekey.max_per_address,
+            1,
+            MAX_ONETIME_KEYS_PER_ADDRESS,
+        ),
+    };
+    let accesskeys = AccessKeysConfig {
+        max_per_user: p.count(
+            "accesskeys.max_per_user",
+            raw.accesskeys.max_per_user,
+            1,
+            MAX_KEYS_PER_USER,
+        ),
     };
     if onetimekey.realm.is_empty() || onetimekey.realm.contains(':') {
         p.add("onetimekey.realm", "must be non-empty and contain no ':'");
@@ -137,6 +152,19 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             1,
             1_000_000,
         ),
+        max_upstream_requests: p.count(
+            "limits.max_upstream_requests",
+            raw.limits.max_upstream_requests,
+            1,
+            1_000_000,
+        ),
+        max_streams_per_connection: u32::try_from(p.count(
+            "limits.max_streams_per_connection",
+            raw.limits.max_streams_per_connection,
+            1,
+            MAX_STREAMS_PER_CONNECTION,
+        ))
+        .unwrap_or(u32::MAX),
     };
 
     let upstream = UpstreamConfig {
@@ -201,6 +229,12 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,
         },
+        max_queued_hashes: p.count(
+            "login.max_queued_hashes",
+            raw.login.max_queued_hashes,
+            0,
+            MAX_QUEUED_HASHES,
+        ),
         window: p.seconds("login.window", raw.login.window, 1, 86_400),
         lockout: p.seconds("login.lockout", raw.login.lockout, 1, 86_400),
     };
@@ -231,7 +265,7 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
             }
         }
     }
-    let routes = validate_routes(raw.route, &upstream, p);
+    let routes = validate_routes(raw.route, &upstream, limits.max_upstream_requests, p);
     for route in routes.iter() {
         if let Some(login) = &route.login
             && !oidc.iter().any(|provider| provider.name == **login)
@@ -252,6 +286,7 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         store,
         jwt: jwt?,
         onetimekey,
+        accesskeys,
         limits,
         upstream,
         login,
@@ -741,12 +776,44 @@ pub(super) fn read_secret(path: &Path, p: &mut Problems) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// The in-flight counters of a config's routes: one per upstream scheme
+/// and authority, so routes to one server share its bound.
+struct UpstreamCounters {
+    max: usize,
+    seen: Vec<(String, Arc<InFlight>)>,
+}
+
+impl UpstreamCounters {
+    fn new(max: usize) -> Self {
+        UpstreamCounters {
+            max,
+            seen: Vec::new(),
+        }
+    }
+
+    fn for_upstream(&mut self, upstream: Option<&Uri>) -> Arc<InFlight> {
+        let Some(upstream) = upstream else {
+            // A verify-only route forwards nothing; its counter stays at 0.
+            return InFlight::new(self.max);
+        };
+        let key = crate::inflight::upstream_key(upstream);
+        if let Some((_, counter)) = self.seen.iter().find(|(seen, _)| *seen == key) {
+            return counter.clone();
+        }
+        let counter = InFlight::new(self.max);
+        self.seen.push((key, counter.clone()));
+        counter
+    }
+}
+
 pub(super) fn validate_routes(
     raw: Vec<RawRoute>,
     upstream: &UpstreamConfig,
+    max_upstream_requests: usize,
     p: &mut Problems,
 ) -> RouteTable {
     let mut routes = Vec::with_capacity(raw.len());
+    let mut counters = UpstreamCounters::new(max_upstream_requests);
     for (index, route) in raw.into_iter().enumerate() {
         let key = format!("route[{index}]");
         let prefix = route.path_prefix;
@@ -875,6 +942,7 @@ pub(super) fn validate_routes(
         match route.upstream.as_deref().map(parse_upstream).transpose() {
             Ok(upstream) => routes.push(Route {
                 label: prefix.as_str().into(),
+                in_flight: counters.for_upstream(upstream.as_ref()),
                 prefix,
                 upstream,
                 auth,

@@ -84,6 +84,10 @@ impl Forwarder {
     /// not ask for, or that switches to anything but WebSocket, is a 502
     /// and never spliced. A spliced WebSocket is closed when `until_revoked`
     /// resolves.
+    ///
+    /// Beyond `limits.max_upstream_requests` in flight to the route's
+    /// upstream the answer is 503 at once; a request counts until its
+    /// response body ends, a WebSocket tunnel until it closes.
     pub async fn forward(
         &self,
         permit: Permit<'_>,
@@ -99,6 +103,12 @@ impl Forwarder {
         // The judgement refuses these already; a verify-only route never
         // forwards, whatever called this.
         let upstream = route.upstream.as_ref().ok_or(GatewayError::NoRoute)?;
+        let mut in_flight = Some(
+            route
+                .in_flight
+                .try_enter()
+                .ok_or(GatewayError::UpstreamBusy)?,
+        );
         let (mut parts, incoming) = request.into_parts();
         if route.rewrite != PrefixRewrite::Keep {
             parts.uri = rewritten_uri(route, &parts.uri)?;
@@ -146,15 +156,16 @@ impl Forwarder {
                 return Err(GatewayError::UpstreamInvalidResponse);
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let tunnel = splice(
+                client_upgrade,
+                upstream_upgrade,
+                self.idle_timeout,
+                client.slot,
+                until_revoked,
+            );
             tokio::spawn(
-                splice(
-                    client_upgrade,
-                    upstream_upgrade,
-                    self.idle_timeout,
-                    client.slot,
-                    until_revoked,
-                )
-                .instrument(tracing::Span::current()),
+                crate::inflight::holding(in_flight.take(), tunnel)
+                    .instrument(tracing::Span::current()),
             );
         }
         let (mut parts, incoming) = response.into_parts();
@@ -162,7 +173,8 @@ impl Forwarder {
         parts
             .headers
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-        Ok(Response::from_parts(parts, body::stream(incoming)))
+        let body = crate::inflight::InFlightBody::new(incoming, in_flight);
+        Ok(Response::from_parts(parts, body::boxed(body)))
     }
 }
 

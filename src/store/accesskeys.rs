@@ -52,6 +52,8 @@ pub struct NewKey<'a> {
     pub tm_expire: i64,
     /// What the key is narrowed to.
     pub scope: &'a KeyScope,
+    /// Unexpired keys the owner may hold, this one included.
+    pub max_per_user: usize,
 }
 
 /// What the cache needs to know about a valid key.
@@ -119,8 +121,17 @@ pub(super) async fn revoke_user_keys(
     Ok(())
 }
 
+/// Whether an owner holding `held` unexpired keys may have one more.
+fn below_limit(held: i64, max_per_user: usize) -> bool {
+    usize::try_from(held).is_ok_and(|held| held < max_per_user)
+}
+
 impl Store {
-    /// Stores a new key (by hash); `NotFound` when its owner does not exist.
+    /// Stores a new key (by hash); `NotFound` when its owner does not exist,
+    /// `KeyLimitReached` when the owner holds `max_per_user` unexpired keys.
+    /// The count and the insert are one transaction that holds the owner's
+    /// row (SQLite: the write lock; PostgreSQL: `FOR UPDATE`), so parallel
+    /// creations, on one replica or several, cannot both pass the count.
     pub async fn create_key(&self, new: NewKey<'_>, now: i64) -> Result<AccessKey, StoreError> {
         let NewKey {
             username,
@@ -130,6 +141,7 @@ impl Store {
             token_prefix,
             tm_expire,
             scope,
+            max_per_user,
         } = new;
         let key = AccessKey {
             id: uuid::Uuid::now_v7().to_string(),
@@ -146,11 +158,23 @@ impl Store {
         let mut tx = self.begin_write().await?;
         // The owner must exist at commit time, not only when the request
         // began, and still hold every role the key is narrowed to.
-        let owner = sqlx::query("SELECT roles FROM users WHERE username = $1")
+        let owner = sqlx::query(self.locking_read("SELECT roles FROM users WHERE username = $1"))
             .bind(username)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound)?;
+        let held: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM accesskeys \
+             WHERE username = $1 AND tm_delete IS NULL AND tm_expire > $2",
+        )
+        .bind(username)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if !below_limit(held, max_per_user) {
+            return Err(StoreError::KeyLimitReached);
+        }
         let owner_roles = split_roles(&owner.try_get::<String, _>("roles")?);
         if let Some(roles) = &scope.roles
             && let Some(missing) = roles.iter().find(|role| !owner_roles.contains(role))
@@ -315,5 +339,19 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok((key, hash))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::below_limit;
+
+    #[test]
+    fn the_limit_counts_the_key_being_made() {
+        assert!(below_limit(0, 1));
+        assert!(!below_limit(1, 1));
+        assert!(below_limit(99, 100));
+        assert!(!below_limit(100, 100));
+        assert!(!below_limit(-1, 100), "a nonsense count refuses");
     }
 }

@@ -109,6 +109,10 @@ impl Store {
             .bind(now)
             .execute(&self.pool)
             .await?;
+        sqlx::query("DELETE FROM onetime_key_issues WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= $1")
             .bind(now)
             .execute(&self.pool)

@@ -10,7 +10,7 @@ pub mod cache;
 mod changes;
 pub mod follow;
 pub mod last_use;
-mod onetimekeys;
+pub mod onetimekeys;
 mod revocations;
 mod throttle;
 mod users;
@@ -52,6 +52,9 @@ pub enum StoreError {
     /// A key was to be narrowed to a role its owner does not hold.
     #[error("the owner does not hold role {0:?}")]
     RoleNotHeld(String),
+    /// The owner holds as many unexpired access keys as it may.
+    #[error("the owner holds as many access keys as it may")]
+    KeyLimitReached,
 }
 
 impl StoreError {
@@ -62,6 +65,7 @@ impl StoreError {
             StoreError::AlreadyExists => "already exists",
             StoreError::Unavailable(detail) => detail,
             StoreError::RoleNotHeld(_) => "role not held",
+            StoreError::KeyLimitReached => "key limit reached",
         }
     }
 }
@@ -245,6 +249,17 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres(_) => self.pool.begin().await,
         }
+    }
+
+    /// `select` as a read that locks the rows it returns until the
+    /// transaction ends, so a count taken after it cannot race another
+    /// writer's: PostgreSQL needs `FOR UPDATE`; SQLite's write
+    /// transactions ([`Store::begin_write`]) hold the whole database already.
+    fn locking_read(&self, select: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(match self.backend {
+            Backend::Sqlite => select.to_owned(),
+            Backend::Postgres(_) => format!("{select} FOR UPDATE"),
+        })
     }
 
     /// The PostgreSQL URL to `LISTEN` on, when the store is PostgreSQL.

@@ -58,6 +58,8 @@ pub struct GatewayOptions {
     pub login_address_max_failures: u32,
     /// `login.max_concurrent_hashes`; `None`: left out (the number of cores).
     pub login_max_concurrent_hashes: Option<u32>,
+    /// `login.max_queued_hashes`; `None`: left out (the default, 64).
+    pub login_max_queued_hashes: Option<u32>,
     pub login_window: u64,
     pub login_lockout: u64,
     pub shutdown_grace: u64,
@@ -100,6 +102,7 @@ impl GatewayOptions {
             login_max_failures: 1000,
             login_address_max_failures: 1000,
             login_max_concurrent_hashes: None,
+            login_max_queued_hashes: None,
             login_window: 300,
             login_lockout: 300,
             shutdown_grace: 10,
@@ -160,7 +163,12 @@ lockout = {ll}
             hashes_line = self
                 .login_max_concurrent_hashes
                 .map(|n| format!("max_concurrent_hashes = {n}\n"))
-                .unwrap_or_default(),
+                .into_iter()
+                .chain(
+                    self.login_max_queued_hashes
+                        .map(|n| format!("max_queued_hashes = {n}\n")),
+                )
+                .collect::<String>(),
             lw = self.login_window,
             ll = self.login_lockout,
         );
