@@ -24,6 +24,7 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod oidc;
+pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod proxy_header;

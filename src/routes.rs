@@ -74,6 +74,9 @@ pub struct Route {
     /// every route to the same scheme and authority
     /// (`limits.max_upstream_requests`).
     pub in_flight: std::sync::Arc<crate::inflight::InFlight>,
+    /// With `upstreams`: the pool the request's upstream is picked from
+    /// (`upstream` is then its first member, and `in_flight` its counter).
+    pub pool: Option<std::sync::Arc<crate::pool::UpstreamPool>>,
 }
 
 impl Route {
@@ -529,6 +532,30 @@ impl RouteTable {
     /// the old config count against the new one's bound after a reload.
     /// Every copy of a route (one per host level it is in) gets the same.
     pub fn adopt_in_flight(&mut self, previous: &RouteTable) {
+        // The old counter for an upstream with the same bound, whether a
+        // route's own or a pool member's.
+        let old_counter = |uri: &Uri, max: usize| {
+            let key = crate::inflight::upstream_key(uri);
+            previous.all.iter().find_map(|old| {
+                let own = old
+                    .upstream
+                    .as_ref()
+                    .filter(|u| crate::inflight::upstream_key(u) == key)
+                    .map(|_| &old.in_flight);
+                let member = old.pool.as_ref().and_then(|pool| {
+                    pool.members()
+                        .iter()
+                        .find(|m| crate::inflight::upstream_key(&m.uri) == key)
+                        .map(|m| &m.in_flight)
+                });
+                own.or(member).filter(|c| c.max() == max).cloned()
+            })
+        };
+        // Copies of one route (one per host level) keep sharing one pool.
+        let mut pools: Vec<(
+            *const crate::pool::UpstreamPool,
+            std::sync::Arc<crate::pool::UpstreamPool>,
+        )> = Vec::new();
         let levels = self
             .exact
             .values_mut()
@@ -550,7 +577,36 @@ impl RouteTable {
             {
                 route.in_flight = old.in_flight.clone();
             }
+            if let Some(pool) = &route.pool {
+                let ptr = std::sync::Arc::as_ptr(pool);
+                let adopted = match pools.iter().find(|(seen, _)| *seen == ptr) {
+                    Some((_, adopted)) => adopted.clone(),
+                    None => {
+                        let adopted = std::sync::Arc::new(pool.with_counters(|member| {
+                            old_counter(&member.uri, member.in_flight.max())
+                                .unwrap_or_else(|| member.in_flight.clone())
+                        }));
+                        pools.push((ptr, adopted.clone()));
+                        adopted
+                    }
+                };
+                route.pool = Some(adopted);
+            }
         }
+    }
+
+    /// The distinct pools of the table, each with a route's prefix as its
+    /// label (for metrics).
+    pub fn pools(&self) -> Vec<(&str, &crate::pool::UpstreamPool)> {
+        let mut seen: Vec<(&str, &crate::pool::UpstreamPool)> = Vec::new();
+        for route in &self.all {
+            if let Some(pool) = &route.pool
+                && !seen.iter().any(|(_, p)| std::ptr::eq(*p, &**pool))
+            {
+                seen.push((route.label.as_ref(), pool));
+            }
+        }
+        seen
     }
 
     /// Pairs of routes that could both take one request (same host
@@ -773,6 +829,7 @@ mod tests {
             methods: None,
             rewrite: PrefixRewrite::Keep,
             in_flight: crate::inflight::InFlight::new(1),
+            pool: None,
         }
     }
 

@@ -429,3 +429,98 @@ async fn sighup_swaps_the_table_while_requests_are_in_flight() {
     assert_eq!(response.status, 200);
     assert_eq!(before.count(), count);
 }
+
+/// A route spreading requests over `upstreams`.
+fn pool_route(prefix: &str, upstreams: &[String], keys: &str) -> String {
+    let list: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "\n[[route]]\npath_prefix = \"{prefix}\"\nupstreams = [{}]\n{keys}",
+        list.join(", ")
+    )
+}
+
+/// The value of one `/metrics` sample.
+async fn metric(gw: &Gateway, sample: &str) -> Option<u64> {
+    let text = get(&gw.url("/metrics"), None, &[]).await.text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_take_turns_eject_a_dead_member_and_retry_bodyless_requests() {
+    let a = Upstream::start().await;
+    let b = Upstream::start().await;
+    let dead = closed_port_url();
+    let gw = gateway(pool_route(
+        "/",
+        &[a.url(), b.url(), dead.clone()],
+        "auth = \"public\"\n",
+    ))
+    .await;
+    // Every GET is answered although one member refuses connections: a
+    // request that could not connect is tried once on another member.
+    for i in 0..30 {
+        let response = send(&gw, "GET", &format!("/n/{i}"), "gw.test", "").await;
+        assert_eq!(response.status, 200, "request {i}");
+    }
+    assert_eq!(a.count() + b.count(), 30);
+    // Both live members took turns.
+    assert!(a.count() >= 5 && b.count() >= 5, "{} / {}", a.count(), b.count());
+    let dead_label = format!("{{route=\"/\",upstream=\"{dead}/\"}}");
+    let a_label = format!("{{route=\"/\",upstream=\"{}/\"}}", a.url());
+    // Ejected after 3 failures in a row (per worker): down, and with far
+    // fewer than 10 failures for 30 requests.
+    assert_eq!(metric(&gw, &format!("authgate_upstream_up{dead_label}")).await, Some(0));
+    let failures = metric(&gw, &format!("authgate_upstream_failures_total{dead_label}"))
+        .await
+        .unwrap();
+    assert!((3..10).contains(&failures), "{failures} failures");
+    assert_eq!(metric(&gw, &format!("authgate_upstream_up{a_label}")).await, Some(1));
+    assert_eq!(metric(&gw, &format!("authgate_upstream_in_flight{a_label}")).await, Some(0));
+    assert_eq!(
+        metric(&gw, &format!("authgate_upstream_failures_total{a_label}")).await,
+        Some(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_body_is_never_sent_twice() {
+    let live = Upstream::start().await;
+    let dead = closed_port_url();
+    // Each worker's first turn is the first member: the dead one.
+    let gw = gateway(pool_route("/", &[dead, live.url()], "auth = \"public\"\n")).await;
+    let head = "POST /orders HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/json\r\n\
+                Content-Length: 2\r\nConnection: close\r\n\r\n";
+    let response = raw_request(gw.addr(), head, b"{}").await;
+    assert_eq!(response.status, 502);
+    assert_eq!(error_reason(&response), "UPSTREAM_UNREACHABLE");
+    assert_eq!(live.count(), 0, "a request with a body was retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_member_keeps_the_in_flight_bound() {
+    let slow = Upstream::start_with_delay(Duration::from_millis(800)).await;
+    let mut opts = GatewayOptions::new("http://127.0.0.1:1");
+    opts.routes = Vec::new();
+    opts.extra_toml = format!(
+        "[limits]\nmax_upstream_requests = 1\n{}",
+        pool_route("/", &[slow.url()], "auth = \"public\"\n")
+    );
+    let gw = Gateway::start_with(opts).await;
+    let addr = gw.addr();
+    let first = tokio::spawn(async move {
+        raw_request(
+            addr,
+            "GET /a HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
+            b"",
+        )
+        .await
+        .status
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = send(&gw, "GET", "/b", "gw.test", "").await;
+    assert_eq!(second.status, 503);
+    assert_eq!(error_reason(&second), "UPSTREAM_BUSY");
+    assert_eq!(first.await.unwrap(), 200);
+}

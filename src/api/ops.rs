@@ -51,6 +51,12 @@ pub fn metrics(ctx: &Context<'_>) -> Response<Body> {
         },
         tls_figures(gateway),
     );
+    let mut text = text;
+    crate::pool::render_metrics(
+        &gateway.config.routes.pools(),
+        std::time::Instant::now(),
+        &mut text,
+    );
     let mut response = Response::new(body::full(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -529,6 +529,7 @@ mod tests {
             methods: None,
             rewrite: crate::routes::PrefixRewrite::Keep,
             in_flight: crate::inflight::InFlight::new(1),
+            pool: None,
         }
     }
 

@@ -890,7 +890,8 @@ mod tests {
         if !keys.contains("upstream") {
             route.push_str("upstream = \"http://127.0.0.1:1\"\n");
         }
-        route.push_str(keys);
+        // `upstream_none` (not a key): leave `upstream` out.
+        route.push_str(&keys.replace("upstream_none = 1\n", ""));
         match Config::from_toml(&minimal(secret.path(), &route)) {
             Ok(_) => Vec::new(),
             Err(err) => err.problems,
@@ -906,6 +907,12 @@ mod tests {
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert!(route_problems("hosts = []\nstrip_prefix = true\n").is_empty());
+        assert!(
+            route_problems(
+                "upstreams = [\"http://127.0.0.1:2\", \"https://a.test\"]\nupstream_none = 1\n"
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -931,6 +938,15 @@ mod tests {
             ("rewrite_prefix = \"/a//b\"\n", "route[0].rewrite_prefix"),
             ("auth = \"optional\"\nroles = [\"ops\"]\n", "route[0].auth"),
             ("auth = \"optional\"\nlogin = \"corp\"\n", "route[0].auth"),
+            (
+                "upstreams = [\"http://127.0.0.1:2\"]\nupstream = \"http://127.0.0.1:1\"\n",
+                "route[0].upstreams",
+            ),
+            ("upstreams = []\nupstream_none = 1\n", "route[0].upstreams"),
+            (
+                "upstreams = [\"http://127.0.0.1:2\", \"ftp://x\"]\nupstream_none = 1\n",
+                "route[0].upstreams",
+            ),
         ];
         for (keys, key) in cases {
             let problems = route_problems(keys);

@@ -320,6 +320,7 @@ pub(super) struct RawRoute {
     #[serde(default)]
     pub(super) strip_prefix: bool,
     pub(super) rewrite_prefix: Option<String>,
+    pub(super) upstreams: Option<Vec<String>>,
 }
 
 /// Default values, documented in the README's configuration reference.

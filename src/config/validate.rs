@@ -938,8 +938,49 @@ pub(super) fn validate_routes(
             Some(seconds) => p.seconds(&format!("{key}.timeout"), seconds, 1, 3600),
             None => upstream.timeout,
         };
+        // `upstreams`: a pool whose first member stands for the route where
+        // one upstream is needed (the verify-only check, logs).
+        let pool = match (&route.upstream, route.upstreams) {
+            (Some(_), Some(_)) => {
+                p.add(
+                    &format!("{key}.upstreams"),
+                    "upstream and upstreams cannot both be set",
+                );
+                None
+            }
+            (None, Some(urls)) if urls.is_empty() => {
+                p.add(
+                    &format!("{key}.upstreams"),
+                    "must list at least one upstream",
+                );
+                None
+            }
+            (None, Some(urls)) => {
+                let mut members = Vec::with_capacity(urls.len());
+                for url in &urls {
+                    match parse_upstream(url) {
+                        Ok(uri) => {
+                            let counter = counters.for_upstream(Some(&uri));
+                            members.push((uri, counter));
+                        }
+                        Err(problem) => p.add(&format!("{key}.upstreams"), problem),
+                    }
+                }
+                (members.len() == urls.len()).then(|| {
+                    Arc::new(crate::pool::UpstreamPool::new(
+                        members,
+                        crate::workers::count(),
+                    ))
+                })
+            }
+            (_, None) => None,
+        };
         // A route without `upstream` serves only forward authentication.
-        match route.upstream.as_deref().map(parse_upstream).transpose() {
+        let first = pool
+            .as_ref()
+            .and_then(|pool| pool.members().first())
+            .map(|member| Ok(member.uri.clone()));
+        match first.or_else(|| route.upstream.as_deref().map(parse_upstream)).transpose() {
             Ok(upstream) => routes.push(Route {
                 label: prefix.as_str().into(),
                 in_flight: counters.for_upstream(upstream.as_ref()),
@@ -952,6 +993,7 @@ pub(super) fn validate_routes(
                 hosts,
                 methods,
                 rewrite,
+                pool,
             }),
             Err(problem) => p.add(&format!("{key}.upstream"), problem),
         }

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -102,13 +102,22 @@ impl Forwarder {
         let route = permit.route();
         // The judgement refuses these already; a verify-only route never
         // forwards, whatever called this.
-        let upstream = route.upstream.as_ref().ok_or(GatewayError::NoRoute)?;
-        let mut in_flight = Some(
-            route
-                .in_flight
-                .try_enter()
-                .ok_or(GatewayError::UpstreamBusy)?,
-        );
+        let mut upstream = route.upstream.as_ref().ok_or(GatewayError::NoRoute)?;
+        let worker = crate::workers::current();
+        // A pool's member in turn, and that member's bound.
+        let mut member = None;
+        if let Some(pool) = &route.pool {
+            let picked = pool
+                .pick(worker, Instant::now(), None)
+                .ok_or(GatewayError::UpstreamUnreachable)?;
+            upstream = &pool.members()[picked].uri;
+            member = Some(picked);
+        }
+        let counter = match (&route.pool, member) {
+            (Some(pool), Some(picked)) => &pool.members()[picked].in_flight,
+            _ => &route.in_flight,
+        };
+        let mut in_flight = Some(counter.try_enter().ok_or(GatewayError::UpstreamBusy)?);
         let (mut parts, incoming) = request.into_parts();
         if route.rewrite != PrefixRewrite::Keep {
             parts.uri = rewritten_uri(route, &parts.uri)?;
@@ -118,16 +127,51 @@ impl Forwarder {
         {
             return Err(GatewayError::BodyTooLarge);
         }
+        // A request without a body that could not connect may go to
+        // another member once: nothing of it reached an upstream. One with
+        // a body never is (the body may have been sent in part).
+        let retry_head = (route.pool.as_ref().is_some_and(|pool| pool.members().len() > 1)
+            && incoming.is_end_stream())
+        .then(|| copy_head(&parts));
         rewrite_head(&mut parts, upstream, permit.identity(), &client, request_id)?;
 
         let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
         let outbound = Request::from_parts(parts, body);
-        let mut response = match tokio::time::timeout(
-            route.timeout,
-            self.client().request(outbound),
-        )
-        .await
-        {
+        let mut attempt = tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
+        if let (Some(pool), Some(picked)) = (&route.pool, member) {
+            let failed = !matches!(attempt, Ok(Ok(_))) && fault.get().is_none();
+            if failed {
+                pool.failed(worker, picked, Instant::now());
+            } else {
+                pool.succeeded(worker, picked);
+            }
+            let connect_failed = matches!(&attempt, Ok(Err(err)) if err.is_connect());
+            if connect_failed
+                && let Some(mut head) = retry_head
+                && let Some(other) = pool.pick(worker, Instant::now(), Some(picked))
+            {
+                let retry_upstream = &pool.members()[other].uri;
+                warn!(upstream = %upstream, retry = %retry_upstream, "upstream refused the connection; trying another once");
+                // The bound of the member tried now.
+                in_flight = Some(
+                    pool.members()[other]
+                        .in_flight
+                        .try_enter()
+                        .ok_or(GatewayError::UpstreamBusy)?,
+                );
+                upstream = retry_upstream;
+                rewrite_head(&mut head, upstream, permit.identity(), &client, request_id)?;
+                let outbound = Request::from_parts(head, CappedBody::empty());
+                attempt =
+                    tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
+                if matches!(attempt, Ok(Ok(_))) {
+                    pool.succeeded(worker, other);
+                } else {
+                    pool.failed(worker, other, Instant::now());
+                }
+            }
+        }
+        let mut response = match attempt {
             Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(err)) => match fault.get() {
                 Some(BodyFault::OverLimit) => return Err(GatewayError::BodyTooLarge),
@@ -276,7 +320,8 @@ impl BodyFaultFlag {
 /// more than its limit has passed or the client's body cannot be read;
 /// nothing is buffered.
 pub struct CappedBody {
-    inner: Incoming,
+    /// `None`: an empty body (a retried request without one).
+    inner: Option<Incoming>,
     remaining: u64,
     fault: Arc<BodyFaultFlag>,
 }
@@ -292,12 +337,35 @@ impl CappedBody {
     pub fn new(inner: Incoming, limit: Option<u64>) -> (Self, Arc<BodyFaultFlag>) {
         let fault = Arc::new(BodyFaultFlag::default());
         let body = CappedBody {
-            inner,
+            inner: Some(inner),
             remaining: limit.unwrap_or(u64::MAX),
             fault: fault.clone(),
         };
         (body, fault)
     }
+}
+
+impl CappedBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        CappedBody {
+            inner: None,
+            remaining: 0,
+            fault: Arc::new(BodyFaultFlag::default()),
+        }
+    }
+}
+
+/// A copy of a request head as the client sent it (method, target,
+/// version, fields), for sending it again elsewhere; extensions are not
+/// copied (nothing after the first attempt reads them).
+fn copy_head(parts: &Parts) -> Parts {
+    let mut copy = Request::new(()).into_parts().0;
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
 }
 
 impl HttpBody for CappedBody {
@@ -308,7 +376,10 @@ impl HttpBody for CappedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Ready(Some(Err(err))) => {
@@ -329,11 +400,13 @@ impl HttpBody for CappedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 
