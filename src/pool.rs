@@ -7,7 +7,7 @@
 //! failure, its failure count.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Uri;
@@ -21,6 +21,23 @@ pub const EJECT_AFTER_FAILURES: u32 = 3;
 /// How long an ejected member gets no requests from that worker.
 pub const EJECT_FOR: Duration = Duration::from_secs(10);
 
+/// Shortest and longest `health_check.interval`, seconds.
+pub const HEALTH_INTERVAL_SECONDS: (u64, u64) = (1, 3600);
+
+/// `health_check = { path, interval }`: the pool's prober asks each member
+/// `GET path` every `interval`; 2xx or 3xx within
+/// `upstream.connect_timeout` is healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Appended to each member's base URL; a normal absolute path.
+    pub path: String,
+    /// Time between two rounds.
+    pub interval: Duration,
+}
+
+/// `ejected_until` of a member ejected until its health check passes.
+const UNTIL_HEALTHY: u64 = u64::MAX;
+
 /// One upstream of a pool.
 #[derive(Debug)]
 pub struct Member {
@@ -30,6 +47,9 @@ pub struct Member {
     pub in_flight: Arc<InFlight>,
     /// Failures counted against it, all workers together (for metrics).
     failures: AtomicU64,
+    /// The last health check passed (true until the first one ran, and
+    /// always without health checks). Written by the prober only.
+    healthy: AtomicBool,
 }
 
 impl Member {
@@ -54,12 +74,17 @@ pub struct UpstreamPool {
     members: Box<[Member]>,
     workers: Box<[WorkerView]>,
     epoch: Instant,
+    health: Option<HealthCheck>,
 }
 
 impl UpstreamPool {
     /// A pool over `members` (base URL and its in-flight counter) for
     /// `workers` worker threads.
-    pub fn new(members: Vec<(Uri, Arc<InFlight>)>, workers: usize) -> Self {
+    pub fn new(
+        members: Vec<(Uri, Arc<InFlight>)>,
+        workers: usize,
+        health: Option<HealthCheck>,
+    ) -> Self {
         let count = members.len();
         let view = || WorkerView {
             next: AtomicUsize::new(0),
@@ -73,10 +98,31 @@ impl UpstreamPool {
                     uri,
                     in_flight,
                     failures: AtomicU64::new(0),
+                    healthy: AtomicBool::new(true),
                 })
                 .collect(),
             workers: (0..workers.max(1)).map(|_| view()).collect(),
             epoch: Instant::now(),
+            health,
+        }
+    }
+
+    /// Its health check, if any.
+    pub fn health_check(&self) -> Option<&HealthCheck> {
+        self.health.as_ref()
+    }
+
+    /// What the prober found for `member`: healthy clears every worker's
+    /// ejection of it (with a health check, ejection lasts until then).
+    pub fn probed(&self, member: usize, healthy: bool) {
+        self.members[member]
+            .healthy
+            .store(healthy, Ordering::Relaxed);
+        if healthy {
+            for view in &self.workers {
+                view.streak[member].store(0, Ordering::Relaxed);
+                view.ejected_until[member].store(0, Ordering::Relaxed);
+            }
         }
     }
 
@@ -98,11 +144,12 @@ impl UpstreamPool {
     }
 
     /// The member `worker` sends its next request to: the next in turn that
-    /// it has not ejected, other than `except` (the one a retry left).
-    /// When every candidate is ejected, the next in turn all the same: a
-    /// pool that answers nothing for 10 s because each member failed once
-    /// too often is worse than one more try. `None` only when `except` was
-    /// the one member.
+    /// passes its health check and that the worker has not ejected, other
+    /// than `except` (the one a retry left). When every such candidate is
+    /// ejected, the next healthy one in turn all the same: a pool that
+    /// answers nothing for 10 s because each member failed a few times is
+    /// worse than one more try. A member failing its health check is never
+    /// picked; `None` when no candidate passes it.
     pub fn pick(&self, worker: usize, now: Instant, except: Option<usize>) -> Option<usize> {
         let view = self.view(worker);
         let count = self.members.len();
@@ -110,7 +157,8 @@ impl UpstreamPool {
         let now = self.millis(now);
         let candidates = (0..count)
             .map(|offset| (start + offset) % count)
-            .filter(|member| Some(*member) != except);
+            .filter(|member| Some(*member) != except)
+            .filter(|member| self.members[*member].healthy.load(Ordering::Relaxed));
         let mut fallback = None;
         for member in candidates {
             if !self.ejected(view, member, now) {
@@ -130,24 +178,33 @@ impl UpstreamPool {
     }
 
     /// `member` failed `worker`; the third failure in a row ejects it from
-    /// that worker's turns for [`EJECT_FOR`].
+    /// that worker's turns for [`EJECT_FOR`], or with a health check until
+    /// the prober sees it pass.
     pub fn failed(&self, worker: usize, member: usize, now: Instant) {
-        self.members[member].failures.fetch_add(1, Ordering::Relaxed);
+        self.members[member]
+            .failures
+            .fetch_add(1, Ordering::Relaxed);
         let view = self.view(worker);
         let streak = view.streak[member].fetch_add(1, Ordering::Relaxed) + 1;
         if streak >= EJECT_AFTER_FAILURES {
             view.streak[member].store(0, Ordering::Relaxed);
-            let until = self.millis(now + EJECT_FOR).max(1);
+            let until = match self.health {
+                Some(_) => UNTIL_HEALTHY,
+                None => self.millis(now + EJECT_FOR).max(1),
+            };
             view.ejected_until[member].store(until, Ordering::Relaxed);
         }
     }
 
-    /// Whether no worker has `member` ejected now (for metrics).
+    /// Whether `member` passes its health check and no worker has it
+    /// ejected now (for metrics).
     pub fn is_up(&self, member: usize, now: Instant) -> bool {
         let now = self.millis(now);
-        self.workers
-            .iter()
-            .all(|view| !self.ejected(view, member, now))
+        self.members[member].healthy.load(Ordering::Relaxed)
+            && self
+                .workers
+                .iter()
+                .all(|view| !self.ejected(view, member, now))
     }
 
     /// The same pool with each member's in-flight counter replaced by
@@ -158,7 +215,74 @@ impl UpstreamPool {
             .iter()
             .map(|member| (member.uri.clone(), counter(member)))
             .collect();
-        UpstreamPool::new(members, self.workers.len())
+        UpstreamPool::new(members, self.workers.len(), self.health.clone())
+    }
+}
+
+/// Starts one prober per pool with a health check (one for all workers),
+/// on the current runtime. Each holds its pool weakly and stops once the
+/// pool is gone (the config it belongs to was replaced). A check answers
+/// within `timeout` (`upstream.connect_timeout`) with 2xx or 3xx, or the
+/// member fails it.
+pub fn spawn_probers<'a>(
+    pools: impl Iterator<Item = &'a Arc<UpstreamPool>>,
+    client: &crate::proxy::ProbeClient,
+    timeout: Duration,
+) {
+    for pool in pools {
+        let Some(health) = pool.health_check().cloned() else {
+            continue;
+        };
+        let weak = Arc::downgrade(pool);
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(health.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(pool) = weak.upgrade() else {
+                    return;
+                };
+                for (index, member) in pool.members().iter().enumerate() {
+                    let healthy = probe(&client, &member.uri, &health.path, timeout).await;
+                    if !healthy {
+                        tracing::warn!(upstream = %member.uri, path = %health.path, "health check failed");
+                    }
+                    pool.probed(index, healthy);
+                }
+            }
+        });
+    }
+}
+
+/// One health check: `GET` of `path` under `base`.
+async fn probe(
+    client: &crate::proxy::ProbeClient,
+    base: &Uri,
+    path: &str,
+    timeout: Duration,
+) -> bool {
+    let target = format!("{}{path}", base.path().trim_end_matches('/'));
+    let mut parts = base.clone().into_parts();
+    let Ok(path_and_query) = http::uri::PathAndQuery::try_from(target) else {
+        return false;
+    };
+    parts.path_and_query = Some(path_and_query);
+    let Ok(uri) = Uri::from_parts(parts) else {
+        return false;
+    };
+    let request = http::Request::get(uri)
+        .header(http::header::USER_AGENT, "authgate-health-check")
+        .body(http_body_util::Empty::<bytes::Bytes>::new());
+    let Ok(request) = request else {
+        return false;
+    };
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Ok(Ok(response)) => {
+            let status = response.status();
+            status.is_success() || status.is_redirection()
+        }
+        _ => false,
     }
 }
 
@@ -221,7 +345,7 @@ mod tests {
                 (uri, InFlight::new(10))
             })
             .collect();
-        UpstreamPool::new(members, workers)
+        UpstreamPool::new(members, workers, None)
     }
 
     #[test]
@@ -281,6 +405,32 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == line), "{line} not in\n{out}");
         }
+    }
+
+    #[test]
+    fn with_a_health_check_ejection_lasts_until_a_check_passes() {
+        let mut pool = pool(2, 2);
+        pool.health = Some(HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(5),
+        });
+        let now = Instant::now();
+        for _ in 0..EJECT_AFTER_FAILURES {
+            pool.failed(0, 1, now);
+        }
+        let much_later = now + EJECT_FOR * 10;
+        assert!(!pool.is_up(1, much_later));
+        assert!((0..4).all(|_| pool.pick(0, much_later, None) == Some(0)));
+        pool.probed(1, true);
+        assert!(pool.is_up(1, much_later));
+        assert!((0..2).any(|_| pool.pick(0, much_later, None) == Some(1)));
+        // Failing the check: no worker sends to it, even as a last resort.
+        pool.probed(1, false);
+        assert!(!pool.is_up(1, now));
+        assert!((0..4).all(|_| pool.pick(1, now, None) == Some(0)));
+        assert_eq!(pool.pick(1, now, Some(0)), None);
+        pool.probed(0, false);
+        assert_eq!(pool.pick(1, now, None), None);
     }
 
     #[test]

@@ -597,11 +597,11 @@ impl RouteTable {
 
     /// The distinct pools of the table, each with a route's prefix as its
     /// label (for metrics).
-    pub fn pools(&self) -> Vec<(&str, &crate::pool::UpstreamPool)> {
-        let mut seen: Vec<(&str, &crate::pool::UpstreamPool)> = Vec::new();
+    pub fn pools(&self) -> Vec<(&str, &std::sync::Arc<crate::pool::UpstreamPool>)> {
+        let mut seen: Vec<(&str, &std::sync::Arc<crate::pool::UpstreamPool>)> = Vec::new();
         for route in &self.all {
             if let Some(pool) = &route.pool
-                && !seen.iter().any(|(_, p)| std::ptr::eq(*p, &**pool))
+                && !seen.iter().any(|(_, p)| std::sync::Arc::ptr_eq(p, pool))
             {
                 seen.push((route.label.as_ref(), pool));
             }

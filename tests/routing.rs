@@ -466,18 +466,35 @@ async fn pools_take_turns_eject_a_dead_member_and_retry_bodyless_requests() {
     }
     assert_eq!(a.count() + b.count(), 30);
     // Both live members took turns.
-    assert!(a.count() >= 5 && b.count() >= 5, "{} / {}", a.count(), b.count());
+    assert!(
+        a.count() >= 5 && b.count() >= 5,
+        "{} / {}",
+        a.count(),
+        b.count()
+    );
     let dead_label = format!("{{route=\"/\",upstream=\"{dead}/\"}}");
     let a_label = format!("{{route=\"/\",upstream=\"{}/\"}}", a.url());
     // Ejected after 3 failures in a row (per worker): down, and with far
     // fewer than 10 failures for 30 requests.
-    assert_eq!(metric(&gw, &format!("authgate_upstream_up{dead_label}")).await, Some(0));
-    let failures = metric(&gw, &format!("authgate_upstream_failures_total{dead_label}"))
-        .await
-        .unwrap();
+    assert_eq!(
+        metric(&gw, &format!("authgate_upstream_up{dead_label}")).await,
+        Some(0)
+    );
+    let failures = metric(
+        &gw,
+        &format!("authgate_upstream_failures_total{dead_label}"),
+    )
+    .await
+    .unwrap();
     assert!((3..10).contains(&failures), "{failures} failures");
-    assert_eq!(metric(&gw, &format!("authgate_upstream_up{a_label}")).await, Some(1));
-    assert_eq!(metric(&gw, &format!("authgate_upstream_in_flight{a_label}")).await, Some(0));
+    assert_eq!(
+        metric(&gw, &format!("authgate_upstream_up{a_label}")).await,
+        Some(1)
+    );
+    assert_eq!(
+        metric(&gw, &format!("authgate_upstream_in_flight{a_label}")).await,
+        Some(0)
+    );
     assert_eq!(
         metric(&gw, &format!("authgate_upstream_failures_total{a_label}")).await,
         Some(0)
@@ -523,4 +540,70 @@ async fn a_pool_member_keeps_the_in_flight_bound() {
     assert_eq!(second.status, 503);
     assert_eq!(error_reason(&second), "UPSTREAM_BUSY");
     assert_eq!(first.await.unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_keep_a_failing_member_out_with_one_prober() {
+    let a = Upstream::start().await;
+    let b = Upstream::start().await;
+    let b_addr = b.addr();
+    let mut opts = GatewayOptions::new("http://127.0.0.1:1");
+    opts.routes = Vec::new();
+    opts.extra_toml = pool_route(
+        "/",
+        &[a.url(), b.url()],
+        "auth = \"public\"\nhealth_check = { path = \"/healthz\", interval = 1 }\n",
+    );
+    let mut gw = Gateway::prepare(opts);
+    // Three workers, one prober: a member is asked once a round.
+    gw.spawn_with_prelude("export AUTHGATE_WORKERS=3").await;
+    let checks = |up: &Upstream| {
+        up.requests()
+            .iter()
+            .filter(|r| r.path() == "/healthz")
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let seen = checks(&a);
+    assert!((2..=4).contains(&seen), "{seen} health checks in 2.5 s");
+    assert_eq!(a.last().method, "GET");
+
+    // b stops: once its check fails, it gets no requests at all (none is
+    // even tried and retried).
+    b.stop();
+    let b_label = format!("{{route=\"/\",upstream=\"{}/\"}}", b.url());
+    assert!(
+        poll_until(Duration::from_secs(5), || async {
+            metric(&gw, &format!("authgate_upstream_up{b_label}")).await == Some(0)
+        })
+        .await,
+        "b never went down"
+    );
+    let before = a.count();
+    for i in 0..10 {
+        let response = send(&gw, "GET", &format!("/x/{i}"), "gw.test", "").await;
+        assert_eq!(response.status, 200);
+    }
+    assert!(a.count() >= before + 10);
+    assert_eq!(
+        metric(&gw, &format!("authgate_upstream_failures_total{b_label}")).await,
+        Some(0),
+        "a member failing its check was sent requests"
+    );
+    // b answers its check again: back in turn.
+    let b = Upstream::start_at(b_addr).await;
+    assert!(
+        poll_until(Duration::from_secs(5), || async {
+            metric(&gw, &format!("authgate_upstream_up{b_label}")).await == Some(1)
+        })
+        .await,
+        "b never came back"
+    );
+    for i in 0..6 {
+        send(&gw, "GET", &format!("/y/{i}"), "gw.test", "").await;
+    }
+    assert!(
+        b.requests().iter().any(|r| r.path().starts_with("/y/")),
+        "b healthy again but not in turn"
+    );
 }

@@ -52,11 +52,14 @@ pub fn metrics(ctx: &Context<'_>) -> Response<Body> {
         tls_figures(gateway),
     );
     let mut text = text;
-    crate::pool::render_metrics(
-        &gateway.config.routes.pools(),
-        std::time::Instant::now(),
-        &mut text,
-    );
+    let pools: Vec<(&str, &crate::pool::UpstreamPool)> = gateway
+        .config
+        .routes
+        .pools()
+        .into_iter()
+        .map(|(label, pool)| (label, &**pool))
+        .collect();
+    crate::pool::render_metrics(&pools, std::time::Instant::now(), &mut text);
     let mut response = Response::new(body::full(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

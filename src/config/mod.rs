@@ -909,7 +909,8 @@ mod tests {
         assert!(route_problems("hosts = []\nstrip_prefix = true\n").is_empty());
         assert!(
             route_problems(
-                "upstreams = [\"http://127.0.0.1:2\", \"https://a.test\"]\nupstream_none = 1\n"
+                "upstreams = [\"http://127.0.0.1:2\", \"https://a.test\"]\nupstream_none = 1\n\
+                 health_check = { path = \"/healthz\", interval = 5 }\n"
             )
             .is_empty()
         );
@@ -946,6 +947,25 @@ mod tests {
             (
                 "upstreams = [\"http://127.0.0.1:2\", \"ftp://x\"]\nupstream_none = 1\n",
                 "route[0].upstreams",
+            ),
+            (
+                "upstreams = [\"http://127.0.0.1:2\"]\nupstream_none = 1\n\
+                 health_check = { path = \"healthz\", interval = 5 }\n",
+                "route[0].health_check.path",
+            ),
+            (
+                "upstreams = [\"http://127.0.0.1:2\"]\nupstream_none = 1\n\
+                 health_check = { path = \"/a/../healthz\", interval = 5 }\n",
+                "route[0].health_check.path",
+            ),
+            (
+                "upstreams = [\"http://127.0.0.1:2\"]\nupstream_none = 1\n\
+                 health_check = { path = \"/healthz\", interval = 0 }\n",
+                "route[0].health_check.interval",
+            ),
+            (
+                "health_check = { path = \"/healthz\", interval = 5 }\n",
+                "route[0].health_check",
             ),
         ];
         for (keys, key) in cases {

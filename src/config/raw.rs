@@ -321,6 +321,14 @@ pub(super) struct RawRoute {
     pub(super) strip_prefix: bool,
     pub(super) rewrite_prefix: Option<String>,
     pub(super) upstreams: Option<Vec<String>>,
+    pub(super) health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealthCheck {
+    pub(super) path: String,
+    pub(super) interval: u64,
 }
 
 /// Default values, documented in the README's configuration reference.

@@ -938,6 +938,30 @@ pub(super) fn validate_routes(
             Some(seconds) => p.seconds(&format!("{key}.timeout"), seconds, 1, 3600),
             None => upstream.timeout,
         };
+        let health = route.health_check.and_then(|check| {
+            let key = format!("{key}.health_check");
+            if route.upstreams.is_none() {
+                p.add(
+                    &key,
+                    "needs upstreams (a pool to keep a failing member out of)",
+                );
+            }
+            let (low, high) = crate::pool::HEALTH_INTERVAL_SECONDS;
+            let interval = p.seconds(&format!("{key}.interval"), check.interval, low, high);
+            let valid =
+                check.path.starts_with('/') && crate::routes::check_path(&check.path).is_ok();
+            if !valid {
+                p.add(
+                    &format!("{key}.path"),
+                    format_args!("{:?} must be a normal path starting with '/'", check.path),
+                );
+                return None;
+            }
+            Some(crate::pool::HealthCheck {
+                path: check.path,
+                interval,
+            })
+        });
         // `upstreams`: a pool whose first member stands for the route where
         // one upstream is needed (the verify-only check, logs).
         let pool = match (&route.upstream, route.upstreams) {
@@ -970,6 +994,7 @@ pub(super) fn validate_routes(
                     Arc::new(crate::pool::UpstreamPool::new(
                         members,
                         crate::workers::count(),
+                        health,
                     ))
                 })
             }
@@ -980,7 +1005,10 @@ pub(super) fn validate_routes(
             .as_ref()
             .and_then(|pool| pool.members().first())
             .map(|member| Ok(member.uri.clone()));
-        match first.or_else(|| route.upstream.as_deref().map(parse_upstream)).transpose() {
+        match first
+            .or_else(|| route.upstream.as_deref().map(parse_upstream))
+            .transpose()
+        {
             Ok(upstream) => routes.push(Route {
                 label: prefix.as_str().into(),
                 in_flight: counters.for_upstream(upstream.as_ref()),

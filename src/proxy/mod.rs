@@ -130,14 +130,18 @@ impl Forwarder {
         // A request without a body that could not connect may go to
         // another member once: nothing of it reached an upstream. One with
         // a body never is (the body may have been sent in part).
-        let retry_head = (route.pool.as_ref().is_some_and(|pool| pool.members().len() > 1)
+        let retry_head = (route
+            .pool
+            .as_ref()
+            .is_some_and(|pool| pool.members().len() > 1)
             && incoming.is_end_stream())
         .then(|| copy_head(&parts));
         rewrite_head(&mut parts, upstream, permit.identity(), &client, request_id)?;
 
         let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
         let outbound = Request::from_parts(parts, body);
-        let mut attempt = tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
+        let mut attempt =
+            tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
         if let (Some(pool), Some(picked)) = (&route.pool, member) {
             let failed = !matches!(attempt, Ok(Ok(_))) && fault.get().is_none();
             if failed {
@@ -411,6 +415,9 @@ impl HttpBody for CappedBody {
 }
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, CappedBody>;
+
+/// The client health checks are sent with ([`crate::pool::spawn_probers`]).
+pub type ProbeClient = Client<HttpsConnector<HttpConnector>, http_body_util::Empty<bytes::Bytes>>;
 
 /// A pooled HTTP(S) client with the upstream settings, for any body type.
 pub fn pooled_client<B>(
