@@ -93,6 +93,10 @@ pub enum GatewayError {
     /// `ratelimit.on_store_error = "deny"`.
     #[error("the rate-limit store is unavailable; try again shortly")]
     RateLimitUnavailable,
+    /// A CORS preflight from an origin the route's `[route.cors]` does not
+    /// list.
+    #[error("this origin may not call this API from a browser")]
+    CorsOriginNotAllowed,
     /// An access key tried to create, change or delete access keys.
     #[error("access keys cannot manage access keys; use a JWT from /auth/login")]
     AccessKeyNotAllowed,
@@ -254,6 +258,7 @@ impl GatewayError {
             RateLimited { .. } => (TOO_MANY, "RATE_LIMITED"),
             RateLimitUnavailable => (UNAVAILABLE, "RATE_LIMIT_STORE_UNAVAILABLE"),
             AccessKeyNotAllowed => (FORBIDDEN, "ACCESSKEY_NOT_ALLOWED"),
+            CorsOriginNotAllowed => (FORBIDDEN, "CORS_ORIGIN_NOT_ALLOWED"),
             NoRoute => (NOT_FOUND, "NO_ROUTE"),
             NotFound => (NOT_FOUND, "RESOURCE_NOT_FOUND"),
             MethodNotAllowed => (METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
@@ -498,6 +503,12 @@ mod tests {
                 "ACCESSKEY_NOT_ALLOWED",
             ),
             (GatewayError::NoRoute, 404, "NOT_FOUND", "NO_ROUTE"),
+            (
+                GatewayError::CorsOriginNotAllowed,
+                403,
+                "PERMISSION_DENIED",
+                "CORS_ORIGIN_NOT_ALLOWED",
+            ),
             (
                 GatewayError::RouteMethodNotAllowed {
                     allow: HeaderValue::from_static("GET"),

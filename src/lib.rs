@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod context;
+pub mod cors;
 pub mod error;
 pub mod gateway;
 pub mod inflight;

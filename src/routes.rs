@@ -77,6 +77,8 @@ pub struct Route {
     /// With `upstreams`: the pool the request's upstream is picked from
     /// (`upstream` is then its first member, and `in_flight` its counter).
     pub pool: Option<std::sync::Arc<crate::pool::UpstreamPool>>,
+    /// `[route.cors]`, if any.
+    pub cors: Option<std::sync::Arc<crate::cors::CorsPolicy>>,
 }
 
 impl Route {
@@ -453,6 +455,8 @@ pub struct RouteTable {
     any_host: PrefixTable,
     /// Every route once, in config order.
     all: Vec<Route>,
+    /// Some route has `[route.cors]`.
+    any_cors: bool,
 }
 
 impl RouteTable {
@@ -480,6 +484,7 @@ impl RouteTable {
             exact: exact.into_iter().map(level).collect(),
             wildcard: wildcard.into_iter().map(level).collect(),
             any_host: PrefixTable::new(any_host),
+            any_cors: routes.iter().any(|route| route.cors.is_some()),
             all: routes,
         }
     }
@@ -607,6 +612,19 @@ impl RouteTable {
             }
         }
         seen
+    }
+
+    /// The route a request to `host` and `path` would take by its host
+    /// level and longest prefix, whatever its method (a CORS preflight is
+    /// matched so); `None` without one, or when the table has no
+    /// `[route.cors]` at all (then nothing is looked up).
+    pub fn cors_for(&self, host: Option<&str>, path: &str) -> Option<&crate::cors::CorsPolicy> {
+        if !self.any_cors {
+            return None;
+        }
+        self.levels(host)
+            .find_map(|level| level.find_folded(path, None))
+            .and_then(|route| route.cors.as_deref())
     }
 
     /// Pairs of routes that could both take one request (same host
@@ -830,6 +848,7 @@ mod tests {
             rewrite: PrefixRewrite::Keep,
             in_flight: crate::inflight::InFlight::new(1),
             pool: None,
+            cors: None,
         }
     }
 

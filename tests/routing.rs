@@ -607,3 +607,100 @@ async fn health_checks_keep_a_failing_member_out_with_one_prober() {
         "b healthy again but not in turn"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_and_answers_to_allowed_origins() {
+    let up = Upstream::start().await;
+    let gw = gateway(route(
+        "/api",
+        &up,
+        "methods = [\"GET\", \"POST\"]\n[route.cors]\nallow_origins = [\"https://app.example.com\"]\n\
+         allow_methods = [\"GET\", \"POST\"]\nallow_headers = [\"Authorization\", \"Content-Type\"]\n\
+         allow_credentials = true\nmax_age = 600\n",
+    ))
+    .await;
+    let user = unique("u");
+    gw.add_user(&user, &random_password(), &[]).await;
+    let token = gw.issue_token(&user).await;
+    let app = "Origin: https://app.example.com\r\n";
+    // A preflight: answered by the gateway, without a credential, whatever
+    // the route's methods (OPTIONS is not among them).
+    let preflight = "Access-Control-Request-Method: POST\r\n\
+                     Access-Control-Request-Headers: authorization, content-type\r\n";
+    let response = send(
+        &gw,
+        "OPTIONS",
+        "/api/orders",
+        "gw.test",
+        &format!("{app}{preflight}"),
+    )
+    .await;
+    assert_eq!(response.status, 204);
+    assert_eq!(
+        response.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        response.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(
+        response.header("access-control-allow-methods"),
+        Some("GET, POST")
+    );
+    assert_eq!(
+        response.header("access-control-allow-headers"),
+        Some("Authorization, Content-Type")
+    );
+    assert_eq!(response.header("access-control-max-age"), Some("600"));
+    assert_eq!(response.header("vary"), Some("Origin"));
+    assert_eq!(up.count(), 0, "a preflight reached the upstream");
+    // Another origin: 403 without CORS headers.
+    let evil = "Origin: https://evil.example\r\n";
+    let response = send(
+        &gw,
+        "OPTIONS",
+        "/api/orders",
+        "gw.test",
+        &format!("{evil}{preflight}"),
+    )
+    .await;
+    assert_eq!(response.status, 403);
+    assert_eq!(error_reason(&response), "CORS_ORIGIN_NOT_ALLOWED");
+    assert!(response.header("access-control-allow-origin").is_none());
+    // The gateway's own 401 is readable by the allowed origin ...
+    let response = send(&gw, "GET", "/api/orders", "gw.test", app).await;
+    assert_eq!(response.status, 401);
+    assert_eq!(
+        response.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        response.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    // ... and so is the upstream's answer, with the upstream's own CORS
+    // headers replaced.
+    let auth = format!("{app}Authorization: Bearer {token}\r\n");
+    let response = send(&gw, "GET", "/api/orders", "gw.test", &auth).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(
+        response
+            .headers
+            .iter()
+            .any(|(k, v)| k == "vary" && v.contains("Origin"))
+    );
+    // Requests from another origin are handled as usual, without CORS headers.
+    let auth = format!("{evil}Authorization: Bearer {token}\r\n");
+    let response = send(&gw, "GET", "/api/orders", "gw.test", &auth).await;
+    assert_eq!(response.status, 200);
+    assert!(response.header("access-control-allow-origin").is_none());
+    // An OPTIONS that is not a preflight is a request like any other: no
+    // route takes OPTIONS here.
+    let response = send(&gw, "OPTIONS", "/api/orders", "gw.test", app).await;
+    assert_eq!(response.status, 405);
+}

@@ -530,6 +530,7 @@ mod tests {
             rewrite: crate::routes::PrefixRewrite::Keep,
             in_flight: crate::inflight::InFlight::new(1),
             pool: None,
+            cors: None,
         }
     }
 

@@ -907,6 +907,15 @@ mod tests {
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert!(route_problems("hosts = []\nstrip_prefix = true\n").is_empty());
+        let cors = "[route.cors]\nallow_origins = [\"https://app.example.com\", \"http://localhost:3000\"]\n\
+                    allow_methods = [\"GET\", \"POST\"]\nallow_headers = [\"Authorization\", \"Content-Type\"]\n\
+                    allow_credentials = true\nmax_age = 600\n";
+        assert!(
+            route_problems(cors).is_empty(),
+            "{:?}",
+            route_problems(cors)
+        );
+        assert!(route_problems("[route.cors]\nallow_origins = [\"*\"]\n").is_empty());
         assert!(
             route_problems(
                 "upstreams = [\"http://127.0.0.1:2\", \"https://a.test\"]\nupstream_none = 1\n\
@@ -966,6 +975,34 @@ mod tests {
             (
                 "health_check = { path = \"/healthz\", interval = 5 }\n",
                 "route[0].health_check",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"*\"]\nallow_credentials = true\n",
+                "route[0].cors.allow_origins",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"app.example.com\"]\n",
+                "route[0].cors.allow_origins",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"https://app.example.com/x\"]\n",
+                "route[0].cors.allow_origins",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"https://a.test\"]\nallow_methods = [\"post\"]\n",
+                "route[0].cors.allow_methods",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"https://a.test\"]\nallow_headers = [\"a b\"]\n",
+                "route[0].cors.allow_headers",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"https://a.test\"]\nmax_age = 100000\n",
+                "route[0].cors.max_age",
+            ),
+            (
+                "[route.cors]\nallow_origins = []\n",
+                "route[0].cors.allow_origins",
             ),
         ];
         for (keys, key) in cases {

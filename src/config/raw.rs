@@ -322,6 +322,20 @@ pub(super) struct RawRoute {
     pub(super) rewrite_prefix: Option<String>,
     pub(super) upstreams: Option<Vec<String>>,
     pub(super) health_check: Option<RawHealthCheck>,
+    pub(super) cors: Option<RawCors>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCors {
+    pub(super) allow_origins: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_methods: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_headers: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_credentials: bool,
+    pub(super) max_age: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Uri};
+use http::{HeaderValue, Method, Uri};
 use ipnet::IpNet;
 
 use crate::inflight::InFlight;
@@ -962,6 +962,10 @@ pub(super) fn validate_routes(
                 interval,
             })
         });
+        let cors = route
+            .cors
+            .and_then(|raw| validate_cors(raw, methods.as_deref(), &format!("{key}.cors"), p))
+            .map(Arc::new);
         // `upstreams`: a pool whose first member stands for the route where
         // one upstream is needed (the verify-only check, logs).
         let pool = match (&route.upstream, route.upstreams) {
@@ -1022,6 +1026,7 @@ pub(super) fn validate_routes(
                 methods,
                 rewrite,
                 pool,
+                cors,
             }),
             Err(problem) => p.add(&format!("{key}.upstream"), problem),
         }
@@ -1041,6 +1046,115 @@ pub(super) fn validate_routes(
         }
     }
     table
+}
+
+/// The methods a preflight is told about when `allow_methods` is left out
+/// and the route takes every method.
+const CORS_DEFAULT_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
+
+/// `[route.cors]`: origins as browsers send them (`scheme://host[:port]`,
+/// no path) or `"*"` (not with `allow_credentials`: browsers refuse it, and
+/// echoing any origin with credentials would let every site act as the
+/// user); methods as `methods` spells them (default: the route's); header
+/// names; `max_age` up to a day.
+fn validate_cors(
+    raw: RawCors,
+    route_methods: Option<&[Method]>,
+    key: &str,
+    p: &mut Problems,
+) -> Option<crate::cors::CorsPolicy> {
+    let mut ok = true;
+    if raw.allow_origins.is_empty() {
+        p.add(
+            &format!("{key}.allow_origins"),
+            "must list at least one origin",
+        );
+        ok = false;
+    }
+    let mut origins = Vec::with_capacity(raw.allow_origins.len());
+    for origin in &raw.allow_origins {
+        if origin == "*" {
+            if raw.allow_credentials {
+                p.add(
+                    &format!("{key}.allow_origins"),
+                    "\"*\" cannot go with allow_credentials = true: list the origins",
+                );
+                ok = false;
+            }
+            origins.push(origin.clone());
+            continue;
+        }
+        let parsed: Option<Uri> = origin.parse().ok();
+        let valid = parsed.as_ref().is_some_and(|uri| {
+            matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+                && !origin.ends_with('/')
+                && uri
+                    .path_and_query()
+                    .is_none_or(|pq| pq.as_str().is_empty() || pq.as_str() == "/")
+        });
+        if !valid {
+            p.add(
+                &format!("{key}.allow_origins"),
+                format_args!("{origin:?} must be an origin such as \"https://app.example.com\" (scheme, host and port; no path)"),
+            );
+            ok = false;
+        } else {
+            origins.push(origin.to_ascii_lowercase());
+        }
+    }
+    let mut methods = Vec::new();
+    for name in &raw.allow_methods {
+        match parse_method(name) {
+            Ok(method) => methods.push(method.as_str().to_owned()),
+            Err(problem) => {
+                p.add(&format!("{key}.allow_methods"), problem);
+                ok = false;
+            }
+        }
+    }
+    if methods.is_empty()
+        && let Some(route_methods) = route_methods
+    {
+        methods = route_methods
+            .iter()
+            .map(|m| m.as_str().to_owned())
+            .collect();
+    }
+    let allow_methods = if methods.is_empty() {
+        HeaderValue::from_static(CORS_DEFAULT_METHODS)
+    } else {
+        HeaderValue::from_str(&methods.join(", "))
+            .unwrap_or_else(|_| HeaderValue::from_static(CORS_DEFAULT_METHODS))
+    };
+    for name in &raw.allow_headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            p.add(
+                &format!("{key}.allow_headers"),
+                format_args!("{name:?} is not a header name"),
+            );
+            ok = false;
+        }
+    }
+    let allow_headers = (!raw.allow_headers.is_empty())
+        .then(|| HeaderValue::from_str(&raw.allow_headers.join(", ")).ok())
+        .flatten();
+    if let Some(max_age) = raw.max_age
+        && max_age > crate::cors::MAX_AGE_SECONDS
+    {
+        p.add(
+            &format!("{key}.max_age"),
+            format_args!("{max_age} is over {} seconds", crate::cors::MAX_AGE_SECONDS),
+        );
+        ok = false;
+    }
+    ok.then_some(crate::cors::CorsPolicy {
+        allow_origins: origins,
+        allow_methods,
+        allow_headers,
+        allow_credentials: raw.allow_credentials,
+        max_age: raw.max_age,
+    })
 }
 
 /// A `hosts` entry: a DNS name or `*.` and one (any case, one trailing dot
