@@ -219,6 +219,13 @@ impl UpstreamPool {
     }
 }
 
+/// The client health checks are sent with (built like the forwarder's,
+/// from `[upstream]`).
+pub type ProbeClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
 /// Starts one prober per pool with a health check (one for all workers),
 /// on the current runtime. Each holds its pool weakly and stops once the
 /// pool is gone (the config it belongs to was replaced). A check answers
@@ -226,7 +233,7 @@ impl UpstreamPool {
 /// member fails it.
 pub fn spawn_probers<'a>(
     pools: impl Iterator<Item = &'a Arc<UpstreamPool>>,
-    client: &crate::proxy::ProbeClient,
+    client: &ProbeClient,
     timeout: Duration,
 ) {
     for pool in pools {
@@ -256,12 +263,7 @@ pub fn spawn_probers<'a>(
 }
 
 /// One health check: `GET` of `path` under `base`.
-async fn probe(
-    client: &crate::proxy::ProbeClient,
-    base: &Uri,
-    path: &str,
-    timeout: Duration,
-) -> bool {
+async fn probe(client: &ProbeClient, base: &Uri, path: &str, timeout: Duration) -> bool {
     let target = format!("{}{path}", base.path().trim_end_matches('/'));
     let mut parts = base.clone().into_parts();
     let Ok(path_and_query) = http::uri::PathAndQuery::try_from(target) else {

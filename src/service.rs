@@ -55,7 +55,9 @@ pub async fn handle(
         let result = match &cors {
             // Answered here, before any credential: a browser sends none
             // with a preflight.
-            Some((policy, origin)) if preflight => policy.preflight(origin),
+            Some((policy, origin)) if preflight => policy
+                .preflight(origin)
+                .ok_or(GatewayError::CorsOriginNotAllowed),
             _ => handle_inner(&gateway, client, request, &mut ctx).await,
         };
         let mut response = ctx.finish(&gateway.metrics, result);

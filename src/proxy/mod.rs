@@ -416,9 +416,6 @@ impl HttpBody for CappedBody {
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, CappedBody>;
 
-/// The client health checks are sent with ([`crate::pool::spawn_probers`]).
-pub type ProbeClient = Client<HttpsConnector<HttpConnector>, http_body_util::Empty<bytes::Bytes>>;
-
 /// A pooled HTTP(S) client with the upstream settings, for any body type.
 pub fn pooled_client<B>(
     config: &UpstreamConfig,
