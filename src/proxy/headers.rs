@@ -406,6 +406,7 @@ pub fn requested_authority(
     if hosts.next().is_some() {
         return Err(InvalidHost);
     }
+    let header_value = host.filter(|value| !value.is_empty());
     let from_header = match host {
         None => None,
         Some(value) if value.is_empty() => None,
@@ -442,6 +443,17 @@ pub fn requested_authority(
         chosen.rsplit_once(':').map(|(_, port)| port)
     }
     .filter(|port| !port.is_empty());
+    // The usual `Host` is canonical already: kept as it is (no allocation).
+    let unchanged = match port {
+        Some(port) => chosen.len() == host.len() + 1 + port.len() && chosen.starts_with(&*host),
+        None => chosen == host,
+    };
+    if unchanged
+        && from_target.is_none()
+        && let Some(value) = header_value
+    {
+        return Ok(Some(value.clone()));
+    }
     let value = match port {
         Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
         None => HeaderValue::from_str(&host),
