@@ -704,3 +704,44 @@ async fn cors_preflights_and_answers_to_allowed_origins() {
     let response = send(&gw, "OPTIONS", "/api/orders", "gw.test", app).await;
     assert_eq!(response.status, 405);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_replaces_pools_and_their_probers() {
+    let a = Upstream::start().await;
+    let b = Upstream::start().await;
+    let check = "auth = \"public\"\nhealth_check = { path = \"/healthz\", interval = 1 }\n";
+    let mut opts = GatewayOptions::new("http://127.0.0.1:1");
+    opts.routes = Vec::new();
+    opts.extra_toml = pool_route("/", &[a.url(), b.url()], check);
+    let mut gw = Gateway::start_with(opts.clone()).await;
+    let checks = |up: &Upstream| {
+        up.requests()
+            .iter()
+            .filter(|r| r.path() == "/healthz")
+            .count()
+    };
+    assert!(poll_until(Duration::from_secs(5), || async { checks(&a) > 0 }).await);
+    opts.extra_toml = pool_route("/", &[b.url()], check);
+    gw.set_options(opts);
+    gw.sighup();
+    assert!(
+        poll_until(Duration::from_secs(10), || async {
+            let before = a.count();
+            send(&gw, "GET", "/x", "gw.test", "").await;
+            a.count() == before
+                && get(&gw.url("/metrics"), None, &[])
+                    .await
+                    .text()
+                    .lines()
+                    .all(|line| !line.contains(&a.url()))
+        })
+        .await,
+        "the old pool still takes requests"
+    );
+    // The old pool's prober stops with it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = checks(&a);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(checks(&a), seen, "the old prober still runs");
+    assert!(checks(&b) > 0);
+}
