@@ -745,3 +745,40 @@ async fn sighup_replaces_pools_and_their_probers() {
     assert_eq!(checks(&a), seen, "the old prober still runs");
     assert!(checks(&b) > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_never_touches_the_pool() {
+    let live = Upstream::start().await;
+    let dead = closed_port_url();
+    let gw = gateway(pool_route(
+        "/api",
+        &[dead.clone(), live.url()],
+        "auth = \"public\"\nrewrite_prefix = \"/v2\"\n",
+    ))
+    .await;
+    for _ in 0..5 {
+        let response = send(
+            &gw,
+            "GET",
+            "/_authgate/verify",
+            "gw.internal",
+            "X-Forwarded-Host: api.test\r\nX-Forwarded-Uri: /api/x\r\n",
+        )
+        .await;
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(live.count(), 0);
+    let dead_label = format!("{{route=\"/api\",upstream=\"{dead}/\"}}");
+    assert_eq!(
+        metric(
+            &gw,
+            &format!("authgate_upstream_failures_total{dead_label}")
+        )
+        .await,
+        Some(0)
+    );
+    assert_eq!(
+        metric(&gw, &format!("authgate_upstream_up{dead_label}")).await,
+        Some(1)
+    );
+}
