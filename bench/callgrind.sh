@@ -13,7 +13,10 @@
 # one rate-limit rule by user applies that never refuses), and the HS256 and
 # access-key credentials as forward-auth decisions only: verify-hs256 and
 # verify-accesskey (/_authgate/verify/PATH, Envoy's path-prefix form;
-# nothing is proxied).
+# nothing is proxied). hosts1000: a public route among 1,000 routes over
+# 200 host names (5 prefixes each, plus 200 wildcard routes), asked with one
+# of those hosts: routing by host must cost the same as with one route
+# (compare with public; the routes are added only when hosts1000 is asked).
 # CALLGRIND_RATELIMIT_STORE picks the rule's store: memory (default), a
 # Redis URL (Redis's own work is not counted, only the gateway's), or none
 # (no [ratelimit] at all: the baseline; hs256-rule is then a plain route):
@@ -123,6 +126,18 @@ rate = 1000000
 burst = 1000000
 path_prefix = "/limited"
 EOF
+if [[ " ${PATHS[*]} " == *" hosts1000 "* ]]; then
+    python3 - "$P_UP" >>"$W/authgate.toml" <<'PY'
+import sys
+up = sys.argv[1]
+for h in range(200):
+    for r in range(4):
+        print(f'\n[[route]]\nhosts = ["h{h}.bench.test"]\npath_prefix = "/r{r}"\n'
+              f'upstream = "http://127.0.0.1:{up}"\nauth = "public"\nmethods = ["GET", "HEAD"]')
+    print(f'\n[[route]]\nhosts = ["*.w{h}.bench.test"]\npath_prefix = "/r0"\n'
+          f'upstream = "http://127.0.0.1:{up}"\nauth = "public"')
+PY
+fi
 ag() { "$AUTHGATE" --config "$W/authgate.toml" "$@"; }
 echo "callgrind-password-$$" | ag user add bench --password-stdin >/dev/null
 TOKEN=$(ag token issue --user bench)
@@ -149,12 +164,13 @@ printf '%-16s %12s %14s %12s\n' path requests "instr/request" "writes/req"
 for path in "${PATHS[@]}"; do
     case $path in
         public) args=("http://127.0.0.1:$P_AG/public/x") ;;
+        hosts1000) args=(-H "Host: h137.bench.test" "http://127.0.0.1:$P_AG/r3/x") ;;
         hs256) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/x") ;;
         hs256-rule) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/limited/x") ;;
         accesskey) args=("http://127.0.0.1:$P_AG/x?accesskey=$ACCESS_KEY") ;;
         verify-hs256) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/_authgate/verify/x") ;;
         verify-accesskey) args=("http://127.0.0.1:$P_AG/_authgate/verify/x?accesskey=$ACCESS_KEY") ;;
-        *) die "unknown path $path (public, hs256, accesskey, hs256-rule, verify-hs256, verify-accesskey)" ;;
+        *) die "unknown path $path (public, hosts1000, hs256, accesskey, hs256-rule, verify-hs256, verify-accesskey)" ;;
     esac
     [ "$(curl -s -o /dev/null -w '%{http_code}' "${args[@]}")" = 200 ] || die "$path does not answer 200"
     # Warm caches and pools, then count only the measured window.

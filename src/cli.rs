@@ -272,9 +272,15 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         command => {
             let config = load(&cli.config)?;
+            if let Command::Serve { .. } = command {
+                // Moved, not cloned: a copy held here for the server's life
+                // would keep the first config's upstream pools (and their
+                // health probers) alive after every reload.
+                return serve(config, cli.config.clone()).await;
+            }
             let mut store = LazyStore::new(&config);
             let result = match command {
-                Command::Serve { .. } => serve(config.clone(), cli.config.clone()).await,
+                Command::Serve { .. } => unreachable!("handled above"),
                 Command::User(command) => user(command, &config, &mut store).await,
                 Command::Key(command) => key(command, &config, &mut store).await,
                 Command::Token(TokenCommand::Issue { user, ttl }) => {

@@ -99,6 +99,10 @@ pub enum GatewayError {
     /// `ratelimit.on_store_error = "deny"`.
     #[error("the rate-limit store is unavailable; try again shortly")]
     RateLimitUnavailable,
+    /// A CORS preflight from an origin the route's `[route.cors]` does not
+    /// list.
+    #[error("this origin may not call this API from a browser")]
+    CorsOriginNotAllowed,
     /// An access key tried to create, change or delete access keys.
     #[error("access keys cannot manage access keys; use a JWT from /auth/login")]
     AccessKeyNotAllowed,
@@ -111,6 +115,13 @@ pub enum GatewayError {
     /// The method is not served on this gateway path.
     #[error("this method is not allowed on this path")]
     MethodNotAllowed,
+    /// Routes match the path, none of them the method (`Allow` lists
+    /// theirs); answered before credentials are looked at.
+    #[error("no route takes this method on this path")]
+    RouteMethodNotAllowed {
+        /// The methods the path's routes take.
+        allow: HeaderValue,
+    },
     /// A body of the gateway's own endpoints is over the limit.
     #[error("the request body is larger than this endpoint accepts")]
     BodyTooLarge,
@@ -215,6 +226,8 @@ const UNAUTHENTICATED: Class = Class(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"
 const FORBIDDEN: Class = Class(StatusCode::FORBIDDEN, "PERMISSION_DENIED");
 const NOT_FOUND: Class = Class(StatusCode::NOT_FOUND, "NOT_FOUND");
 const METHOD_NOT_ALLOWED: Class = Class(StatusCode::METHOD_NOT_ALLOWED, "UNIMPLEMENTED");
+/// The contract's class for a method no route of a path takes.
+const ROUTE_METHOD_NOT_ALLOWED: Class = Class(StatusCode::METHOD_NOT_ALLOWED, "INVALID_ARGUMENT");
 const CONFLICT: Class = Class(StatusCode::CONFLICT, "ALREADY_EXISTS");
 const TOO_LARGE: Class = Class(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_ARGUMENT");
 const MEDIA_TYPE: Class = Class(StatusCode::UNSUPPORTED_MEDIA_TYPE, "INVALID_ARGUMENT");
@@ -252,9 +265,11 @@ impl GatewayError {
             RateLimited { .. } => (TOO_MANY, "RATE_LIMITED"),
             RateLimitUnavailable => (UNAVAILABLE, "RATE_LIMIT_STORE_UNAVAILABLE"),
             AccessKeyNotAllowed => (FORBIDDEN, "ACCESSKEY_NOT_ALLOWED"),
+            CorsOriginNotAllowed => (FORBIDDEN, "CORS_ORIGIN_NOT_ALLOWED"),
             NoRoute => (NOT_FOUND, "NO_ROUTE"),
             NotFound => (NOT_FOUND, "RESOURCE_NOT_FOUND"),
             MethodNotAllowed => (METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            RouteMethodNotAllowed { .. } => (ROUTE_METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Conflict(_) => (CONFLICT, "ALREADY_EXISTS"),
             BodyTooLarge => (TOO_LARGE, "BODY_TOO_LARGE"),
             UnsupportedMediaType => (MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
@@ -384,6 +399,9 @@ impl GatewayError {
             GatewayError::RateLimitUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            GatewayError::RouteMethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, allow.clone());
+            }
             _ => {}
         }
         response
@@ -498,6 +516,20 @@ mod tests {
                 "ACCESSKEY_NOT_ALLOWED",
             ),
             (GatewayError::NoRoute, 404, "NOT_FOUND", "NO_ROUTE"),
+            (
+                GatewayError::CorsOriginNotAllowed,
+                403,
+                "PERMISSION_DENIED",
+                "CORS_ORIGIN_NOT_ALLOWED",
+            ),
+            (
+                GatewayError::RouteMethodNotAllowed {
+                    allow: HeaderValue::from_static("GET"),
+                },
+                405,
+                "INVALID_ARGUMENT",
+                "METHOD_NOT_ALLOWED",
+            ),
             (
                 GatewayError::SignInRequired {
                     location: "/auth/oidc/corp/login?rd=%2F".into(),

@@ -153,6 +153,15 @@ impl Gateway {
             }
         }
         cache.watch_token_cache(config.jwt.keys.token_cache());
+        let pools = config.routes.pools();
+        if pools.iter().any(|(_, pool)| pool.health_check().is_some()) {
+            let client = crate::proxy::pooled_client(&config.upstream)?;
+            crate::pool::spawn_probers(
+                pools.iter().map(|(_, pool)| *pool),
+                &client,
+                config.upstream.connect_timeout,
+            );
+        }
         Ok(Gateway {
             auth: Authenticator::new(
                 config.jwt.keys.clone(),

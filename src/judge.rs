@@ -8,13 +8,14 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, Method};
 
+use crate::auth::extract::carries_credential;
 use crate::auth::{Permit, authorize, check_scope};
 use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::metrics::Outcome;
 use crate::oidc;
-use crate::routes::CheckedPath;
+use crate::routes::{CheckedPath, RouteMiss};
 use crate::scope::other_method_readings;
 
 /// What becomes of a permit: the request is forwarded by its route, or
@@ -43,7 +44,8 @@ pub struct JudgedRequest<'a> {
     /// The client's address (trusted proxies' `X-Forwarded-For` followed),
     /// for rate limits by address.
     pub client_ip: IpAddr,
-    /// The host it was sent to, as the client named it, if known.
+    /// The host it was sent to, canonical ([`crate::routes::canonical_host`]):
+    /// routes are chosen by it. `None` when the request named none.
     pub host: Option<&'a str>,
     /// `http` or `https` as the client used it, if known.
     pub scheme: Option<&'a str>,
@@ -73,14 +75,24 @@ pub async fn judge<'g>(
     let matched = gateway
         .config
         .routes
-        .route_for(path)
-        .ok_or(GatewayError::NoRoute)?;
+        .route_for(request.host, request.method, path)
+        .map_err(|miss| match miss {
+            RouteMiss::NoRoute => GatewayError::NoRoute,
+            RouteMiss::AmbiguousPath => GatewayError::InvalidPath,
+            RouteMiss::WrongMethod(allow) => GatewayError::RouteMethodNotAllowed {
+                allow: allow_header(&allow),
+            },
+        })?;
     if request.ending == Ending::Forward && matched.route.upstream.is_none() {
         return Err(GatewayError::NoRoute);
     }
     ctx.route(matched.route.label.clone(), matched.route.prefix.as_str());
 
-    let identity = if matched.needs_credential() {
+    // An optional route looks at a credential only when one was given: a
+    // bad one is refused like anywhere else, none forwards no identity.
+    let optional_given = matched.takes_optional_credential()
+        && carries_credential(request.headers, request.query, gateway.auth.sources());
+    let identity = if matched.needs_credential() || optional_given {
         let authenticated = gateway
             .auth
             .authenticate_request(request.headers, request.query)
@@ -127,4 +139,15 @@ pub async fn judge<'g>(
         ctx.rate_limits(limits.await?);
     }
     Ok(permit)
+}
+
+/// `Allow` for a 405: the methods the path's routes take, comma-separated
+/// (RFC 9110 section 10.2.1).
+fn allow_header(methods: &[Method]) -> http::HeaderValue {
+    let joined = methods
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    http::HeaderValue::from_str(&joined).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }

@@ -6,9 +6,11 @@
 //! normalised: the path that was routed is byte-for-byte the path that is
 //! forwarded, and means the same to the upstream.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::time::Duration;
 
-use http::Uri;
+use http::{Method, Uri};
 
 /// Whether a route needs a credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +19,31 @@ pub enum RouteAuth {
     Required,
     /// Forwarded without credentials and without identity headers.
     Public,
+    /// Identity headers when a good credential is given, none without one;
+    /// a bad credential is refused (401).
+    Optional,
+}
+
+/// A `hosts` entry of a route, lowercase, without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// One name: `api.example.com`.
+    Exact(String),
+    /// `*.example.com`, stored as `example.com`: every name ending in
+    /// `.example.com`, not `example.com` itself.
+    Wildcard(String),
+}
+
+/// What becomes of the matched prefix on the way to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrefixRewrite {
+    /// The path is forwarded as it came.
+    Keep,
+    /// `strip_prefix = true`: `/api/x` is sent as `/x`, `/api` as `/`.
+    Strip,
+    /// `rewrite_prefix`: the prefix is replaced by this (no trailing `/`,
+    /// so `/api/x` with `"/v2"` is `/v2/x`; `""` means `"/"`).
+    Replace(String),
 }
 
 /// One `[[route]]`.
@@ -37,6 +64,12 @@ pub struct Route {
     pub timeout: Duration,
     /// The `[[oidc]]` provider browsers without a credential are sent to.
     pub login: Option<std::sync::Arc<str>>,
+    /// The hosts it takes; empty: every host.
+    pub hosts: Vec<HostPattern>,
+    /// The methods it takes; `None`: every method.
+    pub methods: Option<Vec<Method>>,
+    /// What the upstream gets instead of the matched prefix.
+    pub rewrite: PrefixRewrite,
     /// Requests in flight to this route's upstream: one counter shared by
     /// every route to the same scheme and authority
     /// (`limits.max_upstream_requests`).
@@ -44,12 +77,50 @@ pub struct Route {
     /// `aud` of identity assertions for this route, instead of
     /// `[assertion] audience`.
     pub assertion_audience: Option<std::sync::Arc<str>>,
+    /// With `upstreams`: the pool the request's upstream is picked from
+    /// (`upstream` is then its first member, and `in_flight` its counter).
+    pub pool: Option<std::sync::Arc<crate::pool::UpstreamPool>>,
+    /// `[route.cors]`, if any.
+    pub cors: Option<std::sync::Arc<crate::cors::CorsPolicy>>,
 }
 
 impl Route {
     /// Whether `path` falls under this route's prefix.
     pub fn matches(&self, path: &str) -> bool {
         prefix_matches(&self.prefix, path)
+    }
+
+    /// Whether the route takes requests with `method`.
+    pub fn takes(&self, method: &Method) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|methods| methods.contains(method))
+    }
+
+    /// The path the upstream gets for `path`, which this route matched
+    /// (ASCII case ignored): the prefix stripped or replaced as configured.
+    /// `path` passed the path policy and the prefix ends on a segment
+    /// boundary, so what follows it is whole segments with no `..`, `%2e`,
+    /// `;`-dot or empty segment: nothing can climb out of the replacement.
+    /// The result is checked again all the same; `None` if it fails.
+    pub fn upstream_path<'p>(&self, path: &'p str) -> Option<Cow<'p, str>> {
+        let replacement = match &self.rewrite {
+            PrefixRewrite::Keep => return Some(Cow::Borrowed(path)),
+            PrefixRewrite::Strip => "",
+            PrefixRewrite::Replace(replacement) => replacement.as_str(),
+        };
+        let rest = path.get(self.prefix.len()..)?;
+        let mut out = String::with_capacity(replacement.len() + rest.len() + 1);
+        out.push_str(replacement);
+        if self.prefix.ends_with('/') {
+            out.push('/');
+        }
+        out.push_str(rest);
+        if out.is_empty() {
+            out.push('/');
+        }
+        check_path(&out).ok()?;
+        Some(Cow::Owned(out))
     }
 }
 
@@ -193,6 +264,12 @@ impl<'a> RouteMatch<'a> {
         self.routes().any(|route| route.auth == RouteAuth::Required)
     }
 
+    /// Whether the forwarding route takes a credential when one is given
+    /// (`auth = "optional"`).
+    pub fn takes_optional_credential(&self) -> bool {
+        self.route.auth == RouteAuth::Optional
+    }
+
     fn add(&mut self, route: Option<&'a Route>) {
         if let Some(route) = route
             && !std::ptr::eq(route, self.route)
@@ -203,9 +280,9 @@ impl<'a> RouteMatch<'a> {
     }
 }
 
-/// Routes sorted longest prefix first.
+/// Routes of one host level, sorted longest prefix first.
 #[derive(Debug, Clone, Default)]
-pub struct RouteTable {
+pub struct PrefixTable {
     routes: Vec<Route>,
     /// No prefix has an upper-case letter: then a path without one matches
     /// the same way with and without case folding (the usual case; one
@@ -213,38 +290,32 @@ pub struct RouteTable {
     lowercase_prefixes: bool,
 }
 
-impl RouteTable {
+/// What one host level makes of a request.
+#[derive(Debug)]
+pub enum LevelMatch<'a> {
+    /// A route takes it.
+    Routed(RouteMatch<'a>),
+    /// Routes of the level match its path, none of them its method: the
+    /// methods they take.
+    WrongMethod(Vec<Method>),
+    /// The gateway's reading of the path matches no route of the level,
+    /// but another reading of it does: refused rather than sent to a
+    /// laxer level (an upstream of this host could read it as its own).
+    OnlyAnotherReading,
+    /// No route of the level has anything to do with the path.
+    None,
+}
+
+impl PrefixTable {
     /// Sorts `routes` so that the longest prefix is tried first.
     pub fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         let lowercase_prefixes = routes
             .iter()
             .all(|route| !route.prefix.bytes().any(|b| b.is_ascii_uppercase()));
-        RouteTable {
+        PrefixTable {
             routes,
             lowercase_prefixes,
-        }
-    }
-
-    /// Takes over `previous`'s in-flight counters for the upstreams both
-    /// tables forward to with the same bound, so requests still running on
-    /// the old config count against the new one's bound after a reload.
-    pub fn adopt_in_flight(&mut self, previous: &RouteTable) {
-        for route in &mut self.routes {
-            let Some(upstream) = &route.upstream else {
-                continue;
-            };
-            let key = crate::inflight::upstream_key(upstream);
-            let old = previous.routes.iter().find(|old| {
-                old.upstream
-                    .as_ref()
-                    .is_some_and(|u| crate::inflight::upstream_key(u) == key)
-            });
-            if let Some(old) = old
-                && old.in_flight.max() == route.in_flight.max()
-            {
-                route.in_flight = old.in_flight.clone();
-            }
         }
     }
 
@@ -253,33 +324,95 @@ impl RouteTable {
         self.routes.iter().find(|route| route.matches(path))
     }
 
-    fn find_folded(&self, path: &str) -> Option<&Route> {
+    fn find_for(&self, path: &str, method: &Method) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|route| prefix_matches_folded(&route.prefix, path))
+            .find(|route| route.takes(method) && route.matches(path))
     }
 
-    /// The route for `path` (longest prefix, ASCII case ignored) and every
-    /// route that a reading of `path` by an upstream could fall under:
+    fn find_folded(&self, path: &str, method: Option<&Method>) -> Option<&Route> {
+        self.routes.iter().find(|route| {
+            method.is_none_or(|method| route.takes(method))
+                && prefix_matches_folded(&route.prefix, path)
+        })
+    }
+
+    /// [`Self::route_for_method`] for a route table whose routes take
+    /// every method.
+    pub fn route_for(&self, path: &str) -> Option<RouteMatch<'_>> {
+        match self.route_for_method(path, &Method::GET) {
+            LevelMatch::Routed(matched) => Some(matched),
+            _ => None,
+        }
+    }
+
+    /// The route for `path` and `method` (longest prefix, ASCII case
+    /// ignored, among routes taking the method) and every route taking the
+    /// method that a reading of `path` by an upstream could fall under:
     /// byte for byte (case-sensitive servers), case-folded, without
     /// `;parameters`, without trailing `.`, `~` or `%20`, and each
-    /// combination. `None` when no route takes the path as the gateway
-    /// reads it; then nothing is forwarded.
-    pub fn route_for(&self, path: &str) -> Option<RouteMatch<'_>> {
-        let route = self.find_folded(path)?;
+    /// combination.
+    pub fn route_for_method(&self, path: &str, method: &Method) -> LevelMatch<'_> {
+        let Some(route) = self.find_folded(path, Some(method)) else {
+            return self.miss(path);
+        };
         let mut matched = RouteMatch {
             route,
             also: Vec::new(),
         };
         let has_upper = path.bytes().any(|b| b.is_ascii_uppercase());
         if has_upper || !self.lowercase_prefixes {
-            matched.add(self.find(path));
+            matched.add(self.find_for(path, method));
         }
         for read in other_readings(path) {
-            matched.add(self.find_folded(&read));
-            matched.add(self.find(&read));
+            matched.add(self.find_folded(&read, Some(method)));
+            matched.add(self.find_for(&read, method));
         }
-        Some(matched)
+        LevelMatch::Routed(matched)
+    }
+
+    /// Why no route of the level takes the request (off the hot path).
+    fn miss(&self, path: &str) -> LevelMatch<'_> {
+        if self.find_folded(path, None).is_some() {
+            let mut allow: Vec<Method> = Vec::new();
+            for route in &self.routes {
+                if prefix_matches_folded(&route.prefix, path)
+                    && let Some(methods) = &route.methods
+                {
+                    for method in methods {
+                        if !allow.contains(method) {
+                            allow.push(method.clone());
+                        }
+                    }
+                }
+            }
+            return LevelMatch::WrongMethod(allow);
+        }
+        if other_readings(path)
+            .iter()
+            .any(|read| self.find_folded(read, None).is_some())
+        {
+            return LevelMatch::OnlyAnotherReading;
+        }
+        LevelMatch::None
+    }
+
+    /// Pairs of routes that could both take one request: the same prefix
+    /// (ASCII case ignored) and a method in common.
+    pub fn conflicts(&self) -> Vec<(&Route, &Route)> {
+        let mut found = Vec::new();
+        for (i, first) in self.routes.iter().enumerate() {
+            for second in &self.routes[i + 1..] {
+                let overlap = match (&first.methods, &second.methods) {
+                    (Some(a), Some(b)) => a.iter().any(|method| b.contains(method)),
+                    _ => true,
+                };
+                if overlap && first.prefix.eq_ignore_ascii_case(&second.prefix) {
+                    found.push((first, second));
+                }
+            }
+        }
+        found
     }
 
     /// Prefixes that appear more than once, compared ASCII case-insensitively
@@ -300,6 +433,273 @@ impl RouteTable {
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
+}
+
+/// Why no route takes a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMiss {
+    /// No route of any level matches the path.
+    NoRoute,
+    /// Routes match the path but not the method: the methods they take.
+    WrongMethod(Vec<Method>),
+    /// Only another reading of the path than the gateway's falls under a
+    /// route of the chosen host level.
+    AmbiguousPath,
+}
+
+/// The route table of one config: a [`PrefixTable`] per exact host and per
+/// wildcard suffix, and one for routes without `hosts`, built once. A
+/// request's host picks its level by hash lookups (no scan over hosts).
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, PrefixTable>,
+    /// By the suffix after `*.`.
+    wildcard: HashMap<String, PrefixTable>,
+    any_host: PrefixTable,
+    /// Every route once, in config order.
+    all: Vec<Route>,
+    /// Some route has `[route.cors]`.
+    any_cors: bool,
+}
+
+impl RouteTable {
+    /// Puts each route into the level of each of its hosts (routes without
+    /// `hosts` into the level for every host).
+    pub fn new(routes: Vec<Route>) -> Self {
+        let mut exact: HashMap<String, Vec<Route>> = HashMap::new();
+        let mut wildcard: HashMap<String, Vec<Route>> = HashMap::new();
+        let mut any_host = Vec::new();
+        for route in &routes {
+            if route.hosts.is_empty() {
+                any_host.push(route.clone());
+            }
+            for host in &route.hosts {
+                match host {
+                    HostPattern::Exact(name) => exact.entry(name.clone()),
+                    HostPattern::Wildcard(suffix) => wildcard.entry(suffix.clone()),
+                }
+                .or_default()
+                .push(route.clone());
+            }
+        }
+        let level = |(key, routes): (String, Vec<Route>)| (key, PrefixTable::new(routes));
+        RouteTable {
+            exact: exact.into_iter().map(level).collect(),
+            wildcard: wildcard.into_iter().map(level).collect(),
+            any_host: PrefixTable::new(any_host),
+            any_cors: routes.iter().any(|route| route.cors.is_some()),
+            all: routes,
+        }
+    }
+
+    /// The host levels for `host` (canonical: see [`canonical_host`]), most
+    /// specific first: the exact name, the wildcards from the longest
+    /// suffix, then routes without `hosts`.
+    fn levels<'t: 'h, 'h>(
+        &'t self,
+        host: Option<&'h str>,
+    ) -> impl Iterator<Item = &'t PrefixTable> + 'h {
+        let exact = host.and_then(|host| self.exact.get(host));
+        let wildcards = host
+            .filter(|_| !self.wildcard.is_empty())
+            .into_iter()
+            .flat_map(|host| {
+                host.match_indices('.')
+                    .filter_map(|(dot, _)| self.wildcard.get(&host[dot + 1..]))
+            });
+        exact
+            .into_iter()
+            .chain(wildcards)
+            .chain(std::iter::once(&self.any_host))
+    }
+
+    /// The route for a request: the most specific host level that has any
+    /// route for its path, then the longest prefix among that level's
+    /// routes taking `method`, with every route of the level that another
+    /// reading of the path falls under. `host` is canonical
+    /// ([`canonical_host`]); `None` when the request named none.
+    pub fn route_for(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+    ) -> Result<RouteMatch<'_>, RouteMiss> {
+        for level in self.levels(host) {
+            match level.route_for_method(path, method) {
+                LevelMatch::Routed(matched) => return Ok(matched),
+                LevelMatch::WrongMethod(allow) => return Err(RouteMiss::WrongMethod(allow)),
+                LevelMatch::OnlyAnotherReading => return Err(RouteMiss::AmbiguousPath),
+                LevelMatch::None => {}
+            }
+        }
+        Err(RouteMiss::NoRoute)
+    }
+
+    /// Takes over `previous`'s in-flight counters for the upstreams both
+    /// tables forward to with the same bound, so requests still running on
+    /// the old config count against the new one's bound after a reload.
+    /// Every copy of a route (one per host level it is in) gets the same.
+    pub fn adopt_in_flight(&mut self, previous: &RouteTable) {
+        // The old counter for an upstream with the same bound, whether a
+        // route's own or a pool member's.
+        let old_counter = |uri: &Uri, max: usize| {
+            let key = crate::inflight::upstream_key(uri);
+            previous.all.iter().find_map(|old| {
+                let own = old
+                    .upstream
+                    .as_ref()
+                    .filter(|u| crate::inflight::upstream_key(u) == key)
+                    .map(|_| &old.in_flight);
+                let member = old.pool.as_ref().and_then(|pool| {
+                    pool.members()
+                        .iter()
+                        .find(|m| crate::inflight::upstream_key(&m.uri) == key)
+                        .map(|m| &m.in_flight)
+                });
+                own.or(member).filter(|c| c.max() == max).cloned()
+            })
+        };
+        // Copies of one route (one per host level) keep sharing one pool.
+        let mut pools: Vec<(
+            *const crate::pool::UpstreamPool,
+            std::sync::Arc<crate::pool::UpstreamPool>,
+        )> = Vec::new();
+        let levels = self
+            .exact
+            .values_mut()
+            .chain(self.wildcard.values_mut())
+            .chain(std::iter::once(&mut self.any_host))
+            .flat_map(|level| level.routes.iter_mut());
+        for route in self.all.iter_mut().chain(levels) {
+            let Some(upstream) = &route.upstream else {
+                continue;
+            };
+            let key = crate::inflight::upstream_key(upstream);
+            let old = previous.all.iter().find(|old| {
+                old.upstream
+                    .as_ref()
+                    .is_some_and(|u| crate::inflight::upstream_key(u) == key)
+            });
+            if let Some(old) = old
+                && old.in_flight.max() == route.in_flight.max()
+            {
+                route.in_flight = old.in_flight.clone();
+            }
+            if let Some(pool) = &route.pool {
+                let ptr = std::sync::Arc::as_ptr(pool);
+                let adopted = match pools.iter().find(|(seen, _)| *seen == ptr) {
+                    Some((_, adopted)) => adopted.clone(),
+                    None => {
+                        let adopted = std::sync::Arc::new(pool.with_counters(|member| {
+                            old_counter(&member.uri, member.in_flight.max())
+                                .unwrap_or_else(|| member.in_flight.clone())
+                        }));
+                        pools.push((ptr, adopted.clone()));
+                        adopted
+                    }
+                };
+                route.pool = Some(adopted);
+            }
+        }
+    }
+
+    /// The distinct pools of the table, each with a route's prefix as its
+    /// label (for metrics).
+    pub fn pools(&self) -> Vec<(&str, &std::sync::Arc<crate::pool::UpstreamPool>)> {
+        let mut seen: Vec<(&str, &std::sync::Arc<crate::pool::UpstreamPool>)> = Vec::new();
+        for route in &self.all {
+            if let Some(pool) = &route.pool
+                && !seen.iter().any(|(_, p)| std::sync::Arc::ptr_eq(p, pool))
+            {
+                seen.push((route.label.as_ref(), pool));
+            }
+        }
+        seen
+    }
+
+    /// The route a request to `host` and `path` would take by its host
+    /// level and longest prefix, whatever its method (a CORS preflight is
+    /// matched so); `None` without one, or when the table has no
+    /// `[route.cors]` at all (then nothing is looked up).
+    pub fn cors_for(&self, host: Option<&str>, path: &str) -> Option<&crate::cors::CorsPolicy> {
+        if !self.any_cors {
+            return None;
+        }
+        self.levels(host)
+            .find_map(|level| level.find_folded(path, None))
+            .and_then(|route| route.cors.as_deref())
+    }
+
+    /// Pairs of routes that could both take one request (same host
+    /// pattern, same prefix ignoring ASCII case, a method in common).
+    pub fn conflicts(&self) -> Vec<(&Route, &Route)> {
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .chain(std::iter::once(&self.any_host))
+            .flat_map(PrefixTable::conflicts)
+            .collect()
+    }
+
+    /// All routes, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.all.iter()
+    }
+}
+
+/// A request's host as routes match it: the host of a `host[:port]`
+/// without the port, ASCII lowercase, without one trailing dot (DNS reads
+/// `api.example.com.` as `api.example.com`; routing it elsewhere would let
+/// a dot dodge the host's routes). Allocates only when there is an
+/// upper-case letter. `None` for a value that is not a host this gateway
+/// routes by: empty, with user info, or with a character outside
+/// letters, digits, `-`, `.`, `_` (a bracketed IPv6 literal is kept).
+pub fn canonical_host(authority: &str) -> Option<Cow<'_, str>> {
+    let host = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (literal, after) = authority.split_at(end + 1);
+        if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
+            return None;
+        }
+        let inner = &literal[1..literal.len() - 1];
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        literal
+    } else {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        if port.is_some_and(|port| !valid_port(port)) {
+            return None;
+        }
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let name_ok = !host.is_empty()
+            && !host.starts_with('.')
+            && !host.contains("..")
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !name_ok {
+            return None;
+        }
+        host
+    };
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+/// Digits only (an empty port is allowed by RFC 3986 and means the default).
+fn valid_port(port: &str) -> bool {
+    port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Why a path was refused.
@@ -434,6 +834,7 @@ fn hex_value(byte: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::PrefixTable as RouteTable;
     use super::*;
 
     fn route(prefix: &str) -> Route {
@@ -445,8 +846,13 @@ mod tests {
             roles: vec![],
             timeout: Duration::from_secs(1),
             login: None,
+            hosts: vec![],
+            methods: None,
+            rewrite: PrefixRewrite::Keep,
             in_flight: crate::inflight::InFlight::new(1),
             assertion_audience: None,
+            pool: None,
+            cors: None,
         }
     }
 
@@ -480,17 +886,29 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_counters_of_the_same_upstreams() {
-        let old = RouteTable::new(vec![route("/a"), route("/b")]);
-        let held = old.find("/a").unwrap().in_flight.try_enter().unwrap();
-        let mut same_bound = RouteTable::new(vec![route("/a")]);
+        let find = |table: &super::RouteTable, host: Option<&str>| {
+            let matched = table.route_for(host, &Method::GET, "/a").unwrap();
+            matched.route.in_flight.current()
+        };
+        let old = super::RouteTable::new(vec![route("/a"), route("/b")]);
+        let old_route = old.route_for(None, &Method::GET, "/a").unwrap().route;
+        let held = old_route.in_flight.try_enter().unwrap();
+        let mut same_bound = super::RouteTable::new(vec![route("/a")]);
         same_bound.adopt_in_flight(&old);
-        assert_eq!(same_bound.find("/a").unwrap().in_flight.current(), 1);
-        let mut other_bound = RouteTable::new(vec![Route {
+        assert_eq!(find(&same_bound, None), 1);
+        // A route on a host level is adopted too (each copy of it).
+        let mut on_host =
+            super::RouteTable::new(vec![on_hosts(route("/a"), &["x.test", "*.y.test"])]);
+        on_host.adopt_in_flight(&old);
+        assert_eq!(find(&on_host, Some("x.test")), 1);
+        assert_eq!(find(&on_host, Some("z.y.test")), 1);
+        assert_eq!(on_host.iter().next().unwrap().in_flight.current(), 1);
+        let mut other_bound = super::RouteTable::new(vec![Route {
             in_flight: crate::inflight::InFlight::new(5),
             ..route("/a")
         }]);
         other_bound.adopt_in_flight(&old);
-        assert_eq!(other_bound.find("/a").unwrap().in_flight.current(), 0);
+        assert_eq!(find(&other_bound, None), 0);
         drop(held);
     }
 
@@ -643,6 +1061,226 @@ mod tests {
         ];
         for path in bad {
             assert_eq!(check_path(path), Err(AbnormalPath), "{path}");
+        }
+    }
+
+    fn on_hosts(mut route: Route, hosts: &[&str]) -> Route {
+        route.hosts = hosts
+            .iter()
+            .map(|host| match host.strip_prefix("*.") {
+                Some(suffix) => HostPattern::Wildcard(suffix.into()),
+                None => HostPattern::Exact((*host).into()),
+            })
+            .collect();
+        route.label = format!("{}{}", hosts.join(","), route.prefix).into();
+        route
+    }
+
+    fn with_methods(mut route: Route, methods: &[&str]) -> Route {
+        route.methods = Some(
+            methods
+                .iter()
+                .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
+                .collect(),
+        );
+        route.label = format!("{}{}", methods.join(","), route.label).into();
+        route
+    }
+
+    /// The label of the route a request takes, or why none does.
+    fn chosen(table: &super::RouteTable, host: &str, method: &str, path: &str) -> String {
+        let host = canonical_host(host).unwrap();
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        match table.route_for(Some(&host), &method, path) {
+            Ok(matched) => matched.route.label.to_string(),
+            Err(RouteMiss::WrongMethod(allow)) => format!(
+                "405 {}",
+                allow
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Err(miss) => format!("{miss:?}"),
+        }
+    }
+
+    #[test]
+    fn host_levels_exact_then_wildcard_then_any() {
+        let table = super::RouteTable::new(vec![
+            route("/"),
+            on_hosts(route("/"), &["api.a.test"]),
+            on_hosts(route("/"), &["*.a.test"]),
+            on_hosts(route("/deep"), &["*.b.a.test"]),
+            on_hosts(route("/only"), &["only.test"]),
+        ]);
+        let cases = [
+            ("api.a.test", "/x", "api.a.test/"),
+            ("API.A.TEST", "/x", "api.a.test/"),
+            ("api.a.test.", "/x", "api.a.test/"),
+            ("api.a.test:8443", "/x", "api.a.test/"),
+            ("other.a.test", "/x", "*.a.test/"),
+            // The wildcard is for names below a.test, not a.test itself.
+            ("a.test", "/x", "/"),
+            ("x.y.a.test", "/x", "*.a.test/"),
+            // The longest wildcard suffix is the more specific level; a
+            // level without a route for the path gives way to the next.
+            ("x.b.a.test", "/deep/1", "*.b.a.test/deep"),
+            ("x.b.a.test", "/x", "*.a.test/"),
+            ("only.test", "/only", "only.test/only"),
+            ("only.test", "/x", "/"),
+            ("ab.test", "/x", "/"),
+            ("[::1]:80", "/x", "/"),
+            ("127.0.0.1", "/x", "/"),
+        ];
+        for (host, path, expected) in cases {
+            assert_eq!(chosen(&table, host, "GET", path), expected, "{host} {path}");
+        }
+        let no_default = super::RouteTable::new(vec![on_hosts(route("/"), &["api.a.test"])]);
+        assert_eq!(chosen(&no_default, "other.test", "GET", "/"), "NoRoute");
+        assert!(no_default.route_for(None, &Method::GET, "/").is_err());
+    }
+
+    #[test]
+    fn methods_pick_among_a_levels_routes_and_405_lists_theirs() {
+        let table = super::RouteTable::new(vec![
+            with_methods(route("/api"), &["GET", "HEAD"]),
+            with_methods(route("/api"), &["POST"]),
+            with_methods(route("/read"), &["GET"]),
+            with_methods(on_hosts(route("/x"), &["h.test"]), &["PUT"]),
+            route("/x"),
+        ]);
+        assert_eq!(chosen(&table, "a", "GET", "/api/1"), "GET,HEAD/api");
+        assert_eq!(chosen(&table, "a", "POST", "/api/1"), "POST/api");
+        assert_eq!(chosen(&table, "a", "DELETE", "/api/1"), "405 GET,HEAD,POST");
+        assert_eq!(chosen(&table, "a", "POST", "/read"), "405 GET");
+        // The host's level has a route for the path: its methods decide,
+        // a laxer level is not consulted.
+        assert_eq!(chosen(&table, "h.test", "PUT", "/x"), "PUTh.test/x");
+        assert_eq!(chosen(&table, "h.test", "GET", "/x"), "405 PUT");
+        assert_eq!(chosen(&table, "other", "GET", "/x"), "/x");
+    }
+
+    #[test]
+    fn the_stricter_route_rule_holds_per_host() {
+        let table = super::RouteTable::new(vec![
+            public("/"),
+            on_hosts(public("/"), &["api.test"]),
+            on_hosts(admin("/admin"), &["api.test"]),
+        ]);
+        let host = Some("api.test");
+        let matched = table.route_for(host, &Method::GET, "/ADMIN/x").unwrap();
+        assert!(matched.routes().any(|r| !r.roles.is_empty()));
+        let matched = table.route_for(host, &Method::GET, "/admin;x/y").unwrap();
+        assert!(matched.routes().any(|r| !r.roles.is_empty()));
+        // Another host has no /admin: its rules are its own.
+        let matched = table
+            .route_for(Some("www.test"), &Method::GET, "/admin;x/y")
+            .unwrap();
+        assert!(!matched.needs_credential());
+        // A level whose only route is under another reading of the path
+        // refuses it rather than giving it to a laxer level.
+        let table =
+            super::RouteTable::new(vec![public("/"), on_hosts(admin("/admin"), &["api.test"])]);
+        assert_eq!(
+            table
+                .route_for(host, &Method::GET, "/admin./x")
+                .unwrap_err(),
+            RouteMiss::AmbiguousPath
+        );
+        assert_eq!(
+            table
+                .route_for(host, &Method::GET, "/admin;x/y")
+                .unwrap_err(),
+            RouteMiss::AmbiguousPath
+        );
+        assert!(table.route_for(host, &Method::GET, "/other").is_ok());
+    }
+
+    #[test]
+    fn conflicts_need_the_same_host_prefix_and_a_method() {
+        let conflicts = |routes: Vec<Route>| super::RouteTable::new(routes).conflicts().len();
+        assert_eq!(conflicts(vec![route("/a"), route("/A")]), 1);
+        assert_eq!(
+            conflicts(vec![on_hosts(route("/a"), &["x.test"]), route("/a")]),
+            0
+        );
+        assert_eq!(
+            conflicts(vec![
+                on_hosts(route("/a"), &["x.test", "y.test"]),
+                on_hosts(route("/a"), &["y.test"])
+            ]),
+            1
+        );
+        assert_eq!(
+            conflicts(vec![
+                with_methods(route("/a"), &["GET"]),
+                with_methods(route("/a"), &["POST"])
+            ]),
+            0
+        );
+        assert_eq!(
+            conflicts(vec![with_methods(route("/a"), &["GET"]), route("/a")]),
+            1
+        );
+    }
+
+    fn rewritten(prefix: &str, rewrite: PrefixRewrite) -> Route {
+        Route {
+            rewrite,
+            ..route(prefix)
+        }
+    }
+
+    #[test]
+    fn prefixes_are_stripped_or_replaced_on_the_matched_reading() {
+        let strip = rewritten("/api", PrefixRewrite::Strip);
+        let v2 = rewritten("/api", PrefixRewrite::Replace("/v2".into()));
+        let root = rewritten("/api", PrefixRewrite::Replace(String::new()));
+        let slashed = rewritten("/api/", PrefixRewrite::Replace("/v2".into()));
+        let cases = [
+            (&strip, "/api", "/"),
+            (&strip, "/api/", "/"),
+            (&strip, "/api/x/y", "/x/y"),
+            (&strip, "/API/x", "/x"),
+            (&v2, "/api", "/v2"),
+            (&v2, "/api/", "/v2/"),
+            (&v2, "/api/x", "/v2/x"),
+            (&v2, "/Api/x;p=1", "/v2/x;p=1"),
+            (&root, "/api/x", "/x"),
+            (&slashed, "/api/x", "/v2/x"),
+            (&slashed, "/api/", "/v2/"),
+        ];
+        for (route, path, expected) in cases {
+            assert_eq!(route.upstream_path(path).unwrap(), expected, "{path}");
+        }
+        let keep = route("/api");
+        assert!(matches!(
+            keep.upstream_path("/api/x"),
+            Some(Cow::Borrowed("/api/x"))
+        ));
+    }
+
+    #[test]
+    fn request_hosts_are_canonical_or_refused() {
+        let good = [
+            ("API.Example.com", "api.example.com"),
+            ("api.example.com.", "api.example.com"),
+            ("api.example.com:8080", "api.example.com"),
+            ("api.example.com.:8080", "api.example.com"),
+            ("[::1]:8080", "[::1]"),
+            ("[FE80::1]", "[fe80::1]"),
+            ("10.0.0.1:80", "10.0.0.1"),
+            ("under_score", "under_score"),
+        ];
+        for (given, expected) in good {
+            assert_eq!(canonical_host(given).as_deref(), Some(expected), "{given}");
+        }
+        for bad in [
+            "", ".", "..", "a..b", ".a", "a%2eb", "a b", "a:b", "a:123456", "[::1", "[]", "[::1]x",
+            "user@a", "a/b", "a,b",
+        ] {
+            assert_eq!(canonical_host(bad), None, "{bad}");
         }
     }
 
@@ -864,6 +1502,92 @@ mod tests {
                         prefix_matches(&prefix, &decoded),
                         "{} vs {} (decoded {})", prefix, path, decoded
                     );
+                }
+            }
+
+            #[test]
+            fn rewritten_paths_never_climb_out_of_the_replacement(
+                prefix in "(/(a|A|api|v1.0|x-y)){1,3}/?",
+                replacement in "(/(v2|b|c[.]d)){0,2}",
+                strip in any::<bool>(),
+                path in hostile_path(),
+            ) {
+                prop_assume!(valid_prefix(&prefix) && prefix_reads_one_way(&prefix));
+                let rewrite = if strip {
+                    PrefixRewrite::Strip
+                } else {
+                    PrefixRewrite::Replace(replacement.clone())
+                };
+                let route = rewritten(&prefix, rewrite);
+                let base = if strip { "" } else { replacement.as_str() };
+                let path = format!("{prefix}{path}");
+                if check_path(&path).is_ok() && prefix_matches_folded(&prefix, &path) {
+                    let sent = route.upstream_path(&path);
+                    prop_assert!(sent.is_some(), "{} refused after rewriting", path);
+                    let sent = sent.unwrap_or_default();
+                    prop_assert_eq!(check_path(&sent), Ok(()), "{} sent as {}", path, sent);
+                    // Under the replacement on a segment boundary, and the
+                    // rest of the path byte for byte.
+                    prop_assert!(
+                        sent == base || sent == "/" && base.is_empty() || prefix_matches(&format!("{base}/"), &sent),
+                        "{} sent as {}", path, sent
+                    );
+                    let rest = &path[prefix.len()..];
+                    prop_assert!(sent.ends_with(rest), "{} sent as {}", path, sent);
+                    // A server decoding it once finds no segment climbing out.
+                    let decoded = decode(sent.as_bytes());
+                    prop_assert!(
+                        !decoded.split(|b| *b == b'/').any(is_dot_segment),
+                        "{} sent as {}", path, sent
+                    );
+                }
+            }
+
+            #[test]
+            fn each_host_is_routed_by_its_own_level_alone(
+                hosts in prop::collection::vec(prop_oneof![Just("a.test"), Just("*.a.test"), Just("b.a.test"), Just("")], 1..6),
+                prefixes in prop::collection::vec("(/(a|A|admin|pub)){1,2}", 1..6),
+                request_host in prop_oneof![Just("a.test"), Just("B.a.test."), Just("c.a.test"), Just("x.test")],
+                path in routable_path(),
+            ) {
+                prop_assume!(check_path(&path).is_ok());
+                let routes: Vec<Route> = hosts
+                    .iter()
+                    .zip(&prefixes)
+                    .enumerate()
+                    .map(|(i, (host, prefix))| {
+                        let mut r = if host.is_empty() { route(prefix) } else { on_hosts(route(prefix), &[host]) };
+                        r.label = format!("{i}").into();
+                        r
+                    })
+                    .collect();
+                let table = super::super::RouteTable::new(routes.clone());
+                let canonical = canonical_host(request_host).unwrap();
+                // Independently: the levels this host belongs to, most
+                // specific first, each with the routes of exactly that level.
+                let levels: Vec<Vec<Route>> = {
+                    let host = canonical.as_ref();
+                    let exact: Vec<Route> = routes.iter().filter(|r| r.hosts.contains(&HostPattern::Exact(host.into()))).cloned().collect();
+                    let wild: Vec<Route> = routes.iter().filter(|r| r.hosts.iter().any(|h| matches!(h, HostPattern::Wildcard(s) if host.ends_with(&format!(".{s}"))))).cloned().collect();
+                    let any: Vec<Route> = routes.iter().filter(|r| r.hosts.is_empty()).cloned().collect();
+                    vec![exact, wild, any]
+                };
+                let expected_level = levels
+                    .into_iter()
+                    .map(RouteTable::new)
+                    .find(|level| !matches!(level.route_for_method(&path, &Method::GET), LevelMatch::None));
+                let got = table.route_for(Some(&canonical), &Method::GET, &path);
+                match expected_level {
+                    None => prop_assert_eq!(got.err(), Some(RouteMiss::NoRoute)),
+                    Some(level) => match level.route_for_method(&path, &Method::GET) {
+                        LevelMatch::Routed(expected) => {
+                            let got = got.expect("routed");
+                            let want: Vec<&str> = expected.routes().map(|r| &*r.label).collect();
+                            let have: Vec<&str> = got.routes().map(|r| &*r.label).collect();
+                            prop_assert_eq!(have, want);
+                        }
+                        _ => prop_assert_eq!(got.err(), Some(RouteMiss::AmbiguousPath)),
+                    },
                 }
             }
 

@@ -148,9 +148,16 @@ pub async fn serve(
     listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let gateway = shared.load_full();
-    let limits = gateway.config.limits.clone();
-    let grace = gateway.config.server.shutdown_grace;
+    // Read, not held: a snapshot held for the server's life would keep the
+    // first config's upstream pools (and their health probers) alive after
+    // every reload.
+    let (limits, grace) = {
+        let gateway = shared.load_full();
+        (
+            gateway.config.limits.clone(),
+            gateway.config.server.shutdown_grace,
+        )
+    };
     let builder = Arc::new(http_builder(&limits));
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -215,7 +222,7 @@ pub async fn serve(
         Err(_) => warn!("grace period over; closing the remaining connections"),
     }
     // The store first: its connections may belong to a worker's runtime.
-    gateway.store.close().await;
+    shared.load_full().store.close().await;
     let _ = finished_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || {
         for worker in workers {

@@ -18,6 +18,7 @@ use crate::auth::extract::{carries_credential, query_carries_credential};
 use crate::body::Body;
 use crate::conn::ClientInfo;
 use crate::context::RequestContext;
+use crate::cors;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::judge::{Ending, JudgedRequest, judge};
@@ -52,8 +53,27 @@ pub async fn handle(
     let span = ctx.span();
     let over_tls = client.tls;
     async move {
-        let result = handle_inner(&gateway, client, request, &mut ctx).await;
+        let cors = cors_policy(&gateway, &request);
+        let preflight = cors.is_some() && cors::is_preflight(&request);
+        let result = match &cors {
+            // Answered here, before any credential: a browser sends none
+            // with a preflight.
+            Some((policy, origin)) if preflight => policy
+                .preflight(origin)
+                .ok_or(GatewayError::CorsOriginNotAllowed),
+            _ => handle_inner(&gateway, client, request, &mut ctx).await,
+        };
         let mut response = ctx.finish(&gateway.metrics, result);
+        if let Some((policy, origin)) = &cors {
+            // On a route with `[route.cors]` the gateway's policy alone
+            // says who may read: the upstream's CORS headers go.
+            if !preflight {
+                cors::strip(response.headers_mut());
+            }
+            if policy.allows(origin) {
+                policy.mark(origin, response.headers_mut());
+            }
+        }
         if over_tls
             && let Some(hsts) = gateway
                 .config
@@ -142,16 +162,21 @@ async fn handle_inner(
         return api::serve(endpoint, request, api_ctx).await;
     }
 
+    // Routes are chosen by the host the upstream is told about
+    // (`X-Forwarded-Host` is set from the same value).
+    let authority = headers::requested_authority(request.uri(), request.headers())
+        .map_err(|_| GatewayError::InvalidHost)?;
+    let host = authority
+        .as_ref()
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::routes::canonical_host);
     let judged = JudgedRequest {
         method: request.method(),
         path,
         query: request.uri().query(),
         headers: request.headers(),
         client_ip: client_ip(gateway, &client, &request),
-        host: request
-            .headers()
-            .get(header::HOST)
-            .and_then(|host| host.to_str().ok()),
+        host: host.as_deref(),
         scheme: Some(client.proto()),
         ending: Ending::Forward,
     };
@@ -175,6 +200,28 @@ async fn handle_inner(
         .await;
     ctx.upstream_took(upstream_started.elapsed());
     result
+}
+
+/// The `[route.cors]` of the route a request with an `Origin` goes to (by
+/// host and path, whatever its method), and that origin. `None` without
+/// an `Origin`, without such a route, or for a host or path that will be
+/// refused anyway.
+fn cors_policy<'g, B>(
+    gateway: &'g Gateway,
+    request: &Request<B>,
+) -> Option<(&'g cors::CorsPolicy, http::HeaderValue)> {
+    let origin = cors::origin(request)?.clone();
+    let authority = headers::requested_authority(request.uri(), request.headers()).ok()?;
+    let host = authority
+        .as_ref()
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::routes::canonical_host);
+    let path = CheckedPath::new(request.uri().path()).ok()?;
+    let policy = gateway
+        .config
+        .routes
+        .cors_for(host.as_deref(), path.as_str())?;
+    Some((policy, origin))
 }
 
 /// The client's address: the peer, or what a trusted proxy says in

@@ -50,7 +50,7 @@ pub async fn answer<B>(
     let own = request.headers();
     let method = judged_method(own, request.method())?;
     let (path, query) = judged_target(own, suffix, request.uri().query())?;
-    let host = single(own, &headers::X_FORWARDED_HOST).map_err(|_| GatewayError::InvalidHost)?;
+    let host = judged_host(own)?;
     let scheme = single(own, &headers::X_FORWARDED_PROTO).map_err(|_| {
         GatewayError::InvalidArgument("X-Forwarded-Proto is repeated or not plain text")
     })?;
@@ -64,12 +64,32 @@ pub async fn answer<B>(
             own,
             &gateway.config.server.trusted_proxies,
         ),
-        host,
+        host: host.as_deref(),
         scheme,
         ending: Ending::Answer,
     };
     let permit = judge(gateway, &judged, ctx).await?;
     Ok(decision(permit.identity()))
+}
+
+/// The judged host, canonical, as routes match it: `X-Forwarded-Host`
+/// (every shipped guide sets it), else the verify request's own `Host`
+/// (Envoy's `ext_authz` keeps the original authority). Repeated, a list,
+/// or not a host: 400 `INVALID_HOST`, never a guess at one of them, as a
+/// proxied request's `Host` would be refused.
+pub fn judged_host(headers: &HeaderMap) -> Result<Option<std::borrow::Cow<'_, str>>, GatewayError> {
+    let forwarded =
+        single(headers, &headers::X_FORWARDED_HOST).map_err(|_| GatewayError::InvalidHost)?;
+    let named = match forwarded {
+        Some(value) => Some(value),
+        None => single(headers, &header::HOST).map_err(|_| GatewayError::InvalidHost)?,
+    };
+    match named.filter(|value| !value.is_empty()) {
+        None => Ok(None),
+        Some(value) => crate::routes::canonical_host(value)
+            .map(Some)
+            .ok_or(GatewayError::InvalidHost),
+    }
 }
 
 /// The answer to a request that may pass: 200, empty, with the identity

@@ -3,6 +3,8 @@
 //! Tomcat from Debian) and through the gateway in front of each. Whatever
 //! handler an upstream routes a path to, the gateway must have held the
 //! request to the rules the operator set for that handler's prefix.
+//! (Also when the upstream is mounted under another prefix: `strip_prefix`
+//! and `rewrite_prefix` setups below.)
 //!
 //! The servers come from `tests/upstreams/setup.sh` (run by
 //! `scripts/test.sh`); without them this test fails and says how to get
@@ -178,13 +180,26 @@ async fn handler_at(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16,
 struct Setup {
     label: &'static str,
     routes: fn(&str) -> Vec<RouteSpec>,
+    /// More `[[route]]` tables (rewritten routes), in TOML.
+    rewritten: fn(&str) -> String,
+    /// What the gateway's paths start with: each tricky path is sent as
+    /// `mount` followed by it, and a rewritten route hands it to the
+    /// upstream without `mount`.
+    mount: &'static str,
     /// Handlers reachable with no credential, as a user, as an admin.
     allowed: [&'static [&'static str]; 3],
 }
 
-const SETUPS: [Setup; 2] = [
+/// No rewritten routes.
+fn none(_: &str) -> String {
+    String::new()
+}
+
+const SETUPS: [Setup; 4] = [
     Setup {
         label: "/ public, /admin needs role admin",
+        rewritten: none,
+        mount: "",
         routes: |upstream| {
             vec![
                 RouteSpec::public("/", upstream),
@@ -199,6 +214,8 @@ const SETUPS: [Setup; 2] = [
     },
     Setup {
         label: "/ required, /public public, /admin needs role admin",
+        rewritten: none,
+        mount: "",
         routes: |upstream| {
             vec![
                 RouteSpec::required("/", upstream),
@@ -211,6 +228,38 @@ const SETUPS: [Setup; 2] = [
             &["root", "public"],
             &["root", "public", "admin"],
         ],
+    },
+    // The upstream mounted under /svc: the prefix stripped for it, and
+    // its /admin held to the admin role as /svc/admin (rewritten to /admin).
+    Setup {
+        label: "/svc public (strip_prefix), /svc/admin needs role admin (rewrite_prefix /admin)",
+        routes: |_| Vec::new(),
+        rewritten: |upstream| {
+            format!(
+                "\n[[route]]\npath_prefix = \"/svc\"\nupstream = \"{upstream}\"\nauth = \"public\"\nstrip_prefix = true\n\
+                 \n[[route]]\npath_prefix = \"/svc/admin\"\nupstream = \"{upstream}\"\nroles = [\"admin\"]\nrewrite_prefix = \"/admin\"\n"
+            )
+        },
+        mount: "/svc",
+        allowed: [
+            &["root", "public"],
+            &["root", "public"],
+            &["root", "public", "admin"],
+        ],
+    },
+    // The same with rewrite_prefix: /v1/x reaches the upstream as /x and
+    // /v1/admin/x as /admin/x.
+    Setup {
+        label: "/v1 required (rewrite_prefix /), /v1/admin needs role admin (rewrite_prefix /admin)",
+        routes: |_| Vec::new(),
+        rewritten: |upstream| {
+            format!(
+                "\n[[route]]\npath_prefix = \"/v1\"\nupstream = \"{upstream}\"\nrewrite_prefix = \"/\"\n\
+                 \n[[route]]\npath_prefix = \"/v1/admin\"\nupstream = \"{upstream}\"\nroles = [\"admin\"]\nrewrite_prefix = \"/admin\"\n"
+            )
+        },
+        mount: "/v1",
+        allowed: [&[], &["root", "public"], &["root", "public", "admin"]],
     },
 ];
 
@@ -243,6 +292,7 @@ async fn check_upstream(upstream: RealUpstream) {
     for setup in &SETUPS {
         let mut opts = GatewayOptions::new(&url);
         opts.routes = (setup.routes)(&url);
+        opts.extra_toml = (setup.rewritten)(&url);
         let gw = Gateway::start_with(opts).await;
         gw.add_user("differential-user", "password-1234", &[]).await;
         gw.add_user("differential-admin", "password-1234", &["admin"])
@@ -255,6 +305,7 @@ async fn check_upstream(upstream: RealUpstream) {
             ("admin", Some(admin.as_str())),
         ];
         for (path, direct_handler) in paths.iter().zip(&direct) {
+            let path = &format!("{}{path}", setup.mount);
             for (level, (caller, bearer)) in callers.iter().enumerate() {
                 let (status, handler) = handler_at(gw.addr(), path, *bearer).await;
                 let Some(handler) = handler else {
@@ -273,6 +324,7 @@ async fn check_upstream(upstream: RealUpstream) {
         // Held, not broken: an admin still reaches /admin through the
         // spellings this upstream reads as /admin (or gets a clear 400).
         for path in &read_as_admin {
+            let path = &format!("{}{path}", setup.mount);
             let (status, handler) = handler_at(gw.addr(), path, Some(&admin)).await;
             if !(handler.as_deref() == Some("admin") || status == 400) {
                 failures.push(format!(

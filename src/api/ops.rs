@@ -51,6 +51,15 @@ pub fn metrics(ctx: &Context<'_>) -> Response<Body> {
         },
         tls_figures(gateway),
     );
+    let mut text = text;
+    let pools: Vec<(&str, &crate::pool::UpstreamPool)> = gateway
+        .config
+        .routes
+        .pools()
+        .into_iter()
+        .map(|(label, pool)| (label, &**pool))
+        .collect();
+    crate::pool::render_metrics(&pools, std::time::Instant::now(), &mut text);
     let mut response = Response::new(body::full(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -188,10 +188,10 @@ pub fn authorize<'a>(
 ) -> Result<Permit<'a>, GatewayError> {
     let route = matched.route;
     if !matched.needs_credential() {
-        return Ok(Permit {
-            route,
-            identity: None,
-        });
+        // An optional route forwards the identity of a good credential
+        // given (the judgement authenticated it); a public one never does.
+        let identity = identity.filter(|_| route.auth == RouteAuth::Optional);
+        return Ok(Permit { route, identity });
     }
     let identity = identity.ok_or(GatewayError::AuthenticationRequired)?;
     let lacks_role = matched.routes().any(|route| {
@@ -540,8 +540,13 @@ mod tests {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             timeout: Duration::from_secs(1),
             login: None,
+            hosts: vec![],
+            methods: None,
+            rewrite: crate::routes::PrefixRewrite::Keep,
             in_flight: crate::inflight::InFlight::new(1),
             assertion_audience: None,
+            pool: None,
+            cors: None,
         }
     }
 

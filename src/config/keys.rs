@@ -27,6 +27,8 @@ pub(super) fn known_keys(path: &str) -> Option<Vec<String>> {
         "login" => Some(fields_of::<RawLogin>()),
         "cache" => Some(fields_of::<RawCache>()),
         "route" => Some(fields_of::<RawRoute>()),
+        "route.cors" => Some(fields_of::<RawCors>()),
+        "route.health_check" => Some(fields_of::<RawHealthCheck>()),
         "oidc" => Some(fields_of::<RawOidc>()),
         "assertion" => Some(fields_of::<RawAssertion>()),
         "ratelimit" => Some(fields_of::<ratelimit::RawRateLimit>()),

@@ -1083,6 +1083,188 @@ mod tests {
         assert!(err.to_string().contains("jwt.secret_file"), "{err}");
     }
 
+    /// The problems of a config with one `[[route]]` holding `keys` (and
+    /// `path_prefix`, `upstream` unless given).
+    fn route_problems(keys: &str) -> Vec<String> {
+        let secret = secret_file();
+        let mut route = String::from("[[route]]\n");
+        if !keys.contains("path_prefix") {
+            route.push_str("path_prefix = \"/api\"\n");
+        }
+        if !keys.contains("upstream") {
+            route.push_str("upstream = \"http://127.0.0.1:1\"\n");
+        }
+        // `upstream_none` (not a key): leave `upstream` out.
+        route.push_str(&keys.replace("upstream_none = 1\n", ""));
+        match Config::from_toml(&minimal(secret.path(), &route)) {
+            Ok(_) => Vec::new(),
+            Err(err) => err.problems,
+        }
+    }
+
+    #[test]
+    fn routing_keys_are_accepted() {
+        let problems = route_problems(
+            "hosts = [\"API.example.com\", \"*.example.com\", \"api.example.com.\"]\n\
+             methods = [\"GET\", \"HEAD\", \"PROPFIND\"]\nrewrite_prefix = \"/v2\"\n\
+             auth = \"optional\"\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(route_problems("hosts = []\nstrip_prefix = true\n").is_empty());
+        let cors = "[route.cors]\nallow_origins = [\"https://app.example.com\", \"http://localhost:3000\"]\n\
+                    allow_methods = [\"GET\", \"POST\"]\nallow_headers = [\"Authorization\", \"Content-Type\"]\n\
+                    allow_credentials = true\nmax_age = 600\n";
+        assert!(
+            route_problems(cors).is_empty(),
+            "{:?}",
+            route_problems(cors)
+        );
+        assert!(route_problems("[route.cors]\nallow_origins = [\"*\"]\n").is_empty());
+        assert!(
+            route_problems(
+                "upstreams = [\"http://127.0.0.1:2\", \"https://a.test\"]\nupstream_none = 1\n\
+                 health_check = { path = \"/healthz\", interval = 5 }\n"
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn each_bad_routing_key_is_one_problem() {
+        let cases = [
+            ("hosts = [\"a*b.test\"]\n", "route[0].hosts"),
+            ("hosts = [\"*\"]\n", "route[0].hosts"),
+            ("hosts = [\"*.*.test\"]\n", "route[0].hosts"),
+            ("hosts = [\"https://a.test\"]\n", "route[0].hosts"),
+            ("hosts = [\"a.test:8080\"]\n", "route[0].hosts"),
+            ("hosts = [\"\"]\n", "route[0].hosts"),
+            ("hosts = [\"a.test/x\"]\n", "route[0].hosts"),
+            ("methods = [\"get\"]\n", "route[0].methods"),
+            ("methods = [\"Get\"]\n", "route[0].methods"),
+            ("methods = []\n", "route[0].methods"),
+            (
+                "strip_prefix = true\nrewrite_prefix = \"/v2\"\n",
+                "route[0].rewrite_prefix",
+            ),
+            ("rewrite_prefix = \"v2\"\n", "route[0].rewrite_prefix"),
+            ("rewrite_prefix = \"/v2/../x\"\n", "route[0].rewrite_prefix"),
+            ("rewrite_prefix = \"/v%2e\"\n", "route[0].rewrite_prefix"),
+            ("rewrite_prefix = \"/a//b\"\n", "route[0].rewrite_prefix"),
+            ("auth = \"optional\"\nroles = [\"ops\"]\n", "route[0].auth"),
+            ("auth = \"optional\"\nlogin = \"corp\"\n", "route[0].auth"),
+            (
+                "upstreams = [\"http://127.0.0.1:2\"]\nupstream = \"http://127.0.0.1:1\"\n",
+                "route[0].upstreams",
+            ),
+            ("upstreams = []\nupstream_none = 1\n", "route[0].upstreams"),
+            (
+                "upstreams = [\"http://127.0.0.1:2\", \"ftp://x\"]\nupstream_none = 1\n",
+                "route[0].upstreams",
+            ),
+            (
+                "upstreams = [\"http://127.0.0.1:2\"]\nupstream_none = 1\n\
+                 health_check = { path = \"healthz\", interval = 5 }\n",
+                "route[0].health_check.path",
+            ),
+            (
+                "upstreams = [\"http://127.0.0.1:2\"]\nupstream_none = 1\n\
+                 health_check = { path = \"/a/../healthz\", interval = 5 }\n",
+                "route[0].health_check.path",
+            ),
+            (
+                "upstreams = [\"http://127.0.0.1:2\"]\nupstream_none = 1\n\
+                 health_check = { path = \"/healthz\", interval = 0 }\n",
+                "route[0].health_check.interval",
+            ),
+            (
+                "health_check = { path = \"/healthz\", interval = 5 }\n",
+                "route[0].health_check",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"*\"]\nallow_credentials = true\n",
+                "route[0].cors.allow_origins",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"app.example.com\"]\n",
+                "route[0].cors.allow_origins",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"https://app.example.com/x\"]\n",
+                "route[0].cors.allow_origins",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"https://a.test\"]\nallow_methods = [\"post\"]\n",
+                "route[0].cors.allow_methods",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"https://a.test\"]\nallow_headers = [\"a b\"]\n",
+                "route[0].cors.allow_headers",
+            ),
+            (
+                "[route.cors]\nallow_origins = [\"https://a.test\"]\nmax_age = 100000\n",
+                "route[0].cors.max_age",
+            ),
+            (
+                "[route.cors]\nallow_origins = []\n",
+                "route[0].cors.allow_origins",
+            ),
+        ];
+        for (keys, key) in cases {
+            let problems = route_problems(keys);
+            let routing: Vec<&String> = problems
+                .iter()
+                .filter(|problem| !problem.contains("names no [[oidc]]"))
+                .collect();
+            assert_eq!(routing.len(), 1, "{keys}: {problems:?}");
+            assert!(routing[0].contains(key), "{keys}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn routes_that_could_take_one_request_are_refused() {
+        let secret = secret_file();
+        let problems = |routes: &str| match Config::from_toml(&minimal(secret.path(), routes)) {
+            Ok(_) => Vec::new(),
+            Err(err) => err.problems,
+        };
+        let route = |keys: &str| {
+            format!("[[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n{keys}")
+        };
+        // Different hosts, or methods without one in common: fine.
+        let apart = [
+            (route("hosts = [\"x.test\"]\n"), route("")),
+            (
+                route("hosts = [\"*.x.test\"]\n"),
+                route("hosts = [\"x.test\"]\n"),
+            ),
+            (
+                route("methods = [\"GET\"]\n"),
+                route("methods = [\"POST\"]\n"),
+            ),
+        ];
+        for (first, second) in apart {
+            let found = problems(&format!("{first}{second}"));
+            assert!(found.is_empty(), "{first}{second}: {found:?}");
+        }
+        let together = [
+            (route(""), route("")),
+            (
+                route("hosts = [\"X.test\"]\n"),
+                route("hosts = [\"y.test\", \"x.test.\"]\n"),
+            ),
+            (
+                route("methods = [\"GET\", \"PUT\"]\n"),
+                route("methods = [\"PUT\"]\n"),
+            ),
+            (route("methods = [\"GET\"]\n"), route("")),
+        ];
+        for (first, second) in together {
+            let found = problems(&format!("{first}{second}"));
+            assert_eq!(found.len(), 1, "{first}{second}: {found:?}");
+            assert!(found[0].contains("more than once"), "{found:?}");
+        }
+    }
+
     #[test]
     fn reserved_prefix_and_duplicates_are_refused() {
         let secret = secret_file();
@@ -1257,10 +1439,41 @@ mod tests {
         );
         let config = Config::from_toml(&text).unwrap();
         let counter = |prefix: &str| {
-            let route = config.routes.find(&format!("{prefix}/z")).unwrap();
+            let path = format!("{prefix}/z");
+            let route = config
+                .routes
+                .route_for(None, &http::Method::GET, &path)
+                .unwrap()
+                .route;
             Arc::as_ptr(&route.in_flight)
         };
         assert_eq!(counter("/a"), counter("/b"), "one server, one bound");
         assert_ne!(counter("/a"), counter("/c"));
+    }
+
+    #[test]
+    fn a_route_on_several_hosts_keeps_one_in_flight_counter() {
+        let secret = secret_file();
+        let text = minimal(
+            secret.path(),
+            "[[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:7\"\n\
+             hosts = [\"x.test\", \"*.y.test\"]\n\
+             [[route]]\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:7\"\n",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let counter = |host: Option<&str>| {
+            let route = config
+                .routes
+                .route_for(host, &http::Method::GET, "/a")
+                .unwrap()
+                .route;
+            Arc::as_ptr(&route.in_flight)
+        };
+        assert_eq!(counter(Some("x.test")), counter(Some("z.y.test")));
+        assert_eq!(
+            counter(Some("x.test")),
+            counter(None),
+            "one server, one bound"
+        );
     }
 }

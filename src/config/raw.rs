@@ -348,6 +348,35 @@ pub(super) struct RawRoute {
     pub(super) timeout: Option<u64>,
     pub(super) login: Option<String>,
     pub(super) assertion_audience: Option<String>,
+    #[serde(default)]
+    pub(super) hosts: Vec<String>,
+    pub(super) methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) strip_prefix: bool,
+    pub(super) rewrite_prefix: Option<String>,
+    pub(super) upstreams: Option<Vec<String>>,
+    pub(super) health_check: Option<RawHealthCheck>,
+    pub(super) cors: Option<RawCors>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCors {
+    pub(super) allow_origins: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_methods: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_headers: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_credentials: bool,
+    pub(super) max_age: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealthCheck {
+    pub(super) path: String,
+    pub(super) interval: u64,
 }
 
 /// Default values, documented in the README's configuration reference.

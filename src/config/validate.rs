@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderValue, Method, Uri};
 use ipnet::IpNet;
 
 use crate::inflight::InFlight;
-use crate::routes::{Route, RouteAuth, RouteTable};
+use crate::routes::{HostPattern, PrefixRewrite, Route, RouteAuth, RouteTable};
 use crate::token::jwks::JwksSource;
 use crate::token::jwt::{JwtKeys, KeySpec, parse_algorithm, valid_kid};
 
@@ -1073,12 +1073,75 @@ pub(super) fn validate_routes(
         let auth = match route.auth.as_str() {
             "required" => RouteAuth::Required,
             "public" => RouteAuth::Public,
+            "optional" => RouteAuth::Optional,
             other => {
                 p.add(
                     &format!("{key}.auth"),
-                    format_args!("{other:?} must be \"required\" or \"public\""),
+                    format_args!("{other:?} must be \"required\", \"public\" or \"optional\""),
                 );
                 RouteAuth::Required
+            }
+        };
+        if auth == RouteAuth::Optional && (!route.roles.is_empty() || route.login.is_some()) {
+            p.add(
+                &format!("{key}.auth"),
+                "\"optional\" cannot go with roles or login: a caller without a credential is let through",
+            );
+        }
+        let mut hosts = Vec::with_capacity(route.hosts.len());
+        for host in &route.hosts {
+            match parse_host_pattern(host) {
+                Ok(pattern) => {
+                    if !hosts.contains(&pattern) {
+                        hosts.push(pattern);
+                    }
+                }
+                Err(problem) => p.add(&format!("{key}.hosts"), problem),
+            }
+        }
+        let methods = route.methods.map(|names| {
+            let mut methods = Vec::with_capacity(names.len());
+            if names.is_empty() {
+                p.add(
+                    &format!("{key}.methods"),
+                    "must list at least one method (leave it out for every method)",
+                );
+            }
+            for name in &names {
+                match parse_method(name) {
+                    Ok(method) => {
+                        if !methods.contains(&method) {
+                            methods.push(method);
+                        }
+                    }
+                    Err(problem) => p.add(&format!("{key}.methods"), problem),
+                }
+            }
+            methods
+        });
+        let rewrite = match (route.strip_prefix, route.rewrite_prefix) {
+            (true, Some(_)) => {
+                p.add(
+                    &format!("{key}.rewrite_prefix"),
+                    "strip_prefix and rewrite_prefix cannot both be set",
+                );
+                PrefixRewrite::Keep
+            }
+            (true, None) => PrefixRewrite::Strip,
+            (false, None) => PrefixRewrite::Keep,
+            (false, Some(replacement)) => {
+                let valid = replacement.starts_with('/')
+                    && crate::routes::check_path(&replacement).is_ok()
+                    && crate::routes::valid_prefix(&replacement);
+                if !valid {
+                    p.add(
+                        &format!("{key}.rewrite_prefix"),
+                        format_args!(
+                            "{replacement:?} must be a normal path starting with '/' made of A-Z a-z 0-9 - . _ ~ and /"
+                        ),
+                    );
+                }
+                PrefixRewrite::Replace(replacement.trim_end_matches('/').to_owned())
             }
         };
         if auth == RouteAuth::Public && !route.roles.is_empty() {
@@ -1099,8 +1162,81 @@ pub(super) fn validate_routes(
             Some(seconds) => p.seconds(&format!("{key}.timeout"), seconds, 1, 3600),
             None => upstream.timeout,
         };
+        let health = route.health_check.and_then(|check| {
+            let key = format!("{key}.health_check");
+            if route.upstreams.is_none() {
+                p.add(
+                    &key,
+                    "needs upstreams (a pool to keep a failing member out of)",
+                );
+            }
+            let (low, high) = crate::pool::HEALTH_INTERVAL_SECONDS;
+            let interval = p.seconds(&format!("{key}.interval"), check.interval, low, high);
+            let valid =
+                check.path.starts_with('/') && crate::routes::check_path(&check.path).is_ok();
+            if !valid {
+                p.add(
+                    &format!("{key}.path"),
+                    format_args!("{:?} must be a normal path starting with '/'", check.path),
+                );
+                return None;
+            }
+            Some(crate::pool::HealthCheck {
+                path: check.path,
+                interval,
+            })
+        });
+        let cors = route
+            .cors
+            .and_then(|raw| validate_cors(raw, methods.as_deref(), &format!("{key}.cors"), p))
+            .map(Arc::new);
+        // `upstreams`: a pool whose first member stands for the route where
+        // one upstream is needed (the verify-only check, logs).
+        let pool = match (&route.upstream, route.upstreams) {
+            (Some(_), Some(_)) => {
+                p.add(
+                    &format!("{key}.upstreams"),
+                    "upstream and upstreams cannot both be set",
+                );
+                None
+            }
+            (None, Some(urls)) if urls.is_empty() => {
+                p.add(
+                    &format!("{key}.upstreams"),
+                    "must list at least one upstream",
+                );
+                None
+            }
+            (None, Some(urls)) => {
+                let mut members = Vec::with_capacity(urls.len());
+                for url in &urls {
+                    match parse_upstream(url) {
+                        Ok(uri) => {
+                            let counter = counters.for_upstream(Some(&uri));
+                            members.push((uri, counter));
+                        }
+                        Err(problem) => p.add(&format!("{key}.upstreams"), problem),
+                    }
+                }
+                (members.len() == urls.len()).then(|| {
+                    Arc::new(crate::pool::UpstreamPool::new(
+                        members,
+                        crate::workers::count(),
+                        health,
+                    ))
+                })
+            }
+            (_, None) => None,
+        };
         // A route without `upstream` serves only forward authentication.
-        match route.upstream.as_deref().map(parse_upstream).transpose() {
+        let first = pool
+            .as_ref()
+            .and_then(|pool| pool.members().first())
+            .map(|member| Ok(member.uri.clone()));
+        match first
+            .or_else(|| route.upstream.as_deref().map(parse_upstream))
+            .transpose()
+        {
             Ok(upstream) => routes.push(Route {
                 label: prefix.as_str().into(),
                 in_flight: counters.for_upstream(upstream.as_ref()),
@@ -1114,18 +1250,194 @@ pub(super) fn validate_routes(
                     .assertion_audience
                     .filter(|audience| !audience.is_empty())
                     .map(Arc::from),
+                hosts,
+                methods,
+                rewrite,
+                pool,
+                cors,
             }),
             Err(problem) => p.add(&format!("{key}.upstream"), problem),
         }
     }
     let table = RouteTable::new(routes);
-    for duplicate in table.duplicate_prefixes() {
-        p.add(
-            "route",
-            format_args!("path_prefix {duplicate:?} appears more than once (prefixes compare ignoring ASCII case)"),
-        );
+    let mut reported = std::collections::HashSet::new();
+    for (first, second) in table.conflicts() {
+        // A pair is found once per host level they share; reported once.
+        if reported.insert(first.prefix.to_ascii_lowercase()) {
+            p.add(
+                "route",
+                format_args!(
+                    "path_prefix {:?} appears more than once for the same hosts and methods, so two routes could take one request (prefixes compare ignoring ASCII case)",
+                    second.prefix
+                ),
+            );
+        }
     }
     table
+}
+
+/// The methods a preflight is told about when `allow_methods` is left out
+/// and the route takes every method.
+const CORS_DEFAULT_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
+
+/// `[route.cors]`: origins as browsers send them (`scheme://host[:port]`,
+/// no path) or `"*"` (not with `allow_credentials`: browsers refuse it, and
+/// echoing any origin with credentials would let every site act as the
+/// user); methods as `methods` spells them (default: the route's); header
+/// names; `max_age` up to a day.
+fn validate_cors(
+    raw: RawCors,
+    route_methods: Option<&[Method]>,
+    key: &str,
+    p: &mut Problems,
+) -> Option<crate::cors::CorsPolicy> {
+    let mut ok = true;
+    if raw.allow_origins.is_empty() {
+        p.add(
+            &format!("{key}.allow_origins"),
+            "must list at least one origin",
+        );
+        ok = false;
+    }
+    let mut origins = Vec::with_capacity(raw.allow_origins.len());
+    for origin in &raw.allow_origins {
+        if origin == "*" {
+            if raw.allow_credentials {
+                p.add(
+                    &format!("{key}.allow_origins"),
+                    "\"*\" cannot go with allow_credentials = true: list the origins",
+                );
+                ok = false;
+            }
+            origins.push(origin.clone());
+            continue;
+        }
+        let parsed: Option<Uri> = origin.parse().ok();
+        let valid = parsed.as_ref().is_some_and(|uri| {
+            matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+                && !origin.ends_with('/')
+                && uri
+                    .path_and_query()
+                    .is_none_or(|pq| pq.as_str().is_empty() || pq.as_str() == "/")
+        });
+        if !valid {
+            p.add(
+                &format!("{key}.allow_origins"),
+                format_args!("{origin:?} must be an origin such as \"https://app.example.com\" (scheme, host and port; no path)"),
+            );
+            ok = false;
+        } else {
+            origins.push(origin.to_ascii_lowercase());
+        }
+    }
+    let mut methods = Vec::new();
+    for name in &raw.allow_methods {
+        match parse_method(name) {
+            Ok(method) => methods.push(method.as_str().to_owned()),
+            Err(problem) => {
+                p.add(&format!("{key}.allow_methods"), problem);
+                ok = false;
+            }
+        }
+    }
+    if methods.is_empty()
+        && let Some(route_methods) = route_methods
+    {
+        methods = route_methods
+            .iter()
+            .map(|m| m.as_str().to_owned())
+            .collect();
+    }
+    let allow_methods = if methods.is_empty() {
+        HeaderValue::from_static(CORS_DEFAULT_METHODS)
+    } else {
+        HeaderValue::from_str(&methods.join(", "))
+            .unwrap_or_else(|_| HeaderValue::from_static(CORS_DEFAULT_METHODS))
+    };
+    for name in &raw.allow_headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            p.add(
+                &format!("{key}.allow_headers"),
+                format_args!("{name:?} is not a header name"),
+            );
+            ok = false;
+        }
+    }
+    let allow_headers = (!raw.allow_headers.is_empty())
+        .then(|| HeaderValue::from_str(&raw.allow_headers.join(", ")).ok())
+        .flatten();
+    if let Some(max_age) = raw.max_age
+        && max_age > crate::cors::MAX_AGE_SECONDS
+    {
+        p.add(
+            &format!("{key}.max_age"),
+            format_args!("{max_age} is over {} seconds", crate::cors::MAX_AGE_SECONDS),
+        );
+        ok = false;
+    }
+    ok.then_some(crate::cors::CorsPolicy {
+        allow_origins: origins,
+        allow_methods,
+        allow_headers,
+        allow_credentials: raw.allow_credentials,
+        max_age: raw.max_age,
+    })
+}
+
+/// A `hosts` entry: a DNS name or `*.` and one (any case, one trailing dot
+/// allowed), without scheme, port, path or a `*` anywhere else.
+pub(super) fn parse_host_pattern(value: &str) -> Result<HostPattern, String> {
+    let lower = value.to_ascii_lowercase();
+    let (wildcard, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if value.contains("://") {
+        return Err(format!("{value:?} must be a host name, without a scheme"));
+    }
+    if value.contains(':') {
+        return Err(format!(
+            "{value:?} must be a host name, without a port (ports are ignored)"
+        ));
+    }
+    let labels_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        });
+    if !labels_ok {
+        return Err(format!(
+            "{value:?} must be a host name (letters, digits, '-', '_' and dots) or \"*.\" and one; '*' only as the whole first label"
+        ));
+    }
+    Ok(if wildcard {
+        HostPattern::Wildcard(name.to_owned())
+    } else {
+        HostPattern::Exact(name.to_owned())
+    })
+}
+
+/// A method name as HTTP spells the standard ones: upper case (methods are
+/// case-sensitive, so `get` would be another method that no client sends).
+pub(super) fn parse_method(value: &str) -> Result<Method, String> {
+    let token_ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !token_ok {
+        return Err(format!(
+            "{value:?} must be an upper-case method name such as \"GET\" (methods are case-sensitive)"
+        ));
+    }
+    Method::from_bytes(value.as_bytes()).map_err(|_| format!("{value:?} is not a method name"))
 }
 
 /// An upstream base URL: `http://host:port` with an optional path prefix.

@@ -386,12 +386,17 @@ pub fn mark_private(headers: &mut HeaderMap) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidHost;
 
-/// The authority the client addressed, for `X-Forwarded-Host`: the request
-/// target's (absolute form, or HTTP/2 `:authority`), which wins over `Host`
-/// as RFC 9112 section 3.2.2 says, without any user info; else the `Host`
-/// header. Routing never depends on it (routes match the path only, and the
-/// upstream gets its own authority as `Host`), but an upstream that builds
-/// links from `X-Forwarded-Host` must not get a repeated or malformed one.
+/// The authority the client addressed, for routing by host and for
+/// `X-Forwarded-Host`: the request target's (absolute form, or HTTP/2
+/// `:authority`) without any user info, else the `Host` header; in
+/// canonical form (host lowercase, without a trailing dot, and the port as
+/// given), so the host the upstream reads is the host the route was chosen
+/// by. A target authority and a `Host` naming different hosts are refused:
+/// an upstream or a cache reading the other one would see another site
+/// than the one routed (RFC 9112 section 3.2.2 lets the target win; one
+/// name is safer than a rule). Also refused: a repeated `Host`, and a host
+/// that is not a DNS name or an IP literal (see
+/// [`crate::routes::canonical_host`]).
 pub fn requested_authority(
     uri: &http::Uri,
     headers: &HeaderMap,
@@ -401,25 +406,59 @@ pub fn requested_authority(
     if hosts.next().is_some() {
         return Err(InvalidHost);
     }
-    if let Some(authority) = uri.authority() {
-        let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
-        return Ok(HeaderValue::from_str(host_port)
-            .ok()
-            .filter(|value| !value.is_empty()));
-    }
-    match host {
-        None => Ok(None),
-        Some(value) if value.is_empty() => Ok(None),
+    let header_value = host.filter(|value| !value.is_empty());
+    let from_header = match host {
+        None => None,
+        Some(value) if value.is_empty() => None,
         Some(value) => {
-            let valid = !value.as_bytes().contains(&b'@')
-                && http::uri::Authority::try_from(value.as_bytes()).is_ok();
-            if valid {
-                Ok(Some(value.clone()))
-            } else {
-                Err(InvalidHost)
+            let text = value.to_str().map_err(|_| InvalidHost)?;
+            if text.contains('@') || http::uri::Authority::try_from(text).is_err() {
+                return Err(InvalidHost);
             }
+            Some(text)
         }
+    };
+    let from_target = uri
+        .authority()
+        .map(|authority| authority.as_str().rsplit('@').next().unwrap_or_default())
+        .filter(|host_port| !host_port.is_empty());
+    let chosen = match (from_target, from_header) {
+        (Some(target), Some(header)) => {
+            let same = crate::routes::canonical_host(target)
+                .zip(crate::routes::canonical_host(header))
+                .is_some_and(|(a, b)| a == b);
+            if !same {
+                return Err(InvalidHost);
+            }
+            target
+        }
+        (Some(target), None) => target,
+        (None, Some(header)) => header,
+        (None, None) => return Ok(None),
+    };
+    let host = crate::routes::canonical_host(chosen).ok_or(InvalidHost)?;
+    let port = if chosen.starts_with('[') {
+        chosen.split_once("]:").map(|(_, port)| port)
+    } else {
+        chosen.rsplit_once(':').map(|(_, port)| port)
     }
+    .filter(|port| !port.is_empty());
+    // The usual `Host` is canonical already: kept as it is (no allocation).
+    let unchanged = match port {
+        Some(port) => chosen.len() == host.len() + 1 + port.len() && chosen.starts_with(&*host),
+        None => chosen == host,
+    };
+    if unchanged
+        && from_target.is_none()
+        && let Some(value) = header_value
+    {
+        return Ok(Some(value.clone()));
+    }
+    let value = match port {
+        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
+        None => HeaderValue::from_str(&host),
+    };
+    value.map(Some).map_err(|_| InvalidHost)
 }
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
@@ -972,10 +1011,27 @@ mod tests {
             requested_authority(&origin, &host).unwrap().unwrap(),
             "api.example.com:8080"
         );
+        // A target naming another host than `Host`: refused, not chosen.
+        assert_eq!(requested_authority(&absolute, &host), Err(InvalidHost));
+        let same = headers(&[("host", "EVIL.example.")]);
         assert_eq!(
-            requested_authority(&absolute, &host).unwrap().unwrap(),
+            requested_authority(&absolute, &same).unwrap().unwrap(),
             "evil.example:81"
         );
+        // Canonical: lowercase, no trailing dot, the port kept.
+        for (given, canonical) in [
+            ("API.Example.COM:8080", "api.example.com:8080"),
+            ("api.example.com.", "api.example.com"),
+            ("[::1]:443", "[::1]:443"),
+            ("[::1]", "[::1]"),
+        ] {
+            assert_eq!(
+                requested_authority(&origin, &headers(&[("host", given)]))
+                    .unwrap()
+                    .unwrap(),
+                canonical
+            );
+        }
         assert_eq!(
             requested_authority(&with_user, &HeaderMap::new())
                 .unwrap()
@@ -990,7 +1046,17 @@ mod tests {
         let twice = headers(&[("host", "a"), ("host", "b")]);
         assert_eq!(requested_authority(&origin, &twice), Err(InvalidHost));
         assert_eq!(requested_authority(&absolute, &twice), Err(InvalidHost));
-        for bad in ["a b", "evil/x", "user@evil", "evil?x", "[::1"] {
+        for bad in [
+            "a b",
+            "evil/x",
+            "user@evil",
+            "evil?x",
+            "[::1",
+            "a..b",
+            "a%2eb",
+            ".",
+            "a:b",
+        ] {
             assert_eq!(
                 requested_authority(&origin, &headers(&[("host", bad)])),
                 Err(InvalidHost),

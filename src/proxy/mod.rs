@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -28,6 +28,7 @@ use crate::body::{self, Body};
 use crate::config::{Limits, UpstreamConfig};
 use crate::conn::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::error::GatewayError;
+use crate::routes::{PrefixRewrite, Route};
 use crate::tls::{self, TlsError};
 
 /// Resolves when the credential a WebSocket was opened with stops working
@@ -119,53 +120,80 @@ impl Forwarder {
         let route = permit.route();
         // The judgement refuses these already; a verify-only route never
         // forwards, whatever called this.
-        let upstream = route.upstream.as_ref().ok_or(GatewayError::NoRoute)?;
-        let mut in_flight = Some(
-            route
-                .in_flight
-                .try_enter()
-                .ok_or(GatewayError::UpstreamBusy)?,
-        );
+        let mut upstream = route.upstream.as_ref().ok_or(GatewayError::NoRoute)?;
+        let worker = crate::workers::current();
+        // A pool's member in turn, and that member's bound.
+        let mut member = None;
+        if let Some(pool) = &route.pool {
+            let picked = pool
+                .pick(worker, Instant::now(), None)
+                .ok_or(GatewayError::UpstreamUnreachable)?;
+            upstream = &pool.members()[picked].uri;
+            member = Some(picked);
+        }
+        let counter = match (&route.pool, member) {
+            (Some(pool), Some(picked)) => &pool.members()[picked].in_flight,
+            _ => &route.in_flight,
+        };
+        let mut in_flight = Some(counter.try_enter().ok_or(GatewayError::UpstreamBusy)?);
         let (mut parts, incoming) = request.into_parts();
+        if route.rewrite != PrefixRewrite::Keep {
+            parts.uri = rewritten_uri(route, &parts.uri)?;
+        }
         if let Some(limit) = self.max_body_bytes
             && declared_length(&parts.headers).is_some_and(|length| length > limit)
         {
             return Err(GatewayError::BodyTooLarge);
         }
-        rewrite_head(
-            &mut parts,
-            upstream,
-            permit.identity(),
-            &client,
-            request_id,
-            &self.sources,
-        )?;
-        if let (Some(assertions), Some(identity)) = (&self.assertions, permit.identity()) {
-            // Fail closed: an upstream that expects assertions must never
-            // see an authenticated request without one.
-            let assertion = assertions
-                .header_for(
-                    identity,
-                    route,
-                    &parts.method,
-                    parts.uri.path(),
-                    request_id,
-                    crate::clock::unix_now(),
-                )
-                .ok_or(GatewayError::Internal)?;
-            parts
-                .headers
-                .insert(crate::assertion::X_AUTH_ASSERTION.clone(), assertion);
-        }
+        // A request without a body that could not connect may go to
+        // another member once: nothing of it reached an upstream. One with
+        // a body never is (the body may have been sent in part).
+        let retry_head = (route
+            .pool
+            .as_ref()
+            .is_some_and(|pool| pool.members().len() > 1)
+            && incoming.is_end_stream())
+        .then(|| copy_head(&parts));
+        self.head_for(&mut parts, upstream, &permit, &client, request_id)?;
 
         let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
         let outbound = Request::from_parts(parts, body);
-        let mut response = match tokio::time::timeout(
-            route.timeout,
-            self.client().request(outbound),
-        )
-        .await
-        {
+        let mut attempt =
+            tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
+        if let (Some(pool), Some(picked)) = (&route.pool, member) {
+            let failed = !matches!(attempt, Ok(Ok(_))) && fault.get().is_none();
+            if failed {
+                pool.failed(worker, picked, Instant::now());
+            } else {
+                pool.succeeded(worker, picked);
+            }
+            let connect_failed = matches!(&attempt, Ok(Err(err)) if err.is_connect());
+            if connect_failed
+                && let Some(mut head) = retry_head
+                && let Some(other) = pool.pick(worker, Instant::now(), Some(picked))
+            {
+                let retry_upstream = &pool.members()[other].uri;
+                warn!(upstream = %upstream, retry = %retry_upstream, "upstream refused the connection; trying another once");
+                // The bound of the member tried now.
+                in_flight = Some(
+                    pool.members()[other]
+                        .in_flight
+                        .try_enter()
+                        .ok_or(GatewayError::UpstreamBusy)?,
+                );
+                upstream = retry_upstream;
+                self.head_for(&mut head, upstream, &permit, &client, request_id)?;
+                let outbound = Request::from_parts(head, CappedBody::empty());
+                attempt =
+                    tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
+                if matches!(attempt, Ok(Ok(_))) {
+                    pool.succeeded(worker, other);
+                } else {
+                    pool.failed(worker, other, Instant::now());
+                }
+            }
+        }
+        let mut response = match attempt {
             Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(err)) => match fault.get() {
                 Some(BodyFault::OverLimit) => return Err(GatewayError::BodyTooLarge),
@@ -213,6 +241,47 @@ impl Forwarder {
             .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
         let body = crate::inflight::InFlightBody::new(incoming, in_flight);
         Ok(Response::from_parts(parts, body::boxed(body)))
+    }
+}
+
+impl Forwarder {
+    /// The head `upstream` receives: rewritten ([`rewrite_head`], every
+    /// credential source stripped) and, with `[assertion]`, the signed
+    /// identity assertion for it.
+    fn head_for(
+        &self,
+        parts: &mut Parts,
+        upstream: &Uri,
+        permit: &Permit<'_>,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+    ) -> Result<(), GatewayError> {
+        rewrite_head(
+            parts,
+            upstream,
+            permit.identity(),
+            client,
+            request_id,
+            &self.sources,
+        )?;
+        if let (Some(assertions), Some(identity)) = (&self.assertions, permit.identity()) {
+            // Fail closed: an upstream that expects assertions must never
+            // see an authenticated request without one.
+            let assertion = assertions
+                .header_for(
+                    identity,
+                    permit.route(),
+                    &parts.method,
+                    parts.uri.path(),
+                    request_id,
+                    crate::clock::unix_now(),
+                )
+                .ok_or(GatewayError::Internal)?;
+            parts
+                .headers
+                .insert(crate::assertion::X_AUTH_ASSERTION.clone(), assertion);
+        }
+        Ok(())
     }
 }
 
@@ -315,7 +384,8 @@ impl BodyFaultFlag {
 /// more than its limit has passed or the client's body cannot be read;
 /// nothing is buffered.
 pub struct CappedBody {
-    inner: Incoming,
+    /// `None`: an empty body (a retried request without one).
+    inner: Option<Incoming>,
     remaining: u64,
     fault: Arc<BodyFaultFlag>,
 }
@@ -331,12 +401,35 @@ impl CappedBody {
     pub fn new(inner: Incoming, limit: Option<u64>) -> (Self, Arc<BodyFaultFlag>) {
         let fault = Arc::new(BodyFaultFlag::default());
         let body = CappedBody {
-            inner,
+            inner: Some(inner),
             remaining: limit.unwrap_or(u64::MAX),
             fault: fault.clone(),
         };
         (body, fault)
     }
+}
+
+impl CappedBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        CappedBody {
+            inner: None,
+            remaining: 0,
+            fault: Arc::new(BodyFaultFlag::default()),
+        }
+    }
+}
+
+/// A copy of a request head as the client sent it (method, target,
+/// version, fields), for sending it again elsewhere; extensions are not
+/// copied (nothing after the first attempt reads them).
+fn copy_head(parts: &Parts) -> Parts {
+    let mut copy = Request::new(()).into_parts().0;
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
 }
 
 impl HttpBody for CappedBody {
@@ -347,7 +440,10 @@ impl HttpBody for CappedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Ready(Some(Err(err))) => {
@@ -368,11 +464,13 @@ impl HttpBody for CappedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 
@@ -470,6 +568,23 @@ async fn revoked(watch: Option<CredentialWatch>) {
     }
 }
 
+/// `uri` with its path's prefix stripped or replaced as `route` says, its
+/// authority and query kept (the authority is still the client's, for
+/// `X-Forwarded-Host`). The rewritten path passes the path policy again.
+fn rewritten_uri(route: &Route, uri: &Uri) -> Result<Uri, GatewayError> {
+    let path = route
+        .upstream_path(uri.path())
+        .ok_or(GatewayError::InvalidPath)?;
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.into_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(path_and_query).map_err(|_| GatewayError::InvalidPath)?);
+    Uri::from_parts(parts).map_err(|_| GatewayError::Internal)
+}
+
 /// The upstream URI: the upstream's scheme and authority, its own path
 /// prefix (if any) followed by the request path, and the query without
 /// credentials.
@@ -523,7 +638,7 @@ mod tests {
     fn rewritten_heads_carry_no_credential_and_the_upstream_host() {
         let request = Request::builder()
             .uri("http://evil.example/admin/x?a=1&token=secret&b=2")
-            .header("host", "other.example")
+            .header("host", "Evil.Example.")
             .header("authorization", "Bearer secret")
             .header("cookie", "token=secret; theme=dark")
             .header("x-auth-user", "root")
@@ -563,6 +678,24 @@ mod tests {
             .uri("/x")
             .header("host", "a")
             .header("host", "b")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        assert_eq!(
+            rewrite_head(
+                &mut parts,
+                &upstream,
+                None,
+                &client,
+                &id,
+                &Sources::default()
+            ),
+            Err(GatewayError::InvalidHost)
+        );
+        // An absolute-form target naming another host than `Host`.
+        let request = Request::builder()
+            .uri("http://evil.example/x")
+            .header("host", "api.example")
             .body(())
             .unwrap();
         let (mut parts, ()) = request.into_parts();

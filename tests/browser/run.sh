@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end test of the /_authgate/ admin page in the system Chromium.
+# End-to-end tests in the system Chromium: the /_authgate/ admin page,
+# external sign-in, and CORS from a page on a second origin.
 #
 # Installs what it needs when missing (Debian's chromium through apt, which
 # needs root; playwright-core through `npm ci`, never a browser download),
@@ -75,4 +76,4 @@ case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
 export AUTHGATE_BIN="${AUTHGATE_BIN:-$target_dir/debug/authgate}"
 export CHROMIUM_BIN="$chromium_bin"
 cd "$here"
-exec node --test --test-concurrency=1 --test-reporter=spec admin-page.test.mjs oidc-sign-in.test.mjs
+exec node --test --test-concurrency=1 --test-reporter=spec admin-page.test.mjs oidc-sign-in.test.mjs cors.test.mjs
