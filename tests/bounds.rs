@@ -611,8 +611,10 @@ async fn sequential_key_creation(gw: &Gateway) {
     gw.add_user(&user, &random_password(), &[]).await;
     let jwt = gw.issue_token(&user).await;
 
-    // One key that expires at once does not hold a place for long.
-    create_key_api(gw, &jwt, 1).await.expect_status(200);
+    // A short-lived key does not hold a place for long. It lives long
+    // enough (10 s) for the next four creations to see it even on a loaded
+    // machine, where a 1 s key expired too early and made this test flaky.
+    create_key_api(gw, &jwt, 10).await.expect_status(200);
     let first = create_key_api(gw, &jwt, 3600).await;
     first.expect_status(200);
     create_key_cli(gw, &user)
@@ -626,7 +628,7 @@ async fn sequential_key_creation(gw: &Gateway) {
     assert!(err.contains("KEY_LIMIT_REACHED"), "CLI says why: {err}");
 
     // Once it has expired, its place is free again.
-    let freed = poll_until(Duration::from_secs(30), || async {
+    let freed = poll_until(Duration::from_secs(40), || async {
         create_key_api(gw, &jwt, 3600).await.status == 200
     })
     .await;
