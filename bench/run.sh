@@ -185,9 +185,9 @@ core_busy_ticks() {
 }
 
 read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH P_AG_RL \
-    P_AG_SHIP P_NGX_LOG P_AG_2W P_AG_TLS P_AG_TLS_PLAIN P_NGX_TLS < <($PY -c '
+    P_AG_SHIP P_NGX_LOG P_AG_2W P_AG_TLS P_AG_TLS_PLAIN P_NGX_TLS P_AG_HOSTS < <($PY -c '
 import socket
-socks = [socket.socket() for _ in range(16)]
+socks = [socket.socket() for _ in range(17)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 
@@ -437,6 +437,20 @@ public_key = \"$W/es256.pub.pem\""
 authgate_config "$P_AG_HS" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-hs.toml"
 authgate_config "$P_AG_RL" ag-rl "$HS_JWT" "$(ratelimit_section "$REDIS_URL")" >"$W/ag-rl.toml"
 authgate_config "$P_AG_ES" ag-es "$ES_JWT" >"$W/ag-es.toml"
+# The public route among 1,000 routes over 200 host names (4 prefixes each
+# plus 200 wildcard routes), asked with one of those hosts: routing by host
+# must cost what the single-route table costs (authgate-public).
+authgate_config "$P_AG_HOSTS" ag-hosts "$HS_JWT" >"$W/ag-hosts.toml"
+$PY - "$P_UP" >>"$W/ag-hosts.toml" <<'PY'
+import sys
+up = sys.argv[1]
+for h in range(200):
+    for r in range(4):
+        print(f'\n[[route]]\nhosts = ["h{h}.bench.test"]\npath_prefix = "/r{r}"\n'
+              f'upstream = "http://127.0.0.1:{up}"\nauth = "public"\nmethods = ["GET", "HEAD"]')
+    print(f'\n[[route]]\nhosts = ["*.w{h}.bench.test"]\npath_prefix = "/r0"\n'
+          f'upstream = "http://127.0.0.1:{up}"\nauth = "public"')
+PY
 authgate_config "$P_AG_IDLE" ag-idle "$HS_JWT" >"$W/ag-idle.toml"
 authgate_config "$P_AG_KEYS" ag-keys "$HS_JWT" >"$W/ag-keys.toml"
 # The HS256 instance's config on other ports, on its store (one user, one token for all):
@@ -451,7 +465,7 @@ cert = \"$W/tls-cert.pem\"
 key = \"$W/tls-key.pem\"" >"$W/ag-tls.toml"
 
 ag() { "$AUTHGATE" "$@"; }
-for cfg in ag-hs ag-es ag-idle ag-rl; do
+for cfg in ag-hs ag-es ag-idle ag-rl ag-hosts; do
     ag check-config --config "$W/$cfg.toml" >/dev/null || die "authgate rejects $W/$cfg.toml"
     printf '%s\n' "$PASSWORD" | ag user add bench --password-stdin --config "$W/$cfg.toml" >/dev/null
 done
@@ -476,6 +490,7 @@ start haproxy "$PROXY_CPU" haproxy -db -f "$W/haproxy.cfg"
 start ag-hs "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hs.toml"
 start ag-es "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-es.toml"
 start ag-rl "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-rl.toml"
+start ag-hosts "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hosts.toml"
 wait_up "http://127.0.0.1:$P_UP/" upstream
 wait_up "http://127.0.0.1:$P_NGX/" nginx-proxy
 wait_up "http://127.0.0.1:$P_HAP_HS/" haproxy
@@ -483,6 +498,7 @@ wait_up "http://127.0.0.1:$P_AG_HS/healthz" ag-hs
 wait_up "http://127.0.0.1:$P_AG_ES/healthz" ag-es
 wait_up "http://127.0.0.1:$P_NGX_AUTH/" nginx-authreq
 wait_up "http://127.0.0.1:$P_AG_RL/healthz" ag-rl
+wait_up "http://127.0.0.1:$P_AG_HOSTS/healthz" ag-hosts
 if [ "$RUN_SHIPPED" = 1 ]; then
     # As a user runs it: no --workers (the affinity mask, one core, makes one), the default
     # log level with the access log on, into a file as a log collector would take it.
@@ -599,7 +615,7 @@ preflight() {
 # ---------------------------------------------------------------- targets
 T_NAMES=(upstream-direct nginx-proxy-noauth haproxy-jwt-hs256 haproxy-jwt-es256
     authgate-jwt-hs256 authgate-jwt-hs256-memrule authgate-jwt-hs256-redisrule
-    authgate-jwt-es256 authgate-accesskey authgate-public
+    authgate-jwt-es256 authgate-accesskey authgate-public authgate-public-hosts1000
     authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate)
 [ "$RUN_SHIPPED" != 1 ] || T_NAMES+=(authgate-jwt-hs256-shipped nginx-proxy-noauth-log)
 [ "$RUN_2W" != 1 ] || T_NAMES+=(authgate-jwt-hs256-2w)
@@ -620,6 +636,10 @@ T_URL[authgate-jwt-hs256-redisrule]="http://127.0.0.1:$P_AG_RL/limited/bench"
 T_URL[authgate-jwt-es256]="http://127.0.0.1:$P_AG_ES/bench"
 T_URL[authgate-accesskey]="http://127.0.0.1:$P_AG_HS/bench?accesskey=$ACCESS_KEY"
 T_URL[authgate-public]="http://127.0.0.1:$P_AG_HS/public/bench"
+T_URL[authgate-public-hosts1000]="http://127.0.0.1:$P_AG_HOSTS/r3/bench"
+T_HDR[authgate-public-hosts1000]="Host: h137.bench.test"
+T_PID[authgate-public-hosts1000]=$PID_ag_hosts
+T_DESC[authgate-public-hosts1000]="public route among 1,000 routes over 200 hosts (Host: h137.bench.test)"
 # Forward authentication: decisions only (Envoy's path-prefix form), and nginx asking authgate.
 T_URL[authgate-verify-jwt]="http://127.0.0.1:$P_AG_HS/_authgate/verify/bench"
 T_URL[authgate-verify-accesskey]="http://127.0.0.1:$P_AG_HS/_authgate/verify/bench?accesskey=$ACCESS_KEY"
