@@ -262,14 +262,11 @@ async fn acme_challenge(gateway: &Gateway, token: &str) -> Response<Body> {
 /// ACME's http-01 validation (it must be plain HTTP), health checks, and
 /// forward authentication (a proxy in front asks over plain HTTP).
 fn stays_on_plain_http(path: &str) -> bool {
-    path.starts_with(ACME_HTTP01_PREFIX)
+    path.starts_with(crate::tls::acme::HTTP01_PREFIX)
         || path == "/healthz"
         || path == "/readyz"
         || verify::verify_suffix(path).is_some()
 }
-
-/// Where ACME's http-01 validations ask (RFC 8555 section 8.3).
-const ACME_HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// 308 to the same host, path and query over `https` (the TLS listener's
 /// port unless 443). Only the host of `Host` is used (no user info, no
