@@ -353,13 +353,12 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
             None
         };
         // Only listed peers send a PROXY header, and they must.
-        let proxied = !current.config.server.proxy_protocol.is_empty()
-            && current
-                .config
-                .server
-                .proxy_protocol
-                .iter()
-                .any(|net| net.contains(&peer.ip()));
+        let proxied = current
+            .config
+            .server
+            .proxy_protocol
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
         let metrics = current.metrics.clone();
         drop(current);
         // Shared with the requests of this connection, so that an upgraded

@@ -549,21 +549,17 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
     let trusted_proxies = ip_ranges("server.trusted_proxies", &raw.trusted_proxies, p);
     let proxy_protocol = ip_ranges("server.proxy_protocol", &raw.proxy_protocol, p);
     if raw.redirect_https {
-        match &tls {
-            _ if listen.is_none() => p.add(
-                "server.redirect_https",
-                "needs both server.listen and [server.tls]",
-            ),
-            None => p.add(
+        match (&tls, listen) {
+            (None, _) | (_, None) => p.add(
                 "server.redirect_https",
                 "needs both server.listen and [server.tls]",
             ),
             // The redirect names the port; port 0 is known only once bound.
-            Some(tls) if tls.listen.port() == 0 => p.add(
+            (Some(tls), _) if tls.listen.port() == 0 => p.add(
                 "server.redirect_https",
                 "needs a fixed server.tls.listen port to redirect to",
             ),
-            Some(_) => {}
+            _ => {}
         }
     }
     let admin_listen = validate_admin_listen(raw.admin_listen.as_deref(), listen, &tls, p);

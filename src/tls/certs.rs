@@ -79,6 +79,8 @@ impl CertTable {
 /// A configured certificate and key file pair, as last read.
 struct WatchedPair {
     config: CertificateConfig,
+    /// The default certificate (`cert`/`key`), served for any name.
+    is_default: bool,
     names: Vec<ServedName>,
     /// SHA-256 of the cert and key files' bytes when last read (loaded or
     /// not), so a broken pair is reported once per change.
@@ -96,7 +98,6 @@ pub struct CertResolver {
     challenges: RwLock<HashMap<Box<str>, Arc<CertifiedKey>>>,
     /// The default pair first (when configured), then the listed ones.
     watched: Mutex<Vec<WatchedPair>>,
-    has_default_file: std::sync::atomic::AtomicBool,
     /// Changed pairs that did not load (kept the old ones): `/metrics`.
     pub reload_failures: AtomicU64,
     /// Changed pairs that loaded and now serve: `/metrics`.
@@ -119,7 +120,6 @@ impl CertResolver {
             acme: ArcSwap::from_pointee(CertTable::default()),
             challenges: RwLock::new(HashMap::new()),
             watched: Mutex::new(Vec::new()),
-            has_default_file: std::sync::atomic::AtomicBool::new(false),
             reload_failures: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
         };
@@ -142,13 +142,12 @@ impl CertResolver {
             let names = served_names(certificate, &key, is_default)?;
             pairs.push(WatchedPair {
                 config: certificate.clone(),
+                is_default,
                 names,
                 seen: fingerprint(&bytes),
                 key,
             });
         }
-        self.has_default_file
-            .store(config.default.is_some(), Ordering::Relaxed);
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         *watched = pairs;
         self.publish(&watched);
@@ -188,7 +187,7 @@ impl CertResolver {
         bytes: &PairBytes,
     ) -> Result<Arc<CertifiedKey>, TlsError> {
         let chain = load_certs_from(cert, &bytes.cert)?;
-        let private = load_key_from(key, &bytes.key)?;
+        let private = key_from_pem(key, &bytes.key)?;
         CertifiedKey::from_der(chain, private, &self.provider)
             .map(Arc::new)
             .map_err(|err| {
@@ -198,13 +197,15 @@ impl CertResolver {
 
     /// Rebuilds the file table from `watched`.
     fn publish(&self, watched: &[WatchedPair]) {
-        let default_file = self.has_default_file.load(Ordering::Relaxed);
-        let (default, listed) = match watched.split_first() {
-            Some((first, rest)) if default_file => (Some(first.key.clone()), rest),
-            _ => (None, watched),
-        };
+        let default = watched
+            .iter()
+            .find(|pair| pair.is_default)
+            .map(|pair| pair.key.clone());
         let table = CertTable::build(
-            listed.iter().map(|pair| (pair.names.as_slice(), &pair.key)),
+            watched
+                .iter()
+                .filter(|pair| !pair.is_default)
+                .map(|pair| (pair.names.as_slice(), &pair.key)),
             default,
         );
         self.files.store(Arc::new(table));
@@ -242,7 +243,6 @@ impl CertResolver {
             return;
         }
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
-        let default_file = self.has_default_file.load(Ordering::Relaxed);
         let mut published = false;
         for (index, config, seen, loaded) in changed {
             // A reload may have replaced the list meanwhile.
@@ -250,7 +250,7 @@ impl CertResolver {
                 continue;
             };
             pair.seen = seen;
-            let is_default = default_file && index == 0;
+            let is_default = pair.is_default;
             match loaded
                 .and_then(|key| served_names(&config, &key, is_default).map(|names| (key, names)))
             {
@@ -402,13 +402,6 @@ fn load_certs_from(
         return Err(TlsError::at(path, &"no certificate found"));
     }
     Ok(certs)
-}
-
-fn load_key_from(
-    path: &Path,
-    pem: &[u8],
-) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
-    key_from_pem(path, pem)
 }
 
 #[cfg(test)]
