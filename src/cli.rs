@@ -374,7 +374,7 @@ fn realm_of(path: &Path) -> String {
 }
 
 async fn serve(config: Config, path: PathBuf) -> Result<(), CliError> {
-    crate::run(config, Some(path), crate::server::shutdown_signal())
+    crate::run(config, Some(path), crate::signals::shutdown_signal())
         .await
         .map_err(|err| fail(err.to_string()))
 }

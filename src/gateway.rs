@@ -2,11 +2,13 @@
 //! store and the caches, and rebuilt on reload around the same store,
 //! caches and metrics.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use tracing::warn;
 
-use crate::assertion::Assertions;
 use crate::auth::Authenticator;
 use crate::auth::password::HashLimiter;
 use crate::auth::throttle::LoginThrottle;
@@ -14,6 +16,7 @@ use crate::clock::unix_now;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
+use crate::proxy::assertion::Assertions;
 use crate::ratelimit::RateLimits;
 use crate::store::cache::CredentialCache;
 use crate::store::{Store, follow};
@@ -281,4 +284,17 @@ pub fn credential_sources(config: &Config) -> crate::auth::extract::Sources {
         key_header: config.accesskeys.header.clone(),
         query: config.server.credentials_in_query,
     }
+}
+
+/// The current gateway snapshot; a reload swaps it.
+pub type SharedGateway = Arc<ArcSwap<Gateway>>;
+
+/// Validates the config at `path` and swaps it in.
+pub fn reload(path: &Path, shared: &SharedGateway) -> Result<(), ReloadError> {
+    let config = Config::load(path).map_err(|err| ReloadError::Invalid(err.problems.join("; ")))?;
+    let current = shared.load_full();
+    let next = current.reconfigure(config)?;
+    shared.store(Arc::new(next));
+    current.metrics.reloads();
+    Ok(())
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use authgate::api::Endpoint;
 use authgate::auth::extract::{extract, redact_target, strip_credential_query};
 use authgate::auth::{AuthMethod, Identity, Principal};
-use authgate::conn::ClientInfo;
+use authgate::client::ClientInfo;
 use authgate::proxy::rewrite_head;
 use authgate::routes::{check_path, prefix_matches};
 use http::{HeaderName, HeaderValue, Request, Uri};

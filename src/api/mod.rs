@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::Identity;
 
 use crate::body::{self, Body};
-use crate::conn::ClientInfo;
+use crate::client::ClientInfo;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 
@@ -158,17 +158,15 @@ pub async fn serve(
     }
 }
 
-/// Answers a request on the `server.admin_listen` listener: `/metrics`,
-/// `/healthz` and `/readyz`, and 404 for every other path (nothing there is
-/// authenticated, so nothing else may be reachable).
-pub async fn serve_admin(
-    request: Request<Incoming>,
+/// The operations endpoints (health, readiness, metrics) as the
+/// `server.admin_listen` listener serves them: nothing else there.
+pub async fn operations(
+    request: &Request<Incoming>,
     gateway: &Gateway,
     client: ClientInfo,
-) -> Response<Body> {
+) -> Result<Response<Body>, GatewayError> {
     let ctx = Context { gateway, client };
-    let method = request.method();
-    let result = match (Endpoint::for_path(request.uri().path()), method) {
+    match (Endpoint::for_path(request.uri().path()), request.method()) {
         (Some(Endpoint::Healthz), &Method::GET | &Method::HEAD) => Ok(ops::healthz()),
         (Some(Endpoint::Readyz), &Method::GET | &Method::HEAD) => ops::readyz(&ctx).await,
         (Some(Endpoint::Metrics), &Method::GET) => Ok(ops::metrics(&ctx)),
@@ -176,16 +174,7 @@ pub async fn serve_admin(
             Err(GatewayError::MethodNotAllowed)
         }
         _ => Err(GatewayError::NotFound),
-    };
-    let request_id = crate::request_id::new_request_id();
-    let mut response = result.unwrap_or_else(|err| {
-        tracing::debug!(reason = err.reason(), "admin listener refused a request");
-        err.into_response(request_id.to_str().unwrap_or_default())
-    });
-    response
-        .headers_mut()
-        .insert(crate::proxy::headers::X_REQUEST_ID.clone(), request_id);
-    response
+    }
 }
 
 /// The caller of an own endpoint, authenticated like a proxied request.

@@ -1286,7 +1286,7 @@ fn validate_cors(
     route_methods: Option<&[Method]>,
     key: &str,
     p: &mut Problems,
-) -> Option<crate::cors::CorsPolicy> {
+) -> Option<crate::routes::cors::CorsPolicy> {
     let mut ok = true;
     if raw.allow_origins.is_empty() {
         p.add(
@@ -1364,15 +1364,18 @@ fn validate_cors(
         .then(|| HeaderValue::from_str(&raw.allow_headers.join(", ")).ok())
         .flatten();
     if let Some(max_age) = raw.max_age
-        && max_age > crate::cors::MAX_AGE_SECONDS
+        && max_age > crate::routes::cors::MAX_AGE_SECONDS
     {
         p.add(
             &format!("{key}.max_age"),
-            format_args!("{max_age} is over {} seconds", crate::cors::MAX_AGE_SECONDS),
+            format_args!(
+                "{max_age} is over {} seconds",
+                crate::routes::cors::MAX_AGE_SECONDS
+            ),
         );
         ok = false;
     }
-    ok.then_some(crate::cors::CorsPolicy {
+    ok.then_some(crate::routes::cors::CorsPolicy {
         allow_origins: origins,
         allow_methods,
         allow_headers,

@@ -90,7 +90,7 @@ impl AccessRecord {
             out.extend_from_slice(b" auth.user=");
             push_quoted(out, user);
         }
-        out.extend_from_slice(b"}: authgate::context: access http.status=");
+        out.extend_from_slice(b"}: authgate::request::context: access http.status=");
         push_decimal(out, u64::from(self.status));
         out.extend_from_slice(b" latency_ms=");
         push_millis(out, self.latency);
@@ -124,7 +124,7 @@ impl AccessRecord {
                 outcome: self.outcome,
                 reason: self.reason,
             },
-            target: "authgate::context",
+            target: "authgate::request::context",
             span: &request,
             spans: (
                 ConnectionSpan {
@@ -331,7 +331,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "2025-12-02T04:00:00.123456Z  INFO connection{client.addr=192.0.2.7:4711 tls=false}:\
              request{request.id=\"req-1\" http.method=GET http.target=/data?token=REDACTED&x=1 \
-             route=\"/\" auth.method=\"jwt\" auth.user=\"bob\"}: authgate::context: access \
+             route=\"/\" auth.method=\"jwt\" auth.user=\"bob\"}: authgate::request::context: access \
              http.status=200 latency_ms=1.250 outcome=\"authenticated\" reason=\"\"\n"
         );
     }
@@ -387,7 +387,7 @@ mod tests {
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["timestamp"], "2025-12-02T04:00:00.123456Z");
         assert_eq!(line["level"], "INFO");
-        assert_eq!(line["target"], "authgate::context");
+        assert_eq!(line["target"], "authgate::request::context");
         assert_eq!(line["fields"]["message"], "access");
         assert_eq!(line["fields"]["http.status"], 200);
         assert_eq!(line["fields"]["latency_ms"], 1.25);

@@ -70,18 +70,18 @@ pub fn init(default_filter: &str, batched: bool) -> LogGuard {
 }
 
 /// Logs a finished request's access line, when the filter lets
-/// `authgate::context` info events through: queued as a record for the
+/// `authgate::request::context` info events through: queued as a record for the
 /// sink, or, without one (the library used on its own), logged at once
 /// through tracing.
 pub fn access(record: impl FnOnce() -> AccessRecord) {
-    if !tracing::enabled!(target: "authgate::context", tracing::Level::INFO) {
+    if !tracing::enabled!(target: "authgate::request::context", tracing::Level::INFO) {
         return;
     }
     let record = record();
     match ACCESS_SINK.get() {
         Some(sink) => sink.access(record),
         None => tracing::event!(
-            target: "authgate::context",
+            target: "authgate::request::context",
             tracing::Level::INFO,
             request.id = record.request_id.to_str().unwrap_or_default(),
             http.method = %record.method,

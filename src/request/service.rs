@@ -16,17 +16,17 @@ use tracing::Instrument;
 use crate::api::{self, Endpoint};
 use crate::auth::extract::{carries_credential, query_carries_credential};
 use crate::body::Body;
-use crate::conn::ClientInfo;
-use crate::context::RequestContext;
-use crate::cors;
+use crate::client::ClientInfo;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::judge::{Ending, JudgedRequest, judge};
 use crate::metrics::Outcome;
 use crate::proxy::{CredentialWatch, headers};
-use crate::request_id::new_request_id;
+use crate::request::context::RequestContext;
+use crate::request::id::new_request_id;
+use crate::request::judge::{Ending, JudgedRequest, judge};
+use crate::request::verify;
 use crate::routes::CheckedPath;
-use crate::verify;
+use crate::routes::cors;
 
 /// Answers one request. Never fails: errors become JSON responses.
 pub async fn handle(
@@ -200,6 +200,27 @@ async fn handle_inner(
         .await;
     ctx.upstream_took(upstream_started.elapsed());
     result
+}
+
+/// Answers a request on the `server.admin_listen` listener: `/metrics`,
+/// `/healthz` and `/readyz`, and 404 for every other path (nothing there is
+/// authenticated, so nothing else may be reachable). Every answer carries a
+/// fresh request id.
+pub async fn handle_admin(
+    gateway: &Gateway,
+    client: ClientInfo,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let result = api::operations(&request, gateway, client).await;
+    let request_id = new_request_id();
+    let mut response = result.unwrap_or_else(|err| {
+        tracing::debug!(reason = err.reason(), "admin listener refused a request");
+        err.into_response(request_id.to_str().unwrap_or_default())
+    });
+    response
+        .headers_mut()
+        .insert(headers::X_REQUEST_ID.clone(), request_id);
+    response
 }
 
 /// The `[route.cors]` of the route a request with an `Origin` goes to (by

@@ -1,7 +1,7 @@
 //! Forward authentication, `/_authgate/verify[/PATH]`: reads the request
 //! that a proxy in front holds (nginx `auth_request`, Traefik
 //! `forwardAuth`, Caddy `forward_auth`, Envoy `ext_authz`) out of the
-//! verify request, has it judged like a proxied one ([`crate::judge`]) and
+//! verify request, has it judged like a proxied one ([`crate::request::judge`]) and
 //! answers 200 with the identity as response headers, or the error.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -10,12 +10,12 @@ use http::{Method, Request, Response};
 
 use crate::auth::Identity;
 use crate::body::{self, Body};
-use crate::conn::ClientInfo;
-use crate::context::RequestContext;
+use crate::client::ClientInfo;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::judge::{Ending, JudgedRequest, judge};
 use crate::proxy::headers;
+use crate::request::context::RequestContext;
+use crate::request::judge::{Ending, JudgedRequest, judge};
 use crate::routes::CheckedPath;
 
 /// The endpoint's path; whatever follows it is the judged path (Envoy's

@@ -18,7 +18,7 @@ use tracing::{Span, debug_span, field};
 
 use crate::auth::Identity;
 use crate::body::Body;
-use crate::conn::ClientInfo;
+use crate::client::ClientInfo;
 use crate::error::GatewayError;
 use crate::logging::{self, access::AccessRecord};
 use crate::metrics::{Metrics, Outcome};
