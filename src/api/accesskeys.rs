@@ -17,7 +17,6 @@ use crate::auth::{AuthMethod, StoreUser, accesskey};
 use crate::body::Body;
 use crate::clock::{rfc3339, unix_now};
 use crate::error::GatewayError;
-use crate::proxy::headers::client_ip;
 use crate::ratelimit::{Decision, Subject};
 use crate::scope::{KeyScope, check_fields};
 use crate::store::{AccessKey, Change, KeyUpdate};
@@ -355,11 +354,7 @@ pub async fn revoke(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    let ip = client_ip(
-        ctx.client.addr.ip(),
-        request.headers(),
-        &ctx.gateway.config.server.trusted_proxies,
-    );
+    let ip = ctx.address;
     let subject = Subject::Address(address_block(ip));
     if let Decision::Limited { retry_after, .. } = ctx.gateway.revoke_bound.check(&subject) {
         return Err(GatewayError::TooManyAttempts {

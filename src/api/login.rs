@@ -15,7 +15,6 @@ use crate::body::Body;
 use crate::clock::unix_now;
 use crate::error::GatewayError;
 use crate::names::valid_username;
-use crate::proxy::headers::client_ip;
 use crate::store::User;
 use crate::store::cache::UserFacts;
 use crate::store::onetimekeys::NewOneTimeKey;
@@ -58,16 +57,8 @@ struct OneTimeKeyLoginRequest {
 
 /// Admits a login attempt for `username` from the caller's address, or
 /// refuses it with 429 when the user or the address is locked out.
-async fn admit(
-    username: &str,
-    headers: &http::HeaderMap,
-    ctx: &Context<'_>,
-) -> Result<Attempt, GatewayError> {
-    let ip = client_ip(
-        ctx.client.addr.ip(),
-        headers,
-        &ctx.gateway.config.server.trusted_proxies,
-    );
+async fn admit(username: &str, ctx: &Context<'_>) -> Result<Attempt, GatewayError> {
+    let ip = ctx.address;
     let throttle = &ctx.gateway.throttle;
     match throttle
         .admit(user_subject(username), address_subject(ip))
@@ -97,7 +88,6 @@ pub async fn login(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    let headers = request.headers().clone();
     let body: LoginRequest = read_json(request, ctx).await?;
     // A hashing slot first (waiting in the bounded queue if need be):
     // beyond the queue the answer costs no store round-trip and no memory.
@@ -107,7 +97,7 @@ pub async fn login(
             retry_after: password::BUSY_RETRY_AFTER_SECS,
         }
     })?;
-    let attempt = admit(&body.username, &headers, ctx).await?;
+    let attempt = admit(&body.username, ctx).await?;
     // Users of an external provider have no password: they fail as an
     // unknown user does (same answer, same time).
     let user = if valid_username(&body.username) {
@@ -209,11 +199,7 @@ pub async fn issue_onetime_key(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    let ip = client_ip(
-        ctx.client.addr.ip(),
-        request.headers(),
-        &ctx.gateway.config.server.trusted_proxies,
-    );
+    let ip = ctx.address;
     let address = address_subject(ip);
     let body: OneTimeKeyRequest = read_json(request, ctx).await?;
     if body.username.is_empty() || body.username.len() > 256 {
@@ -273,9 +259,8 @@ pub async fn onetime_key_login(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    let headers = request.headers().clone();
     let body: OneTimeKeyLoginRequest = read_json(request, ctx).await?;
-    let attempt = admit(&body.username, &headers, ctx).await?;
+    let attempt = admit(&body.username, ctx).await?;
     let store = &ctx.gateway.store;
     let key_hash = hex::encode(crate::auth::accesskey::hash(&body.key));
     let taken = store.take_onetime_key(&key_hash).await?;

@@ -122,6 +122,9 @@ pub struct Context<'a> {
     pub gateway: &'a Gateway,
     /// The caller's connection.
     pub client: ClientInfo,
+    /// The caller's address as throttles and limits count it
+    /// ([`crate::request::context::RequestContext::client_ip`]).
+    pub address: std::net::IpAddr,
 }
 
 /// Serves one of the gateway's own endpoints.
@@ -165,7 +168,13 @@ pub async fn operations(
     gateway: &Gateway,
     client: ClientInfo,
 ) -> Result<Response<Body>, GatewayError> {
-    let ctx = Context { gateway, client };
+    // Nothing there is throttled by address: the peer is enough.
+    let address = client.addr.ip();
+    let ctx = Context {
+        gateway,
+        client,
+        address,
+    };
     match (Endpoint::for_path(request.uri().path()), request.method()) {
         (Some(Endpoint::Healthz), &Method::GET | &Method::HEAD) => Ok(ops::healthz()),
         (Some(Endpoint::Readyz), &Method::GET | &Method::HEAD) => ops::readyz(&ctx).await,

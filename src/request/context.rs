@@ -8,7 +8,7 @@
 //! at the default level it costs nothing, and the access line carries its
 //! fields itself.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +24,8 @@ use crate::logging::{self, access::AccessRecord};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::headers;
 use crate::ratelimit::RateLimitAnswer;
+use crate::request::address::client_address;
+use crate::request::id::request_id;
 
 /// What is known about a request so far.
 #[derive(Debug)]
@@ -33,6 +35,8 @@ pub struct RequestContext {
     method: Method,
     uri: Uri,
     client: SocketAddr,
+    /// The client's address as counted: the peer, or what trusted proxies say.
+    client_ip: IpAddr,
     tls: bool,
     route: Option<Arc<str>>,
     caller: Option<(&'static str, Arc<str>)>,
@@ -45,8 +49,16 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// `request`, arriving now from `client`, with `request_id`.
-    pub fn new<B>(request_id: HeaderValue, request: &Request<B>, client: &ClientInfo) -> Self {
+    /// `request`, arriving now from `client`; its id and the client's
+    /// address (`X-Forwarded-For` believed only from `trusted_proxies`)
+    /// are read here, once.
+    pub fn new<B>(
+        request: &Request<B>,
+        client: &ClientInfo,
+        trusted_proxies: &[ipnet::IpNet],
+    ) -> Self {
+        let request_id = request_id(request.headers());
+        let client_ip = client_address(client.addr.ip(), request.headers(), trusted_proxies);
         let span = debug_span!(
             "request",
             request.id = request_id.to_str().unwrap_or_default(),
@@ -62,6 +74,7 @@ impl RequestContext {
             method: request.method().clone(),
             uri: request.uri().clone(),
             client: client.addr,
+            client_ip,
             tls: client.tls,
             route: None,
             caller: None,
@@ -81,6 +94,11 @@ impl RequestContext {
     /// The request's id.
     pub fn request_id(&self) -> &HeaderValue {
         &self.request_id
+    }
+
+    /// The client's address as rate limits and throttles count it.
+    pub fn client_ip(&self) -> IpAddr {
+        self.client_ip
     }
 
     /// The request is served by `label` (a route prefix or an own

@@ -4,7 +4,6 @@
 //! [`RequestContext`] collects what happened; it logs and counts the
 //! request once and turns errors into the JSON envelope.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,13 +33,7 @@ pub async fn handle(
     client: ClientInfo,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let request_id = request
-        .headers()
-        .get(&headers::X_REQUEST_ID)
-        .filter(|value| headers::sane_request_id(value))
-        .cloned()
-        .unwrap_or_else(new_request_id);
-    let mut ctx = RequestContext::new(request_id, &request, &client);
+    let mut ctx = RequestContext::new(&request, &client, &gateway.config.server.trusted_proxies);
     // Whatever the answer (relayed, 304, an error of ours, a decision, a
     // 101), it is this caller's alone when a credential came with it. A
     // verify answer judges one held request, whose credential may be in
@@ -141,7 +134,7 @@ async fn handle_inner(
 
     if let Some(suffix) = verify::verify_suffix(path.as_str()) {
         ctx.verifying();
-        return verify::answer(gateway, &client, &request, suffix, ctx).await;
+        return verify::answer(gateway, &request, suffix, ctx).await;
     }
     if let Some(endpoint) = Endpoint::for_path(path.as_str()) {
         ctx.route(Arc::from(endpoint.name()), endpoint.name());
@@ -154,11 +147,16 @@ async fn handle_inner(
                 Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Reserved
             )
         {
-            let address = client_ip(gateway, &client, &request);
-            let limits = gateway.ratelimits.check(None, address, path.as_str());
+            let limits = gateway
+                .ratelimits
+                .check(None, ctx.client_ip(), path.as_str());
             ctx.rate_limits(limits.await?);
         }
-        let api_ctx = api::Context { gateway, client };
+        let api_ctx = api::Context {
+            gateway,
+            client,
+            address: ctx.client_ip(),
+        };
         return api::serve(endpoint, request, api_ctx).await;
     }
 
@@ -175,7 +173,7 @@ async fn handle_inner(
         path,
         query: request.uri().query(),
         headers: request.headers(),
-        client_ip: client_ip(gateway, &client, &request),
+        client_ip: ctx.client_ip(),
         host: host.as_deref(),
         scheme: Some(client.proto()),
         ending: Ending::Forward,
@@ -243,16 +241,6 @@ fn cors_policy<'g, B>(
         .routes
         .cors_for(host.as_deref(), path.as_str())?;
     Some((policy, origin))
-}
-
-/// The client's address: the peer, or what a trusted proxy says in
-/// `X-Forwarded-For`.
-fn client_ip(gateway: &Gateway, client: &ClientInfo, request: &Request<Incoming>) -> IpAddr {
-    headers::client_ip(
-        client.addr.ip(),
-        request.headers(),
-        &gateway.config.server.trusted_proxies,
-    )
 }
 
 /// The answer to an http-01 validation request: the key authorization of

@@ -10,7 +10,6 @@ use http::{Method, Request, Response};
 
 use crate::auth::Identity;
 use crate::body::{self, Body};
-use crate::client::ClientInfo;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::proxy::headers;
@@ -42,7 +41,6 @@ pub fn verify_suffix(path: &str) -> Option<&str> {
 /// decision. `suffix` is what follows [`VERIFY_PATH`] in its own path.
 pub async fn answer<B>(
     gateway: &Gateway,
-    client: &ClientInfo,
     request: &Request<B>,
     suffix: &str,
     ctx: &mut RequestContext,
@@ -59,11 +57,7 @@ pub async fn answer<B>(
         path,
         query,
         headers: own,
-        client_ip: headers::client_ip(
-            client.addr.ip(),
-            own,
-            &gateway.config.server.trusted_proxies,
-        ),
+        client_ip: ctx.client_ip(),
         host: host.as_deref(),
         scheme,
         ending: Ending::Answer,
