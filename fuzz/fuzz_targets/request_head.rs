@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use authgate::api::Endpoint;
-use authgate::auth::extract::{extract, redact_target, strip_credential_query};
+use authgate::auth::extract::{extract, strip_credential_query};
+use authgate::logging::redact::redact_target;
 use authgate::auth::{AuthMethod, Identity, Principal};
 use authgate::client::ClientInfo;
 use authgate::proxy::rewrite_head;

@@ -16,7 +16,7 @@ use http::header::HeaderValue;
 use http::{Method, Uri};
 use serde::Serialize;
 
-use crate::auth::extract::redact_target;
+use crate::logging::redact::redact_target;
 
 /// The log line format (`AUTHGATE_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

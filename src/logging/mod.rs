@@ -3,6 +3,7 @@
 //! the batched sink behind it, which also takes the access log's records.
 
 pub mod access;
+pub mod redact;
 pub mod sink;
 
 use std::io::IsTerminal;
@@ -85,7 +86,7 @@ pub fn access(record: impl FnOnce() -> AccessRecord) {
             tracing::Level::INFO,
             request.id = record.request_id.to_str().unwrap_or_default(),
             http.method = %record.method,
-            http.target = %crate::auth::extract::redact_target(&record.uri),
+            http.target = %crate::logging::redact::redact_target(&record.uri),
             route = record.route.as_deref(),
             auth.method = record.caller.as_ref().map(|(method, _)| *method),
             auth.user = record.caller.as_ref().map(|(_, user)| &**user),

@@ -63,7 +63,7 @@ impl RequestContext {
             "request",
             request.id = request_id.to_str().unwrap_or_default(),
             http.method = %request.method(),
-            http.target = %crate::auth::extract::redact_target(request.uri()),
+            http.target = %crate::logging::redact::redact_target(request.uri()),
             route = field::Empty,
             auth.method = field::Empty,
             auth.user = field::Empty,
