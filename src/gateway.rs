@@ -155,7 +155,6 @@ impl Gateway {
                 providers.push(provider);
             }
         }
-        cache.watch_token_cache(config.jwt.keys.token_cache());
         let pools = config.routes.pools();
         if pools.iter().any(|(_, pool)| pool.health_check().is_some()) {
             let client = crate::proxy::pooled_client(&config.upstream)?;
@@ -165,14 +164,18 @@ impl Gateway {
                 config.upstream.connect_timeout,
             );
         }
+        // A new snapshot verifies with a new cache: tokens of keys a reload
+        // removed are not let in from the old one.
+        let auth = Authenticator::new(
+            config.jwt.keys.clone(),
+            providers,
+            store.clone(),
+            cache.clone(),
+        )
+        .with_sources(credential_sources(&config));
+        cache.watch_token_cache(auth.token_cache());
         Ok(Gateway {
-            auth: Authenticator::new(
-                config.jwt.keys.clone(),
-                providers,
-                store.clone(),
-                cache.clone(),
-            )
-            .with_sources(credential_sources(&config)),
+            auth,
             throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
             forwarder: Forwarder::try_new(
                 &config.upstream,
@@ -185,6 +188,7 @@ impl Gateway {
             .with_credential_sources(credential_sources(&config)),
             oidc: crate::oidc::Providers::try_new(
                 &config.oidc,
+                &config.jwt.derive_root,
                 &config.upstream,
                 config.jwt.leeway,
             )?,

@@ -20,7 +20,7 @@ use crate::scope::KeyScope;
 use crate::store::cache::{CredentialCache, KeyFacts, Lookup, UserFacts};
 use crate::store::{Store, User};
 use crate::token::jwks;
-use crate::token::jwt::{self, JwtKeys};
+use crate::token::jwt::{self, JwtKeys, TokenVerifier};
 use extract::{Credential, CredentialKind};
 
 /// How the caller proved who they are.
@@ -245,7 +245,7 @@ fn fill_random(buf: &mut [u8]) {
 /// Cheap to clone: every part is shared.
 #[derive(Clone)]
 pub struct Authenticator {
-    jwt: Arc<JwtKeys>,
+    jwt: TokenVerifier,
     external: Vec<Arc<jwks::JwksProvider>>,
     store: Store,
     cache: Arc<CredentialCache>,
@@ -261,7 +261,7 @@ impl Authenticator {
         cache: Arc<CredentialCache>,
     ) -> Self {
         Authenticator {
-            jwt,
+            jwt: TokenVerifier::new(jwt),
             external,
             store,
             cache,
@@ -283,7 +283,13 @@ impl Authenticator {
 
     /// The signing keys.
     pub fn jwt(&self) -> &JwtKeys {
-        &self.jwt
+        self.jwt.keys()
+    }
+
+    /// The verified-token cache, for revocations to reach and for
+    /// `/metrics`.
+    pub fn token_cache(&self) -> &Arc<crate::token::cache::TokenCache> {
+        self.jwt.token_cache()
     }
 
     /// The identity behind the one credential of a request head: 400 for
@@ -352,7 +358,7 @@ impl Authenticator {
     async fn authenticate_jwt(&self, token: &str) -> Result<Identity, GatewayError> {
         if !self.external.is_empty()
             && let Some(issuer) = jwks::unverified_issuer(token)
-            && issuer != self.jwt.issuer()
+            && issuer != self.jwt.keys().issuer()
         {
             return self.authenticate_external(token, &issuer).await;
         }
