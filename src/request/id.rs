@@ -1,5 +1,5 @@
-//! Request ids the gateway mints when the client sent none it keeps
-//! (`X-Request-Id`): unique per process without a system call per request.
+//! The request id (`X-Request-Id`): the client's when it is sane, else one
+//! the gateway mints, unique per process without a system call per request.
 
 use http::HeaderMap;
 use http::header::HeaderValue;
