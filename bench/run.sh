@@ -185,9 +185,10 @@ core_busy_ticks() {
 }
 
 read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH P_AG_RL \
-    P_AG_SHIP P_NGX_LOG P_AG_2W P_AG_TLS P_AG_TLS_PLAIN P_NGX_TLS P_AG_HOSTS < <($PY -c '
+    P_AG_SHIP P_NGX_LOG P_AG_2W P_AG_TLS P_AG_TLS_PLAIN P_NGX_TLS P_AG_HOSTS \
+    P_AG_FWD P_NGX_AUTH_OWN < <($PY -c '
 import socket
-socks = [socket.socket() for _ in range(17)]
+socks = [socket.socket() for _ in range(19)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 
@@ -258,11 +259,13 @@ $2
 EOF
 }
 nginx_proxy_conf nginx-proxy "        listen 127.0.0.1:$P_NGX backlog=4096;"
-# nginx in front, authgate (the HS256 instance) deciding through auth_request:
+# nginx in front, authgate deciding through auth_request:
 # deploy/forward-auth/nginx/authgate.conf reduced to the decision and the forward.
-cat >"$W/nginx-authreq.conf" <<EOF
-pid $W/nginx-authreq.pid;
-error_log $W/nginx-authreq.err warn;
+# nginx_authreq_conf NAME NGINX_PORT AUTHGATE_PORT
+nginx_authreq_conf() {
+    cat >"$W/$1.conf" <<EOF
+pid $W/$1.pid;
+error_log $W/$1.err warn;
 $nginx_common
 http {
 $nginx_http
@@ -271,11 +274,11 @@ $nginx_http
         keepalive 64;
     }
     upstream authgate {
-        server 127.0.0.1:$P_AG_HS;
+        server 127.0.0.1:$3;
         keepalive 64;
     }
     server {
-        listen 127.0.0.1:$P_NGX_AUTH backlog=4096;
+        listen 127.0.0.1:$2 backlog=4096;
         location = /_authgate_verify {
             internal;
             proxy_pass http://authgate/_authgate/verify;
@@ -302,6 +305,11 @@ $nginx_http
     }
 }
 EOF
+}
+# Sharing the proxy core with the HS256 instance (both on one core), and with
+# an authgate of its own on the load core, so nginx keeps the proxy core.
+nginx_authreq_conf nginx-authreq "$P_NGX_AUTH" "$P_AG_HS"
+nginx_authreq_conf nginx-authreq-own "$P_NGX_AUTH_OWN" "$P_AG_FWD"
 
 # nginx-proxy-noauth with an access log, as shipped configs have it: the peer of
 # authgate-jwt-hs256-shipped (whose access log goes to $W/ag-ship.log).
@@ -458,6 +466,7 @@ authgate_config "$P_AG_KEYS" ag-keys "$HS_JWT" >"$W/ag-keys.toml"
 # [server.tls] (its plain listener only answers wait_up).
 authgate_config "$P_AG_SHIP" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-ship.toml"
 authgate_config "$P_AG_2W" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-2w.toml"
+authgate_config "$P_AG_FWD" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-fwd.toml"
 authgate_config "$P_AG_TLS_PLAIN" ag-hs "$HS_JWT" "$(ratelimit_section memory)" "
 [server.tls]
 listen = \"127.0.0.1:$P_AG_TLS\"
@@ -491,6 +500,9 @@ start ag-hs "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hs.toml"
 start ag-es "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-es.toml"
 start ag-rl "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-rl.toml"
 start ag-hosts "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hosts.toml"
+# The forward-auth decider of nginx-authreq-own, on the load core (with wrk and the upstream).
+start ag-fwd "$LOAD_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-fwd.toml"
+start nginx-authreq-own "$PROXY_CPU" nginx -p "$W" -e "$W/nginx-authreq-own.err" -c "$W/nginx-authreq-own.conf"
 wait_up "http://127.0.0.1:$P_UP/" upstream
 wait_up "http://127.0.0.1:$P_NGX/" nginx-proxy
 wait_up "http://127.0.0.1:$P_HAP_HS/" haproxy
@@ -499,6 +511,8 @@ wait_up "http://127.0.0.1:$P_AG_ES/healthz" ag-es
 wait_up "http://127.0.0.1:$P_NGX_AUTH/" nginx-authreq
 wait_up "http://127.0.0.1:$P_AG_RL/healthz" ag-rl
 wait_up "http://127.0.0.1:$P_AG_HOSTS/healthz" ag-hosts
+wait_up "http://127.0.0.1:$P_AG_FWD/healthz" ag-fwd
+wait_up "http://127.0.0.1:$P_NGX_AUTH_OWN/" nginx-authreq-own
 if [ "$RUN_SHIPPED" = 1 ]; then
     # As a user runs it: no --workers (the affinity mask, one core, makes one), the default
     # log level with the access log on, into a file as a log collector would take it.
@@ -616,7 +630,7 @@ preflight() {
 T_NAMES=(upstream-direct nginx-proxy-noauth haproxy-jwt-hs256 haproxy-jwt-es256
     authgate-jwt-hs256 authgate-jwt-hs256-memrule authgate-jwt-hs256-redisrule
     authgate-jwt-es256 authgate-accesskey authgate-public authgate-public-hosts1000
-    authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate)
+    authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate nginx-authreq-authgate-owncore)
 [ "$RUN_SHIPPED" != 1 ] || T_NAMES+=(authgate-jwt-hs256-shipped nginx-proxy-noauth-log)
 [ "$RUN_2W" != 1 ] || T_NAMES+=(authgate-jwt-hs256-2w)
 [ "$RUN_HTTPS" != 1 ] || T_NAMES+=(authgate-https-hs256 nginx-https-proxy-noauth)
@@ -644,6 +658,10 @@ T_DESC[authgate-public-hosts1000]="public route among 1,000 routes over 200 host
 T_URL[authgate-verify-jwt]="http://127.0.0.1:$P_AG_HS/_authgate/verify/bench"
 T_URL[authgate-verify-accesskey]="http://127.0.0.1:$P_AG_HS/_authgate/verify/bench?accesskey=$ACCESS_KEY"
 T_URL[nginx-authreq-authgate]="http://127.0.0.1:$P_NGX_AUTH/bench"
+T_URL[nginx-authreq-authgate-owncore]="http://127.0.0.1:$P_NGX_AUTH_OWN/bench"
+T_HDR[nginx-authreq-authgate-owncore]="Authorization: Bearer $HS_TOKEN"
+T_PID[nginx-authreq-authgate-owncore]="$PID_nginx_authreq_own $PID_ag_fwd"
+T_DESC[nginx-authreq-authgate-owncore]="nginx auth_request -> authgate verify (HS256 JWT), nginx alone on the proxy core, authgate on the load core (with wrk and the upstream); CPU of both"
 T_HDR[haproxy-jwt-hs256]="Authorization: Bearer $HS_TOKEN"
 T_HDR[haproxy-jwt-es256]="Authorization: Bearer $ES_TOKEN"
 T_HDR[authgate-jwt-hs256]="Authorization: Bearer $HS_TOKEN"
