@@ -36,6 +36,10 @@ RUN_KEYS=${BENCH_KEYS:-1}                       # RSS and lookups with many cach
 KEYS_COUNT=${BENCH_KEYS_COUNT:-1000000}         # keys put in the store
 KEYS_WARM=${BENCH_KEYS_WARM:-$KEYS_COUNT}       # distinct keys requested once (cache fill)
 KEYS_FILL_LIMIT=${BENCH_KEYS_FILL_LIMIT:-900}   # seconds at most for the cache fill
+RUN_LATENCY=${BENCH_LATENCY:-1}                 # p50/p99 at 50% and 90% of the HS256 peak (oha -q)
+LATENCY_DURATION=${BENCH_LATENCY_DURATION:-10}  # seconds per fixed-rate run
+OHA=${BENCH_OHA:-oha}
+OHA_VERSION=${BENCH_OHA_VERSION:-1.14.0}
 RUN_LOGIN=${BENCH_LOGIN:-1}                     # POST /auth/login throughput
 LOGIN_CONNS=${BENCH_LOGIN_CONNECTIONS:-8}
 INSTALL=${BENCH_INSTALL:-1}                     # apt-get install what is missing
@@ -896,6 +900,68 @@ if [ "$RUN_THROUGHPUT" = 1 ]; then
         printf 'authgate-hs256\t%s\n' "$(rss_kib "$PID_ag_hs")"
         printf 'authgate-es256\t%s\n' "$(rss_kib "$PID_ag_es")"
     } >"$W/rss_load.tsv"
+fi
+
+# ---------------------------------------------------------------- latency at fixed rates
+# p50/p99/p99.9 at 50% and 90% of authgate-jwt-hs256's peak (its median req/s above),
+# the same request rates for nginx and HAProxy: oha -q holds the rate, and with
+# --latency-correction a late answer counts from when its request was due
+# (coordinated omission). oha comes from crates.io (BENCH_OHA names another binary).
+if [ "$RUN_LATENCY" = 1 ] && [ "$RUN_THROUGHPUT" = 1 ]; then
+    if ! command -v "$OHA" >/dev/null; then
+        log "installing oha $OHA_VERSION from crates.io into $W/oha"
+        cargo install oha --locked --version "$OHA_VERSION" --root "$W/oha" >&2 || die "cargo install oha failed"
+        OHA=$W/oha/bin/oha
+    fi
+    peak=$(awk -F'\t' '$1 == "authgate-jwt-hs256" && $3 != "-" { print $3 }' "$W/raw.tsv" | sort -n |
+        awk '{ v[NR] = $1 } END { if (NR) print int(v[int((NR + 1) / 2)]) }')
+    latency_targets=(nginx-proxy-noauth haproxy-jwt-hs256 authgate-jwt-hs256)
+    [ "$RUN_SHIPPED" != 1 ] || latency_targets+=(authgate-jwt-hs256-shipped)
+    if [ -n "$peak" ] && [ "$peak" -gt 0 ]; then
+        for pct in 50 90; do
+            rate=$((peak * pct / 100))
+            for t in "${latency_targets[@]}"; do
+                mapfile -t args < <(hdr_args "$t")
+                oha_args=()
+                for ((i = 0; i < ${#args[@]}; i += 2)); do oha_args+=(-H "${args[i + 1]}"); done
+                out=$W/oha-$t-$pct.json
+                timeout $((LATENCY_DURATION + 60)) taskset -c "$LOAD_CPU" "$OHA" -z "${LATENCY_DURATION}s" \
+                    -q "$rate" -c "$CONNS" --latency-correction --no-tui --output-format json \
+                    "${oha_args[@]}" "${T_URL[$t]}" >"$out" 2>"$out.err" || true
+                line=$($PY - "$out" <<'PY'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception:
+    print("- - - - -"); sys.exit()
+p = d.get("latencyPercentiles", {})
+codes = d.get("statusCodeDistribution", {})
+ok = sum(n for c, n in codes.items() if str(c).startswith("2"))
+other = sum(codes.values()) - ok
+ms = lambda v: "-" if v is None else f"{v * 1000:.2f}"
+print(f'{d["summary"].get("requestsPerSec", 0):.0f} {ms(p.get("p50"))} {ms(p.get("p99"))} {ms(p.get("p99.9"))} {other}')
+PY
+)
+                printf '%s\t%s\t%s\t%s\n' "$t" "$pct" "$rate" "$line" >>"$W/latency.tsv"
+                log "latency $t at ${pct}% ($rate req/s): $line (achieved req/s, p50, p99, p99.9 ms, non-2xx)"
+            done
+        done
+        {
+            echo "## Latency at fixed request rates"
+            echo
+            echo "oha \`-q\` at 50% and 90% of authgate-jwt-hs256's median peak ($peak req/s), $LATENCY_DURATION s each,"
+            echo "$CONNS connections, \`--latency-correction\` (latency counted from when a request was due)."
+            echo
+            echo "| target | load | rate req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | non-2xx |"
+            echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            while IFS=$'\t' read -r t pct rate line; do
+                read -r got p50 p99 p999 other <<<"$line"
+                echo "| $t | ${pct}% | $rate | $got | $p50 | $p99 | $p999 | $other |"
+            done <"$W/latency.tsv"
+        } >"$W/latency.md"
+    else
+        log "latency: no peak for authgate-jwt-hs256, skipped"
+    fi
 fi
 
 # ---------------------------------------------------------------- login
