@@ -4,6 +4,7 @@
 pub mod accesskey;
 pub mod digest;
 pub mod extract;
+pub mod onetime;
 pub mod password;
 pub mod throttle;
 
