@@ -17,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::clock::unix_now;
 use crate::error::GatewayError;
 use crate::routes::{Route, RouteAuth, RouteMatch};
-use crate::scope::KeyScope;
+use crate::scope::{KeyRateLimit, KeyScope};
 use crate::store::cache::{CredentialCache, KeyFacts, Lookup, UserFacts};
 use crate::store::{Store, User};
 use crate::token::jwks;
@@ -116,6 +116,8 @@ pub struct Identity {
     pub token: Option<(String, i64)>,
     /// The methods and paths an access key is limited to; `None`: any.
     pub scope: Option<Arc<KeyScope>>,
+    /// An access key's own budget; `None`: none (JWTs never have one).
+    pub rate_limit: Option<KeyRateLimit>,
 }
 
 impl Identity {
@@ -390,6 +392,7 @@ impl Authenticator {
             key_id: None,
             token: Some((claims.jti.clone(), claims.exp)),
             scope: None,
+            rate_limit: None,
         })
     }
 
@@ -440,6 +443,7 @@ impl Authenticator {
             key_id: None,
             token: claims.jti.map(|jti| (jti, claims.exp)),
             scope: None,
+            rate_limit: None,
         })
     }
 
@@ -466,6 +470,7 @@ impl Authenticator {
             key_id: Some(facts.key_id),
             token: None,
             scope: facts.scope,
+            rate_limit: facts.rate_limit,
         })
     }
 
@@ -514,6 +519,7 @@ impl Authenticator {
                         expires_at: grant.expires_at,
                         roles,
                         scope: (!grant.scope.any_request()).then(|| Arc::new(grant.scope)),
+                        rate_limit: grant.rate_limit,
                     }
                 });
                 self.cache.put_key(*hash, facts.clone(), Instant::now());
@@ -562,6 +568,7 @@ mod tests {
             key_id: None,
             token: None,
             scope: None,
+            rate_limit: None,
         }
     }
 
