@@ -497,17 +497,23 @@ async function toggleEnabled(key, button) {
 // ---------------------------------------------------------------------------
 // Reroll
 
-function openReroll(key) {
+/** Opens the `which` ("reroll", "revoke") dialog about `key`, with the
+ * safe choice focused. */
+function openKeyDialog(which, key) {
   state.current = key;
+  $(`${which}-name`).textContent = key.name || "this key";
+  $(`${which}-prefix`).textContent = key.token_prefix;
+  clearError($(`${which}-error`));
+  $(`${which}-dialog`).showModal();
+  $(`${which}-cancel`).focus();
+}
+
+function openReroll(key) {
   const form = $("reroll-form");
   form.reset();
   form.hidden = false;
   $("rerolled").hidden = true;
-  $("reroll-name").textContent = key.name || "this key";
-  $("reroll-prefix").textContent = key.token_prefix;
-  clearError($("reroll-error"));
-  $("reroll-dialog").showModal();
-  $("reroll-cancel").focus();
+  openKeyDialog("reroll", key);
 }
 
 async function submitReroll(event) {
@@ -546,13 +552,7 @@ async function submitReroll(event) {
 // Revoke
 
 function openRevoke(key) {
-  state.current = key;
-  $("revoke-name").textContent = key.name || "this key";
-  $("revoke-prefix").textContent = key.token_prefix;
-  clearError($("revoke-error"));
-  $("revoke-dialog").showModal();
-  // The safe choice has the focus.
-  $("revoke-cancel").focus();
+  openKeyDialog("revoke", key);
 }
 
 async function submitRevoke(event) {
