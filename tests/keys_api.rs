@@ -907,6 +907,23 @@ async fn a_keys_own_rate_limit_is_enforced_on_every_path_and_kept_by_a_reroll() 
     assert!(line.ends_with("\t-"), "{line}");
 }
 
+/// The key's budget holds on the gateway's own endpoints too: a key that
+/// reads `/v1.0/accesskeys` draws on it like a proxied request.
+#[tokio::test]
+async fn a_keys_own_budget_holds_on_the_key_endpoints() {
+    let (_upstream, gw, jwt, _created) = setup_with(|_| {}).await;
+    let created = create_limited(&gw, &jwt, json!({"rate": 0.01, "burst": 2})).await;
+    let key = token(&created);
+    get(&gw.url("/x"), Some(&key), &[]).await.expect_status(200);
+    get(&gw.url(KEYS), Some(&key), &[]).await.expect_status(200);
+    let refused = get(&gw.url(KEYS), None, &[("x-api-key", &key)]).await;
+    expect_key_limited(&refused);
+    assert!(refused.header("retry-after").is_some());
+    expect_key_limited(&get(&gw.url("/x"), Some(&key), &[]).await);
+    // The owner's JWT is not the key.
+    get(&gw.url(KEYS), Some(&jwt), &[]).await.expect_status(200);
+}
+
 /// Bad budgets: 400 naming the field, nothing made.
 #[tokio::test]
 async fn bad_rate_limits_are_refused_with_the_field_named() {

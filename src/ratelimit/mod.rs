@@ -266,24 +266,8 @@ impl RateLimits {
         path: &str,
     ) -> Result<RateLimitAnswer, GatewayError> {
         let mut answer = RateLimitAnswer::default();
-        if let Some(identity) = identity
-            && let (Some(id), Some(limit)) = (identity.key_id, identity.rate_limit)
-        {
-            let decision = match (&self.keys, &self.redis) {
-                (Some(keys), _) => Ok(keys.check(id, limit)),
-                (None, Some(redis)) => {
-                    redis
-                        .check(
-                            KEY_BUDGET_REDIS_NAME,
-                            limit.rate,
-                            limit.burst,
-                            &Subject::Key(id),
-                        )
-                        .await
-                }
-                (None, None) => Err(()),
-            };
-            self.count(&mut answer, Budget::Key(limit), &self.key_budget, decision)?;
+        if let Some(identity) = identity {
+            self.count_key(&mut answer, identity).await?;
         }
         for (index, rule) in self.rules.iter().enumerate() {
             let config = &rule.config;
@@ -323,6 +307,41 @@ impl RateLimits {
             answer.state = Some(state);
         }
         Ok(answer)
+    }
+
+    /// Counts a request of an access key that has a budget of its own
+    /// against that budget alone: for the gateway's own endpoints, where
+    /// the caller is known only inside the handler and rules do not apply.
+    /// Nothing for other identities.
+    pub async fn check_key(&self, identity: &Identity) -> Result<(), GatewayError> {
+        self.count_key(&mut RateLimitAnswer::default(), identity)
+            .await
+    }
+
+    /// The access key's own budget, when `identity` is a key that has one.
+    async fn count_key(
+        &self,
+        answer: &mut RateLimitAnswer,
+        identity: &Identity,
+    ) -> Result<(), GatewayError> {
+        let (Some(id), Some(limit)) = (identity.key_id, identity.rate_limit) else {
+            return Ok(());
+        };
+        let decision = match (&self.keys, &self.redis) {
+            (Some(keys), _) => Ok(keys.check(id, limit)),
+            (None, Some(redis)) => {
+                redis
+                    .check(
+                        KEY_BUDGET_REDIS_NAME,
+                        limit.rate,
+                        limit.burst,
+                        &Subject::Key(id),
+                    )
+                    .await
+            }
+            (None, None) => Err(()),
+        };
+        self.count(answer, Budget::Key(limit), &self.key_budget, decision)
     }
 
     /// Books one budget's decision into `answer`; the 429 (or 503) when it
