@@ -65,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
         key_id: None,
         token: None,
         scope: None,
+        rate_limit: None,
     });
     let client = ClientInfo::new(
         "192.0.2.1:4000".parse().unwrap(),

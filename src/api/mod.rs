@@ -195,6 +195,10 @@ async fn caller(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Identi
         .await?;
     // A key limited to other paths or methods cannot read keys either.
     crate::auth::check_scope(Some(&identity), request.method(), request.uri().path())?;
+    // Nor can a key past its own budget (each read is a store query).
+    if identity.rate_limit.is_some() {
+        ctx.gateway.ratelimits.check_key(&identity).await?;
+    }
     Ok(identity)
 }
 

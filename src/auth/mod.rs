@@ -4,6 +4,7 @@
 pub mod accesskey;
 pub mod digest;
 pub mod extract;
+pub mod onetime;
 pub mod password;
 pub mod throttle;
 
@@ -16,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::clock::unix_now;
 use crate::error::GatewayError;
 use crate::routes::{Route, RouteAuth, RouteMatch};
-use crate::scope::KeyScope;
+use crate::scope::{KeyRateLimit, KeyScope};
 use crate::store::cache::{CredentialCache, KeyFacts, Lookup, UserFacts};
 use crate::store::{Store, User};
 use crate::token::jwks;
@@ -115,6 +116,8 @@ pub struct Identity {
     pub token: Option<(String, i64)>,
     /// The methods and paths an access key is limited to; `None`: any.
     pub scope: Option<Arc<KeyScope>>,
+    /// An access key's own budget; `None`: none (JWTs never have one).
+    pub rate_limit: Option<KeyRateLimit>,
 }
 
 impl Identity {
@@ -395,6 +398,7 @@ impl Authenticator {
             key_id: None,
             token: Some((claims.jti.clone(), claims.exp)),
             scope: None,
+            rate_limit: None,
         })
     }
 
@@ -445,6 +449,7 @@ impl Authenticator {
             key_id: None,
             token: claims.jti.map(|jti| (jti, claims.exp)),
             scope: None,
+            rate_limit: None,
         })
     }
 
@@ -471,6 +476,7 @@ impl Authenticator {
             key_id: Some(facts.key_id),
             token: None,
             scope: facts.scope,
+            rate_limit: facts.rate_limit,
         })
     }
 
@@ -519,6 +525,7 @@ impl Authenticator {
                         expires_at: grant.expires_at,
                         roles,
                         scope: (!grant.scope.any_request()).then(|| Arc::new(grant.scope)),
+                        rate_limit: grant.rate_limit,
                     }
                 });
                 self.cache.put_key(*hash, facts.clone(), Instant::now());
@@ -567,6 +574,7 @@ mod tests {
             key_id: None,
             token: None,
             scope: None,
+            rate_limit: None,
         }
     }
 

@@ -17,6 +17,7 @@ use http::{Method, Uri};
 use serde::Serialize;
 
 use crate::logging::redact::redact_target;
+use crate::text::push_decimal;
 
 /// The log line format (`AUTHGATE_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,22 +174,6 @@ fn push_millis(out: &mut Vec<u8>, latency: Duration) {
     push_decimal(out, micros / 1000);
     out.push(b'.');
     push_padded(out, micros % 1000, 3);
-}
-
-/// `value` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        // A digit: fits in u8.
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// `value` in decimal, zero-padded to `width` digits (`value` must fit).

@@ -843,6 +843,7 @@ mod tests {
             )),
             token: None,
             scope: None,
+            rate_limit: None,
         };
         set_identity_headers(&mut h, &identity);
         assert_eq!(h["x-auth-user"], "alice");

@@ -132,7 +132,7 @@ pub async fn judge<'g>(
             return Err(GatewayError::OutOfScope);
         }
     }
-    if !gateway.ratelimits.is_empty() {
+    if gateway.ratelimits.may_apply(permit.identity()) {
         let limits = gateway
             .ratelimits
             .check(permit.identity(), request.client_ip, path);

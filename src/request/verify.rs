@@ -412,6 +412,7 @@ mod tests {
             key_id: Some(uuid::Uuid::nil()),
             token: None,
             scope: None,
+            rate_limit: None,
         };
         let allowed = decision(Some(&identity));
         let h = allowed.headers();
