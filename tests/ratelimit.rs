@@ -258,7 +258,8 @@ async fn check_config_refuses_bad_rules() {
     opts.extra_toml = "[ratelimit]\nstore = \"redis://[::1\"\non_store_error = \"maybe\"\n\
         [[ratelimit.rule]]\nname = \"Bad Name\"\nby = \"user\"\nrate = 0\nburst = 0\n\
         [[ratelimit.rule]]\nname = \"dup\"\nby = \"everyone\"\nrate = 1.5\nburst = 1\npath_prefix = \"/a/../b\"\n\
-        [[ratelimit.rule]]\nname = \"dup\"\nby = \"key\"\nrate = 1\nburst = 1\n"
+        [[ratelimit.rule]]\nname = \"dup\"\nby = \"key\"\nrate = 1\nburst = 1\n\
+        [[ratelimit.rule]]\nname = \"slow\"\nby = \"user\"\nrate = 1e-300\nburst = 1\n"
         .into();
     let gw = Gateway::prepare(opts);
     let out = gw.cli(&["check-config"], None).await;
@@ -273,6 +274,8 @@ async fn check_config_refuses_bad_rules() {
         "ratelimit.rule[1].by",
         "ratelimit.rule[1].path_prefix",
         "ratelimit.rule[2].name: \"dup\" is used by another rule",
+        // A refill time that overflows a Duration (it panicked the gateway).
+        "ratelimit.rule[3].rate",
     ] {
         assert!(text.contains(problem), "{problem} in {text}");
     }

@@ -14,6 +14,9 @@ pub const DEFAULT_KEY_PREFIX: &str = "authgate:rl:";
 const DEFAULT_TIMEOUT_MS: u64 = 200;
 /// Highest sustained rate accepted, per second.
 const MAX_RATE: f64 = 1_000_000.0;
+/// Lowest sustained rate accepted, per second (one request in under three
+/// hours): a slower one makes the refill time overflow a `Duration`.
+const MIN_RATE: f64 = 0.0001;
 /// Largest bucket accepted.
 const MAX_BURST: u64 = 1_000_000;
 
@@ -202,10 +205,10 @@ pub(super) fn validate(raw: RawRateLimit, p: &mut Problems) -> RateLimitConfig {
                 LimitBy::User
             }
         };
-        if !(rule.rate.is_finite() && rule.rate > 0.0 && rule.rate <= MAX_RATE) {
+        if !(rule.rate.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rule.rate)) {
             p.add(
                 &format!("{key}.rate"),
-                format_args!("must be above 0 and at most {MAX_RATE} requests per second"),
+                format_args!("must be between {MIN_RATE} and {MAX_RATE} requests per second"),
             );
         }
         if !(1..=MAX_BURST).contains(&rule.burst) {
@@ -223,7 +226,7 @@ pub(super) fn validate(raw: RawRateLimit, p: &mut Problems) -> RateLimitConfig {
             name: Arc::from(rule.name),
             by,
             rate: if rule.rate.is_finite() && rule.rate > 0.0 {
-                rule.rate.min(MAX_RATE)
+                rule.rate.clamp(MIN_RATE, MAX_RATE)
             } else {
                 1.0
             },

@@ -30,10 +30,18 @@ pub struct MemoryBuckets {
     burst: u32,
 }
 
+/// The longest refill time a bucket is given.
+const MAX_PERIOD: Duration = Duration::from_secs(365 * 86_400);
+
 impl MemoryBuckets {
     /// Empty buckets for `rule`, pruned in the background while they live.
     pub fn new(rule: &RateLimitRule) -> Arc<MemoryBuckets> {
-        let period = Duration::from_secs_f64(1.0 / rule.rate).max(Duration::from_nanos(1));
+        // Config keeps the rate within bounds; a period beyond a year (or
+        // beyond a Duration) is as good as never, and governor counts in
+        // u64 nanoseconds.
+        let period = Duration::try_from_secs_f64(1.0 / rule.rate)
+            .unwrap_or(MAX_PERIOD)
+            .clamp(Duration::from_nanos(1), MAX_PERIOD);
         let burst = NonZeroU32::new(rule.burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
@@ -178,6 +186,18 @@ async fn prune_keys(buckets: Weak<KeyBuckets>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_rate_too_slow_for_a_duration_does_not_panic() {
+        let rule = RateLimitRule {
+            name: Arc::from("slow"),
+            by: crate::config::ratelimit::LimitBy::Address,
+            rate: 1e-300,
+            burst: 1,
+            path_prefix: None,
+        };
+        let _ = MemoryBuckets::new(&rule);
+    }
 
     #[test]
     fn a_key_gets_its_burst_then_its_rate() {
