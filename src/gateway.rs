@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use crate::assertion::Assertions;
+use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::auth::password::HashLimiter;
 use crate::auth::throttle::LoginThrottle;
@@ -48,6 +49,8 @@ pub struct Gateway {
     pub acme: Option<Arc<AcmeControl>>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The audit log's queue, shared by every snapshot.
+    pub audit: AuditLog,
     /// External OpenID Connect providers for browser sign-in.
     pub oidc: crate::oidc::Providers,
     /// The rate-limit rules and their buckets.
@@ -107,6 +110,7 @@ impl Gateway {
             config.login.max_queued_hashes,
         );
         let metrics = Arc::new(Metrics::default());
+        let audit = AuditLog::start(store.clone(), metrics.clone());
         let certificates = match &config.server.tls {
             Some(tls) => {
                 let resolver = Arc::new(CertResolver::try_new(tls, tls::provider())?);
@@ -122,8 +126,15 @@ impl Gateway {
                 metrics.clone(),
             ))
         });
-        let mut gateway =
-            Gateway::assemble(config, store, cache, metrics, hashes, certificates, None)?;
+        let mut gateway = Gateway::assemble(
+            config,
+            store,
+            cache,
+            (metrics, audit),
+            hashes,
+            certificates,
+            None,
+        )?;
         gateway.acme = acme;
         gateway.configure_acme();
         Ok(Arc::new(gateway))
@@ -133,7 +144,7 @@ impl Gateway {
         config: Config,
         store: Store,
         cache: Arc<CredentialCache>,
-        metrics: Arc<Metrics>,
+        (metrics, audit): (Arc<Metrics>, AuditLog),
         hashes: HashLimiter,
         certificates: Option<Arc<CertResolver>>,
         previous_limits: Option<&RateLimits>,
@@ -192,6 +203,7 @@ impl Gateway {
             // Set by the caller: it outlives snapshots.
             acme: None,
             metrics,
+            audit,
             store,
             cache,
             config,
@@ -231,7 +243,7 @@ impl Gateway {
             config,
             self.store.clone(),
             self.cache.clone(),
-            self.metrics.clone(),
+            (self.metrics.clone(), self.audit.clone()),
             hashes,
             self.certificates.clone(),
             Some(&self.ratelimits),

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod assertion;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod cli;
@@ -79,6 +80,7 @@ pub async fn run(
     if let Some(path) = config_path {
         tokio::spawn(reload_on_hangup(path, Arc::downgrade(&shared)));
     }
+    tokio::spawn(purge_audit(Arc::downgrade(&shared)));
     for listener in &listeners {
         if let Ok(addr) = listener.local_addr() {
             if listener.is_admin() {
@@ -129,6 +131,23 @@ async fn reload_on_hangup(path: PathBuf, shared: Weak<ArcSwap<Gateway>>) {
     }
 }
 
+/// Deletes audit events older than `[audit] keep_days` now and every
+/// [`audit::PURGE_INTERVAL`], with the keep_days of the snapshot then in
+/// force. Every replica does it; the DELETE is idempotent.
+async fn purge_audit(shared: Weak<ArcSwap<Gateway>>) {
+    let mut every = tokio::time::interval(audit::PURGE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let gateway = shared.load_full();
+        drop(shared);
+        audit::purge(&gateway.store, gateway.config.audit.keep_days).await;
+    }
+}
+
 /// Validates the config at `path` and swaps it in.
 pub fn reload(path: &Path, shared: &server::SharedGateway) -> Result<(), gateway::ReloadError> {
     let config =
@@ -137,5 +156,8 @@ pub fn reload(path: &Path, shared: &server::SharedGateway) -> Result<(), gateway
     let next = current.reconfigure(config)?;
     shared.store(Arc::new(next));
     current.metrics.reloads();
+    current
+        .audit
+        .record(audit::Event::new(audit::Kind::ConfigReloaded));
     Ok(())
 }

@@ -158,7 +158,11 @@ async fn handle_inner(
             let limits = gateway.ratelimits.check(None, address, path.as_str());
             ctx.rate_limits(limits.await?);
         }
-        let api_ctx = api::Context { gateway, client };
+        let api_ctx = api::Context {
+            gateway,
+            client,
+            request_id: ctx.request_id().clone(),
+        };
         return api::serve(endpoint, request, api_ctx).await;
     }
 

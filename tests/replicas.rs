@@ -557,3 +557,46 @@ async fn a_rerolled_keys_old_secret_ends_with_its_grace_on_the_other_replica() {
     assert_eq!(get(&a.url("/data"), Some(&old), &[]).await.status, 401);
     assert_eq!(get(&on_b, Some(&new), &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn both_replicas_write_one_audit_log() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("root", "root-password", &["admin"]).await;
+    a.add_user("alice", "alice-password", &[]).await;
+    let admin = login_ok(&a, "root", "root-password").await;
+    login_ok(&b, "alice", "alice-password").await;
+    login(&b, "alice", "wrong-password")
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    // The logins were answered by different processes: their request ids
+    // differ, and both show in one listing from either replica.
+    for gw in [&a, &b] {
+        let listed = poll_until(Duration::from_secs(5), || async {
+            let rows = get(&gw.url("/v1.0/audit?user=alice"), Some(&admin), &[])
+                .await
+                .json();
+            let events: Vec<String> = rows["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row["event"].as_str().unwrap().to_owned())
+                .collect();
+            events == ["login_failed", "login", "user_added"]
+        })
+        .await;
+        assert!(
+            listed,
+            "replica at {} lists both replicas' events",
+            gw.url("/")
+        );
+    }
+    let root_login = get(&b.url("/v1.0/audit?user=root"), Some(&admin), &[])
+        .await
+        .json();
+    assert_eq!(
+        root_login["result"][0]["event"], "login",
+        "written by A, read on B"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod accesskeys;
 mod admin;
+mod audit;
 mod login;
 mod oidc;
 mod ops;
@@ -40,6 +41,8 @@ pub enum Endpoint {
     RerollKey(String),
     /// `/v1.0/accesskeys/revoke`
     RevokeKey,
+    /// `/v1.0/audit`
+    Audit,
     /// `/.well-known/jwks.json`
     Jwks,
     /// `/healthz`
@@ -66,6 +69,7 @@ impl Endpoint {
             "/auth/onetimekey/login" => Endpoint::OneTimeKeyLogin,
             "/v1.0/accesskeys" | "/v1.0/accesskeys/" => Endpoint::AccessKeys,
             "/v1.0/accesskeys/revoke" => Endpoint::RevokeKey,
+            "/v1.0/audit" => Endpoint::Audit,
             "/.well-known/jwks.json" => Endpoint::Jwks,
             "/healthz" => Endpoint::Healthz,
             "/readyz" => Endpoint::Readyz,
@@ -105,6 +109,7 @@ impl Endpoint {
             Endpoint::OneTimeKeyLogin => "onetimekey_login",
             Endpoint::AccessKeys | Endpoint::AccessKey(_) | Endpoint::RerollKey(_) => "accesskeys",
             Endpoint::RevokeKey => "accesskeys_revoke",
+            Endpoint::Audit => "audit",
             Endpoint::Jwks => "jwks",
             Endpoint::Healthz => "healthz",
             Endpoint::Readyz => "readyz",
@@ -122,6 +127,34 @@ pub struct Context<'a> {
     pub gateway: &'a Gateway,
     /// The caller's connection.
     pub client: ClientInfo,
+    /// The request's `X-Request-Id`, for the audit log.
+    pub request_id: HeaderValue,
+}
+
+impl Context<'_> {
+    /// The client's address as the audit log and the throttle see it (the
+    /// peer, or what a trusted proxy said).
+    fn client_ip(&self, headers: &http::HeaderMap) -> std::net::IpAddr {
+        crate::proxy::headers::client_ip(
+            self.client.addr.ip(),
+            headers,
+            &self.gateway.config.server.trusted_proxies,
+        )
+    }
+
+    /// Queues an audit event of this request: its id and the client's
+    /// address filled in.
+    fn audit(&self, headers: &http::HeaderMap, event: crate::audit::Event) {
+        self.audit_at(self.client_ip(headers), event);
+    }
+
+    /// [`Context::audit`] with the client's address already read (for a
+    /// handler that has consumed its request).
+    fn audit_at(&self, address: std::net::IpAddr, event: crate::audit::Event) {
+        self.gateway
+            .audit
+            .record(event.from(address).in_request(&self.request_id));
+    }
 }
 
 /// Serves one of the gateway's own endpoints.
@@ -143,6 +176,7 @@ pub async fn serve(
         (Endpoint::AccessKey(id), Method::DELETE) => accesskeys::delete(request, &ctx, &id).await,
         (Endpoint::RerollKey(id), Method::POST) => accesskeys::reroll(request, &ctx, &id).await,
         (Endpoint::RevokeKey, Method::POST) => accesskeys::revoke(request, &ctx).await,
+        (Endpoint::Audit, Method::GET) => audit::list(request, &ctx).await,
         (Endpoint::Jwks, Method::GET | Method::HEAD) => Ok(ops::jwks(&ctx)),
         (Endpoint::Healthz, Method::GET | Method::HEAD) => Ok(ops::healthz()),
         (Endpoint::Readyz, Method::GET | Method::HEAD) => ops::readyz(&ctx).await,
@@ -166,7 +200,12 @@ pub async fn serve_admin(
     gateway: &Gateway,
     client: ClientInfo,
 ) -> Response<Body> {
-    let ctx = Context { gateway, client };
+    let request_id = crate::request_id::new_request_id();
+    let ctx = Context {
+        gateway,
+        client,
+        request_id: request_id.clone(),
+    };
     let method = request.method();
     let result = match (Endpoint::for_path(request.uri().path()), method) {
         (Some(Endpoint::Healthz), &Method::GET | &Method::HEAD) => Ok(ops::healthz()),
@@ -177,7 +216,6 @@ pub async fn serve_admin(
         }
         _ => Err(GatewayError::NotFound),
     };
-    let request_id = crate::request_id::new_request_id();
     let mut response = result.unwrap_or_else(|err| {
         tracing::debug!(reason = err.reason(), "admin listener refused a request");
         err.into_response(request_id.to_str().unwrap_or_default())
