@@ -28,6 +28,10 @@ use crate::store::Store;
 pub const QUEUE_CAPACITY: usize = 10_000;
 /// Events stored in one transaction at most.
 const BATCH: usize = 512;
+/// How long the writer waits for more events before storing a batch that
+/// is not full: a burst becomes one transaction; an event shows in the
+/// listing this much later at most (plus the store's time).
+const LINGER: Duration = Duration::from_millis(100);
 /// Attempts to store one batch before it is counted as dropped.
 const STORE_ATTEMPTS: u32 = 3;
 /// Wait before storing a batch again after the store failed.
@@ -245,30 +249,58 @@ async fn write(
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    loop {
+    let mut stopping = false;
+    while !stopping {
         tokio::select! {
             received = events.recv_many(&mut batch, BATCH) => {
                 if received == 0 {
-                    return;
+                    // Every handle is gone: nothing more can come.
+                    break;
                 }
-                store_batch(&store, &mut batch, &metrics).await;
+                stopping = gather(&mut events, &mut batch, &mut stopped).await;
             }
             // Only ever set to true; an error means every handle is gone.
-            _ = stopped.changed() => {
-                // Senders now fail at once; what is queued is still received.
-                events.close();
-                while events.recv_many(&mut batch, BATCH).await > 0 {
-                    store_batch(&store, &mut batch, &metrics).await;
+            _ = stopped.changed() => stopping = true,
+        }
+        store_batch(&store, &mut batch, &metrics).await;
+    }
+    // Senders now fail at once; what is queued is still received.
+    events.close();
+    while events.recv_many(&mut batch, BATCH).await > 0 {
+        store_batch(&store, &mut batch, &metrics).await;
+    }
+}
+
+/// Adds what comes within [`LINGER`] to `batch` (up to [`BATCH`]), so
+/// that a burst is stored in one transaction; `true` when stopping was
+/// asked meanwhile.
+async fn gather(
+    events: &mut mpsc::Receiver<Event>,
+    batch: &mut Vec<Event>,
+    stopped: &mut watch::Receiver<bool>,
+) -> bool {
+    let deadline = tokio::time::sleep(LINGER);
+    tokio::pin!(deadline);
+    while batch.len() < BATCH {
+        tokio::select! {
+            _ = &mut deadline => return false,
+            _ = stopped.changed() => return true,
+            received = events.recv_many(batch, BATCH - batch.len()) => {
+                if received == 0 {
+                    return false;
                 }
-                return;
             }
         }
     }
+    false
 }
 
 /// Stores `batch` (retrying a failing store a few times) and empties it;
 /// a batch the store keeps refusing is counted as dropped and logged.
 async fn store_batch(store: &Store, batch: &mut Vec<Event>, metrics: &Metrics) {
+    if batch.is_empty() {
+        return;
+    }
     for attempt in 1..=STORE_ATTEMPTS {
         match store.insert_audit(batch).await {
             Ok(()) => {

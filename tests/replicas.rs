@@ -600,3 +600,45 @@ async fn both_replicas_write_one_audit_log() {
         "written by A, read on B"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_still_queued_at_a_clean_shutdown_are_stored() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.store_url = Some(db.url());
+    let mut gw = Gateway::start_with(opts).await;
+    // The audit table locked: the writer's first insert waits, and the
+    // events after it stay queued until the shutdown.
+    let mut locker = sqlx::PgConnection::connect(&db.url())
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN; LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock the audit table");
+    const N: usize = 20;
+    for i in 0..N {
+        post_json(
+            &gw.url("/auth/onetimekey/login"),
+            None,
+            &json!({"username": format!("u{i}"), "key": "k", "token": "t"}),
+        )
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    }
+    gw.sigterm();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut locker)
+        .await
+        .expect("unlock");
+    let status = gw.wait_exit(Duration::from_secs(20)).await.expect("exited");
+    assert!(status.success(), "{status}");
+    let listed = gw.cli_ok(&["audit", "--json"], None).await;
+    let stored = listed
+        .lines()
+        .filter(|l| l.contains("\"onetimekey_login_failed\""))
+        .count();
+    assert_eq!(stored, N, "{}", gw.logs());
+}
