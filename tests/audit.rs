@@ -404,3 +404,19 @@ async fn events_queued_at_a_clean_shutdown_are_stored() {
         .count();
     assert_eq!(stored, failed_logins, "{}", gw.logs());
 }
+
+#[tokio::test]
+async fn check_config_refuses_a_keep_days_of_zero_or_less() {
+    for bad in ["0", "-1"] {
+        let mut opts = GatewayOptions::new("http://127.0.0.1:9");
+        opts.extra_toml = format!("[audit]\nkeep_days = {bad}\n");
+        let gw = Gateway::prepare(opts);
+        let out = gw.cli(&["check-config"], None).await;
+        assert!(!out.status.success(), "keep_days = {bad}");
+        assert!(
+            out_text(&out).contains("audit.keep_days"),
+            "{}",
+            out_text(&out)
+        );
+    }
+}
