@@ -420,3 +420,44 @@ async fn check_config_refuses_a_keep_days_of_zero_or_less() {
         );
     }
 }
+
+#[tokio::test]
+async fn events_older_than_keep_days_are_purged() {
+    use sqlx::Connection;
+    let upstream = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.extra_toml = "[audit]\nkeep_days = 2\n".into();
+    let mut gw = Gateway::prepare(opts);
+    // The store made (and migrated) by the CLI, then two rows written
+    // straight into it: three days old and one day old.
+    gw.add_user("alice", "alice-password", &[]).await;
+    let mut db = sqlx::SqliteConnection::connect(&gw.db_url())
+        .await
+        .expect("open the store");
+    for (id, days) in [
+        ("00000000-0000-7000-8000-000000000003", 3),
+        ("00000000-0000-7000-8000-000000000001", 1),
+    ] {
+        sqlx::query(
+            "INSERT INTO audit_log (id, tm, provider, username, address, event, target, request_id) \
+             VALUES ($1, $2, '', '', '', 'user_added', $3, '')",
+        )
+        .bind(id)
+        .bind(now_secs() - days * 86_400)
+        .bind(format!("{days}-days-old"))
+        .execute(&mut db)
+        .await
+        .expect("insert");
+    }
+    db.close().await.expect("close");
+    // The purge runs at start, then hourly.
+    gw.spawn().await;
+    let purged = poll_until(WRITTEN_WITHIN, || async {
+        !gw.cli_ok(&["audit"], None).await.contains("3-days-old")
+    })
+    .await;
+    let listed = gw.cli_ok(&["audit"], None).await;
+    assert!(purged, "{listed}");
+    assert!(listed.contains("1-days-old"), "{listed}");
+    assert!(listed.contains("alice"), "{listed}");
+}
