@@ -144,6 +144,7 @@ impl Gateway {
         config: Config,
         store: Store,
         cache: Arc<CredentialCache>,
+        // The counters and the audit log's queue: both outlive snapshots.
         (metrics, audit): (Arc<Metrics>, AuditLog),
         hashes: HashLimiter,
         certificates: Option<Arc<CertResolver>>,

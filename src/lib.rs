@@ -142,9 +142,14 @@ async fn purge_audit(shared: Weak<ArcSwap<Gateway>>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let gateway = shared.load_full();
+        // Not the snapshot: it would keep its config's pools while the
+        // DELETE runs.
+        let (store, keep_days) = {
+            let gateway = shared.load();
+            (gateway.store.clone(), gateway.config.audit.keep_days)
+        };
         drop(shared);
-        audit::purge(&gateway.store, gateway.config.audit.keep_days).await;
+        audit::purge(&store, keep_days).await;
     }
 }
 
