@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::audit::{Event, Kind};
 use crate::auth::{accesskey, digest, password, throttle};
 use crate::clock::rfc3339;
 use crate::clock::unix_now;
@@ -58,6 +59,18 @@ pub enum Command {
     /// Manage the login throttle.
     #[command(subcommand)]
     Login(LoginCommand),
+    /// List the audit log, newest first.
+    Audit {
+        /// Only events at or after this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events where this name acted or was acted on.
+        #[arg(long)]
+        user: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the one-time-key answer a backend holding HA1 would compute.
     OtkToken {
         /// The one-time key from POST /auth/onetimekey.
@@ -297,6 +310,9 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 Command::Login(LoginCommand::Unlock { user, address }) => {
                     unlock(user, address, &mut store).await
                 }
+                Command::Audit { since, user, json } => {
+                    audit_list(since, user, json, &mut store).await
+                }
                 Command::CheckConfig | Command::OtkToken { .. } => unreachable!("handled above"),
             };
             store.close().await;
@@ -484,6 +500,7 @@ async fn user(
                 Err(StoreError::AlreadyExists) => Err(fail(format!("user {name} already exists"))),
                 other => other.map_err(CliError::from),
             }?;
+            record(&store, Event::new(Kind::UserAdded).on(&name)).await;
             println!("created user {name}");
         }
         UserCommand::Passwd {
@@ -510,6 +527,7 @@ async fn user(
                 Err(StoreError::NotFound) => Err(fail(format!("no user named {}", escape(&name)))),
                 other => other.map_err(CliError::from),
             }?;
+            record(&store, Event::new(Kind::PasswordChanged).on(&name)).await;
             println!("password changed for {name}");
         }
         UserCommand::List => {
@@ -530,6 +548,7 @@ async fn user(
                 Err(StoreError::NotFound) => Err(fail(format!("no user named {}", escape(&name)))),
                 other => other.map_err(CliError::from),
             }?;
+            record(&store, Event::new(Kind::UserRemoved).on(&name)).await;
             println!("removed user {name}");
         }
     }
@@ -595,6 +614,7 @@ async fn key(
                 }
                 other => other?,
             };
+            record(&store, Event::new(Kind::KeyCreated).on(&created.stored.id)).await;
             println!("id: {}", created.stored.id);
             println!("key: {}", created.key);
         }
@@ -647,6 +667,7 @@ async fn key(
                 Err(StoreError::NotFound) => return Err(fail(format!("no live key with id {id}"))),
                 other => other?,
             };
+            record(&store, Event::new(Kind::KeyDeleted).on(&id)).await;
             println!("revoked key {id}");
         }
         KeyCommand::Disable { id } => set_key_enabled(&store, &id, false).await?,
@@ -666,6 +687,7 @@ async fn key(
                 Err(StoreError::NotFound) => return Err(fail(format!("no live key with id {id}"))),
                 other => other?,
             };
+            record(&store, Event::new(Kind::KeyRerolled).on(&id)).await;
             println!("id: {id}");
             println!("key: {key}");
         }
@@ -689,6 +711,12 @@ async fn set_key_enabled(store: &Store, id: &str, enabled: bool) -> Result<(), C
         enabled: Some(enabled),
     };
     store.update_key(id, None, update, unix_now()).await?;
+    let kind = if enabled {
+        Kind::KeyEnabled
+    } else {
+        Kind::KeyDisabled
+    };
+    record(store, Event::new(kind).on(id)).await;
     println!("{} key {id}", if enabled { "enabled" } else { "disabled" });
     Ok(())
 }
@@ -748,10 +776,106 @@ async fn unlock(
     }
     let store = store.open().await?;
     store.throttle_unlock(&subjects).await?;
+    let mut targets: Vec<String> = user.into_iter().collect();
+    targets.extend(subjects.iter().filter(|s| s.starts_with("addr:")).cloned());
+    if targets.is_empty() {
+        targets.push("*".into());
+    }
+    for target in targets {
+        record(&store, Event::new(Kind::Unlock).on(&target)).await;
+    }
     if what.is_empty() {
         println!("cleared the login throttle of every user and address");
     } else {
         println!("cleared the login throttle of {}", what.join(" and "));
+    }
+    Ok(())
+}
+
+/// Stores a CLI action's audit event directly (no queue: the command
+/// ends right after). The action is done either way; a store that refuses
+/// the event is said on stderr, so it is not lost silently.
+async fn record(store: &Store, event: Event) {
+    if let Err(err) = store.insert_audit(std::slice::from_ref(&event)).await {
+        eprintln!(
+            "warning: the audit event {} could not be stored: {}",
+            event.event,
+            err.detail()
+        );
+    }
+}
+
+/// Events a page of `authgate audit` reads from the store.
+const AUDIT_PAGE: i64 = 500;
+
+/// `authgate audit`: newest first, tab-separated (or `--json`, one object
+/// a line), every field escaped for the terminal.
+async fn audit_list(
+    since: Option<String>,
+    user: Option<String>,
+    json: bool,
+    store: &mut LazyStore<'_>,
+) -> Result<(), CliError> {
+    let since = since
+        .map(|text| {
+            crate::clock::parse_rfc3339(&text).ok_or_else(|| {
+                fail(format!(
+                    "--since {:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z",
+                    escape(&text)
+                ))
+            })
+        })
+        .transpose()?;
+    if let Some(user) = &user {
+        use crate::text::{MAX_NAME_CHARS, TextProblem, check_label};
+        check_label(user, MAX_NAME_CHARS).map_err(|problem| {
+            fail(match problem {
+                TextProblem::TooLong => {
+                    format!("--user is longer than {MAX_NAME_CHARS} characters")
+                }
+                TextProblem::Control | TextProblem::Bidi => {
+                    "--user must not contain control or bidirectional formatting characters"
+                        .to_owned()
+                }
+            })
+        })?;
+    }
+    let store = store.open().await?;
+    if !json {
+        println!("TIME\tEVENT\tPROVIDER\tUSER\tTARGET\tADDRESS\tREQUEST_ID");
+    }
+    let mut before: Option<String> = None;
+    loop {
+        let page = store
+            .audit_events(crate::store::AuditQuery {
+                since,
+                user: user.as_deref(),
+                before: before.as_deref(),
+                limit: AUDIT_PAGE,
+            })
+            .await?;
+        for event in &page {
+            if json {
+                let line = serde_json::to_string(event)
+                    .map_err(|err| fail(format!("cannot write JSON: {err}")))?;
+                println!("{line}");
+            } else {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    rfc3339(event.time),
+                    escape(&event.event),
+                    escape(&event.provider),
+                    escape(&event.user),
+                    escape(&event.target),
+                    escape(&event.address),
+                    escape(&event.request_id),
+                );
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() as i64 == AUDIT_PAGE => before = Some(last.id.clone()),
+            _ => break,
+        }
     }
     Ok(())
 }

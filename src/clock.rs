@@ -17,9 +17,36 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Unix seconds of an RFC 3339 time (any offset; fractions dropped), or
+/// `None` when `text` is not one.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_times_parse_to_unix_seconds() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2025-11-24T17:00:00+01:00"),
+            Some(1_764_000_000)
+        );
+        assert_eq!(parse_rfc3339("2025-11-24T16:00:00.9Z"), Some(1_764_000_000));
+        for bad in [
+            "",
+            "yesterday",
+            "2025-11-24",
+            "2025-11-24 16:00:00",
+            "1764000000",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn times_are_rfc3339_utc() {

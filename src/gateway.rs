@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use tracing::warn;
 
+use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::auth::password::HashLimiter;
 use crate::auth::throttle::LoginThrottle;
@@ -51,6 +52,8 @@ pub struct Gateway {
     pub acme: Option<Arc<AcmeControl>>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The audit log's queue, shared by every snapshot.
+    pub audit: AuditLog,
     /// External OpenID Connect providers for browser sign-in.
     pub oidc: crate::oidc::Providers,
     /// The rate-limit rules and their buckets.
@@ -110,6 +113,7 @@ impl Gateway {
             config.login.max_queued_hashes,
         );
         let metrics = Arc::new(Metrics::default());
+        let audit = AuditLog::start(store.clone(), metrics.clone());
         let certificates = match &config.server.tls {
             Some(tls) => {
                 let resolver = Arc::new(CertResolver::try_new(tls, tls::provider())?);
@@ -125,8 +129,15 @@ impl Gateway {
                 metrics.clone(),
             ))
         });
-        let mut gateway =
-            Gateway::assemble(config, store, cache, metrics, hashes, certificates, None)?;
+        let mut gateway = Gateway::assemble(
+            config,
+            store,
+            cache,
+            (metrics, audit),
+            hashes,
+            certificates,
+            None,
+        )?;
         gateway.acme = acme;
         gateway.configure_acme();
         Ok(Arc::new(gateway))
@@ -136,7 +147,8 @@ impl Gateway {
         config: Config,
         store: Store,
         cache: Arc<CredentialCache>,
-        metrics: Arc<Metrics>,
+        // The counters and the audit log's queue: both outlive snapshots.
+        (metrics, audit): (Arc<Metrics>, AuditLog),
         hashes: HashLimiter,
         certificates: Option<Arc<CertResolver>>,
         previous_limits: Option<&RateLimits>,
@@ -199,6 +211,7 @@ impl Gateway {
             // Set by the caller: it outlives snapshots.
             acme: None,
             metrics,
+            audit,
             store,
             cache,
             config,
@@ -238,7 +251,7 @@ impl Gateway {
             config,
             self.store.clone(),
             self.cache.clone(),
-            self.metrics.clone(),
+            (self.metrics.clone(), self.audit.clone()),
             hashes,
             self.certificates.clone(),
             Some(&self.ratelimits),
@@ -300,5 +313,30 @@ pub fn reload(path: &Path, shared: &SharedGateway) -> Result<(), ReloadError> {
     let next = current.reconfigure(config)?;
     shared.store(Arc::new(next));
     current.metrics.reloads();
+    current
+        .audit
+        .record(crate::audit::Event::new(crate::audit::Kind::ConfigReloaded));
     Ok(())
+}
+
+/// Deletes audit events older than `[audit] keep_days` now and every
+/// [`crate::audit::PURGE_INTERVAL`], with the keep_days of the snapshot then
+/// in force. Every replica does it; the DELETE is idempotent.
+pub async fn purge_audit(shared: std::sync::Weak<ArcSwap<Gateway>>) {
+    let mut every = tokio::time::interval(crate::audit::PURGE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        // Not the snapshot: it would keep its config's pools while the
+        // DELETE runs.
+        let (store, keep_days) = {
+            let gateway = shared.load();
+            (gateway.store.clone(), gateway.config.audit.keep_days)
+        };
+        drop(shared);
+        crate::audit::purge(&store, keep_days).await;
+    }
 }

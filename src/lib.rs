@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod cli;
@@ -72,6 +73,7 @@ pub async fn run(
     if let Some(path) = config_path {
         tokio::spawn(signals::reload_on_hangup(path, Arc::downgrade(&shared)));
     }
+    tokio::spawn(gateway::purge_audit(Arc::downgrade(&shared)));
     for listener in &listeners {
         if let Ok(addr) = listener.local_addr() {
             if listener.is_admin() {

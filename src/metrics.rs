@@ -180,6 +180,7 @@ pub struct Metrics {
     ratelimits: CounterFamily<RateLimitLabels>,
     keys_created: Counter,
     reloads: Counter,
+    audit_dropped: Counter,
     request_latency: SharedHistogram,
     upstream_latency: SharedHistogram,
     open_connections: Gauge,
@@ -200,6 +201,7 @@ impl Default for Metrics {
             ratelimits: CounterFamily::default(),
             keys_created: Counter::default(),
             reloads: Counter::default(),
+            audit_dropped: Counter::default(),
             request_latency: SharedHistogram::default(),
             upstream_latency: SharedHistogram::default(),
             open_connections: Gauge::default(),
@@ -254,6 +256,11 @@ impl Default for Metrics {
             "authgate_config_reloads",
             "Successful configuration reloads",
             metrics.reloads.clone(),
+        );
+        registry.register(
+            "authgate_audit_events_dropped",
+            "Audit events not stored: the queue was full, the log was closed, or the store refused them",
+            metrics.audit_dropped.clone(),
         );
         registry.register(
             "authgate_open_connections",
@@ -401,6 +408,11 @@ impl Metrics {
     /// The config was reloaded.
     pub fn reloads(&self) {
         self.reloads.inc();
+    }
+
+    /// `n` audit events could not be stored.
+    pub fn audit_dropped(&self, n: u64) {
+        self.audit_dropped.inc_by(n);
     }
 
     /// An ACME certificate was issued to this process.

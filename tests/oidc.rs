@@ -613,6 +613,20 @@ async fn full_sign_in_records_the_user_sets_the_cookie_and_lands_on_rd() {
         .await
         .unwrap();
     assert_eq!(by_key.status(), 401);
+
+    // The audit log has the sign-in, by alice of corp, and no token.
+    let audit = gw
+        .cli_ok(&["audit", "--user", "alice", "--json"], None)
+        .await;
+    assert!(
+        audit
+            .lines()
+            .any(|line| line.contains("\"event\":\"oidc_login\"")
+                && line.contains("\"provider\":\"corp\"")
+                && line.contains("\"user\":\"alice\"")),
+        "{audit}"
+    );
+    assert!(!audit.contains(token.as_str()), "{audit}");
 }
 
 fn md5_hex(text: &str) -> String {

@@ -614,3 +614,88 @@ async fn a_keys_own_budget_is_shared_by_two_replicas_on_redis() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn both_replicas_write_one_audit_log() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let (a, b) = pair(&upstream, &db).await;
+    a.add_user("root", "root-password", &["admin"]).await;
+    a.add_user("alice", "alice-password", &[]).await;
+    let admin = login_ok(&a, "root", "root-password").await;
+    login_ok(&b, "alice", "alice-password").await;
+    login(&b, "alice", "wrong-password")
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    // The logins were answered by different processes: their request ids
+    // differ, and both show in one listing from either replica.
+    for gw in [&a, &b] {
+        let listed = poll_until(Duration::from_secs(5), || async {
+            let rows = get(&gw.url("/v1.0/audit?user=alice"), Some(&admin), &[])
+                .await
+                .json();
+            let events: Vec<String> = rows["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row["event"].as_str().unwrap().to_owned())
+                .collect();
+            events == ["login_failed", "login", "user_added"]
+        })
+        .await;
+        assert!(
+            listed,
+            "replica at {} lists both replicas' events",
+            gw.url("/")
+        );
+    }
+    let root_login = get(&b.url("/v1.0/audit?user=root"), Some(&admin), &[])
+        .await
+        .json();
+    assert_eq!(
+        root_login["result"][0]["event"], "login",
+        "written by A, read on B"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_still_queued_at_a_clean_shutdown_are_stored() {
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let mut opts = GatewayOptions::new(&upstream.url());
+    opts.store_url = Some(db.url());
+    let mut gw = Gateway::start_with(opts).await;
+    // The audit table locked: the writer's first insert waits, and the
+    // events after it stay queued until the shutdown.
+    let mut locker = sqlx::PgConnection::connect(&db.url())
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN; LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock the audit table");
+    const N: usize = 20;
+    for i in 0..N {
+        post_json(
+            &gw.url("/auth/onetimekey/login"),
+            None,
+            &json!({"username": format!("u{i}"), "key": "k", "token": "t"}),
+        )
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    }
+    gw.sigterm();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut locker)
+        .await
+        .expect("unlock");
+    let status = gw.wait_exit(Duration::from_secs(20)).await.expect("exited");
+    assert!(status.success(), "{status}");
+    let listed = gw.cli_ok(&["audit", "--json"], None).await;
+    let stored = listed
+        .lines()
+        .filter(|l| l.contains("\"onetimekey_login_failed\""))
+        .count();
+    assert_eq!(stored, N, "{}", gw.logs());
+}

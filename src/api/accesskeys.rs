@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{Context, caller, json, read_json};
+use crate::audit::{Event, Kind};
 use crate::auth::accesskey::{FieldProblem, KeyField};
 use crate::auth::throttle::address_block;
 use crate::auth::{AuthMethod, StoreUser, accesskey};
@@ -23,7 +24,7 @@ use crate::scope::{KeyRateLimit, KeyScope};
 use crate::store::{AccessKey, Change, KeyUpdate};
 
 /// Keys per page when `page_size` is not given, and the most allowed.
-const MAX_PAGE_SIZE: i64 = 100;
+pub(super) const MAX_PAGE_SIZE: i64 = 100;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +165,13 @@ async fn writer(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Owner,
     })
 }
 
+/// An audit event of `owner` acting on key `id`.
+fn key_event(kind: Kind, owner: &Owner, id: &str) -> Event {
+    Event::new(kind)
+        .by(owner.user.provider(), owner.user.name())
+        .on(id)
+}
+
 fn check_id(id: &str) -> Result<(), GatewayError> {
     uuid::Uuid::parse_str(id)
         .map(|_| ())
@@ -180,15 +188,7 @@ pub async fn list(
     let mut before: Option<String> = None;
     for (name, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
         match &*name {
-            "page_size" => {
-                page_size = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
-                    .ok_or(GatewayError::InvalidArgument(
-                        "page_size must be a number from 1 to 100",
-                    ))?;
-            }
+            "page_size" => page_size = parse_page_size(&value)?,
             "page_token" if !value.is_empty() => {
                 before = Some(decode_page_token(&value)?);
             }
@@ -200,12 +200,7 @@ pub async fn list(
         .store
         .keys(scope(&identity), before.as_deref(), page_size + 1)
         .await?;
-    let more = keys.len() as i64 > page_size;
-    keys.truncate(page_size as usize);
-    let next_page_token = match keys.last() {
-        Some(last) if more => URL_SAFE_NO_PAD.encode(&last.id),
-        _ => String::new(),
-    };
+    let next_page_token = end_page(&mut keys, page_size, |key| &key.id);
     let result: Vec<_> = keys.iter().map(view).collect();
     Ok(json(
         StatusCode::OK,
@@ -213,7 +208,31 @@ pub async fn list(
     ))
 }
 
-fn decode_page_token(token: &str) -> Result<String, GatewayError> {
+/// `page_size`: a number from 1 to [`MAX_PAGE_SIZE`].
+pub(super) fn parse_page_size(value: &str) -> Result<i64, GatewayError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+        .ok_or(GatewayError::InvalidArgument(
+            "page_size must be a number from 1 to 100",
+        ))
+}
+
+/// Cuts `rows` (read with one more than `page_size`, newest first) to the
+/// page, and returns the `next_page_token` that continues after it (`""`
+/// when there is no more).
+pub(super) fn end_page<T>(rows: &mut Vec<T>, page_size: i64, id: impl Fn(&T) -> &str) -> String {
+    let more = rows.len() as i64 > page_size;
+    rows.truncate(page_size as usize);
+    match rows.last() {
+        Some(last) if more => URL_SAFE_NO_PAD.encode(id(last)),
+        _ => String::new(),
+    }
+}
+
+/// The row id a `page_token` continues after (a UUID, checked).
+pub(super) fn decode_page_token(token: &str) -> Result<String, GatewayError> {
     const BAD: GatewayError =
         GatewayError::InvalidArgument("page_token is not one this gateway issued");
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| BAD)?;
@@ -252,6 +271,7 @@ pub async fn create(
     };
     let issued = accesskey::issue(&ctx.gateway.store, request, unix_now()).await?;
     ctx.gateway.metrics.keys_created();
+    ctx.audit(key_event(Kind::KeyCreated, &identity, &issued.stored.id));
     let mut value = view(&issued.stored);
     value["token"] = serde_json::Value::String(issued.key);
     Ok(json(StatusCode::OK, &value))
@@ -308,6 +328,15 @@ pub async fn update(
         .update_key(id, scope(&identity), update, unix_now())
         .await?;
     evict(ctx, hashes);
+    // A rename is not audited; a change of state is.
+    if let Some(enabled) = enabled.filter(|enabled| *enabled != current.enabled) {
+        let kind = if enabled {
+            Kind::KeyEnabled
+        } else {
+            Kind::KeyDisabled
+        };
+        ctx.audit(key_event(kind, &identity, &key.id));
+    }
     Ok(json(StatusCode::OK, &view(&key)))
 }
 
@@ -342,6 +371,7 @@ pub async fn reroll(
         .reroll_key(id, scope(&identity), &hash_hex, &prefix, grace, unix_now())
         .await?;
     evict(ctx, hashes);
+    ctx.audit(key_event(Kind::KeyRerolled, &identity, &stored.id));
     let mut value = view(&stored);
     value["token"] = serde_json::Value::String(key);
     Ok(json(StatusCode::OK, &value))
@@ -393,6 +423,7 @@ pub async fn revoke(
             evict(ctx, hashes);
             // The audit trail: which key, from where; never the key.
             tracing::info!(key.id = %id, client.addr = %ip, "access key revoked by value");
+            ctx.audit(Event::new(Kind::KeyRevokedByValue).on(&id));
             serde_json::json!({ "revoked": true, "id": id })
         }
         None => serde_json::json!({ "revoked": false }),
@@ -414,6 +445,7 @@ pub async fn delete(
         .delete_key(id, scope(&identity), unix_now())
         .await?;
     evict(ctx, hashes);
+    ctx.audit(key_event(Kind::KeyDeleted, &identity, &key.id));
     Ok(json(StatusCode::OK, &view(&key)))
 }
 

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{Context, caller, json, read_json};
+use crate::audit::{Event, Kind};
 use crate::auth::onetime::{OneTimeIssue, OneTimeRequest};
 use crate::auth::throttle::{Attempt, address_subject, user_subject};
 use crate::auth::{AuthMethod, digest, onetime, password};
@@ -60,18 +61,48 @@ async fn admit(username: &str, ctx: &Context<'_>) -> Result<Attempt, GatewayErro
     }
 }
 
-/// Counts a failed attempt; the answer is `wrong` unless the store failed.
-async fn fail(
-    attempt: Attempt,
-    ctx: &Context<'_>,
+/// A failed login attempt, for the metrics and the audit log.
+struct Failure<'a> {
+    /// The metric's kind.
     kind: &'static str,
+    /// The audit event.
+    event: Kind,
+    /// The name tried.
+    username: &'a str,
+    /// The answer.
     wrong: GatewayError,
-) -> GatewayError {
-    ctx.gateway.metrics.login(kind, "failure");
+}
+
+/// Counts a failed attempt and records it (and any lockout it caused) in
+/// the audit log; the answer is `wrong` unless the store failed.
+async fn fail(attempt: Attempt, ctx: &Context<'_>, failure: Failure<'_>) -> GatewayError {
+    ctx.gateway.metrics.login(failure.kind, "failure");
+    // Only what can be a username: not whatever a client typed (a
+    // password typed into the name field).
+    let tried = if valid_username(failure.username) {
+        failure.username
+    } else {
+        ""
+    };
+    ctx.audit(Event::new(failure.event).on(tried));
     match attempt.failed().await {
-        Ok(()) => wrong,
+        Ok(locked) => {
+            for subject in locked {
+                ctx.audit(Event::new(Kind::Lockout).on(&subject));
+            }
+            failure.wrong
+        }
         Err(err) => err.into(),
     }
+}
+
+/// A successful login of `user`, in the audit log.
+fn audit_login(ctx: &Context<'_>, kind: Kind, user: &User) {
+    ctx.audit(
+        Event::new(kind)
+            .by(user.provider_name(), &user.username)
+            .on(&user.username),
+    );
 }
 
 /// `POST /auth/login {"username","password"}`.
@@ -111,9 +142,18 @@ pub async fn login(
         Some(user) if matches => {
             attempt.succeeded().await?;
             ctx.gateway.metrics.login("password", "success");
+            audit_login(ctx, Kind::Login, &user);
             issue_session(&user, ctx)
         }
-        _ => Err(fail(attempt, ctx, "password", WRONG_LOGIN).await),
+        _ => {
+            let failure = Failure {
+                kind: "password",
+                event: Kind::LoginFailed,
+                username: &body.username,
+                wrong: WRONG_LOGIN,
+            };
+            Err(fail(attempt, ctx, failure).await)
+        }
     }
 }
 
@@ -170,6 +210,11 @@ pub async fn logout(
         .revoke_token(&jti, identity.user(), expires_at, unix_now())
         .await?;
     ctx.gateway.cache.revoke_token(&jti, expires_at);
+    ctx.audit(
+        Event::new(Kind::Logout)
+            .by(identity.provider(), identity.user())
+            .on(identity.user()),
+    );
     let mut response = json(
         StatusCode::OK,
         &serde_json::json!({ "username": &**identity.user(), "logged_out": true }),
@@ -257,8 +302,17 @@ pub async fn onetime_key_login(
         Some(user) if answered => {
             attempt.succeeded().await?;
             ctx.gateway.metrics.login("onetimekey", "success");
+            audit_login(ctx, Kind::OneTimeKeyLogin, &user);
             issue_session(&user, ctx)
         }
-        _ => Err(fail(attempt, ctx, "onetimekey", WRONG_ANSWER).await),
+        _ => {
+            let failure = Failure {
+                kind: "onetimekey",
+                event: Kind::OneTimeKeyLoginFailed,
+                username: &body.username,
+                wrong: WRONG_ANSWER,
+            };
+            Err(fail(attempt, ctx, failure).await)
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 mod accesskeys;
 mod admin;
+mod audit;
 mod login;
 mod oidc;
 mod ops;
@@ -40,6 +41,8 @@ pub enum Endpoint {
     RerollKey(String),
     /// `/v1.0/accesskeys/revoke`
     RevokeKey,
+    /// `/v1.0/audit`
+    Audit,
     /// `/.well-known/jwks.json`
     Jwks,
     /// `/healthz`
@@ -66,6 +69,7 @@ impl Endpoint {
             "/auth/onetimekey/login" => Endpoint::OneTimeKeyLogin,
             "/v1.0/accesskeys" | "/v1.0/accesskeys/" => Endpoint::AccessKeys,
             "/v1.0/accesskeys/revoke" => Endpoint::RevokeKey,
+            "/v1.0/audit" => Endpoint::Audit,
             "/.well-known/jwks.json" => Endpoint::Jwks,
             "/healthz" => Endpoint::Healthz,
             "/readyz" => Endpoint::Readyz,
@@ -105,6 +109,7 @@ impl Endpoint {
             Endpoint::OneTimeKeyLogin => "onetimekey_login",
             Endpoint::AccessKeys | Endpoint::AccessKey(_) | Endpoint::RerollKey(_) => "accesskeys",
             Endpoint::RevokeKey => "accesskeys_revoke",
+            Endpoint::Audit => "audit",
             Endpoint::Jwks => "jwks",
             Endpoint::Healthz => "healthz",
             Endpoint::Readyz => "readyz",
@@ -125,6 +130,18 @@ pub struct Context<'a> {
     /// The caller's address as throttles and limits count it
     /// ([`crate::request::context::RequestContext::client_ip`]).
     pub address: std::net::IpAddr,
+    /// The request's `X-Request-Id`, for the audit log.
+    pub request_id: HeaderValue,
+}
+
+impl Context<'_> {
+    /// Queues an audit event of this request: its id and the client's
+    /// address filled in.
+    fn audit(&self, event: crate::audit::Event) {
+        self.gateway
+            .audit
+            .record(event.from(self.address).in_request(&self.request_id));
+    }
 }
 
 /// Serves one of the gateway's own endpoints.
@@ -146,6 +163,7 @@ pub async fn serve(
         (Endpoint::AccessKey(id), Method::DELETE) => accesskeys::delete(request, &ctx, &id).await,
         (Endpoint::RerollKey(id), Method::POST) => accesskeys::reroll(request, &ctx, &id).await,
         (Endpoint::RevokeKey, Method::POST) => accesskeys::revoke(request, &ctx).await,
+        (Endpoint::Audit, Method::GET) => audit::list(request, &ctx).await,
         (Endpoint::Jwks, Method::GET | Method::HEAD) => Ok(ops::jwks(&ctx)),
         (Endpoint::Healthz, Method::GET | Method::HEAD) => Ok(ops::healthz()),
         (Endpoint::Readyz, Method::GET | Method::HEAD) => ops::readyz(&ctx).await,
@@ -167,6 +185,7 @@ pub async fn operations(
     request: &Request<Incoming>,
     gateway: &Gateway,
     client: ClientInfo,
+    request_id: HeaderValue,
 ) -> Result<Response<Body>, GatewayError> {
     // Nothing there is throttled by address: the peer is enough.
     let address = client.addr.ip();
@@ -174,6 +193,7 @@ pub async fn operations(
         gateway,
         client,
         address,
+        request_id,
     };
     match (Endpoint::for_path(request.uri().path()), request.method()) {
         (Some(Endpoint::Healthz), &Method::GET | &Method::HEAD) => Ok(ops::healthz()),

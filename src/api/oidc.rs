@@ -132,6 +132,11 @@ pub async fn callback(
     let (_token, token_cookie) = session_token(&user, ctx)?;
     ctx.gateway.metrics.login("oidc", "success");
     tracing::info!(provider = provider.name(), user = %user.username, "signed in through the identity provider");
+    ctx.audit(
+        crate::audit::Event::new(crate::audit::Kind::OidcLogin)
+            .by(provider.name(), &user.username)
+            .on(&user.username),
+    );
     let mut response = found(&signed_in.rd)?;
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, token_cookie);

@@ -170,11 +170,14 @@ impl Attempt {
             .await?;
         store
             .throttle_settle(&self.address, Settle::Withdraw, now)
-            .await
+            .await?;
+        Ok(())
     }
 
     /// A wrong credential: counted against the user and the address.
-    pub async fn failed(mut self) -> Result<(), StoreError> {
+    /// Returns the subjects this failure locked out (for the audit log):
+    /// the username, or `addr:` and the address.
+    pub async fn failed(mut self) -> Result<Vec<String>, StoreError> {
         self.settled = true;
         self.throttle
             .record_failure(&self.user, &self.address)
@@ -183,10 +186,11 @@ impl Attempt {
 }
 
 impl LoginThrottle {
-    async fn record_failure(&self, user: &str, address: &str) -> Result<(), StoreError> {
+    async fn record_failure(&self, user: &str, address: &str) -> Result<Vec<String>, StoreError> {
         let config = &self.inner.config;
         let lockout = secs(config.lockout);
         let now = unix_now();
+        let mut locked = Vec::new();
         for (subject, max) in [
             (user, config.max_failures),
             (address, config.address_max_failures),
@@ -195,12 +199,16 @@ impl LoginThrottle {
                 max: i64::from(max),
                 lockout,
             };
-            self.inner
+            if self
+                .inner
                 .store
                 .throttle_settle(subject, settle, now)
-                .await?;
+                .await?
+            {
+                locked.push(subject.strip_prefix("user:").unwrap_or(subject).to_owned());
+            }
         }
-        Ok(())
+        Ok(locked)
     }
 }
 

@@ -59,6 +59,9 @@ const MAX_STREAMS_PER_CONNECTION: u64 = 10_000;
 /// Highest `onetimekey.max_per_address`.
 const MAX_ONETIME_KEYS_PER_ADDRESS: u64 = 10_000;
 
+/// Highest `audit.keep_days` (about a hundred years).
+const MAX_AUDIT_KEEP_DAYS: i64 = 36_500;
+
 /// Highest `accesskeys.max_per_user`.
 const MAX_KEYS_PER_USER: u64 = 1_000_000;
 
@@ -108,6 +111,15 @@ pub struct Config {
     /// `[assertion]`: a signed identity assertion on every authenticated
     /// proxied request.
     pub assertion: Option<AssertionConfig>,
+    /// `[audit]`: the audit log's retention.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Days an audit event is kept (`audit.keep_days`, default 90).
+    pub keep_days: u32,
 }
 
 /// `[assertion]`.
@@ -810,6 +822,7 @@ mod tests {
             "oidc",
             "ratelimit",
             "ratelimit.rule",
+            "audit",
         ] {
             let keys = known_keys(path).unwrap();
             assert!(!keys.is_empty(), "{path:?}");
@@ -1409,6 +1422,10 @@ mod tests {
                 "limits.max_streams_per_connection",
             ),
             ("[accesskeys]\nmax_per_user = 0", "accesskeys.max_per_user"),
+            ("[audit]\nkeep_days = 0", "audit.keep_days"),
+            ("[audit]\nkeep_days = -5", "audit.keep_days"),
+            ("[audit]\nkeep_days = 36501", "audit.keep_days"),
+            ("[audit]\nkeep_dayz = 5", "audit.keep_dayz"),
             (
                 "[onetimekey]\nmax_per_address = 0",
                 "onetimekey.max_per_address",

@@ -33,6 +33,25 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) oidc: Vec<RawOidc>,
     pub(super) assertion: Option<RawAssertion>,
+    #[serde(default)]
+    pub(super) audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    /// Signed, so that 0 and a negative number are refused naming the key
+    /// rather than by serde's type error.
+    #[serde(default = "defaults::audit_keep_days")]
+    pub(super) keep_days: i64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            keep_days: defaults::audit_keep_days(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,6 +477,9 @@ pub(super) mod defaults {
     }
     pub fn otk_max_per_address() -> u64 {
         10
+    }
+    pub fn audit_keep_days() -> i64 {
+        90
     }
     pub fn keys_max_per_user() -> u64 {
         100

@@ -106,6 +106,9 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         ),
         header: key_header(&raw.accesskeys.header, p),
     };
+    let audit = AuditConfig {
+        keep_days: audit_keep_days(raw.audit.keep_days, p),
+    };
     if onetimekey.realm.is_empty() || onetimekey.realm.contains(':') {
         p.add("onetimekey.realm", "must be non-empty and contain no ':'");
     }
@@ -324,6 +327,7 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
 
     Some(Config {
         assertion,
+        audit,
         server,
         store,
         jwt: jwt?,
@@ -594,6 +598,18 @@ const KEY_HEADER_TAKEN_FAMILIES: [&str; 7] = [
     "x-client-",
     "x-http-method",
 ];
+
+/// `audit.keep_days`: a whole number of days from 1 (0 would purge every
+/// event as it is written; a negative number means nothing).
+fn audit_keep_days(days: i64, p: &mut Problems) -> u32 {
+    if !(1..=MAX_AUDIT_KEEP_DAYS).contains(&days) {
+        p.add(
+            "audit.keep_days",
+            format_args!("must be a number of days from 1 to {MAX_AUDIT_KEEP_DAYS}, got {days}"),
+        );
+    }
+    u32::try_from(days.clamp(1, MAX_AUDIT_KEEP_DAYS)).unwrap_or(1)
+}
 
 /// `accesskeys.header`: `None` for `""`; otherwise a header name that is
 /// not one the gateway reads or sets for something else (a key header named

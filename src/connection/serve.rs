@@ -108,6 +108,9 @@ pub async fn serve(
         Ok(_) => info!("all connections closed"),
         Err(_) => warn!("grace period over; closing the remaining connections"),
     }
+    // Audit events queued by the drained requests are stored before the
+    // store closes.
+    shared.load_full().audit.close().await;
     // The store first: its connections may belong to a worker's runtime.
     shared.load_full().store.close().await;
     let _ = finished_tx.send(true);

@@ -156,6 +156,7 @@ async fn handle_inner(
             gateway,
             client,
             address: ctx.client_ip(),
+            request_id: ctx.request_id().clone(),
         };
         return api::serve(endpoint, request, api_ctx).await;
     }
@@ -209,8 +210,8 @@ pub async fn handle_admin(
     client: ClientInfo,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let result = api::operations(&request, gateway, client).await;
     let request_id = new_request_id();
+    let result = api::operations(&request, gateway, client, request_id.clone()).await;
     let mut response = result.unwrap_or_else(|err| {
         tracing::debug!(reason = err.reason(), "admin listener refused a request");
         err.into_response(request_id.to_str().unwrap_or_default())

@@ -7,6 +7,7 @@
 
 mod accesskeys;
 pub mod acme;
+mod audit;
 pub mod cache;
 mod changes;
 pub mod follow;
@@ -17,6 +18,7 @@ mod throttle;
 mod users;
 
 pub use accesskeys::{AccessKey, KeyGrant, KeyUpdate, NewKey};
+pub use audit::{AuditQuery, Event as AuditEvent};
 pub use changes::{CHANGES_CHANNEL, Change};
 pub use throttle::{Admission, Settle};
 pub use users::{LOCAL_PROVIDER, ProviderConflict, User};

@@ -92,13 +92,14 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Ends an admitted attempt on `subject` (see [`Settle`]).
+    /// Ends an admitted attempt on `subject` (see [`Settle`]); `true` when
+    /// this failure locked the subject out (the audit log's lockout).
     pub async fn throttle_settle(
         &self,
         subject: &str,
         settle: Settle,
         now: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         const PENDING_DOWN: &str = "pending = CASE WHEN pending > 0 THEN pending - 1 ELSE 0 END";
         let sql = match settle {
             Settle::Withdraw => {
@@ -113,15 +114,25 @@ impl Store {
                    locked_until = CASE WHEN failures + 1 >= $3 THEN $2 + $4 ELSE locked_until END, \
                    window_start = CASE WHEN failures + 1 >= $3 THEN $2 ELSE window_start END, \
                    failures = CASE WHEN failures + 1 >= $3 THEN 0 ELSE failures + 1 END \
-                 WHERE subject = $1"
+                 WHERE subject = $1 RETURNING failures"
             ),
         };
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(subject);
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(subject);
         if let Settle::Failed { max, lockout } = settle {
-            query = query.bind(now).bind(max).bind(lockout);
+            // A failure resets the count to 0 only when it locks.
+            let row = query
+                .bind(now)
+                .bind(max)
+                .bind(lockout)
+                .fetch_optional(&self.pool)
+                .await?;
+            return match row {
+                Some(row) => Ok(row.try_get::<i64, _>("failures")? == 0),
+                None => Ok(false),
+            };
         }
         query.execute(&self.pool).await?;
-        Ok(())
+        Ok(false)
     }
 
     /// Forgets the throttle rows of `subjects` (every row when empty);
