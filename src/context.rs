@@ -24,6 +24,7 @@ use crate::logging::{self, access::AccessRecord};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::headers;
 use crate::ratelimit::RateLimitAnswer;
+use crate::telemetry::{RequestTrace, Telemetry};
 
 /// What is known about a request so far.
 #[derive(Debug)]
@@ -42,11 +43,19 @@ pub struct RequestContext {
     verifying: bool,
     rate_limits: RateLimitAnswer,
     span: Span,
+    /// With `[telemetry]`: the request's OpenTelemetry trace.
+    trace: Option<Box<RequestTrace>>,
 }
 
 impl RequestContext {
-    /// `request`, arriving now from `client`, with `request_id`.
-    pub fn new<B>(request_id: HeaderValue, request: &Request<B>, client: &ClientInfo) -> Self {
+    /// `request`, arriving now from `client`, with `request_id`; traced
+    /// with `telemetry` when there is one.
+    pub fn new<B>(
+        request_id: HeaderValue,
+        request: &Request<B>,
+        client: &ClientInfo,
+        telemetry: Option<&Arc<Telemetry>>,
+    ) -> Self {
         let span = debug_span!(
             "request",
             request.id = request_id.to_str().unwrap_or_default(),
@@ -70,6 +79,8 @@ impl RequestContext {
             verifying: false,
             rate_limits: RateLimitAnswer::default(),
             span,
+            trace: telemetry
+                .map(|telemetry| telemetry.begin(request, client.addr.ip(), client.tls)),
         }
     }
 
@@ -83,11 +94,21 @@ impl RequestContext {
         &self.request_id
     }
 
+    /// The request's id and, with `[telemetry]`, its trace: what
+    /// forwarding needs.
+    pub fn forwarding(&mut self) -> (&HeaderValue, Option<&mut RequestTrace>) {
+        (&self.request_id, self.trace.as_deref_mut())
+    }
+
     /// The request is served by `label` (a route prefix or an own
     /// endpoint's name); `shown` goes into the request span.
     pub fn route(&mut self, label: Arc<str>, shown: &str) {
         if !self.span.is_disabled() {
             self.span.record("route", shown);
+        }
+        if let Some(trace) = &mut self.trace {
+            // Routes are shown by their path prefix, own endpoints by name.
+            trace.route(&label, shown.starts_with('/').then_some(shown));
         }
         self.route = Some(label);
     }
@@ -98,6 +119,9 @@ impl RequestContext {
         if !self.span.is_disabled() {
             self.span.record("auth.method", method);
             self.span.record("auth.user", &**identity.user());
+        }
+        if let Some(trace) = &mut self.trace {
+            trace.auth_method(method);
         }
         self.caller = Some((method, identity.user().clone()));
     }
@@ -154,6 +178,9 @@ impl RequestContext {
         let (outcome, reason) = self.outcome.label();
         let status = response.status().as_u16();
         let route = self.route.clone();
+        if let Some(trace) = self.trace.take() {
+            trace.finish(response.status(), outcome, reason);
+        }
         logging::access(|| AccessRecord {
             time: SystemTime::now(),
             client: self.client,

@@ -37,6 +37,7 @@ pub mod scope;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod text;
 pub mod tls;
 pub mod token;

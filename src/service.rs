@@ -40,7 +40,7 @@ pub async fn handle(
         .filter(|value| headers::sane_request_id(value))
         .cloned()
         .unwrap_or_else(new_request_id);
-    let mut ctx = RequestContext::new(request_id, &request, &client);
+    let mut ctx = RequestContext::new(request_id, &request, &client, gateway.telemetry.as_ref());
     // Whatever the answer (relayed, 304, an error of ours, a decision, a
     // 101), it is this caller's alone when a credential came with it. A
     // verify answer judges one held request, whose credential may be in
@@ -194,9 +194,10 @@ async fn handle_inner(
         ) as CredentialWatch
     });
     let upstream_started = Instant::now();
+    let (request_id, trace) = ctx.forwarding();
     let result = gateway
         .forwarder
-        .forward(permit, request, client, ctx.request_id(), until_revoked)
+        .forward(permit, request, client, request_id, until_revoked, trace)
         .await;
     ctx.upstream_took(upstream_started.elapsed());
     result

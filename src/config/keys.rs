@@ -31,6 +31,7 @@ pub(super) fn known_keys(path: &str) -> Option<Vec<String>> {
         "route.health_check" => Some(fields_of::<RawHealthCheck>()),
         "oidc" => Some(fields_of::<RawOidc>()),
         "assertion" => Some(fields_of::<RawAssertion>()),
+        "telemetry" => Some(fields_of::<RawTelemetry>()),
         "ratelimit" => Some(fields_of::<ratelimit::RawRateLimit>()),
         "ratelimit.rule" => Some(fields_of::<ratelimit::RawRule>()),
         _ => None,

@@ -108,6 +108,20 @@ pub struct Config {
     /// `[assertion]`: a signed identity assertion on every authenticated
     /// proxied request.
     pub assertion: Option<AssertionConfig>,
+    /// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP.
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Where spans are POSTed: `otlp_endpoint` with `/v1/traces` appended.
+    pub traces_url: http::Uri,
+    /// `service.name` of the exported resource.
+    pub service_name: Arc<str>,
+    /// Share of new traces sampled, `0.0..=1.0`; a client's valid
+    /// `traceparent` decides for its own trace.
+    pub sample_ratio: f64,
 }
 
 /// `[assertion]`.
