@@ -407,3 +407,59 @@ async fn check_config_refuses_malformed_endpoints_and_ratios_outside_0_to_1() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_upstream_attempt_is_its_own_span_retries_included() {
+    let Some((receiver, _dir, out)) = receiver().await else {
+        return;
+    };
+    let live = Upstream::start().await;
+    let mut opts = GatewayOptions::new(&live.url());
+    opts.extra_toml = format!(
+        "{}[[route]]\npath_prefix = \"/pool\"\nauth = \"public\"\nupstreams = [\"{}\", \"{}\"]\n",
+        telemetry_toml(&receiver.url(), "1.0"),
+        closed_port_url(),
+        live.url()
+    );
+    let gw = Gateway::start_with(opts).await;
+    // Members take turns: one of two requests goes to the closed port
+    // first, and is tried once more on the live member.
+    for n in 0..2 {
+        get(&gw.url(&format!("/pool/{n}")), None, &[])
+            .await
+            .expect_status(200);
+    }
+    let retried = live
+        .requests()
+        .into_iter()
+        .map(|r| r.header("traceparent").unwrap())
+        .collect::<Vec<_>>();
+    let all = wait_for_span(&out, |s| {
+        attr(s, "http.request.resend_count") == 1 && attr(s, "http.response.status_code") == 200
+    })
+    .await;
+    let second = all
+        .iter()
+        .find(|s| attr(s, "http.request.resend_count") == 1)
+        .unwrap();
+    let first = all
+        .iter()
+        .find(|s| {
+            s["parent_span_id"] == second["parent_span_id"] && attr(s, "error.type") == "connect"
+        })
+        .expect("the refused attempt's span, under the same server span");
+    assert_eq!(first["kind"], 3);
+    assert_eq!(first["status_code"], 2, "STATUS_CODE_ERROR");
+    assert_ne!(first["span_id"], second["span_id"]);
+    let server = all
+        .iter()
+        .find(|s| s["span_id"] == second["parent_span_id"])
+        .expect("their server span");
+    assert_eq!(attr(server, "http.response.status_code"), 200);
+    // The live upstream saw the retry's own span as its parent.
+    let second_id = second["span_id"].as_str().unwrap();
+    assert!(
+        retried.iter().any(|sent| sent.contains(second_id)),
+        "{retried:?} vs {second_id}"
+    );
+}
