@@ -463,3 +463,49 @@ async fn each_upstream_attempt_is_its_own_span_retries_included() {
         "{retried:?} vs {second_id}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_telemetry_the_client_traceparent_passes_untouched_and_a_reload_turns_tracing_on() {
+    let Some((receiver, _dir, out)) = receiver().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let mut gw = Gateway::start_with(GatewayOptions::new(&upstream.url())).await;
+    get(
+        &gw.url("/public/off"),
+        None,
+        &[("traceparent", CLIENT_PARENT), ("tracestate", "vendor=abc")],
+    )
+    .await
+    .expect_status(200);
+    let seen = upstream.last();
+    assert_eq!(seen.header("traceparent").as_deref(), Some(CLIENT_PARENT));
+    assert_eq!(seen.header("tracestate").as_deref(), Some("vendor=abc"));
+
+    let mut opts = gw.options().clone();
+    opts.extra_toml = telemetry_toml(&receiver.url(), "1.0");
+    let reloads = gw.log_count("configuration reloaded");
+    gw.set_options(opts);
+    gw.sighup();
+    assert!(
+        gw.wait_for_log(
+            "configuration reloaded",
+            reloads + 1,
+            Duration::from_secs(15)
+        )
+        .await,
+        "{}",
+        gw.logs()
+    );
+    get(
+        &gw.url("/public/on"),
+        None,
+        &[("traceparent", CLIENT_PARENT)],
+    )
+    .await
+    .expect_status(200);
+    let sent = upstream.last().header("traceparent").unwrap();
+    assert_ne!(sent, CLIENT_PARENT, "the gateway's span now");
+    let all = wait_for_span(&out, |s| attr(s, "url.path") == "/public/on").await;
+    assert!(all.iter().all(|s| attr(s, "url.path") != "/public/off"));
+}

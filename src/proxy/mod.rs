@@ -198,7 +198,7 @@ impl Forwarder {
                 let outbound = Request::from_parts(head, CappedBody::empty());
                 attempt =
                     tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
-                if let (Some(trace), Some(traced)) = (trace.as_deref_mut(), traced) {
+                if let (Some(trace), Some(traced)) = (trace, traced) {
                     trace.attempt_ended(traced, attempt_result(&attempt));
                 }
                 if matches!(attempt, Ok(Ok(_))) {
