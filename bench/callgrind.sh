@@ -137,14 +137,9 @@ burst = 1000000
 path_prefix = "/limited"
 EOF
 if [ "$TRACES" = 1 ]; then
-    # The receiver needs the pinned opentelemetry-proto of tests/upstreams/setup.sh.
-    OTLP_PY=${CALLGRIND_OTLP_PYTHON:-$ROOT/target/upstreams/venv/bin/python}
-    if ! "$OTLP_PY" -c 'import opentelemetry.proto' 2>/dev/null; then
-        python3 -m venv "$W/otlp-venv"
-        "$W/otlp-venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-            opentelemetry-proto==1.45.2 protobuf==7.36.2 >&2
-        OTLP_PY=$W/otlp-venv/bin/python
-    fi
+    # shellcheck source=bench/lib/otlp_python.sh
+    . "$ROOT/bench/lib/otlp_python.sh"
+    OTLP_PY=$(OTLP_PYTHON=${CALLGRIND_OTLP_PYTHON:-} otlp_python "$W")
     env -u OTLP_OUT "$OTLP_PY" "$ROOT/tests/upstreams/otlp_receiver.py" "$P_OTLP" >"$W/otlp.log" 2>&1 &
     PIDS+=("$!")
     printf '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = %s\n' \

@@ -516,14 +516,9 @@ if [ "$RUN_SHIPPED" = 1 ]; then
     log "authgate as shipped: $(ls /proc/"$PID_ag_ship"/task | wc -l) threads (one runtime worker on core $PROXY_CPU, plus the log writer and helpers)"
 fi
 if [ "$RUN_TRACES" = 1 ]; then
-    # The receiver needs the pinned opentelemetry-proto of tests/upstreams/setup.sh.
-    OTLP_PY=${BENCH_OTLP_PYTHON:-$ROOT/target/upstreams/venv/bin/python}
-    if ! "$OTLP_PY" -c 'import opentelemetry.proto' 2>/dev/null; then
-        python3 -m venv "$W/otlp-venv"
-        "$W/otlp-venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-            opentelemetry-proto==1.45.2 protobuf==7.36.2 >&2
-        OTLP_PY=$W/otlp-venv/bin/python
-    fi
+    # shellcheck source=bench/lib/otlp_python.sh
+    . "$LIB/otlp_python.sh"
+    OTLP_PY=$(OTLP_PYTHON=${BENCH_OTLP_PYTHON:-} otlp_python "$W")
     # No OTLP_OUT: each batch is decoded and discarded. On the load core.
     start otlp "$LOAD_CPU" env -u OTLP_OUT "$OTLP_PY" "$ROOT/tests/upstreams/otlp_receiver.py" "$P_OTLP"
     start ag-otel "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-otel.toml"
