@@ -509,3 +509,36 @@ async fn without_telemetry_the_client_traceparent_passes_untouched_and_a_reload_
     let all = wait_for_span(&out, |s| attr(s, "url.path") == "/public/on").await;
     assert!(all.iter().all(|s| attr(s, "url.path") != "/public/off"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_ratio_0_new_traces_are_not_recorded_but_a_sampled_client_trace_is() {
+    let Some((receiver, _dir, out)) = receiver().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = traced_gateway(&upstream, &receiver.url(), "0").await;
+    get(&gw.url("/public/new"), None, &[])
+        .await
+        .expect_status(200);
+    let sent = upstream.last().header("traceparent").unwrap();
+    assert!(sent.starts_with("00-") && sent.ends_with("-00"), "{sent}");
+    let new_trace = sent.split('-').nth(1).unwrap().to_owned();
+    // Parent-based: the client sampled its trace, so it is recorded.
+    get(
+        &gw.url("/public/followed"),
+        None,
+        &[("traceparent", CLIENT_PARENT)],
+    )
+    .await
+    .expect_status(200);
+    assert!(
+        upstream
+            .last()
+            .header("traceparent")
+            .unwrap()
+            .ends_with("-01")
+    );
+    let all = wait_for_span(&out, |s| attr(s, "url.path") == "/public/followed").await;
+    assert!(all.iter().all(|s| s["trace_id"] != new_trace.as_str()));
+    assert!(all.iter().all(|s| attr(s, "url.path") != "/public/new"));
+}
