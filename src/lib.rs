@@ -77,6 +77,7 @@ pub async fn run(
     let listeners = server::bind(&config.server).await?;
     let gateway = Gateway::start(config).await?;
     let shared: server::SharedGateway = Arc::new(ArcSwap::new(gateway));
+    let current = shared.clone();
     if let Some(path) = config_path {
         tokio::spawn(reload_on_hangup(path, Arc::downgrade(&shared)));
     }
@@ -90,6 +91,10 @@ pub async fn run(
         }
     }
     server::serve(shared, listeners, shutdown).await;
+    // The last requests' spans go out before the process ends.
+    if let Some(telemetry) = &current.load().telemetry {
+        telemetry.flush(telemetry::SHUTDOWN_FLUSH).await;
+    }
     Ok(())
 }
 

@@ -378,6 +378,16 @@ async fn a_collector_that_hangs_never_slows_requests_and_the_queue_stays_bounded
         counter(&metrics, "authgate_trace_spans_total{result=\"exported\"}"),
         0
     );
+
+    // Shutting down waits for the hanging collector 3 s at most.
+    let mut gw = gw;
+    let stopping = Instant::now();
+    gw.sigterm();
+    let status = gw.wait_exit(Duration::from_secs(15)).await;
+    let took = stopping.elapsed();
+    eprintln!("shutdown with a hanging collector took {took:?}");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
 #[tokio::test]
@@ -559,4 +569,39 @@ async fn at_ratio_0_new_traces_are_not_recorded_but_a_sampled_client_trace_is() 
     let all = wait_for_span(&out, |s| attr(s, "url.path") == "/public/followed").await;
     assert!(all.iter().all(|s| s["trace_id"] != new_trace.as_str()));
     assert!(all.iter().all(|s| attr(s, "url.path") != "/public/new"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_sends_the_spans_still_queued() {
+    let Some((receiver, _dir, out)) = receiver().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let mut gw = traced_gateway(&upstream, &receiver.url(), "1.0").await;
+    // A fresh client per request: no idle connection slows the drain.
+    for n in 0..3 {
+        let answer = reqwest::Client::new()
+            .get(gw.url(&format!("/public/last{n}")))
+            .header("connection", "close")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    gw.sigterm();
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        gw.logs()
+    );
+    let all = spans(&out);
+    for n in 0..3 {
+        let path = format!("/public/last{n}");
+        assert!(
+            all.iter().any(|s| attr(s, "url.path") == path.as_str()),
+            "{path} lost at shutdown: {all:#?}\n{}",
+            gw.logs()
+        );
+    }
 }

@@ -19,8 +19,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use prost::Message;
-use tokio::sync::mpsc;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 
@@ -43,9 +43,16 @@ pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// is small; a collector's error page need not be read whole).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// What the queue carries: one request's spans, or a request to send what
+/// is held now and say when that is done.
+enum Message {
+    Spans(Vec<Span>),
+    Flush(oneshot::Sender<()>),
+}
+
 /// The request side of the queue.
 pub(super) struct Queue {
-    sender: mpsc::Sender<Vec<Span>>,
+    sender: mpsc::Sender<Message>,
     metrics: Arc<Metrics>,
 }
 
@@ -79,12 +86,20 @@ impl Queue {
 
     /// Queues one request's spans, or drops and counts them at once.
     pub(super) fn push(&self, spans: Vec<Span>) {
-        if let Err(err) = self.sender.try_send(spans) {
-            let spans = match err {
-                mpsc::error::TrySendError::Full(spans)
-                | mpsc::error::TrySendError::Closed(spans) => spans,
-            };
-            self.metrics.trace_spans("dropped", spans.len());
+        if let Err(err) = self.sender.try_send(Message::Spans(spans)) {
+            let (mpsc::error::TrySendError::Full(message)
+            | mpsc::error::TrySendError::Closed(message)) = err;
+            if let Message::Spans(spans) = message {
+                self.metrics.trace_spans("dropped", spans.len());
+            }
+        }
+    }
+
+    /// Returns once what was queued before has been sent (or dropped).
+    pub(super) async fn flush(&self) {
+        let (done, sent) = oneshot::channel();
+        if self.sender.send(Message::Flush(done)).await.is_ok() {
+            let _ = sent.await;
         }
     }
 }
@@ -97,22 +112,33 @@ struct Exporter {
 }
 
 impl Exporter {
-    async fn run(self, mut receiver: mpsc::Receiver<Vec<Span>>) {
+    async fn run(self, mut receiver: mpsc::Receiver<Message>) {
         let mut batch = Vec::with_capacity(MAX_BATCH_SPANS);
         // Warned once per outage, not once per batch.
         let mut failing = false;
-        while let Some(spans) = receiver.recv().await {
-            batch.extend(spans);
+        while let Some(message) = receiver.recv().await {
+            let mut flushed = None;
+            match message {
+                Message::Spans(spans) => batch.extend(spans),
+                Message::Flush(done) => flushed = Some(done),
+            }
             let delay = tokio::time::sleep(BATCH_DELAY);
             tokio::pin!(delay);
-            while batch.len() < MAX_BATCH_SPANS {
+            while flushed.is_none() && batch.len() < MAX_BATCH_SPANS {
                 tokio::select! {
                     more = receiver.recv() => match more {
-                        Some(spans) => batch.extend(spans),
+                        Some(Message::Spans(spans)) => batch.extend(spans),
+                        Some(Message::Flush(done)) => flushed = Some(done),
                         None => break,
                     },
                     () = &mut delay => break,
                 }
+            }
+            if batch.is_empty() {
+                if let Some(done) = flushed {
+                    let _ = done.send(());
+                }
+                continue;
             }
             let count = batch.len();
             let sent =
@@ -139,6 +165,9 @@ impl Exporter {
                 }
             }
             batch = Vec::with_capacity(MAX_BATCH_SPANS);
+            if let Some(done) = flushed {
+                let _ = done.send(());
+            }
         }
     }
 

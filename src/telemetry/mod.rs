@@ -36,6 +36,9 @@ pub use propagation::{TRACEPARENT, TRACESTATE, TraceParent};
 /// boundary) so one request cannot make a span of the URI's size.
 const MAX_PATH_BYTES: usize = 1024;
 
+/// The longest a clean shutdown waits for the spans still queued.
+pub const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Longest `server.address` recorded.
 const MAX_HOST_BYTES: usize = 255;
 
@@ -94,6 +97,12 @@ impl Telemetry {
             sampler: Sampler::new(config.sample_ratio),
             queue: export::Queue::start(config.traces_url.clone(), resource, client, metrics),
         })
+    }
+
+    /// Sends the spans queued so far, waiting at most `limit`: at
+    /// shutdown, so that the last requests' spans are not lost.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let _ = tokio::time::timeout(limit, self.queue.flush()).await;
     }
 
     /// Starts `request`'s server span, arriving from `peer` (over TLS or
