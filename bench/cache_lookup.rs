@@ -55,6 +55,7 @@ fn main() {
             owner,
             expires_at: i64::MAX,
             scope: None,
+            rate_limit: None,
         };
         cache.put_key(*hash, Some(facts), now);
     }

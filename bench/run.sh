@@ -37,6 +37,10 @@ RUN_KEYS=${BENCH_KEYS:-1}                       # RSS and lookups with many cach
 KEYS_COUNT=${BENCH_KEYS_COUNT:-1000000}         # keys put in the store
 KEYS_WARM=${BENCH_KEYS_WARM:-$KEYS_COUNT}       # distinct keys requested once (cache fill)
 KEYS_FILL_LIMIT=${BENCH_KEYS_FILL_LIMIT:-900}   # seconds at most for the cache fill
+RUN_LATENCY=${BENCH_LATENCY:-1}                 # p50/p99 at 50% and 90% of the HS256 peak (oha -q)
+LATENCY_DURATION=${BENCH_LATENCY_DURATION:-10}  # seconds per fixed-rate run
+OHA=${BENCH_OHA:-oha}
+OHA_VERSION=${BENCH_OHA_VERSION:-1.14.0}
 RUN_LOGIN=${BENCH_LOGIN:-1}                     # POST /auth/login throughput
 LOGIN_CONNS=${BENCH_LOGIN_CONNECTIONS:-8}
 INSTALL=${BENCH_INSTALL:-1}                     # apt-get install what is missing
@@ -186,9 +190,10 @@ core_busy_ticks() {
 }
 
 read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH P_AG_RL \
-    P_AG_SHIP P_NGX_LOG P_AG_2W P_AG_TLS P_AG_TLS_PLAIN P_NGX_TLS P_AG_HOSTS P_AG_OTEL P_OTLP < <($PY -c '
+    P_AG_SHIP P_NGX_LOG P_AG_2W P_AG_TLS P_AG_TLS_PLAIN P_NGX_TLS P_AG_HOSTS \
+    P_AG_FWD P_NGX_AUTH_OWN P_AG_OTEL P_OTLP < <($PY -c '
 import socket
-socks = [socket.socket() for _ in range(19)]
+socks = [socket.socket() for _ in range(21)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 
@@ -259,11 +264,13 @@ $2
 EOF
 }
 nginx_proxy_conf nginx-proxy "        listen 127.0.0.1:$P_NGX backlog=4096;"
-# nginx in front, authgate (the HS256 instance) deciding through auth_request:
+# nginx in front, authgate deciding through auth_request:
 # deploy/forward-auth/nginx/authgate.conf reduced to the decision and the forward.
-cat >"$W/nginx-authreq.conf" <<EOF
-pid $W/nginx-authreq.pid;
-error_log $W/nginx-authreq.err warn;
+# nginx_authreq_conf NAME NGINX_PORT AUTHGATE_PORT
+nginx_authreq_conf() {
+    cat >"$W/$1.conf" <<EOF
+pid $W/$1.pid;
+error_log $W/$1.err warn;
 $nginx_common
 http {
 $nginx_http
@@ -272,11 +279,11 @@ $nginx_http
         keepalive 64;
     }
     upstream authgate {
-        server 127.0.0.1:$P_AG_HS;
+        server 127.0.0.1:$3;
         keepalive 64;
     }
     server {
-        listen 127.0.0.1:$P_NGX_AUTH backlog=4096;
+        listen 127.0.0.1:$2 backlog=4096;
         location = /_authgate_verify {
             internal;
             proxy_pass http://authgate/_authgate/verify;
@@ -303,6 +310,11 @@ $nginx_http
     }
 }
 EOF
+}
+# Sharing the proxy core with the HS256 instance (both on one core), and with
+# an authgate of its own on the load core, so nginx keeps the proxy core.
+nginx_authreq_conf nginx-authreq "$P_NGX_AUTH" "$P_AG_HS"
+nginx_authreq_conf nginx-authreq-own "$P_NGX_AUTH_OWN" "$P_AG_FWD"
 
 # nginx-proxy-noauth with an access log, as shipped configs have it: the peer of
 # authgate-jwt-hs256-shipped (whose access log goes to $W/ag-ship.log).
@@ -459,6 +471,7 @@ authgate_config "$P_AG_KEYS" ag-keys "$HS_JWT" >"$W/ag-keys.toml"
 # [server.tls] (its plain listener only answers wait_up).
 authgate_config "$P_AG_SHIP" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-ship.toml"
 authgate_config "$P_AG_2W" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-2w.toml"
+authgate_config "$P_AG_FWD" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-fwd.toml"
 # Tracing on: the HS256 instance's config with every request sampled, spans
 # sent to the OTLP/HTTP receiver of the tests (decoding, then discarding).
 authgate_config "$P_AG_OTEL" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-otel.toml"
@@ -498,6 +511,9 @@ start ag-hs "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hs.toml"
 start ag-es "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-es.toml"
 start ag-rl "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-rl.toml"
 start ag-hosts "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hosts.toml"
+# The forward-auth decider of nginx-authreq-own, on the load core (with wrk and the upstream).
+start ag-fwd "$LOAD_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-fwd.toml"
+start nginx-authreq-own "$PROXY_CPU" nginx -p "$W" -e "$W/nginx-authreq-own.err" -c "$W/nginx-authreq-own.conf"
 wait_up "http://127.0.0.1:$P_UP/" upstream
 wait_up "http://127.0.0.1:$P_NGX/" nginx-proxy
 wait_up "http://127.0.0.1:$P_HAP_HS/" haproxy
@@ -506,6 +522,8 @@ wait_up "http://127.0.0.1:$P_AG_ES/healthz" ag-es
 wait_up "http://127.0.0.1:$P_NGX_AUTH/" nginx-authreq
 wait_up "http://127.0.0.1:$P_AG_RL/healthz" ag-rl
 wait_up "http://127.0.0.1:$P_AG_HOSTS/healthz" ag-hosts
+wait_up "http://127.0.0.1:$P_AG_FWD/healthz" ag-fwd
+wait_up "http://127.0.0.1:$P_NGX_AUTH_OWN/" nginx-authreq-own
 if [ "$RUN_SHIPPED" = 1 ]; then
     # As a user runs it: no --workers (the affinity mask, one core, makes one), the default
     # log level with the access log on, into a file as a log collector would take it.
@@ -633,7 +651,7 @@ preflight() {
 T_NAMES=(upstream-direct nginx-proxy-noauth haproxy-jwt-hs256 haproxy-jwt-es256
     authgate-jwt-hs256 authgate-jwt-hs256-memrule authgate-jwt-hs256-redisrule
     authgate-jwt-es256 authgate-accesskey authgate-public authgate-public-hosts1000
-    authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate)
+    authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate nginx-authreq-authgate-owncore)
 if [ "$RUN_TRACES" = 1 ]; then
     # Next to the HS256 row.
     names=()
@@ -670,6 +688,10 @@ T_DESC[authgate-public-hosts1000]="public route among 1,000 routes over 200 host
 T_URL[authgate-verify-jwt]="http://127.0.0.1:$P_AG_HS/_authgate/verify/bench"
 T_URL[authgate-verify-accesskey]="http://127.0.0.1:$P_AG_HS/_authgate/verify/bench?accesskey=$ACCESS_KEY"
 T_URL[nginx-authreq-authgate]="http://127.0.0.1:$P_NGX_AUTH/bench"
+T_URL[nginx-authreq-authgate-owncore]="http://127.0.0.1:$P_NGX_AUTH_OWN/bench"
+T_HDR[nginx-authreq-authgate-owncore]="Authorization: Bearer $HS_TOKEN"
+T_PID[nginx-authreq-authgate-owncore]="$PID_nginx_authreq_own $PID_ag_fwd"
+T_DESC[nginx-authreq-authgate-owncore]="nginx auth_request -> authgate verify (HS256 JWT), nginx alone on the proxy core, authgate on the load core (with wrk and the upstream); CPU of both"
 T_HDR[haproxy-jwt-hs256]="Authorization: Bearer $HS_TOKEN"
 T_HDR[haproxy-jwt-es256]="Authorization: Bearer $ES_TOKEN"
 T_HDR[authgate-jwt-hs256]="Authorization: Bearer $HS_TOKEN"
@@ -914,6 +936,68 @@ if [ "$RUN_THROUGHPUT" = 1 ]; then
     # Spans the traced instance exported, and dropped (its queue was full:
     # the receiver did not keep up), over the whole run.
     [ "$RUN_TRACES" != 1 ] || log "authgate-jwt-hs256-traced spans: $(curl -s --max-time 5 "http://127.0.0.1:$P_AG_OTEL/metrics" | grep '^authgate_trace_spans_total' | tr '\n' ' ')"
+fi
+
+# ---------------------------------------------------------------- latency at fixed rates
+# p50/p99/p99.9 at 50% and 90% of authgate-jwt-hs256's peak (its median req/s above),
+# the same request rates for nginx and HAProxy: oha -q holds the rate, and with
+# --latency-correction a late answer counts from when its request was due
+# (coordinated omission). oha comes from crates.io (BENCH_OHA names another binary).
+if [ "$RUN_LATENCY" = 1 ] && [ "$RUN_THROUGHPUT" = 1 ]; then
+    if ! command -v "$OHA" >/dev/null; then
+        log "installing oha $OHA_VERSION from crates.io into $W/oha"
+        cargo install oha --locked --version "$OHA_VERSION" --root "$W/oha" >&2 || die "cargo install oha failed"
+        OHA=$W/oha/bin/oha
+    fi
+    peak=$(awk -F'\t' '$1 == "authgate-jwt-hs256" && $3 != "-" { print $3 }' "$W/raw.tsv" | sort -n |
+        awk '{ v[NR] = $1 } END { if (NR) print int(v[int((NR + 1) / 2)]) }')
+    latency_targets=(nginx-proxy-noauth haproxy-jwt-hs256 authgate-jwt-hs256)
+    [ "$RUN_SHIPPED" != 1 ] || latency_targets+=(authgate-jwt-hs256-shipped)
+    if [ -n "$peak" ] && [ "$peak" -gt 0 ]; then
+        for pct in 50 90; do
+            rate=$((peak * pct / 100))
+            for t in "${latency_targets[@]}"; do
+                mapfile -t args < <(hdr_args "$t")
+                oha_args=()
+                for ((i = 0; i < ${#args[@]}; i += 2)); do oha_args+=(-H "${args[i + 1]}"); done
+                out=$W/oha-$t-$pct.json
+                timeout $((LATENCY_DURATION + 60)) taskset -c "$LOAD_CPU" "$OHA" -z "${LATENCY_DURATION}s" \
+                    -q "$rate" -c "$CONNS" --latency-correction --no-tui --output-format json \
+                    "${oha_args[@]}" "${T_URL[$t]}" >"$out" 2>"$out.err" || true
+                line=$($PY - "$out" <<'PY'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception:
+    print("- - - - -"); sys.exit()
+p = d.get("latencyPercentiles", {})
+codes = d.get("statusCodeDistribution", {})
+ok = sum(n for c, n in codes.items() if str(c).startswith("2"))
+other = sum(codes.values()) - ok
+ms = lambda v: "-" if v is None else f"{v * 1000:.2f}"
+print(f'{d["summary"].get("requestsPerSec", 0):.0f} {ms(p.get("p50"))} {ms(p.get("p99"))} {ms(p.get("p99.9"))} {other}')
+PY
+)
+                printf '%s\t%s\t%s\t%s\n' "$t" "$pct" "$rate" "$line" >>"$W/latency.tsv"
+                log "latency $t at ${pct}% ($rate req/s): $line (achieved req/s, p50, p99, p99.9 ms, non-2xx)"
+            done
+        done
+        {
+            echo "## Latency at fixed request rates"
+            echo
+            echo "oha \`-q\` at 50% and 90% of authgate-jwt-hs256's median peak ($peak req/s), $LATENCY_DURATION s each,"
+            echo "$CONNS connections, \`--latency-correction\` (latency counted from when a request was due)."
+            echo
+            echo "| target | load | rate req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | non-2xx |"
+            echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            while IFS=$'\t' read -r t pct rate line; do
+                read -r got p50 p99 p999 other <<<"$line"
+                echo "| $t | ${pct}% | $rate | $got | $p50 | $p99 | $p999 | $other |"
+            done <"$W/latency.tsv"
+        } >"$W/latency.md"
+    else
+        log "latency: no peak for authgate-jwt-hs256, skipped"
+    fi
 fi
 
 # ---------------------------------------------------------------- login

@@ -133,6 +133,14 @@ pub enum KeyCommand {
         /// Allow only paths under this prefix (repeatable; default: all).
         #[arg(long = "path")]
         paths: Vec<String>,
+        /// The key's own rate limit: sustained requests per second
+        /// (0.0001 to 1000000; with --burst; default: none).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// The key's own rate limit: requests at once (1 to 1000000; with
+        /// --rate).
+        #[arg(long)]
+        burst: Option<u64>,
     },
     /// List live access keys.
     List {
@@ -374,7 +382,7 @@ fn realm_of(path: &Path) -> String {
 }
 
 async fn serve(config: Config, path: PathBuf) -> Result<(), CliError> {
-    crate::run(config, Some(path), crate::server::shutdown_signal())
+    crate::run(config, Some(path), crate::signals::shutdown_signal())
         .await
         .map_err(|err| fail(err.to_string()))
 }
@@ -528,18 +536,10 @@ async fn user(
     Ok(())
 }
 
-/// Refuses a key name or detail the API would refuse too.
-fn check_cli_label(flag: &str, value: &str, max_chars: usize) -> Result<(), CliError> {
-    use crate::text::TextProblem;
-    crate::text::check_label(value, max_chars).map_err(|problem| {
-        fail(match problem {
-            TextProblem::TooLong => format!("{flag} is longer than {max_chars} characters"),
-            TextProblem::Control => format!("{flag} must not contain control characters"),
-            TextProblem::Bidi => {
-                format!("{flag} must not contain bidirectional formatting characters")
-            }
-        })
-    })
+/// A key field refused by the rules the API applies too, as one line
+/// naming the flag.
+fn refused(problem: accesskey::FieldProblem) -> CliError {
+    fail(format!("{}: {}", problem.field.cli_flag(), problem.message))
 }
 
 async fn key(
@@ -557,19 +557,24 @@ async fn key(
             roles,
             methods,
             paths,
+            rate,
+            burst,
         } => {
-            let expire = i64::try_from(expire)
-                .ok()
-                .filter(|secs| (1..=accesskey::MAX_EXPIRE_SECS).contains(secs))
-                .ok_or_else(|| fail("--expire must be between 1 second and ten years"))?;
-            check_cli_label("--name", &name, crate::text::MAX_NAME_CHARS)?;
-            check_cli_label("--detail", &detail, crate::text::MAX_DETAIL_CHARS)?;
+            let expire = accesskey::check_expire(i64::try_from(expire).ok()).map_err(refused)?;
+            accesskey::check_labels(&name, &detail).map_err(refused)?;
+            let rate_limit = match (rate, burst) {
+                (None, None) => None,
+                (Some(rate), Some(burst)) => {
+                    Some(accesskey::check_rate_limit(Some(rate), Some(burst)).map_err(refused)?)
+                }
+                _ => return Err(fail("--rate and --burst are given together")),
+            };
             let scope = crate::scope::KeyScope {
                 roles: (!roles.is_empty()).then_some(roles),
                 methods,
                 path_prefixes: paths,
             };
-            crate::scope::check_fields(&scope).map_err(fail)?;
+            accesskey::check_scope(&scope).map_err(refused)?;
             let owner = match store.user(&user).await? {
                 Some(found) => crate::auth::StoreUser::from_record(&found),
                 None => return Err(fail(format!("no user named {}", escape(&user)))),
@@ -580,6 +585,7 @@ async fn key(
                 detail: &detail,
                 expires_in: expire,
                 scope: &scope,
+                rate_limit,
                 max_per_user: config.accesskeys.max_per_user,
             };
             let created = accesskey::issue(&store, request, unix_now()).await;
@@ -594,7 +600,7 @@ async fn key(
         }
         KeyCommand::List { user } => {
             println!(
-                "ID\tUSER\tNAME\tTOKEN_PREFIX\tEXPIRES\tLAST_USED\tROLES\tMETHODS\tPATHS\tENABLED\tUSES\tREROLLED"
+                "ID\tUSER\tNAME\tTOKEN_PREFIX\tEXPIRES\tLAST_USED\tROLES\tMETHODS\tPATHS\tENABLED\tUSES\tREROLLED\tRATE_LIMIT"
             );
             let mut before: Option<String> = None;
             loop {
@@ -605,7 +611,7 @@ async fn key(
                         items => items.join(","),
                     };
                     println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                         key.id,
                         escape(&key.username),
                         escape(&key.name),
@@ -621,6 +627,10 @@ async fn key(
                         if key.enabled { "yes" } else { "no" },
                         key.uses,
                         key.tm_rerolled.map(rfc3339).unwrap_or_else(|| "-".into()),
+                        key.rate_limit.map_or_else(
+                            || "-".to_owned(),
+                            |limit| format!("{}/s burst {}", limit.rate, limit.burst)
+                        ),
                     );
                 }
                 match page.last() {
@@ -645,10 +655,7 @@ async fn key(
             if uuid::Uuid::parse_str(&id).is_err() {
                 return Err(fail(format!("{id:?} is not a key id (UUID)")));
             }
-            let grace = i64::try_from(grace)
-                .ok()
-                .filter(|grace| *grace <= accesskey::MAX_REROLL_GRACE_SECS)
-                .ok_or_else(|| fail("--grace must be from 0 to 604800 seconds"))?;
+            let grace = accesskey::check_grace(i64::try_from(grace).ok()).map_err(refused)?;
             let (key, hash_hex, prefix) = accesskey::fresh_secret();
             // The change log carries the replaced secret's new end to every
             // running gateway.

@@ -2,11 +2,13 @@
 //! store and the caches, and rebuilt on reload around the same store,
 //! caches and metrics.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use tracing::warn;
 
-use crate::assertion::Assertions;
 use crate::auth::Authenticator;
 use crate::auth::password::HashLimiter;
 use crate::auth::throttle::LoginThrottle;
@@ -14,6 +16,7 @@ use crate::clock::unix_now;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Forwarder;
+use crate::proxy::assertion::Assertions;
 use crate::ratelimit::RateLimits;
 use crate::store::cache::CredentialCache;
 use crate::store::{Store, follow};
@@ -155,7 +158,6 @@ impl Gateway {
                 providers.push(provider);
             }
         }
-        cache.watch_token_cache(config.jwt.keys.token_cache());
         let pools = config.routes.pools();
         if pools.iter().any(|(_, pool)| pool.health_check().is_some()) {
             let client = crate::proxy::pooled_client(&config.upstream)?;
@@ -165,6 +167,16 @@ impl Gateway {
                 config.upstream.connect_timeout,
             );
         }
+        // A new snapshot verifies with a new cache: tokens of keys a reload
+        // removed are not let in from the old one.
+        let auth = Authenticator::new(
+            config.jwt.keys.clone(),
+            providers,
+            store.clone(),
+            cache.clone(),
+        )
+        .with_sources(credential_sources(&config));
+        cache.watch_token_cache(auth.token_cache());
         // A snapshot's own exporter: it ends once the snapshot and its
         // last request are gone, after sending what it holds.
         let telemetry = match &config.telemetry {
@@ -177,13 +189,7 @@ impl Gateway {
         };
         Ok(Gateway {
             telemetry,
-            auth: Authenticator::new(
-                config.jwt.keys.clone(),
-                providers,
-                store.clone(),
-                cache.clone(),
-            )
-            .with_sources(credential_sources(&config)),
+            auth,
             throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
             forwarder: Forwarder::try_new(
                 &config.upstream,
@@ -196,6 +202,7 @@ impl Gateway {
             .with_credential_sources(credential_sources(&config)),
             oidc: crate::oidc::Providers::try_new(
                 &config.oidc,
+                &config.jwt.derive_root,
                 &config.upstream,
                 config.jwt.leeway,
             )?,
@@ -295,4 +302,17 @@ pub fn credential_sources(config: &Config) -> crate::auth::extract::Sources {
         key_header: config.accesskeys.header.clone(),
         query: config.server.credentials_in_query,
     }
+}
+
+/// The current gateway snapshot; a reload swaps it.
+pub type SharedGateway = Arc<ArcSwap<Gateway>>;
+
+/// Validates the config at `path` and swaps it in.
+pub fn reload(path: &Path, shared: &SharedGateway) -> Result<(), ReloadError> {
+    let config = Config::load(path).map_err(|err| ReloadError::Invalid(err.problems.join("; ")))?;
+    let current = shared.load_full();
+    let next = current.reconfigure(config)?;
+    shared.store(Arc::new(next));
+    current.metrics.reloads();
+    Ok(())
 }

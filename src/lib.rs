@@ -9,44 +9,37 @@
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod assertion;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
-pub mod conn;
-pub mod context;
-pub mod cors;
+pub mod connection;
 pub mod error;
 pub mod gateway;
 pub mod inflight;
-pub mod judge;
 pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod oidc;
 pub mod pool;
-pub mod protocol;
 pub mod proxy;
-pub mod proxy_header;
 pub mod ratelimit;
-pub mod request_id;
+pub mod request;
 pub mod routes;
 pub mod scope;
-pub mod server;
-pub mod service;
+pub mod signals;
 pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod tls;
 pub mod token;
-pub mod verify;
 pub mod workers;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
@@ -62,7 +55,7 @@ pub enum RunError {
     Start(#[from] gateway::StartError),
     /// A listener could not be bound.
     #[error(transparent)]
-    Serve(#[from] server::ServeError),
+    Serve(#[from] connection::ServeError),
 }
 
 /// Runs the gateway with `config` until `shutdown` completes, then drains.
@@ -74,12 +67,12 @@ pub async fn run(
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let listeners = server::bind(&config.server).await?;
+    let listeners = connection::bind(&config.server).await?;
     let gateway = Gateway::start(config).await?;
-    let shared: server::SharedGateway = Arc::new(ArcSwap::new(gateway));
+    let shared: gateway::SharedGateway = Arc::new(ArcSwap::new(gateway));
     let current = shared.clone();
     if let Some(path) = config_path {
-        tokio::spawn(reload_on_hangup(path, Arc::downgrade(&shared)));
+        tokio::spawn(signals::reload_on_hangup(path, Arc::downgrade(&shared)));
     }
     for listener in &listeners {
         if let Ok(addr) = listener.local_addr() {
@@ -90,58 +83,10 @@ pub async fn run(
             }
         }
     }
-    server::serve(shared, listeners, shutdown).await;
+    connection::serve(shared, listeners, shutdown).await;
     // The last requests' spans go out before the process ends.
     if let Some(telemetry) = &current.load().telemetry {
         telemetry.flush(telemetry::SHUTDOWN_FLUSH).await;
     }
-    Ok(())
-}
-
-/// Reloads the config on every SIGHUP.
-async fn reload_on_hangup(path: PathBuf, shared: Weak<ArcSwap<Gateway>>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            // Reading files, loading CA roots and checking keys block:
-            // not on a thread that serves requests.
-            let reloaded = tokio::task::spawn_blocking({
-                let path = path.clone();
-                move || reload(&path, &shared)
-            })
-            .await;
-            match reloaded {
-                Ok(Ok(())) => tracing::info!(config = %path.display(), "configuration reloaded"),
-                Ok(Err(err)) => tracing::error!(
-                    config = %path.display(),
-                    error = %err,
-                    "reload refused; the previous configuration stays in force"
-                ),
-                Err(err) => tracing::error!(
-                    config = %path.display(),
-                    error = %err,
-                    "reload failed; the previous configuration stays in force"
-                ),
-            }
-        }
-    }
-}
-
-/// Validates the config at `path` and swaps it in.
-pub fn reload(path: &Path, shared: &server::SharedGateway) -> Result<(), gateway::ReloadError> {
-    let config =
-        Config::load(path).map_err(|err| gateway::ReloadError::Invalid(err.problems.join("; ")))?;
-    let current = shared.load_full();
-    let next = current.reconfigure(config)?;
-    shared.store(Arc::new(next));
-    current.metrics.reloads();
     Ok(())
 }

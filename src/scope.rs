@@ -33,6 +33,21 @@ pub struct KeyScope {
     pub path_prefixes: Vec<String>,
 }
 
+/// A key's own budget, fixed when the key is made (like its scope): a
+/// GCRA bucket of `burst` requests refilled at `rate` per second, drawn
+/// from the configured `[ratelimit]` store. Built only through
+/// `auth::accesskey::check_rate_limit` or read back from the store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyRateLimit {
+    /// Sustained requests per second (finite, above 0).
+    pub rate: f64,
+    /// Bucket size, at least 1.
+    pub burst: u32,
+}
+
+// `rate` is never NaN (checked at creation), so equality is total.
+impl Eq for KeyRateLimit {}
+
 impl KeyScope {
     /// Whether the key may be used for any method and path.
     pub fn any_request(&self) -> bool {

@@ -15,6 +15,23 @@ pub const MAX_NAME_CHARS: usize = 256;
 /// Longest access-key `detail`, in characters.
 pub const MAX_DETAIL_CHARS: usize = 4096;
 
+/// Appends `value` in decimal (no allocation, no formatting machinery: the
+/// access log and the RateLimit headers write numbers on every request).
+pub fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // A digit: fits in u8.
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Why a name or detail is refused. Carries no part of the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextProblem {

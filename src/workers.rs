@@ -1,6 +1,6 @@
 //! Thread-per-core: how many worker threads serve requests, and which one
 //! the current thread is. Each worker runs its own current-thread runtime
-//! with its own `SO_REUSEPORT` listener ([`crate::server`]) and its own
+//! with its own `SO_REUSEPORT` listener ([`crate::connection`]) and its own
 //! upstream connection pool ([`crate::proxy`]), so a request never crosses
 //! threads and the hot path shares only read-mostly state.
 

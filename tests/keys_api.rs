@@ -767,24 +767,258 @@ async fn uses_count_the_requests_a_key_authenticated() {
     assert!(line.contains("\tyes\t7\t"), "{line}");
 }
 
-/// A key's own rate limit is not built yet: asking for one is refused,
-/// never silently ignored, and the object says `"rate_limit": null`.
+/// A 429 of the key's own budget; returns the body.
+fn expect_key_limited(r: &Resp) -> Value {
+    r.expect_status(429);
+    let v = r.json();
+    assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED", "{v}");
+    assert_eq!(v["error"]["reason"], "RATE_LIMITED", "{v}");
+    assert_eq!(v["error"]["details"]["limited_by"], "key", "{v}");
+    v
+}
+
+/// Creates a key for the setup's user with this `rate_limit`.
+async fn create_limited(gw: &Gateway, jwt: &str, rate_limit: Value) -> Value {
+    let r = post_json(
+        &gw.url(KEYS),
+        Some(jwt),
+        &json!({"name": "limited", "expire": 3600, "rate_limit": rate_limit}),
+    )
+    .await;
+    r.expect_status(200);
+    r.json()
+}
+
+/// Issue 24 item 6: a key's own budget, with no `[ratelimit]` table at
+/// all (the memory store): the burst, then 429 `limited_by: "key"` with
+/// Retry-After and the RateLimit headers; every transport and verify draw
+/// on the one bucket; other keys are untouched; a reroll keeps it.
 #[tokio::test]
-async fn a_rate_limit_on_create_is_refused_until_supported() {
-    let (_upstream, gw, jwt, created) = setup_with(|_| {}).await;
-    assert_eq!(created["rate_limit"], Value::Null);
+async fn a_keys_own_rate_limit_is_enforced_on_every_path_and_kept_by_a_reroll() {
+    let (upstream, gw, jwt, unlimited) = setup_with(|_| {}).await;
+    assert_eq!(unlimited["rate_limit"], Value::Null);
+    let created = create_limited(&gw, &jwt, json!({"rate": 0.01, "burst": 3})).await;
+    assert_eq!(created["rate_limit"], json!({"rate": 0.01, "burst": 3}));
+    let key = token(&created);
+    let shown = get(
+        &gw.url(&format!("{KEYS}/{}", id(&created))),
+        Some(&jwt),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        shown.json()["rate_limit"],
+        json!({"rate": 0.01, "burst": 3})
+    );
+
+    // Three transports and verify: one bucket of 3.
+    let query = gw.url(&format!("/x?accesskey={key}"));
+    let answers = [
+        get(&gw.url("/x"), Some(&key), &[]).await,
+        get(&gw.url("/x"), None, &[("x-api-key", &key)]).await,
+        get(&query, None, &[]).await,
+    ];
+    for (remaining, r) in [2, 1, 0].into_iter().zip(&answers) {
+        r.expect_status(200);
+        assert_eq!(
+            r.header("ratelimit-policy").as_deref(),
+            Some(r#""key";q=3;w=300"#)
+        );
+        let state = r.header("ratelimit").unwrap();
+        assert!(
+            state.starts_with(&format!("\"key\";r={remaining};t=")),
+            "{state}"
+        );
+    }
+    let seen = upstream.count();
+    let refused = get(
+        &gw.url("/_authgate/verify"),
+        None,
+        &[("x-api-key", &key), ("x-forwarded-uri", "/x")],
+    )
+    .await;
+    expect_key_limited(&refused);
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=100).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        refused.header("ratelimit-policy").as_deref(),
+        Some(r#""key";q=3;w=300"#)
+    );
+    assert!(
+        refused
+            .header("ratelimit")
+            .unwrap()
+            .starts_with(r#""key";r=0;t="#)
+    );
+    assert!(!refused.text().contains(&key[3..]), "no key in the answer");
+    expect_key_limited(&get(&gw.url("/x"), Some(&key), &[]).await);
+    assert_eq!(
+        upstream.count(),
+        seen,
+        "nothing refused reached the upstream"
+    );
+
+    // The owner's other key, and a JWT, have no such budget.
+    for _ in 0..5 {
+        let r = get(&gw.url("/x"), Some(&token(&unlimited)), &[]).await;
+        r.expect_status(200);
+        assert!(r.header("ratelimit").is_none(), "no budget, no header");
+        get(&gw.url("/x"), Some(&jwt), &[]).await.expect_status(200);
+    }
+    // A second limited key has a bucket of its own.
+    let other = create_limited(&gw, &jwt, json!({"rate": 0.01, "burst": 1})).await;
+    get(&gw.url("/x"), Some(&token(&other)), &[])
+        .await
+        .expect_status(200);
+
+    // Rerolled: the new secret is the same key, with the same (empty) budget.
+    let r = reroll(
+        &gw,
+        &id(&created),
+        ("authorization", &format!("Bearer {jwt}")),
+        &json!({}),
+    )
+    .await;
+    r.expect_status(200);
+    assert_eq!(r.json()["rate_limit"], json!({"rate": 0.01, "burst": 3}));
+    expect_key_limited(&get(&gw.url("/x"), Some(&token(&r.json())), &[]).await);
+
+    // Listed, in the API and the CLI.
+    let listed = get(&gw.url(KEYS), Some(&jwt), &[]).await.json();
+    let row = listed["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == created["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(row["rate_limit"], json!({"rate": 0.01, "burst": 3}));
+    let cli = gw.cli_ok(&["key", "list"], None).await;
+    assert!(
+        cli.lines().next().unwrap().ends_with("\tRATE_LIMIT"),
+        "{cli}"
+    );
+    let line = cli.lines().find(|l| l.starts_with(&id(&created))).unwrap();
+    assert!(line.ends_with("\t0.01/s burst 3"), "{line}");
+    let line = cli
+        .lines()
+        .find(|l| l.starts_with(&id(&unlimited)))
+        .unwrap();
+    assert!(line.ends_with("\t-"), "{line}");
+}
+
+/// The key's budget holds on the gateway's own endpoints too: a key that
+/// reads `/v1.0/accesskeys` draws on it like a proxied request.
+#[tokio::test]
+async fn a_keys_own_budget_holds_on_the_key_endpoints() {
+    let (_upstream, gw, jwt, _created) = setup_with(|_| {}).await;
+    let created = create_limited(&gw, &jwt, json!({"rate": 0.01, "burst": 2})).await;
+    let key = token(&created);
+    get(&gw.url("/x"), Some(&key), &[]).await.expect_status(200);
+    get(&gw.url(KEYS), Some(&key), &[]).await.expect_status(200);
+    let refused = get(&gw.url(KEYS), None, &[("x-api-key", &key)]).await;
+    expect_key_limited(&refused);
+    assert!(refused.header("retry-after").is_some());
+    expect_key_limited(&get(&gw.url("/x"), Some(&key), &[]).await);
+    // The owner's JWT is not the key.
+    get(&gw.url(KEYS), Some(&jwt), &[]).await.expect_status(200);
+}
+
+/// Bad budgets: 400 naming the field, nothing made.
+#[tokio::test]
+async fn bad_rate_limits_are_refused_with_the_field_named() {
+    let (_upstream, gw, jwt, _created) = setup_with(|_| {}).await;
+    let before = get(&gw.url(KEYS), Some(&jwt), &[]).await.json()["result"]
+        .as_array()
+        .unwrap()
+        .len();
+    for (limit, field) in [
+        (json!({"rate": 0, "burst": 1}), "rate_limit.rate"),
+        (json!({"rate": -1, "burst": 1}), "rate_limit.rate"),
+        (json!({"rate": -0.5, "burst": 1}), "rate_limit.rate"),
+        (json!({"rate": 1e-9, "burst": 1}), "rate_limit.rate"),
+        (json!({"rate": 2e6, "burst": 1}), "rate_limit.rate"),
+        (json!({"rate": "5", "burst": 1}), "rate_limit.rate"),
+        (json!({"rate": null, "burst": 1}), "rate_limit.rate"),
+        (json!({"burst": 1}), "rate_limit.rate"),
+        (json!({"rate": 1, "burst": 0}), "rate_limit.burst"),
+        (json!({"rate": 1, "burst": -3}), "rate_limit.burst"),
+        (json!({"rate": 1, "burst": 1.5}), "rate_limit.burst"),
+        (json!({"rate": 1, "burst": "2"}), "rate_limit.burst"),
+        (json!({"rate": 1, "burst": 1_000_001}), "rate_limit.burst"),
+        (json!({"rate": 1}), "rate_limit.burst"),
+        (json!({"rate": 1, "burst": 1, "window": 60}), "rate_limit"),
+        (json!("fast"), "rate_limit"),
+        (json!([1, 2]), "rate_limit"),
+        (json!(5), "rate_limit"),
+    ] {
+        let r = post_json(
+            &gw.url(KEYS),
+            Some(&jwt),
+            &json!({"name": "r", "expire": 60, "rate_limit": limit}),
+        )
+        .await;
+        let err = r.expect_error(400, "INVALID_ARGUMENT", "INVALID_FIELD");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "{limit}: {err}");
+    }
+    // A misspelt field is refused, never ignored (a caller must not
+    // believe a limit applies).
     let r = post_json(
         &gw.url(KEYS),
         Some(&jwt),
-        &json!({"name": "r", "expire": 60, "rate_limit": {"rate": 1, "burst": 1}}),
+        &json!({"name": "r", "expire": 60, "ratelimit": {"rate": 1, "burst": 1}}),
     )
     .await;
-    let err = r.expect_error(400, "INVALID_ARGUMENT", "INVALID_FIELD");
+    let err = r.expect_error(400, "INVALID_ARGUMENT", "INVALID_JSON");
     assert!(
         err["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("rate_limit"),
+            .contains("ratelimit"),
         "{err}"
     );
+    // `null` is no limit.
+    let none = create_limited(&gw, &jwt, Value::Null).await;
+    assert_eq!(none["rate_limit"], Value::Null);
+    let after = get(&gw.url(KEYS), Some(&jwt), &[]).await.json()["result"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(after, before + 1, "only the key without a limit was made");
+}
+
+/// `key create --rate R --burst B`: the same rules, one line naming the
+/// flag; the budget applies as one made through the API.
+#[tokio::test]
+async fn the_cli_creates_keys_with_a_rate_limit_under_the_same_rules() {
+    let (_upstream, gw, _jwt, _created) = setup_with(|_| {}).await;
+    let user = unique("c");
+    gw.add_user(&user, &random_password(), &[]).await;
+    for (args, flag) in [
+        (vec!["--rate", "0", "--burst", "1"], "--rate"),
+        (vec!["--rate=-2", "--burst", "1"], "--rate"),
+        (vec!["--rate", "1", "--burst", "0"], "--burst"),
+        (vec!["--rate", "1"], "--burst"),
+        (vec!["--burst", "1"], "--rate"),
+        (vec!["--rate", "1", "--burst", "2000000"], "--burst"),
+    ] {
+        let mut all = vec!["key", "create", "--user", &user];
+        all.extend(&args);
+        let out = gw.cli(&all, None).await;
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    let (id, key) = gw
+        .create_key_cli(&user, &["--rate", "0.01", "--burst", "2"])
+        .await;
+    for _ in 0..2 {
+        get(&gw.url("/x"), Some(&key), &[]).await.expect_status(200);
+    }
+    expect_key_limited(&get(&gw.url("/x"), Some(&key), &[]).await);
+    let list = gw.cli_ok(&["key", "list", "--user", &user], None).await;
+    let line = list.lines().find(|l| l.starts_with(&id)).unwrap();
+    assert!(line.ends_with("\t0.01/s burst 2"), "{line}");
 }

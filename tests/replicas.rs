@@ -557,3 +557,60 @@ async fn a_rerolled_keys_old_secret_ends_with_its_grace_on_the_other_replica() {
     assert_eq!(get(&a.url("/data"), Some(&old), &[]).await.status, 401);
     assert_eq!(get(&on_b, Some(&new), &[]).await.status, 200);
 }
+
+/// Issue 24 item 6: a key's own budget drawn from the Redis store is one
+/// budget for every replica (the key made on A, used on A and B).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_own_budget_is_shared_by_two_replicas_on_redis() {
+    const REDIS: &str = "redis://127.0.0.1:6379/0";
+    let upstream = Upstream::start().await;
+    let db = TestDatabase::create().await;
+    let prefix = format!("authgate-test:{}:", unique("keyrl"));
+    let toml = format!(
+        "[ratelimit]\nstore = \"{REDIS}\"\non_store_error = \"deny\"\nkey_prefix = \"{prefix}\"\n"
+    );
+    let (a, b) = pair_with(&upstream, &db, |opts| opts.extra_toml = toml.clone()).await;
+    a.add_user("alice", "alice-password", &[]).await;
+    let token = login_ok(&a, "alice", "alice-password").await;
+    let created = post_json(
+        &a.url("/v1.0/accesskeys"),
+        Some(&token),
+        &json!({"name": "k", "expire": 3600, "rate_limit": {"rate": 0.01, "burst": 5}}),
+    )
+    .await;
+    created.expect_status(200);
+    let key = created.json()["token"].as_str().unwrap().to_string();
+    let mut accepted = 0;
+    for i in 0..12 {
+        let on = if i % 2 == 0 { &a } else { &b };
+        let r = get(&on.url("/data"), Some(&key), &[]).await;
+        match r.status {
+            200 => accepted += 1,
+            429 => {
+                let v = r.json();
+                assert_eq!(v["error"]["reason"], "RATE_LIMITED", "{v}");
+                assert_eq!(v["error"]["details"]["limited_by"], "key", "{v}");
+                assert!(r.header("retry-after").is_some());
+            }
+            other => panic!("status {other}: {}", r.text()),
+        }
+    }
+    assert_eq!(accepted, 5, "the key's budget of one replica, not two");
+    assert_eq!(upstream.count(), 5);
+
+    // The buckets live under the configured prefix, apart from rules'.
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(keys, vec![format!("{prefix}@key:k:{id}")]);
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}

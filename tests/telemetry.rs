@@ -150,6 +150,7 @@ async fn spans_follow_the_http_conventions_continue_the_client_trace_and_hold_no
     assert_eq!(attr(server, "server.port"), i64::from(gw.addr().port()));
     assert_eq!(attr(server, "network.protocol.version"), "1.1");
     assert_eq!(attr(server, "client.address"), "127.0.0.1");
+    assert_eq!(attr(server, "network.peer.address"), "127.0.0.1");
     assert_eq!(attr(server, "http.route"), "/");
     assert_eq!(attr(server, "authgate.route"), "/");
     assert_eq!(attr(server, "authgate.auth.method"), "jwt");

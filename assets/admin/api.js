@@ -122,13 +122,30 @@ export function listKeys(pageSize, pageToken) {
   return call("GET", `/v1.0/accesskeys?${query}`);
 }
 
-/** Creates a key valid for `expire` seconds; the answer's `token` is the key. */
-export const createKey = (name, detail, expire, scope = {}) =>
-  call("POST", "/v1.0/accesskeys", { name, detail, expire, ...scope });
+/** Creates a key valid for `expire` seconds, narrowed by `scope` and, when
+ * `rateLimit` ({rate, burst}) is given, with a budget of its own; the
+ * answer's `token` is the key. */
+export const createKey = (name, detail, expire, scope = {}, rateLimit = null) =>
+  call("POST", "/v1.0/accesskeys", {
+    name,
+    detail,
+    expire,
+    ...scope,
+    ...(rateLimit ? { rate_limit: rateLimit } : {}),
+  });
 
 /** Changes a key's name and detail. */
 export const updateKey = (id, name, detail) =>
   call("PUT", `/v1.0/accesskeys/${encodeURIComponent(id)}`, { name, detail });
+
+/** Disables (`false`) or enables (`true`) a key. */
+export const setKeyEnabled = (id, enabled) =>
+  call("PUT", `/v1.0/accesskeys/${encodeURIComponent(id)}`, { enabled });
+
+/** A new secret for a key (the answer's `token`, shown once); the old one
+ * keeps working for `grace` seconds. */
+export const rerollKey = (id, grace) =>
+  call("POST", `/v1.0/accesskeys/${encodeURIComponent(id)}/reroll`, { grace });
 
 /** Revokes a key; it stops working at once. */
 export const revokeKey = (id) =>

@@ -1,5 +1,5 @@
-// The access-key page: sign-in, the keys table, and the create, rename and
-// revoke dialogs. Everything is rendered with textContent, never innerHTML,
+// The access-key page: sign-in, the keys table, and the create, rename,
+// reroll and revoke dialogs, and enabling or disabling a key. Everything is rendered with textContent, never innerHTML,
 // so a key's name cannot inject markup.
 
 import * as api from "./api.js";
@@ -219,7 +219,11 @@ function row(key, showOwner, now) {
 
   const name = el("th", "key-name");
   name.scope = "row";
-  name.append(key.name ? key.name : el("span", "muted", "Unnamed"));
+  name.append(key.name ? el("span", "key-label", key.name) : el("span", "key-label muted", "Unnamed"));
+  if (key.enabled === false) {
+    tr.classList.add("disabled");
+    name.append(" ", el("span", "badge badge-disabled", "Disabled"));
+  }
   tr.append(name);
 
   addCell(tr, "Detail", "key-detail", key.detail ? key.detail : el("span", "muted", "—"));
@@ -245,25 +249,43 @@ function row(key, showOwner, now) {
     value.append(when);
   }
 
-  addCell(tr, "Scope", "key-scope", ...scopeLines(key));
+  addCell(tr, "Limits", "key-scope", ...scopeLines(key), rateLine(key));
+  const uses = Number(key.uses ?? 0);
   addCell(
     tr,
-    "Last used",
+    "Use",
     "key-last-used",
     key.tm_last_used ? timeElement(key.tm_last_used).element : el("span", "muted", "Never"),
+    el("span", "uses", `${uses.toLocaleString("en-US")} ${uses === 1 ? "use" : "uses"}`),
   );
 
   const label = key.name || key.token_prefix;
-  const rename = el("button", "button button-small", "Rename");
-  rename.type = "button";
-  rename.setAttribute("aria-label", `Rename key ${label}`);
-  rename.addEventListener("click", () => openEdit(key));
-  const revoke = el("button", "button button-small button-danger-quiet", "Revoke");
-  revoke.type = "button";
-  revoke.setAttribute("aria-label", `Revoke key ${label}`);
-  revoke.addEventListener("click", () => openRevoke(key));
-  addCell(tr, "Actions", "key-actions", rename, revoke);
+  const action = (text, className, handler) => {
+    const button = el("button", `button button-small ${className}`, text);
+    button.type = "button";
+    button.setAttribute("aria-label", `${text} key ${label}`);
+    button.addEventListener("click", () => handler(key, button));
+    return button;
+  };
+  addCell(
+    tr,
+    "Actions",
+    "key-actions",
+    action("Rename", "", openEdit),
+    action(key.enabled === false ? "Enable" : "Disable", "", toggleEnabled),
+    action("Reroll", "", openReroll),
+    action("Revoke", "button-danger-quiet", openRevoke),
+  );
   return tr;
+}
+
+/** The key's own rate limit, one line. */
+function rateLine(key) {
+  const limit = key.rate_limit;
+  if (!limit) {
+    return el("span", "scope-line muted", "No rate limit");
+  }
+  return el("span", "scope-line", `Rate: ${limit.rate}/s, burst ${limit.burst}`);
 }
 
 /** The key's scope, one line per limit; "Full access" when it has none. */
@@ -296,6 +318,25 @@ function scopeInput() {
   const paths = list($("create-paths").value, /\n/);
   if (paths.length) scope.path_prefixes = paths;
   return scope;
+}
+
+/** The rate-limit fields of the create form: null when both are empty,
+ * {rate, burst} when both are numbers, else a message. */
+function rateLimitInput() {
+  const rateText = $("create-rate").value.trim();
+  const burstText = $("create-burst").value.trim();
+  if (!rateText && !burstText) {
+    return null;
+  }
+  const rate = Number(rateText);
+  const burst = Number(burstText);
+  if (!rateText || !Number.isFinite(rate) || rate <= 0) {
+    return "Enter a rate above 0 requests per second, or leave both rate fields empty.";
+  }
+  if (!/^\d+$/.test(burstText) || burst < 1) {
+    return "Enter a burst of 1 or more whole requests.";
+  }
+  return { rate, burst };
 }
 
 // ---------------------------------------------------------------------------
@@ -342,9 +383,15 @@ async function submitCreate(event) {
     $("create-days").focus();
     return;
   }
+  const rateLimit = rateLimitInput();
+  if (typeof rateLimit === "string") {
+    showError(error, rateLimit);
+    $("create-rate").focus();
+    return;
+  }
   try {
     const key = await busy($("create-submit"), "Creating…", () =>
-      api.createKey(name, detail, daysToSeconds(days), scopeInput()),
+      api.createKey(name, detail, daysToSeconds(days), scopeInput(), rateLimit),
     );
     showCreated(key);
     announce(`Key “${key.name}” created.`);
@@ -365,9 +412,10 @@ function showCreated(key) {
   input.select();
 }
 
-async function copyKey() {
-  const input = $("created-key");
-  const status = $("created-status");
+/** Copies the key shown in `inputId`, reporting in `statusId`. */
+async function copyKey(inputId, statusId) {
+  const input = $(inputId);
+  const status = $(statusId);
   try {
     await navigator.clipboard.writeText(input.value);
     status.textContent = "Copied to the clipboard.";
@@ -427,16 +475,84 @@ function focusRow(id, action) {
 }
 
 // ---------------------------------------------------------------------------
+// Enable and disable
+
+async function toggleEnabled(key, button) {
+  const error = $("keys-error");
+  clearError(error);
+  const enable = key.enabled === false;
+  const label = key.name || key.token_prefix;
+  try {
+    await busy(button, enable ? "Enabling…" : "Disabling…", () =>
+      api.setKeyEnabled(key.id, enable),
+    );
+    announce(`Key “${label}” ${enable ? "enabled" : "disabled"}.`);
+    await loadPage(state.page);
+    focusRow(key.id, enable ? "Disable" : "Enable");
+  } catch (err) {
+    failed(err, error);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Reroll
+
+/** Opens the `which` ("reroll", "revoke") dialog about `key`, with the
+ * safe choice focused. */
+function openKeyDialog(which, key) {
+  state.current = key;
+  $(`${which}-name`).textContent = key.name || "this key";
+  $(`${which}-prefix`).textContent = key.token_prefix;
+  clearError($(`${which}-error`));
+  $(`${which}-dialog`).showModal();
+  $(`${which}-cancel`).focus();
+}
+
+function openReroll(key) {
+  const form = $("reroll-form");
+  form.reset();
+  form.hidden = false;
+  $("rerolled").hidden = true;
+  openKeyDialog("reroll", key);
+}
+
+async function submitReroll(event) {
+  event.preventDefault();
+  const error = $("reroll-error");
+  clearError(error);
+  const key = state.current;
+  const grace = Number(document.querySelector('input[name="grace"]:checked')?.value ?? 0);
+  try {
+    const rerolled = await busy($("reroll-submit"), "Rerolling…", () =>
+      api.rerollKey(key.id, grace),
+    );
+    $("reroll-form").hidden = true;
+    $("rerolled").hidden = false;
+    $("rerolled-name").textContent = rerolled.name || rerolled.token_prefix;
+    $("rerolled-status").textContent = "";
+    if (grace > 0) {
+      const until = new Date(Date.now() + grace * 1000);
+      $("rerolled-grace").textContent =
+        `The old secret keeps working until ${fullDate(until)} (${relativeTime(until)}).`;
+    } else {
+      $("rerolled-grace").textContent = "The old secret has stopped working.";
+    }
+    const input = $("rerolled-key");
+    input.value = rerolled.token;
+    input.focus();
+    input.select();
+    announce(`Key “${rerolled.name || rerolled.token_prefix}” rerolled.`);
+    await loadPage(state.page);
+  } catch (err) {
+    failed(err, error, $("reroll-dialog"));
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Revoke
 
 function openRevoke(key) {
-  state.current = key;
-  $("revoke-name").textContent = key.name || "this key";
-  $("revoke-prefix").textContent = key.token_prefix;
-  clearError($("revoke-error"));
-  $("revoke-dialog").showModal();
-  // The safe choice has the focus.
-  $("revoke-cancel").focus();
+  openKeyDialog("revoke", key);
 }
 
 async function submitRevoke(event) {
@@ -506,7 +622,9 @@ function wire() {
   $("sign-out").addEventListener("click", signOut);
   $("create-open").addEventListener("click", openCreate);
   $("create-form").addEventListener("submit", submitCreate);
-  $("created-copy").addEventListener("click", copyKey);
+  $("created-copy").addEventListener("click", () => copyKey("created-key", "created-status"));
+  $("rerolled-copy").addEventListener("click", () => copyKey("rerolled-key", "rerolled-status"));
+  $("reroll-form").addEventListener("submit", submitReroll);
   $("edit-form").addEventListener("submit", submitEdit);
   $("revoke-form").addEventListener("submit", submitRevoke);
   $("page-prev").addEventListener("click", () => loadPage(Math.max(0, state.page - 1)));
@@ -533,6 +651,12 @@ function wire() {
     $("created-key").value = "";
     if (!$("keys-view").hidden) {
       $("create-open").focus();
+    }
+  });
+  $("reroll-dialog").addEventListener("close", () => {
+    $("rerolled-key").value = "";
+    if (!$("keys-view").hidden && state.current) {
+      focusRow(state.current.id, "Reroll");
     }
   });
 }

@@ -12,7 +12,7 @@ WORKDIR holds (each optional except meta.tsv):
   preflight.tsv   target round http_code
   rss_load.tsv    target rss_kib (after the throughput rounds)
   idle.tsv        target<TAB>json from idle_conns.py
-  keys.md, login.md   Markdown sections written by run.sh
+  latency.md, keys.md, login.md   Markdown sections written by run.sh
 """
 import json
 import os
@@ -267,7 +267,7 @@ def main() -> None:
             lines.append(open(note).read().rstrip("\n"))
             lines.append("")
 
-    for fragment in ("keys.md", "login.md"):
+    for fragment in ("latency.md", "keys.md", "login.md"):
         path = os.path.join(work, fragment)
         if os.path.exists(path):
             lines.append(open(path).read().rstrip("\n"))

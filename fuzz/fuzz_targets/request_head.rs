@@ -10,9 +10,10 @@
 use std::sync::Arc;
 
 use authgate::api::Endpoint;
-use authgate::auth::extract::{extract, redact_target, strip_credential_query};
+use authgate::auth::extract::{extract, strip_credential_query};
+use authgate::logging::redact::redact_target;
 use authgate::auth::{AuthMethod, Identity, Principal};
-use authgate::conn::ClientInfo;
+use authgate::client::ClientInfo;
 use authgate::proxy::rewrite_head;
 use authgate::routes::{check_path, prefix_matches};
 use http::{HeaderName, HeaderValue, Request, Uri};
@@ -64,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
         key_id: None,
         token: None,
         scope: None,
+        rate_limit: None,
     });
     let client = ClientInfo::new(
         "192.0.2.1:4000".parse().unwrap(),

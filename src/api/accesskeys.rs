@@ -12,22 +12,21 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{Context, caller, json, read_json};
+use crate::auth::accesskey::{FieldProblem, KeyField};
 use crate::auth::throttle::address_block;
 use crate::auth::{AuthMethod, StoreUser, accesskey};
 use crate::body::Body;
 use crate::clock::{rfc3339, unix_now};
 use crate::error::GatewayError;
-use crate::proxy::headers::client_ip;
 use crate::ratelimit::{Decision, Subject};
-use crate::scope::{KeyScope, check_fields};
+use crate::scope::{KeyRateLimit, KeyScope};
 use crate::store::{AccessKey, Change, KeyUpdate};
-use crate::text::{MAX_DETAIL_CHARS, MAX_NAME_CHARS};
 
 /// Keys per page when `page_size` is not given, and the most allowed.
 const MAX_PAGE_SIZE: i64 = 100;
-/// Longest validity of a key: ten years.
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateRequest {
     #[serde(default)]
     name: String,
@@ -40,8 +39,8 @@ struct CreateRequest {
     methods: Option<Vec<String>>,
     #[serde(default)]
     path_prefixes: Option<Vec<String>>,
-    /// A key's own budget: not built yet, so refused rather than ignored
-    /// (a caller must not believe a limit applies).
+    /// A key's own budget, `{"rate": R, "burst": B}`, or `null` (read as
+    /// a value so that every wrong shape is answered naming the field).
     rate_limit: Option<serde_json::Value>,
 }
 
@@ -77,9 +76,55 @@ fn view(key: &AccessKey) -> serde_json::Value {
         "enabled": key.enabled,
         "uses": key.uses,
         "tm_rerolled": key.tm_rerolled.map(rfc3339).unwrap_or_default(),
-        // No key has a budget of its own yet (see `CreateRequest`).
-        "rate_limit": serde_json::Value::Null,
+        "rate_limit": key.rate_limit.map(|limit| serde_json::json!({
+            "rate": limit.rate,
+            "burst": limit.burst,
+        })),
     })
+}
+
+/// A refused field as the API answers it: 400 `INVALID_NAME`,
+/// `INVALID_DETAIL`, or `INVALID_FIELD` for the others.
+fn refused(problem: FieldProblem) -> GatewayError {
+    match problem.field {
+        KeyField::Name => GatewayError::InvalidName(problem.message),
+        KeyField::Detail => GatewayError::InvalidDetail(problem.message),
+        _ => GatewayError::InvalidArgument(problem.message),
+    }
+}
+
+/// `rate_limit` of a create: absent or `null` is none; otherwise exactly
+/// `{"rate": number, "burst": whole number}`.
+fn rate_limit_field(
+    value: Option<&serde_json::Value>,
+) -> Result<Option<KeyRateLimit>, GatewayError> {
+    let fields = match value {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Object(fields)) => fields,
+        Some(_) => {
+            return Err(GatewayError::InvalidArgument(
+                "rate_limit must be an object {\"rate\": R, \"burst\": B} or null",
+            ));
+        }
+    };
+    if fields.keys().any(|name| name != "rate" && name != "burst") {
+        return Err(GatewayError::InvalidArgument(
+            "rate_limit takes only the fields rate and burst",
+        ));
+    }
+    let rate = fields.get("rate").and_then(serde_json::Value::as_f64);
+    let burst = fields.get("burst").and_then(serde_json::Value::as_u64);
+    accesskey::check_rate_limit(rate, burst)
+        .map(Some)
+        .map_err(refused)
+}
+
+/// Makes this process's cache forget every hash a key was known by (the
+/// same eviction other processes apply when they read the change log).
+fn evict(ctx: &Context<'_>, hashes: Vec<String>) {
+    for hash_hex in hashes {
+        ctx.gateway.cache.apply(&Change::Key(hash_hex));
+    }
 }
 
 /// A caller of these endpoints: a user in the store. Every endpoint here
@@ -123,27 +168,6 @@ fn check_id(id: &str) -> Result<(), GatewayError> {
     uuid::Uuid::parse_str(id)
         .map(|_| ())
         .map_err(|_| GatewayError::InvalidId)
-}
-
-/// Refuses a name or detail that is too long or holds control or
-/// bidirectional formatting characters (they forge rows and repaint
-/// terminals where keys are listed).
-fn check_text(name: &str, detail: &str) -> Result<(), GatewayError> {
-    use crate::text::{TextProblem, check_label};
-    check_label(name, MAX_NAME_CHARS).map_err(|problem| {
-        GatewayError::InvalidName(match problem {
-            TextProblem::TooLong => "name is longer than 256 characters",
-            TextProblem::Control => "name must not contain control characters",
-            TextProblem::Bidi => "name must not contain bidirectional formatting characters",
-        })
-    })?;
-    check_label(detail, MAX_DETAIL_CHARS).map_err(|problem| {
-        GatewayError::InvalidDetail(match problem {
-            TextProblem::TooLong => "detail is longer than 4096 characters",
-            TextProblem::Control => "detail must not contain control characters",
-            TextProblem::Bidi => "detail must not contain bidirectional formatting characters",
-        })
-    })
 }
 
 /// `GET /v1.0/accesskeys?page_size=N&page_token=T`, newest first.
@@ -198,40 +222,32 @@ fn decode_page_token(token: &str) -> Result<String, GatewayError> {
     Ok(id)
 }
 
-/// `POST /v1.0/accesskeys {"name","detail","expire"}`: the only answer that
-/// carries the key itself (`token`).
+/// `POST /v1.0/accesskeys {"name","detail","expire","roles","methods",
+/// "path_prefixes","rate_limit"}`: the only answer that carries the key
+/// itself (`token`).
 pub async fn create(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
     let identity = writer(&request, ctx).await?;
     let body: CreateRequest = read_json(request, ctx).await?;
-    let expire = body
-        .expire
-        .as_ref()
-        .and_then(serde_json::Value::as_i64)
-        .filter(|secs| (1..=accesskey::MAX_EXPIRE_SECS).contains(secs))
-        .ok_or(GatewayError::InvalidArgument(
-            "expire must be a whole number of seconds from 1 to ten years",
-        ))?;
-    check_text(&body.name, &body.detail)?;
-    if body.rate_limit.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(GatewayError::InvalidArgument(
-            "rate_limit: a key's own rate limit is not supported by this gateway yet",
-        ));
-    }
+    let expire = accesskey::check_expire(body.expire.as_ref().and_then(serde_json::Value::as_i64))
+        .map_err(refused)?;
+    accesskey::check_labels(&body.name, &body.detail).map_err(refused)?;
+    let rate_limit = rate_limit_field(body.rate_limit.as_ref())?;
     let scope = KeyScope {
         roles: body.roles,
         methods: body.methods.unwrap_or_default(),
         path_prefixes: body.path_prefixes.unwrap_or_default(),
     };
-    check_fields(&scope).map_err(GatewayError::InvalidArgument)?;
+    accesskey::check_scope(&scope).map_err(refused)?;
     let request = accesskey::KeyRequest {
         owner: &identity.user,
         name: &body.name,
         detail: &body.detail,
         expires_in: expire,
         scope: &scope,
+        rate_limit,
         max_per_user: ctx.gateway.config.accesskeys.max_per_user,
     };
     let issued = accesskey::issue(&ctx.gateway.store, request, unix_now()).await?;
@@ -282,18 +298,16 @@ pub async fn update(
     let current = store.key(id, scope(&identity)).await?;
     let name = body.name.unwrap_or(current.name);
     let detail = body.detail.unwrap_or(current.detail);
-    check_text(&name, &detail)?;
+    accesskey::check_labels(&name, &detail).map_err(refused)?;
     let update = KeyUpdate {
         name: &name,
         detail: &detail,
         enabled,
     };
-    let (key, evict) = store
+    let (key, hashes) = store
         .update_key(id, scope(&identity), update, unix_now())
         .await?;
-    for hash_hex in evict {
-        ctx.gateway.cache.apply(&Change::Key(hash_hex));
-    }
+    evict(ctx, hashes);
     Ok(json(StatusCode::OK, &view(&key)))
 }
 
@@ -319,22 +333,15 @@ pub async fn reroll(
     let body: RerollRequest = read_json(request, ctx).await?;
     let grace = match body.grace {
         None | Some(serde_json::Value::Null) => 0,
-        Some(value) => value
-            .as_i64()
-            .filter(|secs| (0..=accesskey::MAX_REROLL_GRACE_SECS).contains(secs))
-            .ok_or(GatewayError::InvalidArgument(
-                "grace must be a whole number of seconds from 0 to 604800",
-            ))?,
+        Some(value) => accesskey::check_grace(value.as_i64()).map_err(refused)?,
     };
     let (key, hash_hex, prefix) = accesskey::fresh_secret();
-    let (stored, evict) = ctx
+    let (stored, hashes) = ctx
         .gateway
         .store
         .reroll_key(id, scope(&identity), &hash_hex, &prefix, grace, unix_now())
         .await?;
-    for hash_hex in evict {
-        ctx.gateway.cache.apply(&Change::Key(hash_hex));
-    }
+    evict(ctx, hashes);
     let mut value = view(&stored);
     value["token"] = serde_json::Value::String(key);
     Ok(json(StatusCode::OK, &value))
@@ -355,11 +362,7 @@ pub async fn revoke(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    let ip = client_ip(
-        ctx.client.addr.ip(),
-        request.headers(),
-        &ctx.gateway.config.server.trusted_proxies,
-    );
+    let ip = ctx.address;
     let subject = Subject::Address(address_block(ip));
     if let Decision::Limited { retry_after, .. } = ctx.gateway.revoke_bound.check(&subject) {
         return Err(GatewayError::TooManyAttempts {
@@ -387,9 +390,7 @@ pub async fn revoke(
     };
     let answer = match revoked {
         Some((id, hashes)) => {
-            for hash_hex in hashes {
-                ctx.gateway.cache.apply(&Change::Key(hash_hex));
-            }
+            evict(ctx, hashes);
             // The audit trail: which key, from where; never the key.
             tracing::info!(key.id = %id, client.addr = %ip, "access key revoked by value");
             serde_json::json!({ "revoked": true, "id": id })
@@ -412,10 +413,7 @@ pub async fn delete(
         .store
         .delete_key(id, scope(&identity), unix_now())
         .await?;
-    // The same eviction other processes apply when they read the change log.
-    for hash_hex in hashes {
-        ctx.gateway.cache.apply(&Change::Key(hash_hex));
-    }
+    evict(ctx, hashes);
     Ok(json(StatusCode::OK, &view(&key)))
 }
 

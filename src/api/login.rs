@@ -9,25 +9,15 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{Context, caller, json, read_json};
+use crate::auth::onetime::{OneTimeIssue, OneTimeRequest};
 use crate::auth::throttle::{Attempt, address_subject, user_subject};
-use crate::auth::{AuthMethod, digest, password};
+use crate::auth::{AuthMethod, digest, onetime, password};
 use crate::body::Body;
 use crate::clock::unix_now;
 use crate::error::GatewayError;
 use crate::names::valid_username;
-use crate::proxy::headers::client_ip;
 use crate::store::User;
 use crate::store::cache::UserFacts;
-use crate::store::onetimekeys::NewOneTimeKey;
-
-/// Outstanding one-time keys kept per user and asking address; older ones
-/// are dropped.
-const ONETIME_KEYS_PER_USER: usize = 5;
-/// Outstanding one-time keys of local users kept in all; beyond, issuing
-/// answers 429 (one address holds at most `onetimekey.max_per_address`).
-const ONETIME_KEYS_TOTAL: i64 = 100_000;
-/// Random bytes in a one-time key (128 bits).
-const ONETIME_KEY_BYTES: usize = 16;
 
 const WRONG_LOGIN: GatewayError = GatewayError::InvalidCredentials {
     message: "wrong username or password",
@@ -58,16 +48,8 @@ struct OneTimeKeyLoginRequest {
 
 /// Admits a login attempt for `username` from the caller's address, or
 /// refuses it with 429 when the user or the address is locked out.
-async fn admit(
-    username: &str,
-    headers: &http::HeaderMap,
-    ctx: &Context<'_>,
-) -> Result<Attempt, GatewayError> {
-    let ip = client_ip(
-        ctx.client.addr.ip(),
-        headers,
-        &ctx.gateway.config.server.trusted_proxies,
-    );
+async fn admit(username: &str, ctx: &Context<'_>) -> Result<Attempt, GatewayError> {
+    let ip = ctx.address;
     let throttle = &ctx.gateway.throttle;
     match throttle
         .admit(user_subject(username), address_subject(ip))
@@ -97,7 +79,6 @@ pub async fn login(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    let headers = request.headers().clone();
     let body: LoginRequest = read_json(request, ctx).await?;
     // A hashing slot first (waiting in the bounded queue if need be):
     // beyond the queue the answer costs no store round-trip and no memory.
@@ -107,7 +88,7 @@ pub async fn login(
             retry_after: password::BUSY_RETRY_AFTER_SECS,
         }
     })?;
-    let attempt = admit(&body.username, &headers, ctx).await?;
+    let attempt = admit(&body.username, ctx).await?;
     // Users of an external provider have no password: they fail as an
     // unknown user does (same answer, same time).
     let user = if valid_username(&body.username) {
@@ -200,20 +181,14 @@ pub async fn logout(
     Ok(response)
 }
 
-/// `POST /auth/onetimekey {"username"}`: the same answer for unknown users.
-/// Every key counts against the asking address (`onetimekey.max_per_address`,
-/// 429 beyond); only keys for local users are stored, so names that are no
-/// user take no room in the table real users share, and a user's older keys
-/// are dropped only among those asked from the same address.
+/// `POST /auth/onetimekey {"username"}`: the same answer for unknown users;
+/// 429 when the asking address holds `onetimekey.max_per_address` keys
+/// (the policy is [`onetime::issue`]'s).
 pub async fn issue_onetime_key(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    let ip = client_ip(
-        ctx.client.addr.ip(),
-        request.headers(),
-        &ctx.gateway.config.server.trusted_proxies,
-    );
+    let ip = ctx.address;
     let address = address_subject(ip);
     let body: OneTimeKeyRequest = read_json(request, ctx).await?;
     if body.username.is_empty() || body.username.len() > 256 {
@@ -221,45 +196,26 @@ pub async fn issue_onetime_key(
             "username must be 1 to 256 characters",
         ));
     }
-    let store = &ctx.gateway.store;
     let config = &ctx.gateway.config.onetimekey;
-    let now = unix_now();
-    // Users of an external provider have no HA1: their keys could never
-    // succeed, so they are treated as unknown names.
-    let local_user = valid_username(&body.username)
-        && store
-            .user(&body.username)
-            .await?
-            .is_some_and(|user| user.provider.is_none());
-    if local_user && store.onetime_key_count().await? >= ONETIME_KEYS_TOTAL {
-        store
-            .sweep(now, now - crate::store::follow::CHANGE_LOG_KEEP_SECS)
-            .await?;
-        if store.onetime_key_count().await? >= ONETIME_KEYS_TOTAL {
-            return Err(GatewayError::TooManyAttempts {
-                retry_after: config.ttl.as_secs(),
-            });
-        }
-    }
     let ttl = config.ttl.as_secs();
-    let key = hex::encode(crate::auth::random_bytes::<ONETIME_KEY_BYTES>());
-    let key_hash = hex::encode(crate::auth::accesskey::hash(&key));
-    let new = NewOneTimeKey {
-        key_hash_hex: &key_hash,
-        username: local_user.then_some(body.username.as_str()),
+    let request = OneTimeRequest {
+        username: &body.username,
         address: &address,
-        expires_at: now + i64::try_from(ttl).unwrap_or(i64::MAX),
-        max_per_user: ONETIME_KEYS_PER_USER,
+        ttl_secs: ttl,
         max_per_address: config.max_per_address,
     };
-    if let Err(full) = store.put_onetime_key(new, now).await? {
-        ctx.gateway
-            .metrics
-            .login("onetimekey_issue", "address_limit");
-        return Err(GatewayError::OneTimeKeysPerAddress {
-            retry_after: full.retry_after,
-        });
-    }
+    let key = match onetime::issue(&ctx.gateway.store, request, unix_now()).await? {
+        OneTimeIssue::Issued(key) => key,
+        OneTimeIssue::StoreFull => {
+            return Err(GatewayError::TooManyAttempts { retry_after: ttl });
+        }
+        OneTimeIssue::AddressFull { retry_after } => {
+            ctx.gateway
+                .metrics
+                .login("onetimekey_issue", "address_limit");
+            return Err(GatewayError::OneTimeKeysPerAddress { retry_after });
+        }
+    };
     ctx.gateway.metrics.login("onetimekey_issue", "success");
     Ok(json(
         StatusCode::OK,
@@ -273,9 +229,8 @@ pub async fn onetime_key_login(
     request: Request<Incoming>,
     ctx: &Context<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    let headers = request.headers().clone();
     let body: OneTimeKeyLoginRequest = read_json(request, ctx).await?;
-    let attempt = admit(&body.username, &headers, ctx).await?;
+    let attempt = admit(&body.username, ctx).await?;
     let store = &ctx.gateway.store;
     let key_hash = hex::encode(crate::auth::accesskey::hash(&body.key));
     let taken = store.take_onetime_key(&key_hash).await?;

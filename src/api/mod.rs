@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::Identity;
 
 use crate::body::{self, Body};
-use crate::conn::ClientInfo;
+use crate::client::ClientInfo;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 
@@ -122,6 +122,9 @@ pub struct Context<'a> {
     pub gateway: &'a Gateway,
     /// The caller's connection.
     pub client: ClientInfo,
+    /// The caller's address as throttles and limits count it
+    /// ([`crate::request::context::RequestContext::client_ip`]).
+    pub address: std::net::IpAddr,
 }
 
 /// Serves one of the gateway's own endpoints.
@@ -158,17 +161,21 @@ pub async fn serve(
     }
 }
 
-/// Answers a request on the `server.admin_listen` listener: `/metrics`,
-/// `/healthz` and `/readyz`, and 404 for every other path (nothing there is
-/// authenticated, so nothing else may be reachable).
-pub async fn serve_admin(
-    request: Request<Incoming>,
+/// The operations endpoints (health, readiness, metrics) as the
+/// `server.admin_listen` listener serves them: nothing else there.
+pub async fn operations(
+    request: &Request<Incoming>,
     gateway: &Gateway,
     client: ClientInfo,
-) -> Response<Body> {
-    let ctx = Context { gateway, client };
-    let method = request.method();
-    let result = match (Endpoint::for_path(request.uri().path()), method) {
+) -> Result<Response<Body>, GatewayError> {
+    // Nothing there is throttled by address: the peer is enough.
+    let address = client.addr.ip();
+    let ctx = Context {
+        gateway,
+        client,
+        address,
+    };
+    match (Endpoint::for_path(request.uri().path()), request.method()) {
         (Some(Endpoint::Healthz), &Method::GET | &Method::HEAD) => Ok(ops::healthz()),
         (Some(Endpoint::Readyz), &Method::GET | &Method::HEAD) => ops::readyz(&ctx).await,
         (Some(Endpoint::Metrics), &Method::GET) => Ok(ops::metrics(&ctx)),
@@ -176,16 +183,7 @@ pub async fn serve_admin(
             Err(GatewayError::MethodNotAllowed)
         }
         _ => Err(GatewayError::NotFound),
-    };
-    let request_id = crate::request_id::new_request_id();
-    let mut response = result.unwrap_or_else(|err| {
-        tracing::debug!(reason = err.reason(), "admin listener refused a request");
-        err.into_response(request_id.to_str().unwrap_or_default())
-    });
-    response
-        .headers_mut()
-        .insert(crate::proxy::headers::X_REQUEST_ID.clone(), request_id);
-    response
+    }
 }
 
 /// The caller of an own endpoint, authenticated like a proxied request.
@@ -197,6 +195,10 @@ async fn caller(request: &Request<Incoming>, ctx: &Context<'_>) -> Result<Identi
         .await?;
     // A key limited to other paths or methods cannot read keys either.
     crate::auth::check_scope(Some(&identity), request.method(), request.uri().path())?;
+    // Nor can a key past its own budget (each read is a store query).
+    if identity.rate_limit.is_some() {
+        ctx.gateway.ratelimits.check_key(&identity).await?;
+    }
     Ok(identity)
 }
 

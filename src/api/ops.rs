@@ -47,7 +47,7 @@ pub fn metrics(ctx: &Context<'_>) -> Response<Body> {
             evictions: stats.evictions.load(Ordering::Relaxed),
             users,
             keys,
-            tokens: gateway.auth.jwt().cached_tokens(),
+            tokens: gateway.auth.token_cache().len(),
         },
         tls_figures(gateway),
     );

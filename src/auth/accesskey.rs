@@ -8,11 +8,16 @@
 //! secret scanner tell our keys from random strings:
 //! `ag_[A-Za-z0-9_-]{43}[A-Za-z0-9]{6}` whose last 6 characters check.
 //! Keys made before carry no checksum and keep working.
+//!
+//! The rules a key's fields are held to (expiry, name and detail, scope,
+//! rate limit, a reroll's grace) are written here once, for the API and
+//! the CLI alike: each check answers a [`FieldProblem`] naming the field.
 
 use sha2::{Digest, Sha256};
 
-use crate::scope::KeyScope;
+use crate::scope::{KeyRateLimit, KeyScope};
 use crate::store::{AccessKey, NewKey, Store, StoreError};
+use crate::text::{MAX_DETAIL_CHARS, MAX_NAME_CHARS, TextProblem, check_label};
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "ag_";
@@ -97,6 +102,9 @@ pub struct KeyRequest<'a> {
     /// What the key is narrowed to (fields checked by the caller; the
     /// owner's roles are checked by the store, at commit).
     pub scope: &'a KeyScope,
+    /// The key's own budget (checked by the caller with
+    /// [`check_rate_limit`]); `None`: none.
+    pub rate_limit: Option<KeyRateLimit>,
     /// Unexpired keys the owner may hold, this one included
     /// (`accesskeys.max_per_user`; checked by the store, at commit).
     pub max_per_user: usize,
@@ -130,6 +138,7 @@ pub async fn issue(
         token_prefix: token_prefix(&key),
         tm_expire: now.saturating_add(request.expires_in),
         scope: request.scope,
+        rate_limit: request.rate_limit,
         max_per_user: request.max_per_user,
     };
     let stored = store.create_key(new, now).await?;
@@ -147,6 +156,131 @@ pub fn fresh_secret() -> (String, String, String) {
 
 /// Longest grace a reroll may give the replaced secret: a week.
 pub const MAX_REROLL_GRACE_SECS: i64 = 7 * 86_400;
+
+/// A field of a key that a caller gave, for [`FieldProblem`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyField {
+    /// `name`.
+    Name,
+    /// `detail`.
+    Detail,
+    /// `expire`.
+    Expire,
+    /// `roles`, `methods` or `path_prefixes`.
+    Scope,
+    /// `rate_limit`, `rate_limit.rate` or `rate_limit.burst`.
+    RateLimit,
+    /// A reroll's `grace`.
+    Grace,
+}
+
+impl KeyField {
+    /// The `authgate key` flag that gives this field.
+    pub fn cli_flag(self) -> &'static str {
+        match self {
+            KeyField::Name => "--name",
+            KeyField::Detail => "--detail",
+            KeyField::Expire => "--expire",
+            KeyField::Scope => "--role/--method/--path",
+            KeyField::RateLimit => "--rate/--burst",
+            KeyField::Grace => "--grace",
+        }
+    }
+}
+
+/// Why a key's field is refused: the field, and a message that names it
+/// (as the API's JSON calls it) and never repeats the value given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// The field refused.
+    pub field: KeyField,
+    /// One line for the caller.
+    pub message: &'static str,
+}
+
+const fn problem(field: KeyField, message: &'static str) -> FieldProblem {
+    FieldProblem { field, message }
+}
+
+const EXPIRE_RANGE: &str = "expire must be a whole number of seconds from 1 to ten years";
+const NAME_TOO_LONG: &str = "name is longer than 256 characters";
+const DETAIL_TOO_LONG: &str = "detail is longer than 4096 characters";
+const GRACE_RANGE: &str = "grace must be a whole number of seconds from 0 to 604800";
+const RATE_RANGE: &str =
+    "rate_limit.rate must be a number of requests per second from 0.0001 to 1000000";
+const BURST_RANGE: &str = "rate_limit.burst must be a whole number from 1 to 1000000";
+
+/// Slowest rate a key may be given, per second (about one request in
+/// three hours); anything slower is as good as a disabled key, and the
+/// time one request takes to come back must stay a sane duration.
+pub const MIN_KEY_RATE: f64 = 0.0001;
+/// Fastest rate a key may be given, per second (as `[[ratelimit.rule]]`).
+pub const MAX_KEY_RATE: f64 = 1_000_000.0;
+/// Largest burst a key may be given (as `[[ratelimit.rule]]`).
+pub const MAX_KEY_BURST: u64 = 1_000_000;
+
+/// A key's lifetime in seconds, 1 to [`MAX_EXPIRE_SECS`]; `None` stands for
+/// a value that is no whole number (or does not fit).
+pub fn check_expire(secs: Option<i64>) -> Result<i64, FieldProblem> {
+    secs.filter(|secs| (1..=MAX_EXPIRE_SECS).contains(secs))
+        .ok_or(problem(KeyField::Expire, EXPIRE_RANGE))
+}
+
+/// A key's name and detail: bounded, with no control or bidirectional
+/// formatting characters (they forge rows and repaint terminals where
+/// keys are listed).
+pub fn check_labels(name: &str, detail: &str) -> Result<(), FieldProblem> {
+    check_label(name, MAX_NAME_CHARS).map_err(|text| {
+        problem(
+            KeyField::Name,
+            match text {
+                TextProblem::TooLong => NAME_TOO_LONG,
+                TextProblem::Control => "name must not contain control characters",
+                TextProblem::Bidi => "name must not contain bidirectional formatting characters",
+            },
+        )
+    })?;
+    check_label(detail, MAX_DETAIL_CHARS).map_err(|text| {
+        problem(
+            KeyField::Detail,
+            match text {
+                TextProblem::TooLong => DETAIL_TOO_LONG,
+                TextProblem::Control => "detail must not contain control characters",
+                TextProblem::Bidi => "detail must not contain bidirectional formatting characters",
+            },
+        )
+    })
+}
+
+/// A key's scope fields (whether the owner holds the roles is the
+/// store's check, at commit).
+pub fn check_scope(scope: &KeyScope) -> Result<(), FieldProblem> {
+    crate::scope::check_fields(scope).map_err(|message| problem(KeyField::Scope, message))
+}
+
+/// A key's own budget: `rate` requests per second ([`MIN_KEY_RATE`] to
+/// [`MAX_KEY_RATE`]) and a burst of 1 to [`MAX_KEY_BURST`]. `None` stands
+/// for a value that is no number (a rate) or no whole number (a burst).
+pub fn check_rate_limit(
+    rate: Option<f64>,
+    burst: Option<u64>,
+) -> Result<KeyRateLimit, FieldProblem> {
+    let rate = rate
+        .filter(|rate| rate.is_finite() && (MIN_KEY_RATE..=MAX_KEY_RATE).contains(rate))
+        .ok_or(problem(KeyField::RateLimit, RATE_RANGE))?;
+    let burst = burst
+        .filter(|burst| (1..=MAX_KEY_BURST).contains(burst))
+        .and_then(|burst| u32::try_from(burst).ok())
+        .ok_or(problem(KeyField::RateLimit, BURST_RANGE))?;
+    Ok(KeyRateLimit { rate, burst })
+}
+
+/// A reroll's grace in seconds, 0 to [`MAX_REROLL_GRACE_SECS`]; `None`
+/// stands for a value that is no whole number.
+pub fn check_grace(secs: Option<i64>) -> Result<i64, FieldProblem> {
+    secs.filter(|secs| (0..=MAX_REROLL_GRACE_SECS).contains(secs))
+        .ok_or(problem(KeyField::Grace, GRACE_RANGE))
+}
 
 /// Whether `key` may be a key of ours, so that it is worth a store lookup:
 /// a key with a checksum that checks, or a key of the shape made before
@@ -184,6 +318,63 @@ fn checksum_matches(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_state_the_limits_they_check() {
+        assert!(NAME_TOO_LONG.contains(&MAX_NAME_CHARS.to_string()));
+        assert!(DETAIL_TOO_LONG.contains(&MAX_DETAIL_CHARS.to_string()));
+        assert!(GRACE_RANGE.contains(&MAX_REROLL_GRACE_SECS.to_string()));
+        assert!(BURST_RANGE.contains(&MAX_KEY_BURST.to_string()));
+        assert!(RATE_RANGE.contains(&format!("{MIN_KEY_RATE} to {MAX_KEY_RATE}")));
+        assert_eq!(MAX_EXPIRE_SECS / 86_400, 3660, "ten years");
+    }
+
+    #[test]
+    fn rate_limits_are_positive_finite_and_bounded() {
+        let ok = check_rate_limit(Some(2.5), Some(10)).unwrap();
+        assert_eq!((ok.rate, ok.burst), (2.5, 10));
+        assert!(check_rate_limit(Some(MIN_KEY_RATE), Some(1)).is_ok());
+        assert!(check_rate_limit(Some(MAX_KEY_RATE), Some(MAX_KEY_BURST)).is_ok());
+        for rate in [
+            None,
+            Some(0.0),
+            Some(-1.0),
+            Some(-0.0),
+            Some(f64::NAN),
+            Some(f64::INFINITY),
+            Some(1e-300),
+            Some(MAX_KEY_RATE * 2.0),
+        ] {
+            let refused = check_rate_limit(rate, Some(1)).unwrap_err();
+            assert_eq!(refused.field, KeyField::RateLimit);
+            assert!(refused.message.starts_with("rate_limit.rate"), "{rate:?}");
+        }
+        for burst in [None, Some(0), Some(MAX_KEY_BURST + 1), Some(u64::MAX)] {
+            let refused = check_rate_limit(Some(1.0), burst).unwrap_err();
+            assert!(refused.message.starts_with("rate_limit.burst"), "{burst:?}");
+        }
+    }
+
+    #[test]
+    fn expiry_grace_and_labels_are_checked_once_for_api_and_cli() {
+        assert_eq!(check_expire(Some(1)), Ok(1));
+        assert!(check_expire(Some(0)).is_err());
+        assert!(check_expire(Some(MAX_EXPIRE_SECS + 1)).is_err());
+        assert!(check_expire(None).is_err());
+        assert_eq!(check_grace(Some(0)), Ok(0));
+        assert_eq!(check_grace(Some(604_800)), Ok(604_800));
+        assert!(check_grace(Some(-1)).is_err());
+        assert!(check_grace(Some(604_801)).is_err());
+        assert_eq!(
+            check_labels(&"n".repeat(257), "").unwrap_err().field,
+            KeyField::Name
+        );
+        assert_eq!(
+            check_labels("ok", "\u{202e}").unwrap_err().field,
+            KeyField::Detail
+        );
+        assert!(check_labels(&"n".repeat(256), &"d".repeat(4096)).is_ok());
+    }
 
     #[test]
     fn generated_keys_are_well_formed_and_distinct() {

@@ -4,6 +4,7 @@
 pub mod accesskey;
 pub mod digest;
 pub mod extract;
+pub mod onetime;
 pub mod password;
 pub mod throttle;
 
@@ -16,11 +17,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::clock::unix_now;
 use crate::error::GatewayError;
 use crate::routes::{Route, RouteAuth, RouteMatch};
-use crate::scope::KeyScope;
+use crate::scope::{KeyRateLimit, KeyScope};
 use crate::store::cache::{CredentialCache, KeyFacts, Lookup, UserFacts};
 use crate::store::{Store, User};
 use crate::token::jwks;
-use crate::token::jwt::{self, JwtKeys};
+use crate::token::jwt::{self, JwtKeys, TokenVerifier};
 use extract::{Credential, CredentialKind};
 
 /// How the caller proved who they are.
@@ -115,6 +116,8 @@ pub struct Identity {
     pub token: Option<(String, i64)>,
     /// The methods and paths an access key is limited to; `None`: any.
     pub scope: Option<Arc<KeyScope>>,
+    /// An access key's own budget; `None`: none (JWTs never have one).
+    pub rate_limit: Option<KeyRateLimit>,
 }
 
 impl Identity {
@@ -245,7 +248,7 @@ fn fill_random(buf: &mut [u8]) {
 /// Cheap to clone: every part is shared.
 #[derive(Clone)]
 pub struct Authenticator {
-    jwt: Arc<JwtKeys>,
+    jwt: TokenVerifier,
     external: Vec<Arc<jwks::JwksProvider>>,
     store: Store,
     cache: Arc<CredentialCache>,
@@ -261,7 +264,7 @@ impl Authenticator {
         cache: Arc<CredentialCache>,
     ) -> Self {
         Authenticator {
-            jwt,
+            jwt: TokenVerifier::new(jwt),
             external,
             store,
             cache,
@@ -283,7 +286,13 @@ impl Authenticator {
 
     /// The signing keys.
     pub fn jwt(&self) -> &JwtKeys {
-        &self.jwt
+        self.jwt.keys()
+    }
+
+    /// The verified-token cache, for revocations to reach and for
+    /// `/metrics`.
+    pub fn token_cache(&self) -> &Arc<crate::token::cache::TokenCache> {
+        self.jwt.token_cache()
     }
 
     /// The identity behind the one credential of a request head: 400 for
@@ -352,7 +361,7 @@ impl Authenticator {
     async fn authenticate_jwt(&self, token: &str) -> Result<Identity, GatewayError> {
         if !self.external.is_empty()
             && let Some(issuer) = jwks::unverified_issuer(token)
-            && issuer != self.jwt.issuer()
+            && issuer != self.jwt.keys().issuer()
         {
             return self.authenticate_external(token, &issuer).await;
         }
@@ -389,6 +398,7 @@ impl Authenticator {
             key_id: None,
             token: Some((claims.jti.clone(), claims.exp)),
             scope: None,
+            rate_limit: None,
         })
     }
 
@@ -439,6 +449,7 @@ impl Authenticator {
             key_id: None,
             token: claims.jti.map(|jti| (jti, claims.exp)),
             scope: None,
+            rate_limit: None,
         })
     }
 
@@ -465,6 +476,7 @@ impl Authenticator {
             key_id: Some(facts.key_id),
             token: None,
             scope: facts.scope,
+            rate_limit: facts.rate_limit,
         })
     }
 
@@ -513,6 +525,7 @@ impl Authenticator {
                         expires_at: grant.expires_at,
                         roles,
                         scope: (!grant.scope.any_request()).then(|| Arc::new(grant.scope)),
+                        rate_limit: grant.rate_limit,
                     }
                 });
                 self.cache.put_key(*hash, facts.clone(), Instant::now());
@@ -561,6 +574,7 @@ mod tests {
             key_id: None,
             token: None,
             scope: None,
+            rate_limit: None,
         }
     }
 

@@ -168,9 +168,6 @@ pub struct OidcProviderConfig {
     /// With `username_claim = "email"`: accept an email the provider has
     /// not verified (`email_verified` not `true`).
     pub allow_unverified_email: bool,
-    /// The key sealing the sign-in state cookie, derived from the JWT
-    /// signing secret and the client secret (the same on every replica).
-    pub sealer: Arc<crate::token::state::Sealer>,
 }
 
 impl OidcProviderConfig {

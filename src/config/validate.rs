@@ -246,11 +246,7 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         negative_ttl: p.seconds("cache.negative_ttl", raw.cache.negative_ttl, 1, 3600),
     };
 
-    // Without valid JWT keys the config fails anyway; the providers are
-    // still checked so every problem is listed.
-    let no_root = crate::token::state::RootSecret::new(Vec::new());
-    let root = jwt.as_ref().map_or(&no_root, |jwt| &jwt.derive_root);
-    let oidc = validate_oidc(raw.oidc, root, p);
+    let oidc = validate_oidc(raw.oidc, p);
     // (provider, subject) is who a caller is: two providers of one name
     // would make two callers one.
     if let Some(jwt) = &jwt {
@@ -430,11 +426,7 @@ fn valid_provider_name(name: &str) -> bool {
 }
 
 /// `[[oidc]]`: names unique and path-safe, URLs absolute, files readable.
-pub(super) fn validate_oidc(
-    raw: Vec<RawOidc>,
-    root: &crate::token::state::RootSecret,
-    p: &mut Problems,
-) -> Vec<OidcProviderConfig> {
+pub(super) fn validate_oidc(raw: Vec<RawOidc>, p: &mut Problems) -> Vec<OidcProviderConfig> {
     let mut providers: Vec<OidcProviderConfig> = Vec::with_capacity(raw.len());
     for (index, provider) in raw.into_iter().enumerate() {
         let at = format!("oidc[{index}]");
@@ -503,11 +495,6 @@ pub(super) fn validate_oidc(
             }
             None => String::new(),
         };
-        let sealer = crate::token::state::Sealer::derive(
-            root,
-            secret.as_bytes(),
-            &format!("oidc:{}", provider.name),
-        );
         providers.push(OidcProviderConfig {
             client_secret_text: SecretText(secret),
             name: provider.name,
@@ -519,7 +506,6 @@ pub(super) fn validate_oidc(
             roles_claim: provider.roles_claim.filter(|claim| !claim.is_empty()),
             ca_file: provider.ca_file,
             allow_unverified_email: provider.allow_unverified_email,
-            sealer: Arc::new(sealer),
         });
     }
     providers
@@ -1361,7 +1347,7 @@ fn validate_cors(
     route_methods: Option<&[Method]>,
     key: &str,
     p: &mut Problems,
-) -> Option<crate::cors::CorsPolicy> {
+) -> Option<crate::routes::cors::CorsPolicy> {
     let mut ok = true;
     if raw.allow_origins.is_empty() {
         p.add(
@@ -1439,15 +1425,18 @@ fn validate_cors(
         .then(|| HeaderValue::from_str(&raw.allow_headers.join(", ")).ok())
         .flatten();
     if let Some(max_age) = raw.max_age
-        && max_age > crate::cors::MAX_AGE_SECONDS
+        && max_age > crate::routes::cors::MAX_AGE_SECONDS
     {
         p.add(
             &format!("{key}.max_age"),
-            format_args!("{max_age} is over {} seconds", crate::cors::MAX_AGE_SECONDS),
+            format_args!(
+                "{max_age} is over {} seconds",
+                crate::routes::cors::MAX_AGE_SECONDS
+            ),
         );
         ok = false;
     }
-    ok.then_some(crate::cors::CorsPolicy {
+    ok.then_some(crate::routes::cors::CorsPolicy {
         allow_origins: origins,
         allow_methods,
         allow_headers,

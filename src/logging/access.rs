@@ -16,7 +16,8 @@ use http::header::HeaderValue;
 use http::{Method, Uri};
 use serde::Serialize;
 
-use crate::auth::extract::redact_target;
+use crate::logging::redact::redact_target;
+use crate::text::push_decimal;
 
 /// The log line format (`AUTHGATE_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +91,7 @@ impl AccessRecord {
             out.extend_from_slice(b" auth.user=");
             push_quoted(out, user);
         }
-        out.extend_from_slice(b"}: authgate::context: access http.status=");
+        out.extend_from_slice(b"}: authgate::request::context: access http.status=");
         push_decimal(out, u64::from(self.status));
         out.extend_from_slice(b" latency_ms=");
         push_millis(out, self.latency);
@@ -124,7 +125,7 @@ impl AccessRecord {
                 outcome: self.outcome,
                 reason: self.reason,
             },
-            target: "authgate::context",
+            target: "authgate::request::context",
             span: &request,
             spans: (
                 ConnectionSpan {
@@ -173,22 +174,6 @@ fn push_millis(out: &mut Vec<u8>, latency: Duration) {
     push_decimal(out, micros / 1000);
     out.push(b'.');
     push_padded(out, micros % 1000, 3);
-}
-
-/// `value` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        // A digit: fits in u8.
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// `value` in decimal, zero-padded to `width` digits (`value` must fit).
@@ -331,7 +316,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "2025-12-02T04:00:00.123456Z  INFO connection{client.addr=192.0.2.7:4711 tls=false}:\
              request{request.id=\"req-1\" http.method=GET http.target=/data?token=REDACTED&x=1 \
-             route=\"/\" auth.method=\"jwt\" auth.user=\"bob\"}: authgate::context: access \
+             route=\"/\" auth.method=\"jwt\" auth.user=\"bob\"}: authgate::request::context: access \
              http.status=200 latency_ms=1.250 outcome=\"authenticated\" reason=\"\"\n"
         );
     }
@@ -387,7 +372,7 @@ mod tests {
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["timestamp"], "2025-12-02T04:00:00.123456Z");
         assert_eq!(line["level"], "INFO");
-        assert_eq!(line["target"], "authgate::context");
+        assert_eq!(line["target"], "authgate::request::context");
         assert_eq!(line["fields"]["message"], "access");
         assert_eq!(line["fields"]["http.status"], 200);
         assert_eq!(line["fields"]["latency_ms"], 1.25);

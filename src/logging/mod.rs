@@ -3,6 +3,7 @@
 //! the batched sink behind it, which also takes the access log's records.
 
 pub mod access;
+pub mod redact;
 pub mod sink;
 
 use std::io::IsTerminal;
@@ -70,22 +71,22 @@ pub fn init(default_filter: &str, batched: bool) -> LogGuard {
 }
 
 /// Logs a finished request's access line, when the filter lets
-/// `authgate::context` info events through: queued as a record for the
+/// `authgate::request::context` info events through: queued as a record for the
 /// sink, or, without one (the library used on its own), logged at once
 /// through tracing.
 pub fn access(record: impl FnOnce() -> AccessRecord) {
-    if !tracing::enabled!(target: "authgate::context", tracing::Level::INFO) {
+    if !tracing::enabled!(target: "authgate::request::context", tracing::Level::INFO) {
         return;
     }
     let record = record();
     match ACCESS_SINK.get() {
         Some(sink) => sink.access(record),
         None => tracing::event!(
-            target: "authgate::context",
+            target: "authgate::request::context",
             tracing::Level::INFO,
             request.id = record.request_id.to_str().unwrap_or_default(),
             http.method = %record.method,
-            http.target = %crate::auth::extract::redact_target(&record.uri),
+            http.target = %crate::logging::redact::redact_target(&record.uri),
             route = record.route.as_deref(),
             auth.method = record.caller.as_ref().map(|(method, _)| *method),
             auth.user = record.caller.as_ref().map(|(_, user)| &**user),

@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use crate::config::{OidcProviderConfig, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::tls::TlsError;
+use crate::token::state::{RootSecret, Sealer};
 use client::ProviderHttp;
 
 /// How long a started sign-in may take until the callback.
@@ -132,6 +133,9 @@ struct Discovered {
 /// One configured provider.
 pub struct OidcProvider {
     config: OidcProviderConfig,
+    /// Seals the sign-in state cookie: derived from the JWT signing
+    /// material and the client secret, so the same on every replica.
+    sealer: Sealer,
     http: ProviderHttp,
     leeway: u64,
     discovered: OnceCell<Discovered>,
@@ -149,6 +153,7 @@ impl Providers {
     /// stop the gateway).
     pub fn try_new(
         configs: &[OidcProviderConfig],
+        root: &RootSecret,
         upstream: &UpstreamConfig,
         leeway: u64,
     ) -> Result<Self, TlsError> {
@@ -157,6 +162,11 @@ impl Providers {
             .map(|config| {
                 Ok(Arc::new(OidcProvider {
                     http: ProviderHttp::try_new(upstream, config.ca_file.as_deref())?,
+                    sealer: Sealer::derive(
+                        root,
+                        config.client_secret_text().as_bytes(),
+                        &format!("oidc:{}", config.name),
+                    ),
                     config: config.clone(),
                     leeway,
                     discovered: OnceCell::new(),
@@ -257,7 +267,6 @@ impl OidcProvider {
         Ok(SignInStart {
             location: url.to_string(),
             cookie: self
-                .config
                 .sealer
                 .seal(&pending, now.saturating_add(SIGN_IN_TTL_SECS)),
         })
@@ -274,7 +283,7 @@ impl OidcProvider {
     ) -> Result<SignedIn, GatewayError> {
         let pending: Pending = cookie
             .ok_or(BAD_STATE)
-            .and_then(|sealed| self.config.sealer.open(sealed, now).map_err(|_| BAD_STATE))?;
+            .and_then(|sealed| self.sealer.open(sealed, now).map_err(|_| BAD_STATE))?;
         let state_matches: bool =
             subtle::ConstantTimeEq::ct_eq(pending.state.as_bytes(), state.as_bytes()).into();
         if !state_matches || code.is_empty() {

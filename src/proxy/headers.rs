@@ -1,7 +1,5 @@
 //! Pure header rewriting for forwarded requests and relayed responses.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 
@@ -21,7 +19,7 @@ pub static X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 pub static X_AUTH_KEY_ID: HeaderName = HeaderName::from_static("x-auth-key-id");
 /// `X-Client-Cert-Subject`: the verified client certificate's subject.
 pub static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
@@ -511,48 +509,6 @@ pub fn set_client_cert_subject(headers: &mut HeaderMap, subject: Option<&str>) {
     }
 }
 
-/// The client's address: the peer, unless the peer is a trusted proxy, in
-/// which case `X-Forwarded-For` is walked from the right past trusted
-/// proxies. Untrusted peers cannot choose the address they are counted as.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
-    let hops: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .collect();
-    let mut client = peer;
-    for hop in hops.iter().rev() {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => {
-                client = ip;
-                if !is_trusted(&ip) {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    client
-}
-
-/// Longest client-sent request id kept.
-const MAX_REQUEST_ID_LEN: usize = 128;
-
-/// Whether a client-sent `X-Request-Id` is kept: 1 to 128 characters of
-/// `A-Z a-z 0-9 - _ . : /`.
-pub fn sane_request_id(value: &HeaderValue) -> bool {
-    let bytes = value.as_bytes();
-    (1..=MAX_REQUEST_ID_LEN).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -887,6 +843,7 @@ mod tests {
             )),
             token: None,
             scope: None,
+            rate_limit: None,
         };
         set_identity_headers(&mut h, &identity);
         assert_eq!(h["x-auth-user"], "alice");
@@ -1069,34 +1026,5 @@ mod tests {
                 "{good}"
             );
         }
-    }
-
-    #[test]
-    fn client_address_honours_only_trusted_proxies() {
-        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let xff = headers(&[("x-forwarded-for", "1.2.3.4, 6.6.6.6, 10.0.0.7")]);
-        let untrusted_peer: IpAddr = "203.0.113.9".parse().unwrap();
-        assert_eq!(client_ip(untrusted_peer, &xff, &trusted), untrusted_peer);
-        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(
-            client_ip(proxy, &xff, &trusted),
-            "6.6.6.6".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
-        let garbage = headers(&[("x-forwarded-for", "not-an-ip")]);
-        assert_eq!(client_ip(proxy, &garbage, &trusted), proxy);
-        assert_eq!(client_ip(proxy, &xff, &[]), proxy);
-    }
-
-    #[test]
-    fn request_ids() {
-        assert!(sane_request_id(&HeaderValue::from_static(
-            "abc-123_x.y:z/1"
-        )));
-        assert!(!sane_request_id(&HeaderValue::from_static("")));
-        assert!(!sane_request_id(&HeaderValue::from_static("has space")));
-        assert!(!sane_request_id(
-            &HeaderValue::from_str(&"a".repeat(129)).unwrap()
-        ));
     }
 }

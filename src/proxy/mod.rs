@@ -1,6 +1,7 @@
 //! Forwarding to upstreams: a pooled client for each worker thread, built
 //! once, and the request and response rewriting around it.
 
+pub mod assertion;
 pub mod headers;
 
 use std::pin::Pin;
@@ -21,13 +22,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::assertion::Assertions;
 use crate::auth::extract::{Sources, strip_credential_headers, strip_credential_query};
 use crate::auth::{Identity, Permit};
 use crate::body::{self, Body};
+use crate::client::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::config::{Limits, UpstreamConfig};
-use crate::conn::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::error::GatewayError;
+use crate::proxy::assertion::Assertions;
 use crate::routes::{PrefixRewrite, Route};
 use crate::telemetry::RequestTrace;
 use crate::tls::{self, TlsError};
@@ -294,7 +295,7 @@ impl Forwarder {
                 .ok_or(GatewayError::Internal)?;
             parts
                 .headers
-                .insert(crate::assertion::X_AUTH_ASSERTION.clone(), assertion);
+                .insert(crate::proxy::assertion::X_AUTH_ASSERTION.clone(), assertion);
         }
         Ok(())
     }

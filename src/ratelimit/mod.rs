@@ -1,6 +1,8 @@
 //! Rate limits (`[[ratelimit.rule]]`): GCRA buckets per rule and subject
 //! (user, access key or client address), in memory ([`memory`], the
-//! `governor` crate) or shared by every replica in Redis ([`redis`]).
+//! `governor` crate) or shared by every replica in Redis ([`redis`]); and
+//! access keys' own budgets (a key's `rate_limit`), drawn from the same
+//! store, answered as `limited_by: "key"`.
 //!
 //! One entry point, [`RateLimits::check`], called after authorization and
 //! before forwarding (proxied and verified requests alike), and
@@ -11,7 +13,6 @@
 pub mod memory;
 pub mod redis;
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,9 @@ use crate::config::ratelimit::{
 use crate::error::{GatewayError, RATELIMIT, RATELIMIT_POLICY};
 use crate::metrics::Metrics;
 use crate::routes::{other_readings, prefix_matches_folded};
-use memory::MemoryBuckets;
+use crate::scope::KeyRateLimit;
+use crate::text::push_decimal;
+use memory::{KeyBuckets, MemoryBuckets};
 use redis::RedisBuckets;
 
 /// Whose bucket a request draws on. Cheap to build: the username is the
@@ -89,20 +92,40 @@ struct Rule {
     memory: Option<Arc<MemoryBuckets>>,
 }
 
-/// The rules of one config snapshot.
+/// The name of an access key's own budget: `details.limited_by`, its
+/// item in the RateLimit headers and its metrics label.
+pub const KEY_BUDGET: &str = "key";
+/// The bucket family of keys' own budgets in Redis: `@` is in no rule
+/// name, so no rule's buckets can be confused with a key's.
+pub const KEY_BUDGET_REDIS_NAME: &str = "@key";
+
+/// The rules of one config snapshot, and keys' own budgets.
 pub struct RateLimits {
     rules: Vec<Rule>,
     redis: Option<Arc<RedisBuckets>>,
+    /// Keys' own budgets when the store is memory.
+    keys: Option<Arc<KeyBuckets>>,
+    /// [`KEY_BUDGET`], shared (the error and the metrics take an `Arc`).
+    key_budget: Arc<str>,
     on_store_error: OnStoreError,
     metrics: Arc<Metrics>,
+}
+
+/// Which budget counted a request.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// A rule, by index.
+    Rule(usize),
+    /// The access key's own.
+    Key(KeyRateLimit),
 }
 
 /// What the rules that applied said about an allowed request.
 #[derive(Debug, Default)]
 pub struct RateLimitAnswer {
-    /// `(rule index, remaining, reset)` per rule that counted the request;
+    /// `(budget, remaining, reset)` per budget that counted the request;
     /// empty (no allocation) when none applied.
-    counted: Vec<(usize, u64, Duration)>,
+    counted: Vec<(Budget, u64, Duration)>,
     policy: Option<HeaderValue>,
     state: Option<HeaderValue>,
 }
@@ -128,11 +151,34 @@ fn ceil_secs(duration: Duration) -> u64 {
     }
 }
 
-/// The rule's `RateLimit-Policy` item: quota = the burst, window = the
-/// time the bucket takes to refill from empty.
-fn policy_item(rule: &RateLimitRule) -> String {
-    let window = (f64::from(rule.burst) / rule.rate).ceil().max(1.0) as u64;
-    format!("\"{}\";q={};w={window}", rule.name, rule.burst)
+/// Seconds a bucket takes to refill from empty, at least 1.
+fn window_secs(rate: f64, burst: u32) -> u64 {
+    (f64::from(burst) / rate).ceil().max(1.0) as u64
+}
+
+/// A `RateLimit-Policy` item: quota = the burst, window = the time the
+/// bucket takes to refill from empty (`"name";q=BURST;w=SECONDS`).
+fn push_policy_item(out: &mut Vec<u8>, name: &str, rate: f64, burst: u32) {
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\";q=");
+    push_decimal(out, u64::from(burst));
+    out.extend_from_slice(b";w=");
+    push_decimal(out, window_secs(rate, burst));
+}
+
+/// The rule's `RateLimit-Policy` item.
+fn policy_item(rule: &RateLimitRule) -> Vec<u8> {
+    let mut item = Vec::with_capacity(rule.name.len() + 24);
+    push_policy_item(&mut item, &rule.name, rule.rate, rule.burst);
+    item
+}
+
+/// A header value from bytes built here (names are `[a-z0-9_-]`, the
+/// rest digits and punctuation: always valid).
+fn header_value(bytes: Vec<u8>) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Whether `path` falls under `prefix` as the gateway routes it or as any
@@ -168,6 +214,11 @@ impl RateLimits {
                         .ok()
                 }),
         };
+        let keys = matches!(config.store, RateLimitStore::Memory).then(|| {
+            previous
+                .and_then(|previous| previous.keys.clone())
+                .unwrap_or_else(KeyBuckets::new)
+        });
         let rules = config
             .rules
             .iter()
@@ -184,8 +235,7 @@ impl RateLimits {
                         .unwrap_or_else(|| MemoryBuckets::new(rule))
                 });
                 Rule {
-                    policy: HeaderValue::from_str(&policy_item(rule))
-                        .unwrap_or_else(|_| HeaderValue::from_static("")),
+                    policy: header_value(policy_item(rule)),
                     config: rule.clone(),
                     memory,
                 }
@@ -194,17 +244,21 @@ impl RateLimits {
         RateLimits {
             rules,
             redis,
+            keys,
+            key_budget: Arc::from(KEY_BUDGET),
             on_store_error: config.on_store_error,
             metrics,
         }
     }
 
     /// Counts a request by `identity` (none on public routes) from
-    /// `client` for `path` against every rule that applies, in config
-    /// order. The first rule that refuses answers 429 `RATE_LIMITED`
-    /// (rules after it do not count the request). While the Redis store
-    /// cannot be reached, `on_store_error` decides: allow (the rule is
-    /// skipped) or deny (503).
+    /// `client` for `path`: first against the access key's own budget
+    /// (when the identity is a key that has one), then against every rule
+    /// that applies, in config order. The first budget that refuses
+    /// answers 429 `RATE_LIMITED` (budgets after it do not count the
+    /// request). While the Redis store cannot be reached,
+    /// `on_store_error` decides: allow (the budget is skipped) or deny
+    /// (503).
     pub async fn check(
         &self,
         identity: Option<&Identity>,
@@ -212,8 +266,8 @@ impl RateLimits {
         path: &str,
     ) -> Result<RateLimitAnswer, GatewayError> {
         let mut answer = RateLimitAnswer::default();
-        if self.rules.is_empty() {
-            return Ok(answer);
+        if let Some(identity) = identity {
+            self.count_key(&mut answer, identity).await?;
         }
         for (index, rule) in self.rules.iter().enumerate() {
             let config = &rule.config;
@@ -238,32 +292,14 @@ impl RateLimits {
             };
             let decision = match (&rule.memory, &self.redis) {
                 (Some(memory), _) => Ok(memory.check(&subject)),
-                (None, Some(redis)) => redis.check(config, &subject).await,
+                (None, Some(redis)) => {
+                    redis
+                        .check(&config.name, config.rate, config.burst, &subject)
+                        .await
+                }
                 (None, None) => Err(()),
             };
-            match decision {
-                Ok(Decision::Allowed { remaining, reset }) => {
-                    self.metrics.ratelimit(&config.name, "allowed");
-                    answer.counted.push((index, remaining, reset));
-                }
-                Ok(Decision::Limited { retry_after, reset }) => {
-                    self.metrics.ratelimit(&config.name, "limited");
-                    answer.counted.push((index, 0, reset));
-                    let (policy, state) = self.header_values(&answer.counted);
-                    return Err(GatewayError::RateLimited {
-                        rule: config.name.clone(),
-                        retry_after: ceil_secs(retry_after).max(1),
-                        policy,
-                        state,
-                    });
-                }
-                Err(()) => {
-                    self.metrics.ratelimit(&config.name, "store_error");
-                    if self.on_store_error == OnStoreError::Deny {
-                        return Err(GatewayError::RateLimitUnavailable);
-                    }
-                }
-            }
+            self.count(&mut answer, Budget::Rule(index), &config.name, decision)?;
         }
         if !answer.counted.is_empty() {
             let (policy, state) = self.header_values(&answer.counted);
@@ -273,34 +309,125 @@ impl RateLimits {
         Ok(answer)
     }
 
-    /// `RateLimit-Policy` and `RateLimit` for the rules counted: Lists of
-    /// the rules' items (`"name";r=REMAINING;t=SECONDS` until full).
-    fn header_values(&self, counted: &[(usize, u64, Duration)]) -> (HeaderValue, HeaderValue) {
+    /// Counts a request of an access key that has a budget of its own
+    /// against that budget alone: for the gateway's own endpoints, where
+    /// the caller is known only inside the handler and rules do not apply.
+    /// Nothing for other identities.
+    pub async fn check_key(&self, identity: &Identity) -> Result<(), GatewayError> {
+        self.count_key(&mut RateLimitAnswer::default(), identity)
+            .await
+    }
+
+    /// The access key's own budget, when `identity` is a key that has one.
+    async fn count_key(
+        &self,
+        answer: &mut RateLimitAnswer,
+        identity: &Identity,
+    ) -> Result<(), GatewayError> {
+        let (Some(id), Some(limit)) = (identity.key_id, identity.rate_limit) else {
+            return Ok(());
+        };
+        let decision = match (&self.keys, &self.redis) {
+            (Some(keys), _) => Ok(keys.check(id, limit)),
+            (None, Some(redis)) => {
+                redis
+                    .check(
+                        KEY_BUDGET_REDIS_NAME,
+                        limit.rate,
+                        limit.burst,
+                        &Subject::Key(id),
+                    )
+                    .await
+            }
+            (None, None) => Err(()),
+        };
+        self.count(answer, Budget::Key(limit), &self.key_budget, decision)
+    }
+
+    /// Books one budget's decision into `answer`; the 429 (or 503) when it
+    /// refuses.
+    fn count(
+        &self,
+        answer: &mut RateLimitAnswer,
+        budget: Budget,
+        name: &Arc<str>,
+        decision: Result<Decision, ()>,
+    ) -> Result<(), GatewayError> {
+        match decision {
+            Ok(Decision::Allowed { remaining, reset }) => {
+                self.metrics.ratelimit(name, "allowed");
+                answer.counted.push((budget, remaining, reset));
+            }
+            Ok(Decision::Limited { retry_after, reset }) => {
+                self.metrics.ratelimit(name, "limited");
+                answer.counted.push((budget, 0, reset));
+                let (policy, state) = self.header_values(&answer.counted);
+                return Err(GatewayError::RateLimited {
+                    rule: name.clone(),
+                    retry_after: ceil_secs(retry_after).max(1),
+                    policy,
+                    state,
+                });
+            }
+            Err(()) => {
+                self.metrics.ratelimit(name, "store_error");
+                if self.on_store_error == OnStoreError::Deny {
+                    return Err(GatewayError::RateLimitUnavailable);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `RateLimit-Policy` and `RateLimit` for the budgets counted: Lists
+    /// of their items (`"name";r=REMAINING;t=SECONDS` until full). Built
+    /// as bytes with no formatting machinery: this runs on every request a
+    /// budget counts.
+    fn header_values(&self, counted: &[(Budget, u64, Duration)]) -> (HeaderValue, HeaderValue) {
         let policy = match counted {
-            [(index, ..)] => self.rules[*index].policy.clone(),
+            [(Budget::Rule(index), ..)] => self.rules[*index].policy.clone(),
             _ => {
-                let items: Vec<&str> = counted
-                    .iter()
-                    .filter_map(|(index, ..)| self.rules[*index].policy.to_str().ok())
-                    .collect();
-                HeaderValue::from_str(&items.join(", "))
-                    .unwrap_or_else(|_| HeaderValue::from_static(""))
+                let mut policy = Vec::with_capacity(32 * counted.len());
+                for (n, (budget, ..)) in counted.iter().enumerate() {
+                    if n > 0 {
+                        policy.extend_from_slice(b", ");
+                    }
+                    match budget {
+                        Budget::Rule(index) => {
+                            policy.extend_from_slice(self.rules[*index].policy.as_bytes());
+                        }
+                        Budget::Key(limit) => {
+                            push_policy_item(&mut policy, KEY_BUDGET, limit.rate, limit.burst);
+                        }
+                    }
+                }
+                header_value(policy)
             }
         };
-        let mut state = String::with_capacity(32 * counted.len());
-        for (n, (index, remaining, reset)) in counted.iter().enumerate() {
+        let mut state = Vec::with_capacity(32 * counted.len());
+        for (n, (budget, remaining, reset)) in counted.iter().enumerate() {
             if n > 0 {
-                state.push_str(", ");
+                state.extend_from_slice(b", ");
             }
-            let _ = write!(
-                state,
-                "\"{}\";r={remaining};t={}",
-                self.rules[*index].config.name,
-                ceil_secs(*reset)
-            );
+            let name = match budget {
+                Budget::Rule(index) => &*self.rules[*index].config.name,
+                Budget::Key(_) => KEY_BUDGET,
+            };
+            state.push(b'"');
+            state.extend_from_slice(name.as_bytes());
+            state.extend_from_slice(b"\";r=");
+            push_decimal(&mut state, *remaining);
+            state.extend_from_slice(b";t=");
+            push_decimal(&mut state, ceil_secs(*reset));
         }
-        let state = HeaderValue::from_str(&state).unwrap_or_else(|_| HeaderValue::from_static(""));
-        (policy, state)
+        (policy, header_value(state))
+    }
+
+    /// Whether a request by `identity` may meet a budget: a rule is
+    /// configured, or the identity is an access key with its own budget.
+    /// Lets the request path skip [`Self::check`] when nothing applies.
+    pub fn may_apply(&self, identity: Option<&Identity>) -> bool {
+        !self.rules.is_empty() || identity.is_some_and(|identity| identity.rate_limit.is_some())
     }
 
     /// Whether any rule is configured.
@@ -336,9 +463,9 @@ mod tests {
     #[test]
     fn policy_items_follow_draft_09() {
         let item = policy_item(&rule("per-user", LimitBy::User, 10.0, 20, None));
-        assert_eq!(item, r#""per-user";q=20;w=2"#);
+        assert_eq!(item, br#""per-user";q=20;w=2"#);
         let slow = policy_item(&rule("slow", LimitBy::User, 0.5, 1, None));
-        assert_eq!(slow, r#""slow";q=1;w=2"#);
+        assert_eq!(slow, br#""slow";q=1;w=2"#);
         assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
         assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
     }
@@ -412,5 +539,79 @@ mod tests {
             // No identity, or outside the prefix: not counted.
             assert!(by_user.check(None, CLIENT, "/api/x").await.is_ok());
         }
+    }
+
+    fn key_identity(limit: Option<KeyRateLimit>) -> Identity {
+        Identity {
+            principal: crate::auth::Principal::Store(crate::auth::StoreUser::for_tests(
+                "alice", "local",
+            )),
+            roles: Arc::from(vec![]),
+            method: crate::auth::AuthMethod::AccessKey,
+            key_id: Some(uuid::Uuid::from_u128(7)),
+            token: None,
+            scope: None,
+            rate_limit: limit,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_keys_own_budget_applies_without_any_rule_and_before_them() {
+        let none = limits(vec![]);
+        let limit = KeyRateLimit {
+            rate: 1.0,
+            burst: 2,
+        };
+        let key = key_identity(Some(limit));
+        assert!(none.may_apply(Some(&key)));
+        assert!(!none.may_apply(Some(&key_identity(None))));
+        assert!(!none.may_apply(None));
+        for remaining in [1, 0] {
+            let answer = none.check(Some(&key), CLIENT, "/x").await.unwrap();
+            let mut headers = HeaderMap::new();
+            answer.add_headers(&mut headers);
+            assert_eq!(headers[RATELIMIT_POLICY], r#""key";q=2;w=2"#);
+            assert_eq!(
+                headers[RATELIMIT],
+                format!("\"key\";r={remaining};t={}", 2 - remaining).as_str()
+            );
+        }
+        match none.check(Some(&key), CLIENT, "/x").await {
+            Err(GatewayError::RateLimited {
+                rule,
+                retry_after,
+                policy,
+                ..
+            }) => {
+                assert_eq!(&*rule, KEY_BUDGET);
+                assert_eq!(retry_after, 1);
+                assert_eq!(policy, r#""key";q=2;w=2"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        // With a rule too: both items, the key's first; a refusal by the
+        // key's budget does not count against the rule.
+        let both = limits(vec![rule("per-key", LimitBy::Key, 1.0, 100, None)]);
+        let answer = both.check(Some(&key), CLIENT, "/x").await.unwrap();
+        let mut headers = HeaderMap::new();
+        answer.add_headers(&mut headers);
+        assert_eq!(
+            headers[RATELIMIT_POLICY],
+            r#""key";q=2;w=2, "per-key";q=100;w=100"#
+        );
+        let state = headers[RATELIMIT].to_str().unwrap().to_owned();
+        assert!(state.starts_with(r#""key";r=1;t="#), "{state}");
+        assert!(state.contains(r#", "per-key";r=99;t=1"#), "{state}");
+        both.check(Some(&key), CLIENT, "/x").await.unwrap();
+        assert!(both.check(Some(&key), CLIENT, "/x").await.is_err());
+        let unlimited_same_key = key_identity(None);
+        let answer = both
+            .check(Some(&unlimited_same_key), CLIENT, "/x")
+            .await
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        answer.add_headers(&mut headers);
+        let state = headers[RATELIMIT].to_str().unwrap().to_owned();
+        assert!(state.starts_with(r#""per-key";r=97;"#), "{state}");
     }
 }

@@ -16,7 +16,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::{info, warn};
 
 use super::{Decision, Subject};
-use crate::config::ratelimit::RateLimitRule;
 
 /// How long the circuit stays open after a failure before one probe.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -153,17 +152,25 @@ impl RedisBuckets {
         }
     }
 
-    /// One GCRA step for `subject` under `rule`; `Err` when Redis cannot
-    /// answer in time (or the circuit is open).
-    pub async fn check(&self, rule: &RateLimitRule, subject: &Subject) -> Result<Decision, ()> {
+    /// One GCRA step for `subject` in the bucket family `name` (a rule's
+    /// name, or [`super::KEY_BUDGET_REDIS_NAME`]) of `rate` per second and
+    /// `burst`; `Err` when Redis cannot answer in time (or the circuit is
+    /// open).
+    pub async fn check(
+        &self,
+        name: &str,
+        rate: f64,
+        burst: u32,
+        subject: &Subject,
+    ) -> Result<Decision, ()> {
         if !self.may_try() {
             return Err(());
         }
-        let key = format!("{}{}:{}", self.key_prefix, rule.name, subject.redis_part());
-        let interval_us = (1_000_000.0 / rule.rate).max(1.0);
+        let key = format!("{}{}:{}", self.key_prefix, name, subject.redis_part());
+        let interval_us = (1_000_000.0 / rate).max(1.0);
         let mut connection = ConnectionManager::clone(&self.connection.load());
         let mut invocation = script().key(&key);
-        invocation.arg(interval_us).arg(rule.burst);
+        invocation.arg(interval_us).arg(burst);
         let step = invocation.invoke_async::<Vec<i64>>(&mut connection);
         let reply = match tokio::time::timeout(self.timeout, step).await {
             Ok(Ok(reply)) => reply,

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use super::changes::Change;
 use super::{Store, StoreError};
 use super::{join_roles, split_roles};
-use crate::scope::KeyScope;
+use crate::scope::{KeyRateLimit, KeyScope};
 
 /// An access key as stored (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub struct AccessKey {
     pub uses: i64,
     /// The last reroll, unix seconds; `None`: never rerolled.
     pub tm_rerolled: Option<i64>,
+    /// The key's own budget, fixed at creation; `None`: none.
+    pub rate_limit: Option<KeyRateLimit>,
 }
 
 /// A change to a live key's name, detail and enabled state.
@@ -69,6 +71,8 @@ pub struct NewKey<'a> {
     pub tm_expire: i64,
     /// What the key is narrowed to.
     pub scope: &'a KeyScope,
+    /// The key's own budget; `None`: none.
+    pub rate_limit: Option<KeyRateLimit>,
     /// Unexpired keys the owner may hold, this one included.
     pub max_per_user: usize,
 }
@@ -88,6 +92,8 @@ pub struct KeyGrant {
     pub expires_at: i64,
     /// The key's scope.
     pub scope: KeyScope,
+    /// The key's own budget; `None`: none.
+    pub rate_limit: Option<KeyRateLimit>,
 }
 
 /// A comma-separated list column (no element holds a comma).
@@ -102,6 +108,19 @@ fn scope_from_row(row: &AnyRow, roles_column: &str) -> Result<KeyScope, sqlx::Er
             .map(|roles| split_list(&roles)),
         methods: split_list(&row.try_get::<String, _>("methods")?),
         path_prefixes: split_list(&row.try_get::<String, _>("path_prefixes")?),
+    })
+}
+
+/// The budget columns: both set, or the key has none.
+fn rate_limit_from_row(row: &AnyRow) -> Result<Option<KeyRateLimit>, sqlx::Error> {
+    let rate: Option<f64> = row.try_get("rate_limit_rate")?;
+    let burst: Option<i64> = row.try_get("rate_limit_burst")?;
+    Ok(match (rate, burst) {
+        (Some(rate), Some(burst)) => Some(KeyRateLimit {
+            rate,
+            burst: u32::try_from(burst).unwrap_or(u32::MAX),
+        }),
+        _ => None,
     })
 }
 
@@ -120,11 +139,12 @@ fn key_from_row(row: &AnyRow) -> Result<AccessKey, sqlx::Error> {
         enabled: row.try_get::<i64, _>("enabled")? != 0,
         uses: row.try_get("uses")?,
         tm_rerolled: row.try_get("tm_rerolled")?,
+        rate_limit: rate_limit_from_row(row)?,
     })
 }
 
 const KEY_COLUMNS: &str = "id, username, name, detail, token_prefix, tm_expire, tm_create, tm_update, \
-     tm_last_used, roles, methods, path_prefixes, enabled, uses, tm_rerolled";
+     tm_last_used, roles, methods, path_prefixes, enabled, uses, tm_rerolled, rate_limit_rate, rate_limit_burst";
 
 /// The hashes a key is known by (its secret, and the one a reroll replaced
 /// while it may still be in its grace), for the change log.
@@ -171,6 +191,7 @@ impl Store {
             token_prefix,
             tm_expire,
             scope,
+            rate_limit,
             max_per_user,
         } = new;
         let key = AccessKey {
@@ -187,6 +208,7 @@ impl Store {
             enabled: true,
             uses: 0,
             tm_rerolled: None,
+            rate_limit,
         };
         let mut tx = self.begin_write().await?;
         // The owner must exist at commit time, not only when the request
@@ -216,8 +238,8 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO accesskeys (id, username, name, detail, token_hash, token_prefix, tm_expire, tm_create, tm_update, \
-               roles, methods, path_prefixes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)",
+               roles, methods, path_prefixes, rate_limit_rate, rate_limit_burst) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&key.id)
         .bind(&key.username)
@@ -230,6 +252,8 @@ impl Store {
         .bind(scope.roles.as_deref().map(join_roles))
         .bind(join_roles(&scope.methods))
         .bind(join_roles(&scope.path_prefixes))
+        .bind(rate_limit.map(|limit| limit.rate))
+        .bind(rate_limit.map(|limit| i64::from(limit.burst)))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -249,7 +273,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT k.id, k.username, k.tm_expire, u.roles, u.provider, k.roles AS key_roles, k.methods, \
                k.path_prefixes, CAST(CASE WHEN k.token_hash = $1 THEN 1 ELSE 0 END AS BIGINT) AS current, \
-               k.old_token_expire FROM accesskeys k \
+               k.old_token_expire, k.rate_limit_rate, k.rate_limit_burst FROM accesskeys k \
              JOIN users u ON u.username = k.username \
              WHERE (k.token_hash = $1 OR (k.old_token_hash = $1 AND k.old_token_expire > $2)) \
                AND k.tm_delete IS NULL AND k.enabled = 1",
@@ -277,6 +301,7 @@ impl Store {
             roles: split_roles(&row.try_get::<String, _>("roles")?),
             expires_at,
             scope: scope_from_row(&row, "key_roles")?,
+            rate_limit: rate_limit_from_row(&row)?,
         }))
     }
 

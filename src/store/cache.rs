@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use uuid::Uuid;
 
 use crate::config::CacheConfig;
-use crate::scope::KeyScope;
+use crate::scope::{KeyRateLimit, KeyScope};
 use crate::store::Change;
 use crate::store::last_use::LastUse;
 use crate::token::TokenRevocations;
@@ -61,6 +61,9 @@ pub struct KeyFacts {
     pub roles: Arc<[String]>,
     /// The methods and paths the key is limited to; `None`: any.
     pub scope: Option<Arc<KeyScope>>,
+    /// The key's own budget; `None`: none. Cached with the rest, so the
+    /// per-key limit needs no store read per request.
+    pub rate_limit: Option<KeyRateLimit>,
 }
 
 /// Who owns an access key. One per user in the cache, however many of the
@@ -416,6 +419,7 @@ mod tests {
             expires_at: 0,
             roles: Arc::from(vec![]),
             scope: None,
+            rate_limit: None,
         }
     }
 

@@ -102,6 +102,13 @@ impl Store {
         Ok(changes)
     }
 
+    /// [`Self::sweep`] with the change log kept as long as replicas may
+    /// still need it ([`super::follow::CHANGE_LOG_KEEP_SECS`]).
+    pub async fn sweep_expired(&self, now: i64) -> Result<(), StoreError> {
+        self.sweep(now, now - super::follow::CHANGE_LOG_KEEP_SECS)
+            .await
+    }
+
     /// Deletes expired one-time keys and revoked tokens, and change-log
     /// entries older than `keep_changes_since`.
     pub async fn sweep(&self, now: i64, keep_changes_since: i64) -> Result<(), StoreError> {

@@ -196,7 +196,7 @@ async fn sweep(store: Store, cache: Weak<CredentialCache>) {
         };
         let now = unix_now();
         cache.prune_revoked_tokens(now);
-        match store.sweep(now, now - CHANGE_LOG_KEEP_SECS).await {
+        match store.sweep_expired(now).await {
             Ok(()) => debug!("swept expired one-time keys and revocations"),
             Err(err) => info!(error = %err, "sweep failed; will retry"),
         }

@@ -106,11 +106,13 @@ impl Telemetry {
     }
 
     /// Starts `request`'s server span, arriving from `peer` (over TLS or
-    /// not): the client's trace when its `traceparent` is well formed
+    /// not) for `client` (the peer, or the address a trusted proxy gave in
+    /// `X-Forwarded-For`): the client's trace when its `traceparent` is well formed
     /// (sampled as it says), else a new one (sampled at the ratio).
     pub fn begin<B>(
         self: &Arc<Self>,
         request: &Request<B>,
+        client: IpAddr,
         peer: IpAddr,
         tls: bool,
     ) -> Box<RequestTrace> {
@@ -147,7 +149,8 @@ impl Telemetry {
                 "network.protocol.version",
                 protocol_version(request.version()),
             ));
-            attributes.push(text("client.address", &peer.to_string()));
+            attributes.push(text("client.address", &client.to_string()));
+            attributes.push(text("network.peer.address", &peer.to_string()));
             Span {
                 trace_id: trace_id.to_vec(),
                 span_id: span_id.to_vec(),

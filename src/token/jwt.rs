@@ -110,15 +110,6 @@ pub struct JwtKeys {
     issuer: String,
     ttl: Duration,
     leeway: i64,
-    /// Tokens whose signature and claims were checked: a repeated token
-    /// skips the signature (ES256 and RS256 cost far more than the rest of
-    /// a request). Entries go with their `exp`, and with their user's or
-    /// their own revocation (the credential cache forwards those, see
-    /// [`Self::token_cache`]); the caller still checks `jti` and the user's
-    /// generation on every request, which covers the moment between a
-    /// revocation and its arrival here. A reload builds new keys and so a
-    /// new cache.
-    verified: Arc<TokenCache>,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -130,6 +121,80 @@ impl std::fmt::Debug for JwtKeys {
             .field("kids", &kids)
             .field("signer", &self.signer.header.kid)
             .finish()
+    }
+}
+
+/// Verifies tokens with [`JwtKeys`], remembering the tokens whose signature
+/// and claims were checked: a repeated token skips the signature (ES256 and
+/// RS256 cost far more than the rest of a request). Entries go with their
+/// `exp`, and with their user's or their own revocation (the credential
+/// cache forwards those, see [`Self::token_cache`]); the caller still
+/// checks `jti` and the user's generation on every request, which covers
+/// the moment between a revocation and its arrival here. The gateway builds
+/// one per configuration, so a reload starts with an empty cache; clones
+/// share it.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    keys: Arc<JwtKeys>,
+    verified: Arc<TokenCache>,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("keys", &self.keys)
+            .field("cached", &self.verified.len())
+            .finish()
+    }
+}
+
+impl TokenVerifier {
+    /// A verifier with an empty cache.
+    pub fn new(keys: Arc<JwtKeys>) -> Self {
+        TokenVerifier {
+            keys,
+            verified: Arc::default(),
+        }
+    }
+
+    /// The keys it verifies with (and the gateway signs with).
+    pub fn keys(&self) -> &Arc<JwtKeys> {
+        &self.keys
+    }
+
+    /// [`JwtKeys::verify`]; a token verified before is only checked for
+    /// expiry.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Arc<VerifiedToken>, TokenRejection> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenRejection::TooLong);
+        }
+        if let Some(verified) = self.verified.get(token) {
+            if now <= verified.claims.exp.saturating_add(self.keys.leeway) {
+                return Ok(verified);
+            }
+            self.verified.forget_token(token);
+            return Err(TokenRejection::Expired);
+        }
+        let verified = self.keys.verify(token, now)?;
+        self.verified.insert(token, verified.clone());
+        Ok(verified)
+    }
+
+    /// The verified-token cache, for revocations to reach (see
+    /// [`crate::store::cache::CredentialCache::watch_token_cache`]).
+    pub fn token_cache(&self) -> &Arc<TokenCache> {
+        &self.verified
+    }
+
+    /// Tokens in the verified-token cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.verified.len()
+    }
+
+    /// Drops one token from the verified-token cache: the caller found it
+    /// revoked, and a revoked token must not keep a place there.
+    pub fn forget_token(&self, token: &str) {
+        self.verified.forget_token(token);
     }
 }
 
@@ -224,7 +289,6 @@ impl JwtKeys {
             issuer: issuer.to_owned(),
             ttl,
             leeway: i64::try_from(leeway).unwrap_or(i64::MAX),
-            verified: Arc::default(),
         })
     }
 
@@ -282,38 +346,14 @@ impl JwtKeys {
     }
 
     /// Verifies key, algorithm, signature, `typ`, `exp`, `nbf`, `iat` and
-    /// `iss`; a token verified before is only checked for expiry.
+    /// `iss`, every time ([`TokenVerifier`] remembers tokens verified).
     pub fn verify(&self, token: &str, now: i64) -> Result<Arc<VerifiedToken>, TokenRejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenRejection::TooLong);
         }
-        if let Some(verified) = self.verified.get(token) {
-            if now <= verified.claims.exp.saturating_add(self.leeway) {
-                return Ok(verified);
-            }
-            self.verified.forget_token(token);
-            return Err(TokenRejection::Expired);
-        }
-        let verified = Arc::new(VerifiedToken::new(self.verify_signed(token, now)?));
-        self.verified.insert(token, verified.clone());
-        Ok(verified)
-    }
-
-    /// The verified-token cache, for revocations to reach (see
-    /// [`crate::store::cache::CredentialCache::watch_token_cache`]).
-    pub fn token_cache(&self) -> &Arc<TokenCache> {
-        &self.verified
-    }
-
-    /// Tokens in the verified-token cache.
-    pub fn cached_tokens(&self) -> usize {
-        self.verified.len()
-    }
-
-    /// Drops one token from the verified-token cache: the caller found it
-    /// revoked, and a revoked token must not keep a place there.
-    pub fn forget_token(&self, token: &str) {
-        self.verified.forget_token(token);
+        Ok(Arc::new(VerifiedToken::new(
+            self.verify_signed(token, now)?,
+        )))
     }
 
     /// The full check: key, algorithm, signature and claims.
@@ -916,9 +956,10 @@ mod tests {
 
     #[test]
     fn verified_tokens_are_remembered_until_they_expire() {
-        let keys = keys();
+        let keys = TokenVerifier::new(Arc::new(keys()));
         let now = now();
         let (token, issued) = keys
+            .keys()
             .issue("alice", &[], 1, Some(Duration::from_secs(60)), now)
             .unwrap();
         assert_eq!(keys.verify(&token, now).unwrap().claims, issued);
@@ -937,11 +978,11 @@ mod tests {
 
     #[test]
     fn revocations_empty_the_cache_for_their_user_or_token() {
-        let keys = keys();
+        let keys = TokenVerifier::new(Arc::new(keys()));
         let now = now();
-        let (alice_1, _) = keys.issue("alice", &[], 1, None, now).unwrap();
-        let (alice_2, _) = keys.issue("alice", &[], 1, None, now).unwrap();
-        let (bob, bob_claims) = keys.issue("bob", &[], 1, None, now).unwrap();
+        let (alice_1, _) = keys.keys().issue("alice", &[], 1, None, now).unwrap();
+        let (alice_2, _) = keys.keys().issue("alice", &[], 1, None, now).unwrap();
+        let (bob, bob_claims) = keys.keys().issue("bob", &[], 1, None, now).unwrap();
         for token in [&alice_1, &alice_2, &bob] {
             keys.verify(token, now).unwrap();
         }

@@ -237,7 +237,7 @@ const detached = (locator) => locator.waitFor({ state: "detached", timeout: STEP
 /** The table row of the key named `name`. */
 const keyRow = (page, name) =>
   page.locator("#keys-body tr").filter({
-    has: page.locator("th.key-name", { hasText: new RegExp(`^${escape(name)}$`) }),
+    has: page.locator("th.key-name .key-label", { hasText: new RegExp(`^${escape(name)}$`) }),
   });
 
 function escape(text) {
@@ -461,16 +461,20 @@ describe("the /_authgate/ admin page", () => {
       assert.equal(outside.status, 403, outside.body);
       assert.equal(JSON.parse(outside.body).error.reason, "OUT_OF_SCOPE");
       assert.equal(upstream.seen.length, before + 1, "only the request inside the scope went through");
-      // The use shows within seconds after a reload of the list.
+      await expectText(row.locator(".key-last-used"), /0 uses/);
+      // The uses show within seconds after a reload of the list, with the
+      // last use: both requests authenticated (the one outside the scope
+      // was refused after that, so it counts too).
       const deadline = Date.now() + STEP_TIMEOUT_MS;
       let text = "";
       while (Date.now() < deadline) {
         await page.reload();
         text = await keyRow(page, "Reports reader").locator(".key-last-used").innerText();
-        if (!/Never/.test(text)) break;
+        if (!/Never/.test(text) && /\b2 uses\b/.test(text)) break;
         await new Promise((resolve) => setTimeout(resolve, 500));
       }
       assert.doesNotMatch(text, /Never/, "last use shown");
+      assert.match(text, /\b2 uses\b/, "uses shown");
     });
 
     await t.test("rename", async () => {
@@ -492,8 +496,119 @@ describe("the /_authgate/ admin page", () => {
       );
     });
 
+    await t.test("a key with its own rate limit shows it and is held to it", async () => {
+      await page.getByRole("button", { name: "Create key" }).click();
+      const dialog = page.locator("#create-dialog");
+      await visible(dialog);
+      await dialog.getByLabel("Name").fill("Partner feed");
+      await dialog.getByLabel("Requests per second").fill("0");
+      await dialog.getByLabel("Burst").fill("2");
+      await dialog.getByRole("button", { name: "Create key" }).click();
+      await expectText(dialog.locator("#create-error"), /rate above 0/);
+      await dialog.getByLabel("Requests per second").fill("0.01");
+      await dialog.getByRole("button", { name: "Create key" }).click();
+      const shown = dialog.getByLabel(/Access key for/);
+      await visible(shown);
+      const limited = await shown.inputValue();
+      await dialog.getByRole("button", { name: "Done" }).click();
+      await gone(dialog);
+      await expectText(keyRow(page, "Partner feed").locator(".key-scope"), /Rate: 0\.01\/s, burst 2/);
+      await expectText(keyRow(page, "CI deploy (prod)").locator(".key-scope"), /No rate limit/);
+
+      const use = () => httpGet(`${gateway.base}/api/feed`, { "X-API-Key": limited });
+      assert.equal((await use()).status, 200);
+      assert.equal((await use()).status, 200);
+      const refused = await use();
+      assert.equal(refused.status, 429, refused.body);
+      assert.equal(JSON.parse(refused.body).error.details.limited_by, "key");
+      assert.ok(refused.headers["retry-after"], "Retry-After");
+      assert.match(refused.headers["ratelimit-policy"], /^"key";q=2;w=200$/);
+    });
+
+    await t.test("disable, then enable", async () => {
+      const row = keyRow(page, "CI deploy (prod)");
+      await page.getByRole("button", { name: "Disable key CI deploy (prod)" }).click();
+      await expectText(row.locator("th.key-name"), /Disabled/);
+      await expectText(page.locator("#keys-status"), /disabled/);
+      assert.equal(
+        await page.evaluate(() => document.activeElement?.getAttribute("aria-label")),
+        "Enable key CI deploy (prod)",
+        "focus stays on the row's toggle",
+      );
+      const refused = await httpGet(`${gateway.base}/api/things`, { Authorization: `Bearer ${key}` });
+      assert.equal(refused.status, 401, refused.body);
+
+      await page.getByRole("button", { name: "Enable key CI deploy (prod)" }).click();
+      await visible(page.getByRole("button", { name: "Disable key CI deploy (prod)" }));
+      assert.doesNotMatch(await row.locator("th.key-name").innerText(), /Disabled/);
+      const back = await httpGet(`${gateway.base}/api/things`, { Authorization: `Bearer ${key}` });
+      assert.equal(back.status, 200, back.body);
+    });
+
+    await t.test("reroll shows the new key once, with the grace chosen", async () => {
+      await page.getByRole("button", { name: "Reroll key CI deploy (prod)" }).click();
+      const dialog = page.locator("#reroll-dialog");
+      await visible(dialog);
+      assert.equal(await page.evaluate(() => document.activeElement?.id), "reroll-cancel");
+      await dialog.getByLabel("Works 1 more hour").check();
+      await dialog.getByRole("button", { name: "Reroll key" }).click();
+      const shown = dialog.getByLabel(/New access key for/);
+      await visible(shown);
+      const fresh = await shown.inputValue();
+      assert.match(fresh, /^ag_[A-Za-z0-9_-]{49}$/);
+      assert.notEqual(fresh, key);
+      await expectText(dialog.locator("#rerolled-grace"), /keeps working until .* \(in 1 hour\)/);
+      await dialog.getByRole("button", { name: "Copy" }).click();
+      await expectText(dialog.locator("#rerolled-status"), /Copied/);
+      assert.equal(await page.evaluate(() => navigator.clipboard.readText()), fresh);
+      await page.screenshot({ path: path.join(ARTIFACTS, "rerolled-key.png") });
+      await dialog.getByRole("button", { name: "Done" }).click();
+      await gone(dialog);
+      await page.waitForFunction(() => document.getElementById("rerolled-key").value === "", null, {
+        timeout: STEP_TIMEOUT_MS,
+      });
+      assert.equal(await page.getByText(fresh).count(), 0, "the new key is not in the table");
+      await expectText(
+        keyRow(page, "CI deploy (prod)").locator(".key-prefix"),
+        new RegExp(`^${escape(fresh.slice(0, 11))}…$`),
+      );
+      // Both work through the grace: the old one until it ends.
+      for (const secret of [fresh, key]) {
+        const answer = await httpGet(`${gateway.base}/api/things?accesskey=${secret}`);
+        assert.equal(answer.status, 200, answer.body);
+      }
+
+      // Without a grace the old secret stops at once.
+      await page.getByRole("button", { name: "Reroll key Partner feed" }).click();
+      await visible(dialog);
+      await dialog.getByRole("button", { name: "Reroll key" }).click();
+      await expectText(dialog.locator("#rerolled-grace"), /stopped working/);
+      await page.keyboard.press("Escape");
+      await gone(dialog);
+      await expectText(keyRow(page, "Partner feed").locator(".key-scope"), /Rate: 0\.01\/s, burst 2/);
+    });
+
+    await t.test("nothing is cut off at 1280 px", async () => {
+      await page.mouse.move(0, 0);
+      const clipped = await page.evaluate(() => {
+        const wrap = document.querySelector(".table-wrap").getBoundingClientRect();
+        const width = document.documentElement.clientWidth;
+        return [...document.querySelectorAll("#keys-table th, #keys-table td, #keys-table button")]
+          .filter((element) => {
+            const box = element.getBoundingClientRect();
+            return box.width > 0 && (box.right > Math.min(wrap.right, width) + 0.5 || box.left < wrap.left - 0.5);
+          })
+          .map((element) => element.getAttribute("aria-label") ?? element.className);
+      });
+      assert.deepEqual(clipped, [], "cells or buttons outside the table's box");
+      for (const action of ["Rename", "Disable", "Reroll", "Revoke"]) {
+        await visible(page.getByRole("button", { name: `${action} key Nightly backup` }));
+      }
+    });
+
     await t.test("screenshots", async () => {
       await page.mouse.move(0, 0);
+      await page.evaluate(() => document.activeElement?.blur());
       mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
       // The page down to the end of its content, for the README.
       const bottom = await page.evaluate(() =>

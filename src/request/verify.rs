@@ -1,7 +1,7 @@
 //! Forward authentication, `/_authgate/verify[/PATH]`: reads the request
 //! that a proxy in front holds (nginx `auth_request`, Traefik
 //! `forwardAuth`, Caddy `forward_auth`, Envoy `ext_authz`) out of the
-//! verify request, has it judged like a proxied one ([`crate::judge`]) and
+//! verify request, has it judged like a proxied one ([`crate::request::judge`]) and
 //! answers 200 with the identity as response headers, or the error.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -10,12 +10,11 @@ use http::{Method, Request, Response};
 
 use crate::auth::Identity;
 use crate::body::{self, Body};
-use crate::conn::ClientInfo;
-use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::judge::{Ending, JudgedRequest, judge};
 use crate::proxy::headers;
+use crate::request::context::RequestContext;
+use crate::request::judge::{Ending, JudgedRequest, judge};
 use crate::routes::CheckedPath;
 
 /// The endpoint's path; whatever follows it is the judged path (Envoy's
@@ -42,7 +41,6 @@ pub fn verify_suffix(path: &str) -> Option<&str> {
 /// decision. `suffix` is what follows [`VERIFY_PATH`] in its own path.
 pub async fn answer<B>(
     gateway: &Gateway,
-    client: &ClientInfo,
     request: &Request<B>,
     suffix: &str,
     ctx: &mut RequestContext,
@@ -59,11 +57,7 @@ pub async fn answer<B>(
         path,
         query,
         headers: own,
-        client_ip: headers::client_ip(
-            client.addr.ip(),
-            own,
-            &gateway.config.server.trusted_proxies,
-        ),
+        client_ip: ctx.client_ip(),
         host: host.as_deref(),
         scheme,
         ending: Ending::Answer,
@@ -418,6 +412,7 @@ mod tests {
             key_id: Some(uuid::Uuid::nil()),
             token: None,
             scope: None,
+            rate_limit: None,
         };
         let allowed = decision(Some(&identity));
         let h = allowed.headers();

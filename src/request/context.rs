@@ -8,7 +8,7 @@
 //! at the default level it costs nothing, and the access line carries its
 //! fields itself.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,12 +18,14 @@ use tracing::{Span, debug_span, field};
 
 use crate::auth::Identity;
 use crate::body::Body;
-use crate::conn::ClientInfo;
+use crate::client::ClientInfo;
 use crate::error::GatewayError;
 use crate::logging::{self, access::AccessRecord};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::headers;
 use crate::ratelimit::RateLimitAnswer;
+use crate::request::address::client_address;
+use crate::request::id::request_id;
 use crate::telemetry::{RequestTrace, Telemetry};
 
 /// What is known about a request so far.
@@ -34,6 +36,8 @@ pub struct RequestContext {
     method: Method,
     uri: Uri,
     client: SocketAddr,
+    /// The client's address as counted: the peer, or what trusted proxies say.
+    client_ip: IpAddr,
     tls: bool,
     route: Option<Arc<str>>,
     caller: Option<(&'static str, Arc<str>)>,
@@ -48,19 +52,22 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// `request`, arriving now from `client`, with `request_id`; traced
-    /// with `telemetry` when there is one.
+    /// `request`, arriving now from `client`; its id and the client's
+    /// address (`X-Forwarded-For` believed only from `trusted_proxies`)
+    /// are read here, once. Traced with `telemetry` when there is one.
     pub fn new<B>(
-        request_id: HeaderValue,
         request: &Request<B>,
         client: &ClientInfo,
+        trusted_proxies: &[ipnet::IpNet],
         telemetry: Option<&Arc<Telemetry>>,
     ) -> Self {
+        let request_id = request_id(request.headers());
+        let client_ip = client_address(client.addr.ip(), request.headers(), trusted_proxies);
         let span = debug_span!(
             "request",
             request.id = request_id.to_str().unwrap_or_default(),
             http.method = %request.method(),
-            http.target = %crate::auth::extract::redact_target(request.uri()),
+            http.target = %crate::logging::redact::redact_target(request.uri()),
             route = field::Empty,
             auth.method = field::Empty,
             auth.user = field::Empty,
@@ -71,6 +78,7 @@ impl RequestContext {
             method: request.method().clone(),
             uri: request.uri().clone(),
             client: client.addr,
+            client_ip,
             tls: client.tls,
             route: None,
             caller: None,
@@ -80,7 +88,7 @@ impl RequestContext {
             rate_limits: RateLimitAnswer::default(),
             span,
             trace: telemetry
-                .map(|telemetry| telemetry.begin(request, client.addr.ip(), client.tls)),
+                .map(|telemetry| telemetry.begin(request, client_ip, client.addr.ip(), client.tls)),
         }
     }
 
@@ -98,6 +106,11 @@ impl RequestContext {
     /// forwarding needs.
     pub fn forwarding(&mut self) -> (&HeaderValue, Option<&mut RequestTrace>) {
         (&self.request_id, self.trace.as_deref_mut())
+    }
+
+    /// The client's address as rate limits and throttles count it.
+    pub fn client_ip(&self) -> IpAddr {
+        self.client_ip
     }
 
     /// The request is served by `label` (a route prefix or an own

@@ -4,7 +4,6 @@
 //! [`RequestContext`] collects what happened; it logs and counts the
 //! request once and turns errors into the JSON envelope.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,17 +15,17 @@ use tracing::Instrument;
 use crate::api::{self, Endpoint};
 use crate::auth::extract::{carries_credential, query_carries_credential};
 use crate::body::Body;
-use crate::conn::ClientInfo;
-use crate::context::RequestContext;
-use crate::cors;
+use crate::client::ClientInfo;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::judge::{Ending, JudgedRequest, judge};
 use crate::metrics::Outcome;
 use crate::proxy::{CredentialWatch, headers};
-use crate::request_id::new_request_id;
+use crate::request::context::RequestContext;
+use crate::request::id::new_request_id;
+use crate::request::judge::{Ending, JudgedRequest, judge};
+use crate::request::verify;
 use crate::routes::CheckedPath;
-use crate::verify;
+use crate::routes::cors;
 
 /// Answers one request. Never fails: errors become JSON responses.
 pub async fn handle(
@@ -34,13 +33,12 @@ pub async fn handle(
     client: ClientInfo,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let request_id = request
-        .headers()
-        .get(&headers::X_REQUEST_ID)
-        .filter(|value| headers::sane_request_id(value))
-        .cloned()
-        .unwrap_or_else(new_request_id);
-    let mut ctx = RequestContext::new(request_id, &request, &client, gateway.telemetry.as_ref());
+    let mut ctx = RequestContext::new(
+        &request,
+        &client,
+        &gateway.config.server.trusted_proxies,
+        gateway.telemetry.as_ref(),
+    );
     // Whatever the answer (relayed, 304, an error of ours, a decision, a
     // 101), it is this caller's alone when a credential came with it. A
     // verify answer judges one held request, whose credential may be in
@@ -141,7 +139,7 @@ async fn handle_inner(
 
     if let Some(suffix) = verify::verify_suffix(path.as_str()) {
         ctx.verifying();
-        return verify::answer(gateway, &client, &request, suffix, ctx).await;
+        return verify::answer(gateway, &request, suffix, ctx).await;
     }
     if let Some(endpoint) = Endpoint::for_path(path.as_str()) {
         ctx.route(Arc::from(endpoint.name()), endpoint.name());
@@ -154,11 +152,16 @@ async fn handle_inner(
                 Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Reserved
             )
         {
-            let address = client_ip(gateway, &client, &request);
-            let limits = gateway.ratelimits.check(None, address, path.as_str());
+            let limits = gateway
+                .ratelimits
+                .check(None, ctx.client_ip(), path.as_str());
             ctx.rate_limits(limits.await?);
         }
-        let api_ctx = api::Context { gateway, client };
+        let api_ctx = api::Context {
+            gateway,
+            client,
+            address: ctx.client_ip(),
+        };
         return api::serve(endpoint, request, api_ctx).await;
     }
 
@@ -175,7 +178,7 @@ async fn handle_inner(
         path,
         query: request.uri().query(),
         headers: request.headers(),
-        client_ip: client_ip(gateway, &client, &request),
+        client_ip: ctx.client_ip(),
         host: host.as_deref(),
         scheme: Some(client.proto()),
         ending: Ending::Forward,
@@ -203,6 +206,27 @@ async fn handle_inner(
     result
 }
 
+/// Answers a request on the `server.admin_listen` listener: `/metrics`,
+/// `/healthz` and `/readyz`, and 404 for every other path (nothing there is
+/// authenticated, so nothing else may be reachable). Every answer carries a
+/// fresh request id.
+pub async fn handle_admin(
+    gateway: &Gateway,
+    client: ClientInfo,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let result = api::operations(&request, gateway, client).await;
+    let request_id = new_request_id();
+    let mut response = result.unwrap_or_else(|err| {
+        tracing::debug!(reason = err.reason(), "admin listener refused a request");
+        err.into_response(request_id.to_str().unwrap_or_default())
+    });
+    response
+        .headers_mut()
+        .insert(headers::X_REQUEST_ID.clone(), request_id);
+    response
+}
+
 /// The `[route.cors]` of the route a request with an `Origin` goes to (by
 /// host and path, whatever its method), and that origin. `None` without
 /// an `Origin`, without such a route, or for a host or path that will be
@@ -223,16 +247,6 @@ fn cors_policy<'g, B>(
         .routes
         .cors_for(host.as_deref(), path.as_str())?;
     Some((policy, origin))
-}
-
-/// The client's address: the peer, or what a trusted proxy says in
-/// `X-Forwarded-For`.
-fn client_ip(gateway: &Gateway, client: &ClientInfo, request: &Request<Incoming>) -> IpAddr {
-    headers::client_ip(
-        client.addr.ip(),
-        request.headers(),
-        &gateway.config.server.trusted_proxies,
-    )
 }
 
 /// The answer to an http-01 validation request: the key authorization of

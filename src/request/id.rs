@@ -1,7 +1,33 @@
-//! Request ids the gateway mints when the client sent none it keeps
-//! (`X-Request-Id`): unique per process without a system call per request.
+//! The request id (`X-Request-Id`): the client's when it is sane, else one
+//! the gateway mints, unique per process without a system call per request.
 
+use http::HeaderMap;
 use http::header::HeaderValue;
+
+use crate::proxy::headers::X_REQUEST_ID;
+
+/// The request's id: the client's `X-Request-Id` when it is sane, else a
+/// new one.
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|value| sane_request_id(value))
+        .cloned()
+        .unwrap_or_else(new_request_id)
+}
+
+/// Longest client-sent request id kept.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Whether a client-sent `X-Request-Id` is kept: 1 to 128 characters of
+/// `A-Z a-z 0-9 - _ . : /`.
+pub(crate) fn sane_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    (1..=MAX_REQUEST_ID_LEN).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
+}
 
 /// A request id: a random per-process prefix and a counter, unique without
 /// a system call per request (a UUIDv4 each time cost one `getrandom`).
@@ -30,13 +56,24 @@ fn request_id_from(prefix: &[u8; 16], count: u64) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::headers;
 
     #[test]
     fn request_ids_are_prefix_dash_counter() {
         let id = request_id_from(b"0123456789abcdef", 0x2a);
         assert_eq!(id, "0123456789abcdef-000000000000002a");
-        assert!(headers::sane_request_id(&id));
+        assert!(sane_request_id(&id));
         assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(sane_request_id(&HeaderValue::from_static(
+            "abc-123_x.y:z/1"
+        )));
+        assert!(!sane_request_id(&HeaderValue::from_static("")));
+        assert!(!sane_request_id(&HeaderValue::from_static("has space")));
+        assert!(!sane_request_id(
+            &HeaderValue::from_str(&"a".repeat(129)).unwrap()
+        ));
     }
 }

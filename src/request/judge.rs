@@ -10,11 +10,11 @@ use http::{HeaderMap, Method};
 
 use crate::auth::extract::carries_credential;
 use crate::auth::{Permit, authorize, check_scope};
-use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::metrics::Outcome;
 use crate::oidc;
+use crate::request::context::RequestContext;
 use crate::routes::{CheckedPath, RouteMiss};
 use crate::scope::other_method_readings;
 
@@ -132,7 +132,7 @@ pub async fn judge<'g>(
             return Err(GatewayError::OutOfScope);
         }
     }
-    if !gateway.ratelimits.is_empty() {
+    if gateway.ratelimits.may_apply(permit.identity()) {
         let limits = gateway
             .ratelimits
             .check(permit.identity(), request.client_ip, path);

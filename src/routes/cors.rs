@@ -2,7 +2,7 @@
 //! without a credential, and the answers to allowed origins (the
 //! gateway's own errors included) marked readable for them. Pure: the
 //! policy, the preflight answer and the response headers; the pipeline
-//! ([`crate::service`]) decides when each applies.
+//! ([`crate::request::service`]) decides when each applies.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};

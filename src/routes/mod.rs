@@ -6,6 +6,8 @@
 //! normalised: the path that was routed is byte-for-byte the path that is
 //! forwarded, and means the same to the upstream.
 
+pub mod cors;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -81,7 +83,7 @@ pub struct Route {
     /// (`upstream` is then its first member, and `in_flight` its counter).
     pub pool: Option<std::sync::Arc<crate::pool::UpstreamPool>>,
     /// `[route.cors]`, if any.
-    pub cors: Option<std::sync::Arc<crate::cors::CorsPolicy>>,
+    pub cors: Option<std::sync::Arc<crate::routes::cors::CorsPolicy>>,
 }
 
 impl Route {
@@ -621,7 +623,11 @@ impl RouteTable {
     /// level and longest prefix, whatever its method (a CORS preflight is
     /// matched so); `None` without one, or when the table has no
     /// `[route.cors]` at all (then nothing is looked up).
-    pub fn cors_for(&self, host: Option<&str>, path: &str) -> Option<&crate::cors::CorsPolicy> {
+    pub fn cors_for(
+        &self,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<&crate::routes::cors::CorsPolicy> {
         if !self.any_cors {
             return None;
         }
