@@ -361,10 +361,12 @@ async fn a_collector_that_hangs_never_slows_requests_and_the_queue_stays_bounded
         latencies.len()
     );
     assert!(
-        median < normal * 3 + Duration::from_millis(10),
+        median < normal * 4 + Duration::from_millis(20),
         "median {median:?}, {normal:?} without tracing"
     );
-    assert!(worst < Duration::from_secs(2), "worst {worst:?}");
+    // A request that waited for the collector would take its 10 s
+    // timeout at least.
+    assert!(worst < Duration::from_secs(3), "worst {worst:?}");
 
     let metrics = get(&gw.url("/metrics"), None, &[]).await.text();
     let dropped = counter(&metrics, "authgate_trace_spans_total{result=\"dropped\"}");
