@@ -24,6 +24,14 @@
 #   bash bench/callgrind.sh hs256 hs256-rule
 #   CALLGRIND_RATELIMIT_STORE=redis://127.0.0.1:6379/0 bash bench/callgrind.sh hs256 hs256-rule
 #
+# CALLGRIND_TRACES=1 turns tracing on ([telemetry], every request sampled
+# unless CALLGRIND_TRACE_RATIO says otherwise), exporting to the tests' OTLP
+# receiver (tests/upstreams/otlp_receiver.py, decoding and discarding; not
+# under valgrind): compare with the same paths without it, whose cost must
+# not move.
+#
+#   CALLGRIND_TRACES=1 bash bench/callgrind.sh public hs256
+#
 # For each it prints the instructions per request
 # (user space only; system calls are not counted) and the heaviest functions
 # by inclusive cost. The callgrind files stay in the printed folder for
@@ -38,6 +46,8 @@ RATELIMIT_STORE=${CALLGRIND_RATELIMIT_STORE:-memory}
 # told otherwise; `info` is the default a user gets, one access line a request.
 LOG_LEVEL=${CALLGRIND_LOG:-warn}
 WORKERS=${CALLGRIND_WORKERS:-1}    # "default": no --workers flag
+TRACES=${CALLGRIND_TRACES:-0}
+TRACE_RATIO=${CALLGRIND_TRACE_RATIO:-1.0}
 PATHS=("$@")
 [ ${#PATHS[@]} -gt 0 ] || PATHS=(public hs256 accesskey)
 
@@ -62,9 +72,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r P_UP P_AG < <(python3 -c '
+read -r P_UP P_AG P_OTLP < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(2)]
+socks = [socket.socket() for _ in range(3)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 
@@ -126,6 +136,15 @@ rate = 1000000
 burst = 1000000
 path_prefix = "/limited"
 EOF
+if [ "$TRACES" = 1 ]; then
+    # shellcheck source=bench/lib/otlp_python.sh
+    . "$ROOT/bench/lib/otlp_python.sh"
+    OTLP_PY=$(OTLP_PYTHON=${CALLGRIND_OTLP_PYTHON:-} otlp_python "$W")
+    env -u OTLP_OUT "$OTLP_PY" "$ROOT/tests/upstreams/otlp_receiver.py" "$P_OTLP" >"$W/otlp.log" 2>&1 &
+    PIDS+=("$!")
+    printf '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = %s\n' \
+        "$P_OTLP" "$TRACE_RATIO" >>"$W/authgate.toml"
+fi
 if [[ " ${PATHS[*]} " == *" hosts1000 "* ]]; then
     python3 - "$P_UP" >>"$W/authgate.toml" <<'PY'
 import sys
@@ -155,7 +174,7 @@ for _ in $(seq 300); do
 done
 curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$P_AG/healthz" || die "authgate did not start under valgrind (see $W/authgate.log)"
 
-log "AUTHGATE_LOG=$LOG_LEVEL, --workers $WORKERS"
+log "AUTHGATE_LOG=$LOG_LEVEL, --workers $WORKERS$([ "$TRACES" != 1 ] || echo ", tracing on (sample_ratio $TRACE_RATIO)")"
 # Write-type system calls (write, writev, sendto: /proc/PID/io syscw) per
 # request: two are the floor (the answer to the client, the request to the
 # upstream); an unbuffered log adds one per line.
@@ -191,6 +210,7 @@ for path in "${PATHS[@]}"; do
         | grep -E '^ *[0-9,]+ +\( *[0-9.]+%\)  \?\?\?:authgate::' \
         | grep -vE 'authgate::(main|cli::run) ' | head -8 | sed 's/^/    /' || true
 done
+[ "$TRACES" != 1 ] || log "spans: $(curl -s --max-time 5 "http://127.0.0.1:$P_AG/metrics" | grep '^authgate_trace_spans_total' | tr '\n' ' ')"
 log "callgrind files: $W/*.callgrind (callgrind_annotate --inclusive=yes FILE)"
 trap - EXIT
 cleanup

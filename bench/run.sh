@@ -27,6 +27,7 @@ TWO_CPUS=${BENCH_TWO_WORKERS_CPUS:-$LOAD_CPU,$PROXY_CPU} # cores for authgate-jw
 RUN_THROUGHPUT=${BENCH_THROUGHPUT:-1}
 RUN_SHIPPED=${BENCH_SHIPPED:-1}                 # authgate as a user starts it (default workers, access log) + nginx with its log
 RUN_2W=${BENCH_TWO_WORKERS:-1}                  # authgate --workers 2 on both cores (CPU per request only)
+RUN_TRACES=${BENCH_TRACES:-1}                   # the HS256 row with [telemetry] sample_ratio 1.0 to a local OTLP receiver
 RUN_HTTPS=${BENCH_HTTPS:-1}                     # TLS 1.3 keep-alive, wrk: authgate's TLS listener and nginx listen ssl
 RUN_H2=${BENCH_H2:-1}                           # HTTP/2 over TLS, h2load: the same two listeners with ALPN h2
 H2_STREAMS=${BENCH_H2_STREAMS:-10}              # h2load -m: concurrent streams per connection
@@ -190,9 +191,9 @@ core_busy_ticks() {
 
 read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH P_AG_RL \
     P_AG_SHIP P_NGX_LOG P_AG_2W P_AG_TLS P_AG_TLS_PLAIN P_NGX_TLS P_AG_HOSTS \
-    P_AG_FWD P_NGX_AUTH_OWN < <($PY -c '
+    P_AG_FWD P_NGX_AUTH_OWN P_AG_OTEL P_OTLP < <($PY -c '
 import socket
-socks = [socket.socket() for _ in range(19)]
+socks = [socket.socket() for _ in range(21)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 
@@ -471,6 +472,11 @@ authgate_config "$P_AG_KEYS" ag-keys "$HS_JWT" >"$W/ag-keys.toml"
 authgate_config "$P_AG_SHIP" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-ship.toml"
 authgate_config "$P_AG_2W" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-2w.toml"
 authgate_config "$P_AG_FWD" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-fwd.toml"
+# Tracing on: the HS256 instance's config with every request sampled, spans
+# sent to the OTLP/HTTP receiver of the tests (decoding, then discarding).
+authgate_config "$P_AG_OTEL" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-otel.toml"
+printf '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\nservice_name = "authgate-bench"\nsample_ratio = 1.0\n' \
+    "$P_OTLP" >>"$W/ag-otel.toml"
 authgate_config "$P_AG_TLS_PLAIN" ag-hs "$HS_JWT" "$(ratelimit_section memory)" "
 [server.tls]
 listen = \"127.0.0.1:$P_AG_TLS\"
@@ -484,6 +490,7 @@ for cfg in ag-hs ag-es ag-idle ag-rl ag-hosts; do
 done
 [ "$RUN_SHIPPED" != 1 ] || ag check-config --config "$W/ag-ship.toml" >/dev/null || die "authgate rejects $W/ag-ship.toml"
 [ "$RUN_2W" != 1 ] || ag check-config --config "$W/ag-2w.toml" >/dev/null || die "authgate rejects $W/ag-2w.toml"
+[ "$RUN_TRACES" != 1 ] || ag check-config --config "$W/ag-otel.toml" >/dev/null || die "authgate rejects $W/ag-otel.toml"
 if [ "$RUN_HTTPS" = 1 ] || [ "$RUN_H2" = 1 ]; then
     ag check-config --config "$W/ag-tls.toml" >/dev/null || die "authgate rejects $W/ag-tls.toml"
 fi
@@ -525,6 +532,16 @@ if [ "$RUN_SHIPPED" = 1 ]; then
     wait_up "http://127.0.0.1:$P_AG_SHIP/healthz" ag-ship
     wait_up "http://127.0.0.1:$P_NGX_LOG/" nginx-proxy-log
     log "authgate as shipped: $(ls /proc/"$PID_ag_ship"/task | wc -l) threads (one runtime worker on core $PROXY_CPU, plus the log writer and helpers)"
+fi
+if [ "$RUN_TRACES" = 1 ]; then
+    # shellcheck source=bench/lib/otlp_python.sh
+    . "$LIB/otlp_python.sh"
+    OTLP_PY=$(OTLP_PYTHON=${BENCH_OTLP_PYTHON:-} otlp_python "$W")
+    # No OTLP_OUT: each batch is decoded and discarded. On the load core.
+    start otlp "$LOAD_CPU" env -u OTLP_OUT "$OTLP_PY" "$ROOT/tests/upstreams/otlp_receiver.py" "$P_OTLP"
+    start ag-otel "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-otel.toml"
+    wait_up "http://127.0.0.1:$P_OTLP/" otlp
+    wait_up "http://127.0.0.1:$P_AG_OTEL/healthz" ag-otel
 fi
 if [ "$RUN_2W" = 1 ]; then
     start ag-2w "$TWO_CPUS" "$AUTHGATE" serve --workers 2 --config "$W/ag-2w.toml"
@@ -635,6 +652,15 @@ T_NAMES=(upstream-direct nginx-proxy-noauth haproxy-jwt-hs256 haproxy-jwt-es256
     authgate-jwt-hs256 authgate-jwt-hs256-memrule authgate-jwt-hs256-redisrule
     authgate-jwt-es256 authgate-accesskey authgate-public authgate-public-hosts1000
     authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate nginx-authreq-authgate-owncore)
+if [ "$RUN_TRACES" = 1 ]; then
+    # Next to the HS256 row.
+    names=()
+    for t in "${T_NAMES[@]}"; do
+        names+=("$t")
+        [ "$t" != authgate-jwt-hs256 ] || names+=(authgate-jwt-hs256-traced)
+    done
+    T_NAMES=("${names[@]}")
+fi
 [ "$RUN_SHIPPED" != 1 ] || T_NAMES+=(authgate-jwt-hs256-shipped nginx-proxy-noauth-log)
 [ "$RUN_2W" != 1 ] || T_NAMES+=(authgate-jwt-hs256-2w)
 [ "$RUN_HTTPS" != 1 ] || T_NAMES+=(authgate-https-hs256 nginx-https-proxy-noauth)
@@ -711,6 +737,12 @@ if [ "$RUN_SHIPPED" = 1 ]; then
     T_PEER[authgate-jwt-hs256-shipped]=nginx-proxy-noauth-log
     T_DESC[authgate-jwt-hs256-shipped]="Bearer HS256 JWT, as shipped: no --workers (1 from the affinity mask), default log level, access log to a file"
     T_DESC[nginx-proxy-noauth-log]="nginx proxy_pass as nginx-proxy-noauth, access_log combined buffer=64k to a file"
+fi
+if [ "$RUN_TRACES" = 1 ]; then
+    T_URL[authgate-jwt-hs256-traced]="http://127.0.0.1:$P_AG_OTEL/bench"
+    T_HDR[authgate-jwt-hs256-traced]="Authorization: Bearer $HS_TOKEN"
+    T_PID[authgate-jwt-hs256-traced]=$PID_ag_otel
+    T_DESC[authgate-jwt-hs256-traced]="Bearer HS256 JWT, [telemetry] sample_ratio 1.0: server + upstream spans, OTLP/HTTP to a local receiver (Python, on the load core)"
 fi
 if [ "$RUN_2W" = 1 ]; then
     T_URL[authgate-jwt-hs256-2w]="http://127.0.0.1:$P_AG_2W/bench"
@@ -899,7 +931,11 @@ if [ "$RUN_THROUGHPUT" = 1 ]; then
         printf 'haproxy (both frontends)\t%s\n' "$(rss_kib "$PID_haproxy")"
         printf 'authgate-hs256\t%s\n' "$(rss_kib "$PID_ag_hs")"
         printf 'authgate-es256\t%s\n' "$(rss_kib "$PID_ag_es")"
+        [ "$RUN_TRACES" != 1 ] || printf 'authgate-hs256-traced\t%s\n' "$(rss_kib "$PID_ag_otel")"
     } >"$W/rss_load.tsv"
+    # Spans the traced instance exported, and dropped (its queue was full:
+    # the receiver did not keep up), over the whole run.
+    [ "$RUN_TRACES" != 1 ] || log "authgate-jwt-hs256-traced spans: $(curl -s --max-time 5 "http://127.0.0.1:$P_AG_OTEL/metrics" | grep '^authgate_trace_spans_total' | tr '\n' ' ')"
 fi
 
 # ---------------------------------------------------------------- latency at fixed rates

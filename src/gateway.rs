@@ -21,6 +21,7 @@ use crate::proxy::assertion::Assertions;
 use crate::ratelimit::RateLimits;
 use crate::store::cache::CredentialCache;
 use crate::store::{Store, follow};
+use crate::telemetry::Telemetry;
 use crate::tls::acme::AcmeControl;
 use crate::tls::{self, CertResolver, TlsError};
 use crate::token::jwks::JwksProvider;
@@ -61,6 +62,8 @@ pub struct Gateway {
     /// Per-address budget of `POST /v1.0/accesskeys/revoke`, which needs
     /// no credential.
     pub revoke_bound: Arc<crate::ratelimit::memory::MemoryBuckets>,
+    /// `[telemetry]`: traces of every request; `None` costs nothing.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 /// Why the gateway's shared state could not be built at start.
@@ -186,7 +189,18 @@ impl Gateway {
         )
         .with_sources(credential_sources(&config));
         cache.watch_token_cache(auth.token_cache());
+        // A snapshot's own exporter: it ends once the snapshot and its
+        // last request are gone, after sending what it holds.
+        let telemetry = match &config.telemetry {
+            Some(telemetry) => Some(Telemetry::start(
+                telemetry,
+                crate::proxy::pooled_client(&config.upstream)?,
+                metrics.clone(),
+            )),
+            None => None,
+        };
         Ok(Gateway {
+            telemetry,
             auth,
             throttle: LoginThrottle::new(store.clone(), &config.login, hashes),
             forwarder: Forwarder::try_new(

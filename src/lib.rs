@@ -32,6 +32,7 @@ pub mod routes;
 pub mod scope;
 pub mod signals;
 pub mod store;
+pub mod telemetry;
 pub mod text;
 pub mod tls;
 pub mod token;
@@ -70,6 +71,7 @@ pub async fn run(
     let listeners = connection::bind(&config.server).await?;
     let gateway = Gateway::start(config).await?;
     let shared: gateway::SharedGateway = Arc::new(ArcSwap::new(gateway));
+    let current = shared.clone();
     if let Some(path) = config_path {
         tokio::spawn(signals::reload_on_hangup(path, Arc::downgrade(&shared)));
     }
@@ -84,5 +86,9 @@ pub async fn run(
         }
     }
     connection::serve(shared, listeners, shutdown).await;
+    // The last requests' spans go out before the process ends.
+    if let Some(telemetry) = &current.load().telemetry {
+        telemetry.flush(telemetry::SHUTDOWN_FLUSH).await;
+    }
     Ok(())
 }

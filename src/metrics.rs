@@ -99,17 +99,21 @@ impl<S> Clone for CounterFamily<S> {
 }
 
 impl<S: Eq + Hash> CounterFamily<S> {
-    fn inc(&self, labels: S) {
+    fn add(&self, labels: S, n: u64) {
         // A shard's shared lock for the counters that exist, nearly all
         // of them; the label set lives on the stack.
         match self.0.get(&labels) {
-            Some(counter) => counter.fetch_add(1, Ordering::Relaxed),
+            Some(counter) => counter.fetch_add(n, Ordering::Relaxed),
             None => self
                 .0
                 .entry(labels)
                 .or_default()
-                .fetch_add(1, Ordering::Relaxed),
+                .fetch_add(n, Ordering::Relaxed),
         };
+    }
+
+    fn inc(&self, labels: S) {
+        self.add(labels, 1);
     }
 }
 
@@ -162,6 +166,12 @@ struct UpstreamErrorLabels {
     kind: &'static str,
 }
 
+/// Labels of `authgate_trace_spans_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TraceSpanLabels {
+    result: &'static str,
+}
+
 /// Labels of `authgate_ratelimit_checks_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RateLimitLabels {
@@ -178,6 +188,7 @@ pub struct Metrics {
     upstream_errors: CounterFamily<UpstreamErrorLabels>,
     verify_decisions: CounterFamily<VerifyLabels>,
     ratelimits: CounterFamily<RateLimitLabels>,
+    trace_spans: CounterFamily<TraceSpanLabels>,
     keys_created: Counter,
     reloads: Counter,
     audit_dropped: Counter,
@@ -199,6 +210,7 @@ impl Default for Metrics {
             upstream_errors: CounterFamily::default(),
             verify_decisions: CounterFamily::default(),
             ratelimits: CounterFamily::default(),
+            trace_spans: CounterFamily::default(),
             keys_created: Counter::default(),
             reloads: Counter::default(),
             audit_dropped: Counter::default(),
@@ -241,6 +253,11 @@ impl Default for Metrics {
             "authgate_ratelimit_checks",
             "Rate-limit checks by rule and result (allowed, limited, store_error)",
             metrics.ratelimits.clone(),
+        );
+        registry.register(
+            "authgate_trace_spans",
+            "Spans exported to the OTLP collector, or dropped (queue full, collector down or slow)",
+            metrics.trace_spans.clone(),
         );
         registry.register(
             "authgate_login_attempts",
@@ -403,6 +420,12 @@ impl Metrics {
     /// An access key was created.
     pub fn keys_created(&self) {
         self.keys_created.inc();
+    }
+
+    /// `count` spans were `exported` or `dropped`.
+    pub fn trace_spans(&self, result: &'static str, count: usize) {
+        let count = u64::try_from(count).unwrap_or(u64::MAX);
+        self.trace_spans.add(TraceSpanLabels { result }, count);
     }
 
     /// The config was reloaded.

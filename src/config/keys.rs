@@ -32,6 +32,7 @@ pub(super) fn known_keys(path: &str) -> Option<Vec<String>> {
         "oidc" => Some(fields_of::<RawOidc>()),
         "assertion" => Some(fields_of::<RawAssertion>()),
         "audit" => Some(fields_of::<RawAudit>()),
+        "telemetry" => Some(fields_of::<RawTelemetry>()),
         "ratelimit" => Some(fields_of::<ratelimit::RawRateLimit>()),
         "ratelimit.rule" => Some(fields_of::<ratelimit::RawRule>()),
         _ => None,

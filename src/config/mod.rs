@@ -113,6 +113,8 @@ pub struct Config {
     pub assertion: Option<AssertionConfig>,
     /// `[audit]`: the audit log's retention.
     pub audit: AuditConfig,
+    /// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP.
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 /// `[audit]`.
@@ -120,6 +122,18 @@ pub struct Config {
 pub struct AuditConfig {
     /// Days an audit event is kept (`audit.keep_days`, default 90).
     pub keep_days: u32,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Where spans are POSTed: `otlp_endpoint` with `/v1/traces` appended.
+    pub traces_url: http::Uri,
+    /// `service.name` of the exported resource.
+    pub service_name: Arc<str>,
+    /// Share of new traces sampled, `0.0..=1.0`; a client's valid
+    /// `traceparent` decides for its own trace.
+    pub sample_ratio: f64,
 }
 
 /// `[assertion]`.

@@ -35,6 +35,7 @@ pub(super) struct RawConfig {
     pub(super) assertion: Option<RawAssertion>,
     #[serde(default)]
     pub(super) audit: RawAudit,
+    pub(super) telemetry: Option<RawTelemetry>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +53,24 @@ impl Default for RawAudit {
             keep_days: defaults::audit_keep_days(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub(super) otlp_endpoint: Option<String>,
+    #[serde(default = "defaults::telemetry_service_name")]
+    pub(super) service_name: String,
+    #[serde(default = "defaults::telemetry_sample_ratio")]
+    pub(super) sample_ratio: RawRatio,
+}
+
+/// A ratio as TOML writes it: `1` as well as `1.0`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawRatio {
+    Integer(i64),
+    Float(f64),
 }
 
 #[derive(Debug, Deserialize)]
@@ -423,6 +442,12 @@ pub(super) mod defaults {
     }
     pub fn assertion_ttl() -> u64 {
         30
+    }
+    pub fn telemetry_service_name() -> String {
+        "authgate".into()
+    }
+    pub fn telemetry_sample_ratio() -> super::RawRatio {
+        super::RawRatio::Float(1.0)
     }
     pub fn assertion_bind() -> String {
         "identity".into()

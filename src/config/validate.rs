@@ -325,9 +325,12 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         }
     }
 
+    let telemetry = raw.telemetry.and_then(|raw| validate_telemetry(raw, p));
+
     Some(Config {
         assertion,
         audit,
+        telemetry,
         server,
         store,
         jwt: jwt?,
@@ -341,6 +344,78 @@ pub(super) fn validate(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         oidc,
         ratelimit,
     })
+}
+
+/// `[telemetry]`: an `http`/`https` base URL without user info, query or
+/// fragment (spans go to `<base>/v1/traces`), and a ratio in `0..=1`.
+fn validate_telemetry(raw: RawTelemetry, p: &mut Problems) -> Option<TelemetryConfig> {
+    let sample_ratio = match raw.sample_ratio {
+        RawRatio::Integer(n) if (0..=1).contains(&n) => n as f64,
+        RawRatio::Float(r) if (0.0..=1.0).contains(&r) => r,
+        RawRatio::Integer(n) => {
+            p.add(
+                "telemetry.sample_ratio",
+                format_args!("must be between 0 and 1, got {n}"),
+            );
+            1.0
+        }
+        RawRatio::Float(r) => {
+            p.add(
+                "telemetry.sample_ratio",
+                format_args!("must be between 0 and 1, got {r}"),
+            );
+            1.0
+        }
+    };
+    if raw.service_name.is_empty()
+        || raw.service_name.len() > 255
+        || raw.service_name.chars().any(char::is_control)
+    {
+        p.add(
+            "telemetry.service_name",
+            "must be 1 to 255 characters without control characters",
+        );
+    }
+    let Some(endpoint) = raw.otlp_endpoint else {
+        p.add(
+            "telemetry.otlp_endpoint",
+            "is required (the collector's OTLP/HTTP base URL, e.g. \"http://127.0.0.1:4318\")",
+        );
+        return None;
+    };
+    let Some(traces_url) = traces_url(&endpoint) else {
+        p.add(
+            "telemetry.otlp_endpoint",
+            // Not echoed: it may carry user info.
+            "must be an http:// or https:// base URL with a host and without user info, query or fragment",
+        );
+        return None;
+    };
+    Some(TelemetryConfig {
+        traces_url,
+        service_name: Arc::from(raw.service_name),
+        sample_ratio,
+    })
+}
+
+/// `<base>/v1/traces` for an OTLP/HTTP base URL, if it is one.
+fn traces_url(base: &str) -> Option<http::Uri> {
+    if base.contains(['?', '#', '@']) || base.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let uri: http::Uri = base.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = uri.authority()?;
+    if authority.host().is_empty() {
+        return None;
+    }
+    let path = uri.path().trim_end_matches('/');
+    format!("{scheme}://{authority}{path}/v1/traces")
+        .parse()
+        .ok()
 }
 
 /// A `[[jwt.jwks]]` provider's name: what `X-Auth-Provider` and rate-limit

@@ -30,6 +30,7 @@ use crate::config::{Limits, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::proxy::assertion::Assertions;
 use crate::routes::{PrefixRewrite, Route};
+use crate::telemetry::RequestTrace;
 use crate::tls::{self, TlsError};
 
 /// Resolves when the credential a WebSocket was opened with stops working
@@ -89,7 +90,8 @@ impl Forwarder {
     }
 
     /// Forwards a checked request to its permit's route's upstream and relays the
-    /// response head; bodies stream both ways.
+    /// response head; bodies stream both ways. With `trace` every attempt
+    /// is a span of its own, whose `traceparent` the upstream receives.
     ///
     /// A body over `limits.max_proxy_body_bytes` is refused with 413: at
     /// once when its `Content-Length` says so (the upstream sees nothing),
@@ -114,6 +116,7 @@ impl Forwarder {
         client: ClientInfo,
         request_id: &HeaderValue,
         until_revoked: Option<CredentialWatch>,
+        mut trace: Option<&mut RequestTrace>,
     ) -> Result<Response<Body>, GatewayError> {
         let websocket =
             headers::is_websocket_handshake(request.method(), request.version(), request.headers());
@@ -157,10 +160,16 @@ impl Forwarder {
         .then(|| copy_head(&parts));
         self.head_for(&mut parts, upstream, &permit, &client, request_id)?;
 
+        let traced = trace
+            .as_deref_mut()
+            .map(|trace| trace.attempt(&mut parts.headers, &parts.method, &parts.uri, 0));
         let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
         let outbound = Request::from_parts(parts, body);
         let mut attempt =
             tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
+        if let (Some(trace), Some(traced)) = (trace.as_deref_mut(), traced) {
+            trace.attempt_ended(traced, attempt_result(&attempt));
+        }
         if let (Some(pool), Some(picked)) = (&route.pool, member) {
             let failed = !matches!(attempt, Ok(Ok(_))) && fault.get().is_none();
             if failed {
@@ -184,9 +193,15 @@ impl Forwarder {
                 );
                 upstream = retry_upstream;
                 self.head_for(&mut head, upstream, &permit, &client, request_id)?;
+                let traced = trace
+                    .as_deref_mut()
+                    .map(|trace| trace.attempt(&mut head.headers, &head.method, &head.uri, 1));
                 let outbound = Request::from_parts(head, CappedBody::empty());
                 attempt =
                     tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
+                if let (Some(trace), Some(traced)) = (trace, traced) {
+                    trace.attempt_ended(traced, attempt_result(&attempt));
+                }
                 if matches!(attempt, Ok(Ok(_))) {
                     pool.succeeded(worker, other);
                 } else {
@@ -331,6 +346,22 @@ pub fn rewrite_head(
         }
     }
     Ok(())
+}
+
+/// An upstream attempt's result for its span: the response status, or
+/// the semantic conventions' `error.type`.
+fn attempt_result<T>(
+    attempt: &Result<
+        Result<Response<T>, hyper_util::client::legacy::Error>,
+        tokio::time::error::Elapsed,
+    >,
+) -> Result<StatusCode, &'static str> {
+    match attempt {
+        Ok(Ok(response)) => Ok(response.status()),
+        Ok(Err(err)) if err.is_connect() => Err("connect"),
+        Ok(Err(_)) => Err("request"),
+        Err(_elapsed) => Err("timeout"),
+    }
 }
 
 /// The `Content-Length` the client declared (hyper has already refused

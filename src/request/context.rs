@@ -26,6 +26,7 @@ use crate::proxy::headers;
 use crate::ratelimit::RateLimitAnswer;
 use crate::request::address::client_address;
 use crate::request::id::request_id;
+use crate::telemetry::{RequestTrace, Telemetry};
 
 /// What is known about a request so far.
 #[derive(Debug)]
@@ -46,16 +47,19 @@ pub struct RequestContext {
     verifying: bool,
     rate_limits: RateLimitAnswer,
     span: Span,
+    /// With `[telemetry]`: the request's OpenTelemetry trace.
+    trace: Option<Box<RequestTrace>>,
 }
 
 impl RequestContext {
     /// `request`, arriving now from `client`; its id and the client's
     /// address (`X-Forwarded-For` believed only from `trusted_proxies`)
-    /// are read here, once.
+    /// are read here, once. Traced with `telemetry` when there is one.
     pub fn new<B>(
         request: &Request<B>,
         client: &ClientInfo,
         trusted_proxies: &[ipnet::IpNet],
+        telemetry: Option<&Arc<Telemetry>>,
     ) -> Self {
         let request_id = request_id(request.headers());
         let client_ip = client_address(client.addr.ip(), request.headers(), trusted_proxies);
@@ -83,6 +87,8 @@ impl RequestContext {
             verifying: false,
             rate_limits: RateLimitAnswer::default(),
             span,
+            trace: telemetry
+                .map(|telemetry| telemetry.begin(request, client_ip, client.addr.ip(), client.tls)),
         }
     }
 
@@ -96,6 +102,12 @@ impl RequestContext {
         &self.request_id
     }
 
+    /// The request's id and, with `[telemetry]`, its trace: what
+    /// forwarding needs.
+    pub fn forwarding(&mut self) -> (&HeaderValue, Option<&mut RequestTrace>) {
+        (&self.request_id, self.trace.as_deref_mut())
+    }
+
     /// The client's address as rate limits and throttles count it.
     pub fn client_ip(&self) -> IpAddr {
         self.client_ip
@@ -107,6 +119,10 @@ impl RequestContext {
         if !self.span.is_disabled() {
             self.span.record("route", shown);
         }
+        if let Some(trace) = &mut self.trace {
+            // Routes are shown by their path prefix, own endpoints by name.
+            trace.route(&label, shown.starts_with('/').then_some(shown));
+        }
         self.route = Some(label);
     }
 
@@ -116,6 +132,9 @@ impl RequestContext {
         if !self.span.is_disabled() {
             self.span.record("auth.method", method);
             self.span.record("auth.user", &**identity.user());
+        }
+        if let Some(trace) = &mut self.trace {
+            trace.auth_method(method);
         }
         self.caller = Some((method, identity.user().clone()));
     }
@@ -172,6 +191,9 @@ impl RequestContext {
         let (outcome, reason) = self.outcome.label();
         let status = response.status().as_u16();
         let route = self.route.clone();
+        if let Some(trace) = self.trace.take() {
+            trace.finish(response.status(), outcome, reason);
+        }
         logging::access(|| AccessRecord {
             time: SystemTime::now(),
             client: self.client,

@@ -33,7 +33,12 @@ pub async fn handle(
     client: ClientInfo,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let mut ctx = RequestContext::new(&request, &client, &gateway.config.server.trusted_proxies);
+    let mut ctx = RequestContext::new(
+        &request,
+        &client,
+        &gateway.config.server.trusted_proxies,
+        gateway.telemetry.as_ref(),
+    );
     // Whatever the answer (relayed, 304, an error of ours, a decision, a
     // 101), it is this caller's alone when a credential came with it. A
     // verify answer judges one held request, whose credential may be in
@@ -193,9 +198,10 @@ async fn handle_inner(
         ) as CredentialWatch
     });
     let upstream_started = Instant::now();
+    let (request_id, trace) = ctx.forwarding();
     let result = gateway
         .forwarder
-        .forward(permit, request, client, ctx.request_id(), until_revoked)
+        .forward(permit, request, client, request_id, until_revoked, trace)
         .await;
     ctx.upstream_took(upstream_started.elapsed());
     result

@@ -56,6 +56,11 @@ pip_pinned differential-python flask==3.1.3
 # (tests/assertion.rs).
 pip_pinned assertion-python "pyjwt[crypto]==2.10.1"
 
+# The OTLP/HTTP receiver of tests/telemetry.rs and bench/run.sh
+# (tests/upstreams/otlp_receiver.py) decodes spans with the official
+# OpenTelemetry protobuf definitions.
+pip_pinned otlp-python opentelemetry-proto==1.45.2 protobuf==7.36.2
+
 # Node packages:
 # - method-override: Express middleware reading the method from
 #   X-HTTP-Method-Override & co. and `?_method=` (tests/header_hygiene.rs);
