@@ -153,6 +153,10 @@ async fn captured_log_holds_none_of_the_secrets() {
         gateway_log.contains("listening on http://"),
         "the log was captured"
     );
+    assert!(
+        gateway_log.contains("all connections closed"),
+        "the log was read to its end (the gateway's last line)"
+    );
     let mut leaks = Vec::new();
     for (what, secret) in &secrets {
         // The whole secret, and for JWTs the signature alone.
