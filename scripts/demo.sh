@@ -5,6 +5,9 @@
 #   print curl lines that work, then run the gateway on 127.0.0.1:8080 in the
 #   foreground. Ctrl-C stops the gateway (after draining) and the upstream.
 # Safe to run again: the secret, the store and the users are kept.
+#
+# AUTHGATE_DEMO_PROFILE=debug builds and runs the debug binaries instead
+# (quicker after `cargo test` has built them; scripts/doc_examples.py in CI).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,8 +19,13 @@ UPSTREAM_ADDR="127.0.0.1:9000"   # the routes' upstream in $CONFIG
 GATEWAY_ADDR="127.0.0.1:8080"    # [server] listen in $CONFIG
 GATEWAY="http://$GATEWAY_ADDR"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-AUTHGATE="$TARGET_DIR/release/authgate"
-ECHO_UPSTREAM="$TARGET_DIR/release/examples/echo_upstream"
+case "${AUTHGATE_DEMO_PROFILE:-release}" in
+  release) PROFILE_DIR=release BUILD_FLAGS=(--release) ;;
+  debug) PROFILE_DIR=debug BUILD_FLAGS=() ;;
+  *) printf 'demo: AUTHGATE_DEMO_PROFILE must be release or debug\n' >&2; exit 2 ;;
+esac
+AUTHGATE="$TARGET_DIR/$PROFILE_DIR/authgate"
+ECHO_UPSTREAM="$TARGET_DIR/$PROFILE_DIR/echo_upstream"
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
@@ -54,8 +62,8 @@ ensure_user() {
   fi
 }
 
-say "building authgate and the echo upstream (release; the first build takes a few minutes)"
-cargo build --release --locked --bin authgate --example echo_upstream
+say "building authgate and the echo upstream ($PROFILE_DIR; the first build takes a few minutes)"
+cargo build "${BUILD_FLAGS[@]}" --locked --bin authgate --bin echo_upstream
 
 mkdir -p data
 if [[ ! -s "$SECRET_FILE" ]]; then

@@ -3,7 +3,8 @@
 //! It takes a credential from each request (a JWT or an access key), checks
 //! it, and forwards the request upstream with the caller's identity in
 //! headers, or answers with a JSON error. It also serves the login and
-//! access-key endpoints itself. See the README for the whole picture.
+//! access-key endpoints itself. docs/architecture.md draws the modules and
+//! the path of a request through them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

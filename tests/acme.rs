@@ -41,14 +41,6 @@ fn pebble_available() -> bool {
     false
 }
 
-/// A port free right now on 127.0.0.1 (TCP, or UDP for DNS).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())

@@ -18,13 +18,6 @@ fn docs(file: &str) -> PathBuf {
         .join(file)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|probe| probe.local_addr())
-        .expect("probe a free port")
-        .port()
-}
-
 /// The two verifying upstreams, told where the gateway's JWKS is; `None`
 /// (skipped) outside CI when the setup script has not installed them.
 async fn verifiers(gateway_port: u16) -> Option<(PyServer, PyServer)> {

@@ -6,6 +6,7 @@
 //! tests/forward_auth.rs runs the nginx and Caddy files for real; the
 //! authgate config there passes check-config in tests/deploy_files.rs.
 
+mod common;
 #[path = "forward_auth/front.rs"]
 #[allow(dead_code)]
 mod front;

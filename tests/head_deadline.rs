@@ -125,8 +125,9 @@ async fn heads_trickled_a_byte_at_a_time_are_cut_at_the_head_deadline() {
     let https = gw.https_addr().await;
 
     // The HTTP/2 preface, one byte every 200 ms: each byte is activity,
-    // and hyper's own header timer has not started while hyper-util still
-    // tells HTTP/1 from HTTP/2.
+    // and hyper's own header timer has not started while the gateway
+    // (src/connection/protocol.rs) still reads the first bytes to tell HTTP/1 from
+    // HTTP/2.
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let cases: Vec<(&str, Box<dyn AsyncReadWrite>)> = vec![
         (

@@ -9,7 +9,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_log_holds_none_of_the_secrets() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&upstream).await;
+    let mut gw = Gateway::start(&upstream).await;
     gw.cli_debug_logs(true);
     let user = unique("sec");
     let pw = random_password();
@@ -142,14 +142,20 @@ async fn captured_log_holds_none_of_the_secrets() {
         Some(&format!("{new_pw}\n")),
     )
     .await;
-    // A little time for anything logged asynchronously.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Everything the gateway will ever write: stop it and read its
+    // output to the end (anything logged late, on drain or exit, too).
+    let status = gw.stop(std::time::Duration::from_secs(30)).await;
+    assert!(status.success(), "exit after SIGTERM: {status}");
 
     let gateway_log = gw.logs();
     let cli_log = gw.cli_logs();
     assert!(
         gateway_log.contains("listening on http://"),
         "the log was captured"
+    );
+    assert!(
+        gateway_log.contains("all connections closed"),
+        "the log was read to its end (the gateway's last line)"
     );
     let mut leaks = Vec::new();
     for (what, secret) in &secrets {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::pyserver::upstreams_dir;
 use common::*;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 
 const CLIENT_SECRET: &str = "test-client-secret-0123456789abcdef";
@@ -135,15 +136,6 @@ impl Drop for OpenIdProvider {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// A port free right now (the gateway's config must name its own address).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Setup {
@@ -376,15 +368,12 @@ fn location(response: &reqwest::Response, base: &str) -> String {
 
 /// Percent-encodes everything but unreserved characters.
 fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(value, UNRESERVED).to_string()
 }
 
 /// `GET /auth/oidc/<name>/login?rd=...`: the provider's authorization URL.
@@ -449,15 +438,6 @@ async fn error_of(response: reqwest::Response) -> (u16, Value) {
     let body: Value = serde_json::from_str(&text)
         .unwrap_or_else(|_| panic!("HTTP {status} without a JSON error: {text:?}"));
     (status, body["error"].clone())
-}
-
-async fn get_with_token(gw: &Gateway, path: &str, token: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .get(gw.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -580,7 +560,9 @@ async fn full_sign_in_records_the_user_sets_the_cookie_and_lands_on_rd() {
     assert_eq!(response.status(), 302);
     let second_token = again.cookie("token").unwrap();
     assert_eq!(
-        get_with_token(gw, "/app/y", &second_token).await.status(),
+        get(&gw.url("/app/y"), Some(&second_token), &[])
+            .await
+            .status,
         200
     );
     assert_eq!(
@@ -596,7 +578,7 @@ async fn full_sign_in_records_the_user_sets_the_cookie_and_lands_on_rd() {
         .await
         .unwrap();
     assert_eq!(logout.status(), 200);
-    assert_eq!(get_with_token(gw, "/app/z", &token).await.status(), 401);
+    assert_eq!(get(&gw.url("/app/z"), Some(&token), &[]).await.status, 401);
 
     // `user remove` ends the other token and the key.
     let listed = gw.cli_ok(&["user", "list"], None).await;
@@ -604,7 +586,9 @@ async fn full_sign_in_records_the_user_sets_the_cookie_and_lands_on_rd() {
     gw.cli_ok(&["user", "remove", "alice"], None).await;
     tokio::time::sleep(PROPAGATION).await;
     assert_eq!(
-        get_with_token(gw, "/app/z", &second_token).await.status(),
+        get(&gw.url("/app/z"), Some(&second_token), &[])
+            .await
+            .status,
         401
     );
     let by_key = reqwest::Client::new()
@@ -627,11 +611,6 @@ async fn full_sign_in_records_the_user_sets_the_cookie_and_lands_on_rd() {
         "{audit}"
     );
     assert!(!audit.contains(token.as_str()), "{audit}");
-}
-
-fn md5_hex(text: &str) -> String {
-    use md5::Digest;
-    hex::encode(md5::Md5::digest(text.as_bytes()))
 }
 
 #[tokio::test]
@@ -1021,7 +1000,9 @@ async fn a_sign_in_started_on_one_replica_finishes_on_another_on_postgres() {
     // Recorded in the shared store: the token works on replica a, and the
     // name is held against a local user created later.
     assert_eq!(
-        get_with_token(&s.gateway, "/app/r", &token).await.status(),
+        get(&s.gateway.url("/app/r"), Some(&token), &[])
+            .await
+            .status,
         200
     );
     assert_eq!(
@@ -1115,7 +1096,9 @@ async fn an_unverified_or_rebound_email_cannot_take_over_an_account() {
 
     // The victim keeps her roles and her session.
     assert_eq!(
-        get_with_token(gw, "/admin/x", &victim_token).await.status(),
+        get(&gw.url("/admin/x"), Some(&victim_token), &[])
+            .await
+            .status,
         200
     );
     assert_eq!(
@@ -1156,7 +1139,9 @@ async fn an_unverified_or_rebound_email_cannot_take_over_an_account() {
         "{error}"
     );
     assert_eq!(
-        get_with_token(gw, "/admin/x", &victim_token).await.status(),
+        get(&gw.url("/admin/x"), Some(&victim_token), &[])
+            .await
+            .status,
         200
     );
 }
@@ -1167,7 +1152,10 @@ async fn a_sign_in_that_takes_roles_away_ends_earlier_tokens() {
     let gw = &s.gateway;
     let mut browser = Browser::new();
     let first = token_of(&sign_in(&mut browser, gw, "corp", "alice", "/").await);
-    assert_eq!(get_with_token(gw, "/admin/x", &first).await.status(), 200);
+    assert_eq!(
+        get(&gw.url("/admin/x"), Some(&first), &[]).await.status,
+        200
+    );
 
     // The provider takes `admin` away; alice signs in again.
     let mut accounts = accounts();
@@ -1175,17 +1163,16 @@ async fn a_sign_in_that_takes_roles_away_ends_earlier_tokens() {
     s.provider.set_accounts(&accounts);
     let mut browser = Browser::new();
     let second = token_of(&sign_in(&mut browser, gw, "corp", "alice", "/").await);
-    let refused = get_with_token(gw, "/admin/x", &first).await;
-    assert_eq!(refused.status(), 401);
-    assert!(refused.headers().contains_key("www-authenticate"));
-    let (_, error) = error_of(get_with_token(gw, "/app/x", &first).await).await;
-    assert_eq!(error["reason"], "INVALID_CREDENTIALS", "{error}");
-    let (status, error) = error_of(get_with_token(gw, "/admin/x", &second).await).await;
-    assert_eq!(
-        (status, error["reason"].as_str()),
-        (403, Some("MISSING_ROLE"))
-    );
-    assert_eq!(get_with_token(gw, "/app/x", &second).await.status(), 200);
+    let refused = get(&gw.url("/admin/x"), Some(&first), &[]).await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.headers.contains_key("www-authenticate"));
+    get(&gw.url("/app/x"), Some(&first), &[])
+        .await
+        .expect_401("INVALID_CREDENTIALS");
+    get(&gw.url("/admin/x"), Some(&second), &[])
+        .await
+        .expect_error(403, "PERMISSION_DENIED", "MISSING_ROLE");
+    assert_eq!(get(&gw.url("/app/x"), Some(&second), &[]).await.status, 200);
     assert_eq!(
         s.upstream.last().header("x-auth-roles").as_deref(),
         Some("dev")
@@ -1201,7 +1188,7 @@ async fn a_sign_in_that_takes_roles_away_ends_earlier_tokens() {
             .status(),
         302
     );
-    assert_eq!(get_with_token(gw, "/app/x", &second).await.status(), 200);
+    assert_eq!(get(&gw.url("/app/x"), Some(&second), &[]).await.status, 200);
 }
 
 #[tokio::test]

@@ -37,13 +37,6 @@ impl Drop for Haproxy {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("probe a free port")
-        .port()
-}
-
 /// `None` (skipped) outside CI when HAProxy is not installed.
 async fn haproxy(plain: SocketAddr, tls: SocketAddr) -> Option<Haproxy> {
     if !Path::new(HAPROXY).exists() {

@@ -406,9 +406,7 @@ impl PrivateRedis {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
-        // SAFETY: a signal to our own child process, not yet reaped.
-        unsafe { libc::kill(pid, signal) };
+        send_signal(self.child.as_ref().expect("running").id(), signal);
     }
 }
 

@@ -31,7 +31,7 @@ impl TestDatabase {
     async fn create() -> TestDatabase {
         let name = format!("authgate_{}", unique("t").replace('-', "_")).to_lowercase();
         let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect(
-            "PostgreSQL must be running on 127.0.0.1:5432 (see README: running several replicas)",
+            "PostgreSQL must be running on 127.0.0.1:5432 (see docs/operations.md: running several replicas)",
         );
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)

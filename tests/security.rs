@@ -47,14 +47,6 @@ async fn until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8
     tokio::time::timeout(within, read).await.ok().map(|()| buf)
 }
 
-/// The status codes of every response in `raw`, in order.
-fn statuses(raw: &[u8]) -> Vec<u16> {
-    let text = String::from_utf8_lossy(raw);
-    text.match_indices("HTTP/1.1 ")
-        .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
-        .collect()
-}
-
 /// The JSON body of the first response in `raw` (after the head).
 fn json_body(raw: &[u8]) -> Value {
     let text = String::from_utf8_lossy(raw);
@@ -1204,12 +1196,11 @@ async fn acknowledged_users_keys_and_logouts_survive_kill_9() {
 async fn assert_clean_startup_failure(gw: &Gateway, prelude: Option<&str>, expect: &str) {
     let mut command = gw.serve_command(prelude);
     let child = command.spawn().expect("spawn authgate serve");
-    let pid = i32::try_from(child.id()).expect("pid");
+    let pid = child.id();
     let output = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait"));
     let Ok(output) = tokio::time::timeout(Duration::from_secs(30), output).await else {
         // Kill it, or the runtime would wait for the blocked task forever.
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        send_signal(pid, libc::SIGKILL);
         panic!("serve gives up within 30 s instead of hanging");
     };
     let output = output.expect("task");
@@ -1256,8 +1247,7 @@ async fn corrupt_store_file_fails_startup_cleanly() {
 
 /// As root, the gateway is run as `nobody` so that file modes bind it.
 fn unprivileged_prelude(gw: &Gateway) -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return None;
     }
     use std::os::unix::fs::PermissionsExt;

@@ -49,14 +49,6 @@ async fn read_for(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
     buf
 }
 
-/// The status codes of every HTTP/1.1 response in `raw`, in order.
-fn statuses(raw: &[u8]) -> Vec<u16> {
-    let text = String::from_utf8_lossy(raw);
-    text.match_indices("HTTP/1.1 ")
-        .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
-        .collect()
-}
-
 /// The gateway's JSON error in a raw response: `(status, reason)`.
 fn error_of(response: &RawResponse) -> (String, String) {
     let body: Value = serde_json::from_slice(&response.body).unwrap_or_else(|err| {

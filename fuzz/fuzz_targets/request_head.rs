@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use authgate::api::Endpoint;
-use authgate::auth::extract::{extract, strip_credential_query};
+use authgate::auth::extract::{Sources, extract, strip_credential_query};
 use authgate::logging::redact::redact_target;
 use authgate::auth::{AuthMethod, Identity, Principal};
 use authgate::client::ClientInfo;
@@ -43,16 +43,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (mut parts, ()) = request.into_parts();
+    let sources = Sources::default();
     let path = parts.uri.path().to_owned();
     let path_ok = check_path(&path).is_ok();
     let _ = Endpoint::for_path(&path);
     let _ = prefix_matches("/public", &path);
     let _ = redact_target(&parts.uri);
-    let _ = extract(&parts.headers, parts.uri.query());
+    let _ = extract(&parts.headers, parts.uri.query(), &sources);
     if let Some(query) = parts.uri.query()
         && let Some(kept) = strip_credential_query(query)
     {
-        assert!(extract(&http::HeaderMap::new(), Some(&kept)).is_ok_and(|c| c.is_none()));
+        assert!(extract(&http::HeaderMap::new(), Some(&kept), &sources).is_ok_and(|c| c.is_none()));
     }
 
     let identity = (data.len() % 2 == 0).then(|| Identity {
@@ -73,8 +74,16 @@ fuzz_target!(|data: &[u8]| {
     );
     let upstream: Uri = UPSTREAM.parse().unwrap();
     let id = HeaderValue::from_static("fuzz-request");
-    let sources = authgate::auth::extract::Sources::default();
-    if rewrite_head(&mut parts, &upstream, identity.as_ref(), &client, &id, &sources).is_err() {
+    if rewrite_head(
+        &mut parts,
+        &upstream,
+        identity.as_ref(),
+        &client,
+        &id,
+        &sources,
+    )
+    .is_err()
+    {
         return;
     }
     let h = &parts.headers;
@@ -83,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
         v.to_str()
             .is_ok_and(|v| authgate::auth::extract::bearer_token(v).is_none())
     }));
-    let left = extract(h, parts.uri.query());
+    let left = extract(h, parts.uri.query(), &sources);
     assert!(
         !matches!(left, Ok(Some(_))),
         "a credential survived rewriting"

@@ -2,10 +2,11 @@
 //!
 //! The page is plain HTML, CSS and JavaScript modules from `assets/admin/`,
 //! embedded in the binary. It talks only to the gateway's JSON API with the
-//! `token` cookie that `/auth/login` sets; the one endpoint of its own is
-//! `GET /_authgate/session`, which tells the page who the cookie belongs to,
-//! so it keeps nothing in browser storage, and `GET /_authgate/providers`,
-//! the external identity providers it offers sign-in with. Every asset is served with a strict
+//! `token` cookie that `/auth/login` (or an `[[oidc]]` sign-in) sets. Its
+//! two endpoints of its own: `GET /_authgate/session`, which tells the page
+//! who the cookie belongs to, so it keeps nothing in browser storage, and
+//! `GET /_authgate/providers`, the external identity providers it offers
+//! sign-in with. Every asset is served with a strict
 //! Content-Security-Policy (no inline script or style, no framing).
 
 use http::header::{self, HeaderName, HeaderValue};

@@ -417,7 +417,7 @@ pub(super) struct RawHealthCheck {
     pub(super) interval: u64,
 }
 
-/// Default values, documented in the README's configuration reference.
+/// Default values, documented in docs/configuration.md.
 pub(super) mod defaults {
     pub fn oidc_scopes() -> Vec<String> {
         ["openid", "email", "profile"].map(String::from).to_vec()

@@ -198,9 +198,9 @@ async fn accept_loop(listener: Listener, ctx: AcceptContext) {
         };
         // The first request head is due `header_read_timeout` after accept,
         // TLS handshake and protocol detection included: hyper's own header
-        // timer starts only once hyper-util has read enough to tell HTTP/1
-        // from HTTP/2, so a silent socket would otherwise hold its slot
-        // until `idle_timeout`.
+        // timer starts only once hyper has the connection, after
+        // `protocol::sniff` has read enough to tell HTTP/1 from HTTP/2, so a
+        // silent socket would otherwise hold its slot until `idle_timeout`.
         let head_deadline = tokio::time::Instant::now() + ctx.limits.header_read_timeout;
         let _ = stream.set_nodelay(true);
         // A debug span: the access log carries the client address itself,

@@ -40,36 +40,13 @@ fn is_local_path(rd: &str) -> bool {
     }
     // What a URL parser would see after one more decoding: tab, CR and LF
     // removed anywhere (WHATWG URL), so `/%09/evil.com` is `//evil.com`.
-    let decoded: Vec<u8> = percent_decode(rd.as_bytes())
-        .into_iter()
+    let decoded: Vec<u8> = percent_encoding::percent_decode(rd.as_bytes())
         .filter(|b| !matches!(b, b'\t' | b'\n' | b'\r'))
         .collect();
     if !starts_local(&decoded) {
         return false;
     }
     rd.parse::<PathAndQuery>().is_ok()
-}
-
-/// Percent-decoding of `%XX` sequences; others left as they are.
-fn percent_decode(input: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                input.get(i + 1).copied().and_then(hex),
-                input.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push(hi << 4 | lo);
-            i += 3;
-            continue;
-        }
-        out.push(input[i]);
-        i += 1;
-    }
-    out
 }
 
 /// Whether an `Accept` header names `text/html` (browsers' navigations do;

@@ -1,11 +1,11 @@
-//! The in-memory credential cache in front of the store (dashmap), so that
-//! the hot path never waits on the store.
+//! The in-memory credential cache in front of the store, so that the hot
+//! path never waits on the store.
 //!
 //! Entries are positive (what authentication needs) or negative ("no such
 //! user/key", kept briefly so random keys cannot hammer the store). Both are
-//! bounded. Revocations evict at once in this process; other processes'
-//! revocations arrive through the store's change log (see
-//! [`crate::gateway`]'s watcher). Verified JWTs are cached above, by the
+//! bounded by `quick_cache` (CLOCK-Pro eviction). Revocations evict at once
+//! in this process; other processes' revocations arrive through the store's
+//! change log (see [`crate::store::follow`], which applies it here). Verified JWTs are cached above, by the
 //! keys that checked them (`token::cache`); revocations reach those caches
 //! through [`TokenRevocations`], so storage names nothing of authentication.
 
@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
+use quick_cache::{Equivalent, Lifecycle, UnitWeighter};
 use uuid::Uuid;
 
 use crate::config::CacheConfig;
@@ -107,10 +109,24 @@ pub struct CacheStats {
     pub evictions: AtomicU64,
 }
 
-/// A bounded map with positive and negative time to live.
+/// Counts what the cache evicts during an insert.
+#[derive(Debug, Clone, Copy, Default)]
+struct CountEvictions;
+
+impl<K, V> Lifecycle<K, V> for CountEvictions {
+    type RequestState = u64;
+
+    fn on_evict(&self, evicted: &mut u64, _key: K, _value: V) {
+        *evicted += 1;
+    }
+}
+
+/// A bounded map with positive and negative time to live. Bounded by
+/// `quick_cache` (CLOCK-Pro): when full, an insert evicts entries that
+/// were not asked for again, so a flood of one-off lookups (random keys)
+/// does not push out the credentials in steady use.
 struct BoundedMap<K: Eq + Hash, T> {
-    map: DashMap<K, Entry<T>>,
-    max_entries: usize,
+    map: quick_cache::sync::Cache<K, Entry<T>, UnitWeighter, RandomState, CountEvictions>,
     ttl: Duration,
     negative_ttl: Duration,
 }
@@ -118,8 +134,13 @@ struct BoundedMap<K: Eq + Hash, T> {
 impl<K: Eq + Hash + Clone, T: Clone> BoundedMap<K, T> {
     fn new(config: &CacheConfig) -> Self {
         BoundedMap {
-            map: DashMap::new(),
-            max_entries: config.max_entries,
+            map: quick_cache::sync::Cache::with(
+                config.max_entries,
+                config.max_entries as u64,
+                UnitWeighter,
+                RandomState::default(),
+                CountEvictions,
+            ),
             ttl: config.ttl,
             negative_ttl: config.negative_ttl,
         }
@@ -127,64 +148,32 @@ impl<K: Eq + Hash + Clone, T: Clone> BoundedMap<K, T> {
 
     fn get<Q>(&self, key: &Q, now: Instant) -> Lookup<T>
     where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Equivalent<K> + ?Sized,
     {
         let Some(entry) = self.map.get(key) else {
             return Lookup::Missing;
         };
         let age = now.saturating_duration_since(entry.stored_at);
-        match &entry.value {
-            Some(value) if age < self.ttl => Lookup::Fresh(Some(value.clone())),
-            Some(value) => Lookup::Stale(value.clone()),
+        match entry.value {
+            Some(value) if age < self.ttl => Lookup::Fresh(Some(value)),
+            Some(value) => Lookup::Stale(value),
             None if age < self.negative_ttl => Lookup::Fresh(None),
             None => Lookup::Missing,
         }
     }
 
-    /// Inserts, making room first when full. Returns how many were evicted.
+    /// Inserts, evicting when full. Returns how many were evicted.
     fn insert(&self, key: K, value: Option<T>, now: Instant) -> u64 {
         let mut evicted = 0;
-        if self.map.len() >= self.max_entries && !self.map.contains_key(&key) {
-            evicted = self.make_room(now);
-        }
-        self.map.insert(
+        self.map.insert_with_lifecycle(
             key,
             Entry {
                 value,
                 stored_at: now,
             },
+            &mut evicted,
         );
         evicted
-    }
-
-    /// Drops expired entries; if that frees too little, drops an arbitrary
-    /// eighth of the map (dashmap has no recency order, and a full sweep
-    /// happens rarely enough that precision is not worth a second index).
-    fn make_room(&self, now: Instant) -> u64 {
-        let before = self.map.len();
-        let (ttl, negative_ttl) = (self.ttl, self.negative_ttl);
-        self.map.retain(|_, entry| {
-            let age = now.saturating_duration_since(entry.stored_at);
-            match entry.value {
-                Some(_) => age < ttl,
-                None => age < negative_ttl,
-            }
-        });
-        let target = self.max_entries - self.max_entries / 8;
-        if self.map.len() >= target {
-            let excess = self.map.len() - target + 1;
-            let victims: Vec<K> = self
-                .map
-                .iter()
-                .take(excess)
-                .map(|entry| entry.key().clone())
-                .collect();
-            for key in victims {
-                self.map.remove(&key);
-            }
-        }
-        (before.saturating_sub(self.map.len())) as u64
     }
 }
 
@@ -324,7 +313,7 @@ impl CredentialCache {
         let mut evicted = u64::from(self.users.map.remove(username).is_some());
         self.owners.remove(username);
         let before = self.keys.map.len();
-        self.keys.map.retain(|_, entry| {
+        self.keys.map.retain(|_, entry: &Entry<KeyFacts>| {
             entry
                 .value
                 .as_ref()
@@ -463,20 +452,26 @@ mod tests {
     }
 
     #[test]
-    fn expired_entries_are_evicted_first() {
-        let cache = CredentialCache::new(&config(100));
-        let t0 = Instant::now();
-        for i in 0..100u8 {
-            cache.put_key([i; 32], None, t0);
+    fn keys_in_use_survive_a_flood_of_one_off_lookups() {
+        let cache = CredentialCache::new(&config(1000));
+        let now = Instant::now();
+        let in_use: Vec<KeyHash> = (0..50u8).map(|i| [i; 32]).collect();
+        for hash in &in_use {
+            cache.put_key(*hash, Some(facts("alice")), now);
         }
-        let later = t0 + Duration::from_secs(10);
-        cache.put_key([200; 32], Some(facts("bob")), later);
-        // All negatives had expired, so they made the room.
-        assert_eq!(cache.sizes().1, 1);
-        assert!(matches!(
-            cache.key(&[200; 32], later),
-            Lookup::Fresh(Some(_))
-        ));
+        // Random keys (negative entries) well past the bound, while the
+        // keys in use keep being asked for.
+        for i in 0..20_000u32 {
+            let mut random = [0xff; 32];
+            random[..4].copy_from_slice(&i.to_be_bytes());
+            cache.put_key(random, None, now);
+            let hash = &in_use[i as usize % in_use.len()];
+            assert!(
+                matches!(cache.key(hash, now), Lookup::Fresh(Some(_))),
+                "a key in use was evicted after {i} one-off lookups"
+            );
+        }
+        assert!(cache.sizes().1 <= 1000);
     }
 
     #[test]

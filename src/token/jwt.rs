@@ -1,4 +1,6 @@
-//! Issuing and checking JWTs (HS256, algorithm pinned by config).
+//! Issuing and checking JWTs: the HS256 secret and the asymmetric keys of
+//! `[[jwt.keys]]` (RS256, ES256, EdDSA), each key pinned to its one
+//! algorithm; a token's `kid` picks its key.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -217,6 +217,9 @@ pub struct Gateway {
     cli_log: Arc<Mutex<String>>,
     cli_debug: std::sync::atomic::AtomicBool,
     addr: Option<SocketAddr>,
+    /// The threads copying the process's stdout and stderr into `log`;
+    /// they end when the process's pipes close.
+    pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -257,6 +260,7 @@ impl Gateway {
             cli_log: Arc::new(Mutex::new(String::new())),
             cli_debug: std::sync::atomic::AtomicBool::new(false),
             addr: None,
+            pumps: Vec::new(),
         }
     }
 
@@ -309,8 +313,15 @@ impl Gateway {
             log.len()
         };
         let mut child = command.spawn().expect("spawn authgate serve");
-        pump_lines(child.stderr.take().expect("stderr"), self.log.clone());
-        pump_lines(child.stdout.take().expect("stdout"), self.log.clone());
+        self.pumps.retain(|pump| !pump.is_finished());
+        self.pumps.push(pump_lines(
+            child.stderr.take().expect("stderr"),
+            self.log.clone(),
+        ));
+        self.pumps.push(pump_lines(
+            child.stdout.take().expect("stdout"),
+            self.log.clone(),
+        ));
         self.child = Some(child);
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -463,10 +474,10 @@ impl Gateway {
     /// Sends SIGTERM; the process keeps running until it exits on its own.
     pub fn sigterm(&self) {
         let child = self.child.as_ref().expect("gateway not running");
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        // SAFETY: sending a signal to our own child process, which we have not reaped.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        assert!(
+            send_signal(child.id(), libc::SIGTERM),
+            "kill(SIGTERM) failed"
+        );
     }
 
     /// Waits for the process to exit; `None` on timeout.
@@ -484,6 +495,26 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Stops the gateway with SIGTERM and returns once it has exited and
+    /// everything it wrote is in [`Gateway::logs`] (its pipes closed and
+    /// read to the end): nothing can be logged after this.
+    pub async fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        self.sigterm();
+        let status = self
+            .wait_exit(timeout)
+            .await
+            .unwrap_or_else(|| panic!("the gateway did not exit within {timeout:?} of SIGTERM"));
+        let pumps = std::mem::take(&mut self.pumps);
+        tokio::task::spawn_blocking(move || {
+            for pump in pumps {
+                let _ = pump.join();
+            }
+        })
+        .await
+        .expect("join the log readers");
+        status
     }
 
     /// A new process on the same directory, config and store.
@@ -564,10 +595,8 @@ impl Gateway {
 
     /// Sends SIGHUP (reload the config).
     pub fn sighup(&self) {
-        let pid = self.pid();
-        // SAFETY: sending a signal to our own child process, which we have not reaped.
-        let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
-        assert_eq!(rc, 0, "kill(SIGHUP) failed");
+        let child = self.child.as_ref().expect("gateway not running");
+        assert!(send_signal(child.id(), libc::SIGHUP), "kill(SIGHUP) failed");
     }
 
     /// `store.url` as written into the config.
@@ -655,7 +684,10 @@ pub async fn run_bin(
     .expect("CLI task")
 }
 
-fn pump_lines<R: Read + Send + 'static>(reader: R, sink: Arc<Mutex<String>>) {
+fn pump_lines<R: Read + Send + 'static>(
+    reader: R,
+    sink: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(reader);
         let mut line = Vec::new();
@@ -673,7 +705,7 @@ fn pump_lines<R: Read + Send + 'static>(reader: R, sink: Arc<Mutex<String>>) {
                 }
             }
         }
-    });
+    })
 }
 
 fn parse_listening(log: &str) -> Option<SocketAddr> {

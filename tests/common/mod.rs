@@ -64,6 +64,42 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 /// The contract's bound for a CLI change to reach a running gateway.
 pub const PROPAGATION: Duration = Duration::from_secs(3);
 
+/// A TCP port free on 127.0.0.1 right now (bound, then released), for a
+/// config that must name its own address before the process starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("probe a free port")
+        .port()
+}
+
+/// The status codes of every HTTP/1.1 response in `raw`, in order.
+pub fn statuses(raw: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(raw);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
+        .collect()
+}
+
+/// Sends `signal` to the process `pid` (a child of the test, not yet
+/// reaped); whether it was delivered.
+#[allow(unsafe_code)]
+pub fn send_signal(pid: u32, signal: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+    // own unreaped child, so it names no other process.
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+/// Whether the tests run as root.
+#[allow(unsafe_code)]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Writes `text` as a config file named `name` in `dir`; returns its path.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

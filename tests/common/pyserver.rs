@@ -115,12 +115,7 @@ impl PyServer {
 impl Drop for PyServer {
     fn drop(&mut self) {
         // SIGTERM first: gunicorn's master then stops its workers too.
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: signalling our own child process by its id.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
+        send_signal(self.child.id(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -131,10 +126,4 @@ impl Drop for PyServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A port nothing listens on now (bound, then released).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe port");
-    listener.local_addr().expect("probe addr").port()
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::common::free_port;
+
 /// Where Debian's `nginx-light` and `caddy` put the binaries.
 pub const NGINX: &str = "/usr/sbin/nginx";
 pub const CADDY: &str = "/usr/bin/caddy";
@@ -71,13 +73,6 @@ fn guide_with(relative: &str, replacements: &[(&str, String)]) -> String {
         text = text.replace(from, to);
     }
     text
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("probe a free port")
-        .port()
 }
 
 /// Starts `kind` in front of `app`, asking `authgate`.

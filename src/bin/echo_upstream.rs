@@ -2,10 +2,12 @@
 //! what it received (method, path, query, headers, body size), so a person can
 //! see which identity headers the gateway added and that no credential arrived.
 //!
-//! It is a development aid, not part of the gateway's request path.
+//! It is a development aid, not part of the gateway's request path. A
+//! binary rather than an example, so that building it (scripts/demo.sh)
+//! needs no dev-dependencies.
 //!
 //! ```text
-//! cargo run --example echo_upstream -- --listen 127.0.0.1:9000
+//! cargo run --bin echo_upstream -- --listen 127.0.0.1:9000
 //! ```
 
 use std::collections::BTreeMap;
