@@ -191,9 +191,9 @@ core_busy_ticks() {
 
 read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH P_AG_RL \
     P_AG_SHIP P_NGX_LOG P_AG_2W P_AG_TLS P_AG_TLS_PLAIN P_NGX_TLS P_AG_HOSTS \
-    P_AG_FWD P_NGX_AUTH_OWN P_AG_OTEL P_OTLP < <($PY -c '
+    P_AG_FWD P_NGX_AUTH_OWN P_AG_OTEL P_OTLP P_AG_ASI P_AG_ASR < <($PY -c '
 import socket
-socks = [socket.socket() for _ in range(21)]
+socks = [socket.socket() for _ in range(23)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 
@@ -450,6 +450,17 @@ public_key = \"$W/es256.pub.pem\""
 authgate_config "$P_AG_HS" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-hs.toml"
 authgate_config "$P_AG_RL" ag-rl "$HS_JWT" "$(ratelimit_section "$REDIS_URL")" >"$W/ag-rl.toml"
 authgate_config "$P_AG_ES" ag-es "$ES_JWT" >"$W/ag-es.toml"
+# The ES256 instance again with [assertion] (signed with its ES256 key), bound
+# to the caller (one signature per caller and route for half the ttl) and to
+# each request (one signature per request), on the same store.
+for bind in identity request; do
+    port=$P_AG_ASI
+    [ "$bind" = identity ] || port=$P_AG_ASR
+    authgate_config "$port" ag-es "$ES_JWT" "
+[assertion]
+audience = \"bench\"
+bind = \"$bind\"" >"$W/ag-as-$bind.toml"
+done
 # The public route among 1,000 routes over 200 host names (4 prefixes each
 # plus 200 wildcard routes), asked with one of those hosts: routing by host
 # must cost what the single-route table costs (authgate-public).
@@ -484,6 +495,9 @@ cert = \"$W/tls-cert.pem\"
 key = \"$W/tls-key.pem\"" >"$W/ag-tls.toml"
 
 ag() { "$AUTHGATE" "$@"; }
+for cfg in ag-as-identity ag-as-request; do # on ag-es's store: its user is theirs
+    ag check-config --config "$W/$cfg.toml" >/dev/null || die "authgate rejects $W/$cfg.toml"
+done
 for cfg in ag-hs ag-es ag-idle ag-rl ag-hosts; do
     ag check-config --config "$W/$cfg.toml" >/dev/null || die "authgate rejects $W/$cfg.toml"
     printf '%s\n' "$PASSWORD" | ag user add bench --password-stdin --config "$W/$cfg.toml" >/dev/null
@@ -509,6 +523,8 @@ start nginx-authreq "$PROXY_CPU" nginx -p "$W" -e "$W/nginx-authreq.err" -c "$W/
 start haproxy "$PROXY_CPU" haproxy -db -f "$W/haproxy.cfg"
 start ag-hs "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hs.toml"
 start ag-es "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-es.toml"
+start ag-asi "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-as-identity.toml"
+start ag-asr "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-as-request.toml"
 start ag-rl "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-rl.toml"
 start ag-hosts "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hosts.toml"
 # The forward-auth decider of nginx-authreq-own, on the load core (with wrk and the upstream).
@@ -519,6 +535,8 @@ wait_up "http://127.0.0.1:$P_NGX/" nginx-proxy
 wait_up "http://127.0.0.1:$P_HAP_HS/" haproxy
 wait_up "http://127.0.0.1:$P_AG_HS/healthz" ag-hs
 wait_up "http://127.0.0.1:$P_AG_ES/healthz" ag-es
+wait_up "http://127.0.0.1:$P_AG_ASI/healthz" ag-asi
+wait_up "http://127.0.0.1:$P_AG_ASR/healthz" ag-asr
 wait_up "http://127.0.0.1:$P_NGX_AUTH/" nginx-authreq
 wait_up "http://127.0.0.1:$P_AG_RL/healthz" ag-rl
 wait_up "http://127.0.0.1:$P_AG_HOSTS/healthz" ag-hosts
@@ -650,7 +668,8 @@ preflight() {
 # ---------------------------------------------------------------- targets
 T_NAMES=(upstream-direct nginx-proxy-noauth haproxy-jwt-hs256 haproxy-jwt-es256
     authgate-jwt-hs256 authgate-jwt-hs256-memrule authgate-jwt-hs256-redisrule
-    authgate-jwt-es256 authgate-accesskey authgate-public authgate-public-hosts1000
+    authgate-jwt-es256 authgate-es256-assertion-identity authgate-es256-assertion-request
+    authgate-accesskey authgate-public authgate-public-hosts1000
     authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate nginx-authreq-authgate-owncore)
 if [ "$RUN_TRACES" = 1 ]; then
     # Next to the HS256 row.
@@ -678,6 +697,14 @@ T_URL[authgate-jwt-hs256]="http://127.0.0.1:$P_AG_HS/bench"
 T_URL[authgate-jwt-hs256-memrule]="http://127.0.0.1:$P_AG_HS/limited/bench"
 T_URL[authgate-jwt-hs256-redisrule]="http://127.0.0.1:$P_AG_RL/limited/bench"
 T_URL[authgate-jwt-es256]="http://127.0.0.1:$P_AG_ES/bench"
+T_URL[authgate-es256-assertion-identity]="http://127.0.0.1:$P_AG_ASI/bench"
+T_URL[authgate-es256-assertion-request]="http://127.0.0.1:$P_AG_ASR/bench"
+T_HDR[authgate-es256-assertion-identity]="Authorization: Bearer $ES_TOKEN"
+T_HDR[authgate-es256-assertion-request]="Authorization: Bearer $ES_TOKEN"
+T_PID[authgate-es256-assertion-identity]=$PID_ag_asi
+T_PID[authgate-es256-assertion-request]=$PID_ag_asr
+T_DESC[authgate-es256-assertion-identity]="authgate-jwt-es256 with [assertion] bind = \"identity\": an ES256-signed X-Auth-Assertion, reused per caller and route for half its ttl"
+T_DESC[authgate-es256-assertion-request]="authgate-jwt-es256 with [assertion] bind = \"request\": an ES256 signature per request (htm, htu, jti)"
 T_URL[authgate-accesskey]="http://127.0.0.1:$P_AG_HS/bench?accesskey=$ACCESS_KEY"
 T_URL[authgate-public]="http://127.0.0.1:$P_AG_HS/public/bench"
 T_URL[authgate-public-hosts1000]="http://127.0.0.1:$P_AG_HOSTS/r3/bench"
