@@ -9,7 +9,9 @@
 #   CALLGRIND_LOG=info bash bench/callgrind.sh   # as shipped: the access log on
 #
 # Paths: public (a public route, no credential), hs256 (Bearer HS256 JWT),
-# accesskey (?accesskey=), hs256-rule (the HS256 JWT under /limited, where
+# accesskey (?accesskey=), accesskey-bearer (Authorization: Bearer ag_...),
+# accesskey-header (X-API-Key), accesskey-limited (X-API-Key, a key with a
+# rate limit of its own that never refuses), hs256-rule (the HS256 JWT under /limited, where
 # one rate-limit rule by user applies that never refuses), and the HS256 and
 # access-key credentials as forward-auth decisions only: verify-hs256 and
 # verify-accesskey (/_authgate/verify/PATH, Envoy's path-prefix form;
@@ -161,6 +163,8 @@ ag() { "$AUTHGATE" --config "$W/authgate.toml" "$@"; }
 echo "callgrind-password-$$" | ag user add bench --password-stdin >/dev/null
 TOKEN=$(ag token issue --user bench)
 ACCESS_KEY=$(ag key create --user bench | awk '/^key:/ {print $2}')
+# A key with a budget of its own that never refuses (issue 24: its cost).
+LIMITED_KEY=$(ag key create --user bench --rate 1000000 --burst 1000000 | awk '/^key:/ {print $2}')
 
 WORKER_ARGS=(--workers "$WORKERS")
 [ "$WORKERS" = default ] && WORKER_ARGS=()
@@ -187,9 +191,12 @@ for path in "${PATHS[@]}"; do
         hs256) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/x") ;;
         hs256-rule) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/limited/x") ;;
         accesskey) args=("http://127.0.0.1:$P_AG/x?accesskey=$ACCESS_KEY") ;;
+        accesskey-bearer) args=(-H "Authorization: Bearer $ACCESS_KEY" "http://127.0.0.1:$P_AG/x") ;;
+        accesskey-header) args=(-H "X-API-Key: $ACCESS_KEY" "http://127.0.0.1:$P_AG/x") ;;
+        accesskey-limited) args=(-H "X-API-Key: $LIMITED_KEY" "http://127.0.0.1:$P_AG/x") ;;
         verify-hs256) args=(-H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/_authgate/verify/x") ;;
         verify-accesskey) args=("http://127.0.0.1:$P_AG/_authgate/verify/x?accesskey=$ACCESS_KEY") ;;
-        *) die "unknown path $path (public, hosts1000, hs256, accesskey, hs256-rule, verify-hs256, verify-accesskey)" ;;
+        *) die "unknown path $path (public, hosts1000, hs256, accesskey, accesskey-bearer, accesskey-header, accesskey-limited, hs256-rule, verify-hs256, verify-accesskey)" ;;
     esac
     [ "$(curl -s -o /dev/null -w '%{http_code}' "${args[@]}")" = 200 ] || die "$path does not answer 200"
     # Warm caches and pools, then count only the measured window.
