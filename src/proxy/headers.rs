@@ -24,9 +24,6 @@ pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 
@@ -34,14 +31,16 @@ static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocke
 /// 7.6.1), besides those named by `Connection`. `HTTP2-Settings` belongs to
 /// an `h2c` upgrade of one connection (RFC 7540 section 3.2.1), which the
 /// gateway never performs.
-const HOP_BY_HOP: [&HeaderName; 7] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &PROXY_CONNECTION,
-    &HTTP2_SETTINGS,
+/// Compared as text (header names are lower case): a length differs
+/// before any byte is read.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "proxy-connection",
+    "http2-settings",
 ];
 
 /// The one protocol the gateway tunnels after a 101.
@@ -109,7 +108,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
     // most requests carry none (then `Connection` is absent too, so nothing
     // is collected), and responses usually just `Connection`.
     let hop_by_hop = |name: &&HeaderName| {
-        HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-") || *name == header::UPGRADE
+        let name = name.as_str();
+        HOP_BY_HOP.contains(&name) || name.starts_with("proxy-") || name == "upgrade"
     };
     if headers.keys().any(|name| hop_by_hop(&name)) {
         let mut doomed: Vec<HeaderName> = headers.keys().filter(hop_by_hop).cloned().collect();
