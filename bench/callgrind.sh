@@ -214,7 +214,7 @@ for path in "${PATHS[@]}"; do
     printf '%-16s %12s %14s %12s\n' "$path" "$requests" "$(( total / requests ))" \
         "$(awk -v w=$((writes_after - writes_before)) -v r="$requests" 'BEGIN {printf "%.2f", w / r}')"
     callgrind_annotate --inclusive=yes "$file" 2>/dev/null \
-        | grep -E '^ *[0-9,]+ +\( *[0-9.]+%\)  \?\?\?:authgate::' \
+        | grep -E '^ *[0-9,]+ +\( *[0-9.]+%\)  [^ ]*:authgate::[^ ]* \[' \
         | grep -vE 'authgate::(main|cli::run) ' | head -8 | sed 's/^/    /' || true
 done
 [ "$TRACES" != 1 ] || log "spans: $(curl -s --max-time 5 "http://127.0.0.1:$P_AG/metrics" | grep '^authgate_trace_spans_total' | tr '\n' ' ')"

@@ -24,9 +24,6 @@ pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 
@@ -34,14 +31,16 @@ static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocke
 /// 7.6.1), besides those named by `Connection`. `HTTP2-Settings` belongs to
 /// an `h2c` upgrade of one connection (RFC 7540 section 3.2.1), which the
 /// gateway never performs.
-const HOP_BY_HOP: [&HeaderName; 7] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &PROXY_CONNECTION,
-    &HTTP2_SETTINGS,
+/// Compared as text (header names are lower case): a length differs
+/// before any byte is read.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "proxy-connection",
+    "http2-settings",
 ];
 
 /// The one protocol the gateway tunnels after a 101.
@@ -106,34 +105,33 @@ fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// the client or upstream listed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
     // One pass over the names instead of a hash lookup per hop-by-hop name;
-    // most heads carry none, and responses usually just `Connection`.
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            HOP_BY_HOP.contains(name)
-                || name.as_str().starts_with("proxy-")
-                || *name == header::UPGRADE
-        })
-        .cloned()
-        .collect();
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        // `keep-alive` and `upgrade` are in the set above already.
-        .filter(|token| {
-            !token.is_empty()
-                && !token.eq_ignore_ascii_case("keep-alive")
-                && !token.eq_ignore_ascii_case("upgrade")
-        })
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .filter(|name| headers.contains_key(name))
-        .collect();
-    doomed.extend(listed);
-    for name in &doomed {
-        headers.remove(name);
+    // most requests carry none (then `Connection` is absent too, so nothing
+    // is collected), and responses usually just `Connection`.
+    let hop_by_hop = |name: &&HeaderName| {
+        let name = name.as_str();
+        HOP_BY_HOP.contains(&name) || name.starts_with("proxy-") || name == "upgrade"
+    };
+    if headers.keys().any(|name| hop_by_hop(&name)) {
+        let mut doomed: Vec<HeaderName> = headers.keys().filter(hop_by_hop).cloned().collect();
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            // `keep-alive` and `upgrade` are in the set above already.
+            .filter(|token| {
+                !token.is_empty()
+                    && !token.eq_ignore_ascii_case("keep-alive")
+                    && !token.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .filter(|name| headers.contains_key(name))
+            .collect();
+        doomed.extend(listed);
+        for name in &doomed {
+            headers.remove(name);
+        }
     }
     if websocket {
         headers.insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
@@ -311,6 +309,8 @@ pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
 
 /// What an answer to a request that carried a credential varies on.
 const CREDENTIAL_VARY: [&str; 2] = ["Authorization", "Cookie"];
+/// [`CREDENTIAL_VARY`] as one `Vary` value.
+const CREDENTIAL_VARY_JOINED: &str = "Authorization, Cookie";
 
 /// `Cache-Control` directives with which an upstream already decided who may
 /// store its answer: left as they are.
@@ -325,6 +325,16 @@ const CACHE_DECIDED: [&str; 4] = ["public", "s-maxage", "private", "no-store"];
 /// cache keep the rest) or `no-store` (RFC 9111 section 5.2.2). For every
 /// answer alike: relayed, 304s, the gateway's own errors and decisions.
 pub fn mark_private(headers: &mut HeaderMap) {
+    // The usual answer carries neither field: what the merging below
+    // makes of nothing, without reading or allocating.
+    if !headers.contains_key(header::VARY) && !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(
+            header::VARY,
+            HeaderValue::from_static(CREDENTIAL_VARY_JOINED),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        return;
+    }
     let mut vary: Vec<String> = headers
         .get_all(header::VARY)
         .iter()
@@ -404,6 +414,23 @@ pub fn requested_authority(
     if hosts.next().is_some() {
         return Err(InvalidHost);
     }
+    // The common case, one `Host` already canonical and an origin-form
+    // target: the checks below would keep it as it is.
+    if let Some(value) = host
+        && uri.authority().is_none()
+        && already_canonical(value.as_bytes())
+    {
+        return Ok(Some(value.clone()));
+    }
+    checked_authority(uri, host)
+}
+
+/// [`requested_authority`] in full, for the target and the one `Host`
+/// (if any).
+fn checked_authority(
+    uri: &http::Uri,
+    host: Option<&HeaderValue>,
+) -> Result<Option<HeaderValue>, InvalidHost> {
     let header_value = host.filter(|value| !value.is_empty());
     let from_header = match host {
         None => None,
@@ -457,6 +484,34 @@ pub fn requested_authority(
         None => HeaderValue::from_str(&host),
     };
     value.map(Some).map_err(|_| InvalidHost)
+}
+
+/// Whether a `Host` value is one that [`requested_authority`] keeps as it
+/// is: a lower-case name or IPv4 address (letters, digits, `-`, `_`, dots
+/// between labels, no trailing dot) and an optional non-empty port of at
+/// most 5 digits. One pass, no allocation; anything else (upper case, a
+/// trailing dot, an IP literal, an empty port, a bad byte) takes the full
+/// checks.
+fn already_canonical(value: &[u8]) -> bool {
+    let (host, port) = match value.iter().position(|&b| b == b':') {
+        Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+        None => (value, None),
+    };
+    // A leading dot reads as a dot after a dot.
+    let mut previous = b'.';
+    for &b in host {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'.' if previous != b'.' => {}
+            _ => return false,
+        }
+        previous = b;
+    }
+    // Not empty, no trailing dot.
+    previous != b'.'
+        && port.is_none_or(|port| {
+            !port.is_empty() && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+        })
 }
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
@@ -550,6 +605,25 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(names(&h), vec!["accept", "x-end-to-end"]);
+        // Each alone, next to an end-to-end field: found without the others.
+        for (name, value) in [
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ] {
+            let mut h = headers(&[(name, value), ("accept", "*/*")]);
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(names(&h), vec!["accept"], "{name}");
+        }
+        let mut h = headers(&[("connection", "X-Custom-Hop"), ("x-custom-hop", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -1025,6 +1099,71 @@ mod tests {
                 requested_authority(&origin, &headers(&[("host", good)])).is_ok(),
                 "{good}"
             );
+        }
+    }
+
+    #[test]
+    fn the_canonical_host_shortcut_agrees_with_the_full_checks() {
+        // Every string of up to 4 bytes over an alphabet of the bytes that
+        // matter, and some longer ones: whatever the shortcut keeps, the
+        // full checks keep unchanged too.
+        let alphabet = b"aZ0-_.:[]@%1 ";
+        let mut cases: Vec<Vec<u8>> = vec![vec![]];
+        for _ in 0..4 {
+            let longer: Vec<Vec<u8>> = cases
+                .iter()
+                .filter(|case| case.len() == cases.last().map_or(0, Vec::len))
+                .flat_map(|case| {
+                    alphabet.iter().map(move |&b| {
+                        let mut next = case.clone();
+                        next.push(b);
+                        next
+                    })
+                })
+                .collect();
+            cases.extend(longer);
+        }
+        for extra in [
+            "api.example.com",
+            "api.example.com:8080",
+            "api.example.com:123456",
+            "api.example.com.",
+            "api..example.com",
+            ".api.example.com",
+            "a_b-c.example:1",
+            "127.0.0.1:65535",
+            "127.0.0.1:",
+            "127.0.0.1:80:80",
+            "Api.example.com",
+        ] {
+            cases.push(extra.as_bytes().to_vec());
+        }
+        let origin: http::Uri = "/x".parse().unwrap();
+        let mut kept = 0;
+        for case in &cases {
+            let Ok(value) = HeaderValue::from_bytes(case) else {
+                continue;
+            };
+            if already_canonical(case) {
+                kept += 1;
+                assert_eq!(
+                    checked_authority(&origin, Some(&value)),
+                    Ok(Some(value.clone())),
+                    "{value:?}"
+                );
+            }
+            // Whichever way, the answer is the full checks' one.
+            let mut map = HeaderMap::new();
+            map.insert(header::HOST, value.clone());
+            assert_eq!(
+                requested_authority(&origin, &map),
+                checked_authority(&origin, Some(&value)),
+                "{value:?}"
+            );
+        }
+        assert!(kept > 1000, "{kept}");
+        for slow in ["Api.example.com", "api.example.com.", "[::1]:80", "a:", ""] {
+            assert!(!already_canonical(slow.as_bytes()), "{slow}");
         }
     }
 }
