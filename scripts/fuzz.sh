@@ -30,6 +30,14 @@ if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]
 fi
 cargo fuzz --version
 
+# The fuzz workspace pins its own lock, seeded from the main one: a build
+# that had to change it would fetch other versions and leave the tree dirty.
+if ! (cd fuzz && cargo +nightly metadata --locked --format-version 1 >/dev/null 2>&1); then
+  echo "fuzz/Cargo.lock is out of date with Cargo.toml (a dependency changed); refresh it with:" >&2
+  echo "  cp Cargo.lock fuzz/Cargo.lock && (cd fuzz && cargo +nightly metadata --format-version 1 >/dev/null)" >&2
+  exit 1
+fi
+
 flags=(--sanitizer none --debug-assertions --target-dir "$TARGET_DIR")
 if [ "$FUZZ_BUILD" = dev ]; then flags+=(--dev); fi
 targets="$(cargo +nightly fuzz list)"
