@@ -191,9 +191,9 @@ core_busy_ticks() {
 
 read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_HS P_AG_ES P_AG_IDLE P_AG_KEYS P_NGX_AUTH P_AG_RL \
     P_AG_SHIP P_NGX_LOG P_AG_2W P_AG_TLS P_AG_TLS_PLAIN P_NGX_TLS P_AG_HOSTS \
-    P_AG_FWD P_NGX_AUTH_OWN P_AG_OTEL P_OTLP P_AG_ASI P_AG_ASR < <($PY -c '
+    P_AG_FWD P_NGX_AUTH_OWN P_AG_OTEL P_OTLP P_AG_ASI P_AG_ASR P_AG_ED P_AG_EDR < <($PY -c '
 import socket
-socks = [socket.socket() for _ in range(23)]
+socks = [socket.socket() for _ in range(25)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 
@@ -337,6 +337,8 @@ openssl rand -hex 32 >"$W/jwt.secret"
 SECRET=$(cat "$W/jwt.secret")
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$W/es256.pem" 2>/dev/null
 openssl pkey -in "$W/es256.pem" -pubout -out "$W/es256.pub.pem" 2>/dev/null
+openssl genpkey -algorithm ED25519 -out "$W/eddsa.pem" 2>/dev/null
+openssl pkey -in "$W/eddsa.pem" -pubout -out "$W/eddsa.pub.pem" 2>/dev/null
 
 # HAProxy: alg pinned, signature and exp checked, Authorization removed.
 haproxy_jwt_rules() { # ALG KEY
@@ -450,6 +452,18 @@ public_key = \"$W/es256.pub.pem\""
 authgate_config "$P_AG_HS" ag-hs "$HS_JWT" "$(ratelimit_section memory)" >"$W/ag-hs.toml"
 authgate_config "$P_AG_RL" ag-rl "$HS_JWT" "$(ratelimit_section "$REDIS_URL")" >"$W/ag-rl.toml"
 authgate_config "$P_AG_ES" ag-es "$ES_JWT" >"$W/ag-es.toml"
+ED_JWT="
+[[jwt.keys]]
+kid = \"bench-eddsa\"
+algorithm = \"EdDSA\"
+private_key = \"$W/eddsa.pem\"
+public_key = \"$W/eddsa.pub.pem\""
+# An EdDSA-signed gateway, and the same with an assertion signed per request.
+authgate_config "$P_AG_ED" ag-ed "$ED_JWT" >"$W/ag-ed.toml"
+authgate_config "$P_AG_EDR" ag-ed "$ED_JWT" "
+[assertion]
+audience = \"bench\"
+bind = \"request\"" >"$W/ag-ed-request.toml"
 # The ES256 instance again with [assertion] (signed with its ES256 key), bound
 # to the caller (one signature per caller and route for half the ttl) and to
 # each request (one signature per request), on the same store.
@@ -495,10 +509,10 @@ cert = \"$W/tls-cert.pem\"
 key = \"$W/tls-key.pem\"" >"$W/ag-tls.toml"
 
 ag() { "$AUTHGATE" "$@"; }
-for cfg in ag-as-identity ag-as-request; do # on ag-es's store: its user is theirs
+for cfg in ag-as-identity ag-as-request ag-ed-request; do # on ag-es's and ag-ed's stores: their user is theirs
     ag check-config --config "$W/$cfg.toml" >/dev/null || die "authgate rejects $W/$cfg.toml"
 done
-for cfg in ag-hs ag-es ag-idle ag-rl ag-hosts; do
+for cfg in ag-hs ag-es ag-ed ag-idle ag-rl ag-hosts; do
     ag check-config --config "$W/$cfg.toml" >/dev/null || die "authgate rejects $W/$cfg.toml"
     printf '%s\n' "$PASSWORD" | ag user add bench --password-stdin --config "$W/$cfg.toml" >/dev/null
 done
@@ -511,6 +525,7 @@ fi
 HS_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-hs.toml")
 RL_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-rl.toml")
 ES_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-es.toml")
+ED_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-ed.toml")
 IDLE_TOKEN=$(ag token issue --user bench --ttl 86400 --config "$W/ag-idle.toml")
 ACCESS_KEY=$(ag key create --user bench --name bench --config "$W/ag-hs.toml" | sed -n 's/^key: //p')
 [ -n "$ACCESS_KEY" ] || die "authgate key create printed no key"
@@ -525,6 +540,8 @@ start ag-hs "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hs.toml"
 start ag-es "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-es.toml"
 start ag-asi "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-as-identity.toml"
 start ag-asr "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-as-request.toml"
+start ag-ed "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-ed.toml"
+start ag-edr "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-ed-request.toml"
 start ag-rl "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-rl.toml"
 start ag-hosts "$PROXY_CPU" "$AUTHGATE" serve --workers 1 --config "$W/ag-hosts.toml"
 # The forward-auth decider of nginx-authreq-own, on the load core (with wrk and the upstream).
@@ -537,6 +554,8 @@ wait_up "http://127.0.0.1:$P_AG_HS/healthz" ag-hs
 wait_up "http://127.0.0.1:$P_AG_ES/healthz" ag-es
 wait_up "http://127.0.0.1:$P_AG_ASI/healthz" ag-asi
 wait_up "http://127.0.0.1:$P_AG_ASR/healthz" ag-asr
+wait_up "http://127.0.0.1:$P_AG_ED/healthz" ag-ed
+wait_up "http://127.0.0.1:$P_AG_EDR/healthz" ag-edr
 wait_up "http://127.0.0.1:$P_NGX_AUTH/" nginx-authreq
 wait_up "http://127.0.0.1:$P_AG_RL/healthz" ag-rl
 wait_up "http://127.0.0.1:$P_AG_HOSTS/healthz" ag-hosts
@@ -669,6 +688,7 @@ preflight() {
 T_NAMES=(upstream-direct nginx-proxy-noauth haproxy-jwt-hs256 haproxy-jwt-es256
     authgate-jwt-hs256 authgate-jwt-hs256-memrule authgate-jwt-hs256-redisrule
     authgate-jwt-es256 authgate-es256-assertion-identity authgate-es256-assertion-request
+    authgate-jwt-eddsa authgate-eddsa-assertion-request
     authgate-accesskey authgate-public authgate-public-hosts1000
     authgate-verify-jwt authgate-verify-accesskey nginx-authreq-authgate nginx-authreq-authgate-owncore)
 if [ "$RUN_TRACES" = 1 ]; then
@@ -697,6 +717,14 @@ T_URL[authgate-jwt-hs256]="http://127.0.0.1:$P_AG_HS/bench"
 T_URL[authgate-jwt-hs256-memrule]="http://127.0.0.1:$P_AG_HS/limited/bench"
 T_URL[authgate-jwt-hs256-redisrule]="http://127.0.0.1:$P_AG_RL/limited/bench"
 T_URL[authgate-jwt-es256]="http://127.0.0.1:$P_AG_ES/bench"
+T_URL[authgate-jwt-eddsa]="http://127.0.0.1:$P_AG_ED/bench"
+T_URL[authgate-eddsa-assertion-request]="http://127.0.0.1:$P_AG_EDR/bench"
+T_HDR[authgate-jwt-eddsa]="Authorization: Bearer $ED_TOKEN"
+T_HDR[authgate-eddsa-assertion-request]="Authorization: Bearer $ED_TOKEN"
+T_PID[authgate-jwt-eddsa]=$PID_ag_ed
+T_PID[authgate-eddsa-assertion-request]=$PID_ag_edr
+T_DESC[authgate-jwt-eddsa]="Bearer EdDSA (Ed25519) JWT ([[jwt.keys]])"
+T_DESC[authgate-eddsa-assertion-request]="authgate-jwt-eddsa with [assertion] bind = \"request\": an Ed25519 signature per request (htm, htu, jti)"
 T_URL[authgate-es256-assertion-identity]="http://127.0.0.1:$P_AG_ASI/bench"
 T_URL[authgate-es256-assertion-request]="http://127.0.0.1:$P_AG_ASR/bench"
 T_HDR[authgate-es256-assertion-identity]="Authorization: Bearer $ES_TOKEN"
