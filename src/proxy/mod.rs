@@ -2,6 +2,7 @@
 //! once, and the request and response rewriting around it.
 
 pub mod assertion;
+pub mod connections;
 pub mod headers;
 
 use std::pin::Pin;
@@ -29,6 +30,7 @@ use crate::client::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::config::{Limits, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::proxy::assertion::Assertions;
+use crate::proxy::connections::{Connections, UpstreamError};
 use crate::routes::{PrefixRewrite, Route};
 use crate::telemetry::RequestTrace;
 use crate::tls::{self, TlsError};
@@ -42,7 +44,7 @@ pub struct Forwarder {
     /// One per worker ([`crate::workers`]): a pooled connection's task runs
     /// on the worker that opened it, so a request handed to another
     /// worker's connection would cross threads twice.
-    clients: Box<[UpstreamClient]>,
+    clients: Box<[Connections]>,
     max_body_bytes: Option<u64>,
     idle_timeout: Duration,
     /// `[assertion]`: signs `X-Auth-Assertion` for authenticated requests.
@@ -65,7 +67,13 @@ impl Forwarder {
     ) -> Result<Self, TlsError> {
         let tls = tls::upstream_config(config)?;
         let clients = (0..crate::workers::count())
-            .map(|_| client_with(config, tls.clone()))
+            .map(|_| {
+                Connections::new(
+                    connector(config, tls.clone()),
+                    config.pool_idle_timeout,
+                    config.pool_max_idle_per_host,
+                )
+            })
             .collect();
         Ok(Forwarder {
             clients,
@@ -84,7 +92,7 @@ impl Forwarder {
     }
 
     /// The current worker's client.
-    fn client(&self) -> &UpstreamClient {
+    fn client(&self) -> &Connections {
         let worker = crate::workers::current();
         &self.clients[worker.min(self.clients.len() - 1)]
     }
@@ -166,7 +174,7 @@ impl Forwarder {
         let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
         let outbound = Request::from_parts(parts, body);
         let mut attempt =
-            tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
+            tokio::time::timeout(route.timeout, self.client().send(upstream, outbound)).await;
         if let (Some(trace), Some(traced)) = (trace.as_deref_mut(), traced) {
             trace.attempt_ended(traced, attempt_result(&attempt));
         }
@@ -198,7 +206,8 @@ impl Forwarder {
                     .map(|trace| trace.attempt(&mut head.headers, &head.method, &head.uri, 1));
                 let outbound = Request::from_parts(head, CappedBody::empty());
                 attempt =
-                    tokio::time::timeout(route.timeout, self.client().request(outbound)).await;
+                    tokio::time::timeout(route.timeout, self.client().send(upstream, outbound))
+                        .await;
                 if let (Some(trace), Some(traced)) = (trace, traced) {
                     trace.attempt_ended(traced, attempt_result(&attempt));
                 }
@@ -351,10 +360,7 @@ pub fn rewrite_head(
 /// An upstream attempt's result for its span: the response status, or
 /// the semantic conventions' `error.type`.
 fn attempt_result<T>(
-    attempt: &Result<
-        Result<Response<T>, hyper_util::client::legacy::Error>,
-        tokio::time::error::Elapsed,
-    >,
+    attempt: &Result<Result<Response<T>, UpstreamError>, tokio::time::error::Elapsed>,
 ) -> Result<StatusCode, &'static str> {
     match attempt {
         Ok(Ok(response)) => Ok(response.status()),
@@ -506,8 +512,6 @@ impl HttpBody for CappedBody {
     }
 }
 
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, CappedBody>;
-
 /// A pooled HTTP(S) client with the upstream settings, for any body type.
 pub fn pooled_client<B>(
     config: &UpstreamConfig,
@@ -528,20 +532,25 @@ where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
 {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(false);
-    let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.pool_idle_timeout)
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
-        .build(https)
+        .build(connector(config, tls))
+}
+
+/// Opens plain or TLS connections to upstreams: the connect timeout,
+/// `TCP_NODELAY`, and rustls with `tls` for `https://`.
+fn connector(config: &UpstreamConfig, tls: rustls::ClientConfig) -> HttpsConnector<HttpConnector> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector)
 }
 
 /// The copy buffer of each direction of an upgraded connection. tokio's
