@@ -74,9 +74,15 @@ fuzz_target!(|data: &[u8]| {
     );
     let upstream: Uri = UPSTREAM.parse().unwrap();
     let id = HeaderValue::from_static("fuzz-request");
+    let Ok(forwarded_host) =
+        authgate::proxy::headers::requested_authority(&parts.uri, &parts.headers)
+    else {
+        return;
+    };
     if rewrite_head(
         &mut parts,
         &upstream,
+        forwarded_host,
         identity.as_ref(),
         &client,
         &id,

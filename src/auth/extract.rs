@@ -133,7 +133,7 @@ pub fn extract<'a>(
 
     if let Some(query) = query {
         for piece in query.split('&').filter(|piece| names_credential(piece)) {
-            let Some((name, value)) = form_urlencoded::parse(piece.as_bytes()).next() else {
+            let Some((name, value)) = query_pair(piece) else {
                 continue;
             };
             if let Some(kind) = kind_of_name(&name) {
@@ -217,6 +217,20 @@ fn names_credential(piece: &str) -> bool {
     form_urlencoded::parse(name.as_bytes())
         .next()
         .is_some_and(|(name, _)| kind_of_name(&name).is_some())
+}
+
+/// A `name=value` query piece, decoded as `application/x-www-form-urlencoded`.
+/// A piece without `%` or `+` decodes to itself: split without the
+/// decoder (an access key in the query is such a piece).
+fn query_pair(piece: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
+    if piece.is_empty() {
+        return None;
+    }
+    if !piece.contains(['%', '+']) {
+        let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+        return Some((Cow::Borrowed(name), Cow::Borrowed(value)));
+    }
+    form_urlencoded::parse(piece.as_bytes()).next()
 }
 
 /// [`kind_of_name`] for a cookie name read as bytes.
@@ -355,6 +369,29 @@ pub fn strip_credential_query(query: &str) -> Option<Cow<'_, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_pairs_decode_as_the_form_decoder_does() {
+        for piece in [
+            "accesskey=ag_abc-DEF_123",
+            "accesskey",
+            "accesskey=",
+            "=v",
+            "token=a=b",
+            "access%6Bey=x%20y",
+            "accesskey=a+b",
+            "to+ken=%E2%82%AC",
+            "accesskey=%zz",
+            "accesskey=ÉTÉ;x",
+        ] {
+            assert_eq!(
+                query_pair(piece),
+                form_urlencoded::parse(piece.as_bytes()).next(),
+                "{piece}"
+            );
+        }
+        assert_eq!(query_pair(""), None);
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

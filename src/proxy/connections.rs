@@ -353,6 +353,9 @@ impl HttpBody for LeasedBody {
 /// `uri` as an HTTP/1.1 origin-form target: its path and query only (the
 /// upstream's authority goes in `Host`).
 fn origin_form(uri: &mut Uri) {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return;
+    }
     *uri = match uri.path_and_query() {
         Some(path) if path.as_str() != "/" => Uri::from(path.clone()),
         _ => Uri::default(),

@@ -19,7 +19,7 @@ use crate::client::ClientInfo;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::metrics::Outcome;
-use crate::proxy::{CredentialWatch, headers};
+use crate::proxy::{CredentialWatch, ReadOnce, headers};
 use crate::request::context::RequestContext;
 use crate::request::id::new_request_id;
 use crate::request::judge::{Ending, JudgedRequest, judge};
@@ -201,7 +201,17 @@ async fn handle_inner(
     let (request_id, trace) = ctx.forwarding();
     let result = gateway
         .forwarder
-        .forward(permit, request, client, request_id, until_revoked, trace)
+        .forward(
+            permit,
+            request,
+            client,
+            ReadOnce {
+                forwarded_host: authority,
+                request_id,
+            },
+            until_revoked,
+            trace,
+        )
         .await;
     ctx.upstream_took(upstream_started.elapsed());
     result

@@ -234,8 +234,8 @@ impl RequestTrace {
         self.auth_method = Some(method);
     }
 
-    /// An attempt to send `method` to `upstream` (`resend`: how many were
-    /// made before it): `traceparent` in `headers` is replaced with the
+    /// An attempt to send `method` for `path` to `upstream` (`resend`: how
+    /// many were made before it): `traceparent` in `headers` is replaced with the
     /// attempt's own span (and `tracestate` with the client's checked one,
     /// or none), so the upstream continues this trace.
     pub fn attempt(
@@ -243,6 +243,7 @@ impl RequestTrace {
         headers: &mut HeaderMap,
         method: &Method,
         upstream: &Uri,
+        path: &str,
         resend: u32,
     ) -> Attempt {
         let span_id = propagation::new_span_id();
@@ -275,7 +276,7 @@ impl RequestTrace {
                     "{}://{}{}",
                     upstream.scheme_str().unwrap_or("http"),
                     authority,
-                    cut(upstream.path(), MAX_PATH_BYTES)
+                    cut(path, MAX_PATH_BYTES)
                 ),
             ));
         }
