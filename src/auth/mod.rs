@@ -510,11 +510,12 @@ impl Authenticator {
         key: &str,
         hash: &accesskey::KeyHash,
     ) -> Result<Option<KeyFacts>, GatewayError> {
-        let stale = match self.cache.key(hash, Instant::now()) {
-            Lookup::Fresh(facts) => return Ok(facts),
-            Lookup::Stale(facts) => Some(facts),
-            Lookup::Missing if !accesskey::well_formed(key) => return Err(malformed_key()),
-            Lookup::Missing => None,
+        let admissible = || accesskey::well_formed(key);
+        let stale = match self.cache.admissible_key(hash, Instant::now(), admissible) {
+            None => return Err(malformed_key()),
+            Some(Lookup::Fresh(facts)) => return Ok(facts),
+            Some(Lookup::Stale(facts)) => Some(facts),
+            Some(Lookup::Missing) => None,
         };
         match self.store.key_grant(&hex::encode(hash), unix_now()).await {
             Ok(grant) => {

@@ -278,6 +278,23 @@ impl CredentialCache {
         lookup
     }
 
+    /// [`Self::key`] for a key the store will be asked about only if
+    /// `admissible` says so: one not cached that it refuses is `None` and
+    /// counts as neither hit nor miss, as no store query follows.
+    pub fn admissible_key(
+        &self,
+        hash: &KeyHash,
+        now: Instant,
+        admissible: impl FnOnce() -> bool,
+    ) -> Option<Lookup<KeyFacts>> {
+        let lookup = self.keys.get(hash, now);
+        if matches!(lookup, Lookup::Missing) && !admissible() {
+            return None;
+        }
+        self.count(&lookup);
+        Some(lookup)
+    }
+
     /// Remembers what the store said about an access key.
     pub fn put_key(&self, hash: KeyHash, facts: Option<KeyFacts>, now: Instant) {
         let evicted = self.keys.insert(hash, facts, now);
@@ -472,6 +489,26 @@ mod tests {
             );
         }
         assert!(cache.sizes().1 <= 1000);
+    }
+
+    #[test]
+    fn keys_refused_before_the_store_count_as_neither_hit_nor_miss() {
+        let cache = CredentialCache::new(&config(100));
+        let now = Instant::now();
+        let misses = || cache.stats.misses.load(Ordering::Relaxed);
+        assert_eq!(cache.admissible_key(&[1; 32], now, || false), None);
+        assert_eq!(misses(), 0, "a refused key is no store query");
+        assert_eq!(
+            cache.admissible_key(&[1; 32], now, || true),
+            Some(Lookup::Missing)
+        );
+        assert_eq!(misses(), 1);
+        // A cached key is not asked about again.
+        cache.put_key([2; 32], None, now);
+        assert_eq!(
+            cache.admissible_key(&[2; 32], now, || unreachable!()),
+            Some(Lookup::Fresh(None))
+        );
     }
 
     #[test]
