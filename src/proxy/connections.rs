@@ -136,7 +136,10 @@ impl Connections {
         loop {
             let (mut sender, reused) = match self.idle.take(upstream_index) {
                 Some(sender) => (sender, true),
-                None => (self.connect(upstream).await?, false),
+                // Boxed: a connection's setup (the TLS stream among it)
+                // would otherwise size every request's future, which hyper
+                // moves on each request.
+                None => (Box::pin(self.connect(upstream)).await?, false),
             };
             if reused && sender.ready().await.is_err() {
                 continue;
