@@ -25,7 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// - `/endless`: a head promising a megabyte, then 16 bytes every 20 ms
 ///   until the connection closes;
 /// - `/close`: 200 with `Connection: close`, then closes;
-/// - `/wait`: 200 after 300 ms.
+/// - `/wait`: 200 after 300 ms;
+/// - `/upgrade`: 101 to WebSocket, then echoes every byte until closed.
 ///
 /// With `close_idle_after`, a connection idle that long after a response
 /// is closed by the upstream.
@@ -149,6 +150,26 @@ async fn serve_connection(mut stream: TcpStream, close_idle_after: Option<Durati
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 return;
+            }
+            "/upgrade" => {
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                          Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n",
+                    )
+                    .await;
+                // Not HTTP any more: whatever comes is echoed, as a tunnel's
+                // other end would answer it.
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
             }
             "/close" => {
                 let _ = stream
@@ -351,4 +372,34 @@ async fn at_most_pool_max_idle_per_host_connections_stay_open() {
     assert_eq!(upstream.ended(), 2, "one kept");
     assert_eq!(fetch(&gw, "GET", "/public/ok/kept").await.0, 200);
     assert_eq!(upstream.accepted(), 3, "the kept one was reused");
+}
+
+/// A connection switched to WebSocket is the tunnel's alone: the next
+/// request opens a new one instead of being written into the tunnel.
+#[tokio::test]
+async fn an_upgraded_connection_is_never_lent_again() {
+    let upstream = RawUpstream::start(None).await;
+    let gw = gateway(&upstream, "").await;
+    let head = "GET /public/upgrade HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n\
+                Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let (status, headers, mut tunnel) = raw_upgrade(gw.addr(), head).await;
+    assert_eq!(status, 101, "{headers:?}");
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), tunnel.read_exact(&mut echo))
+        .await
+        .expect("echo within 10 s")
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+    for i in 0..3 {
+        let (status, body) = fetch(&gw, "GET", &format!("/public/ok/{i}")).await;
+        assert_eq!((status, body.as_str()), (200, format!("/ok/{i}").as_str()));
+    }
+    assert_eq!(
+        upstream.accepted(),
+        2,
+        "the tunnel's and one for the requests"
+    );
+    drop(tunnel);
 }
