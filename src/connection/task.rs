@@ -143,13 +143,16 @@ impl ConnectionTask {
                 )
             })
         });
+        // The connection is pinned here and lent to `drive`: an argument
+        // moved into a pinned local would be held twice in the task.
         match protocol {
             Protocol::Http1 => {
-                let connection = self
-                    .builder
-                    .http1
-                    .serve_connection(io, service)
-                    .with_upgrades();
+                let connection = pin!(
+                    self.builder
+                        .http1
+                        .serve_connection(io, service)
+                        .with_upgrades()
+                );
                 let graceful = http1::UpgradeableConnection::graceful_shutdown;
                 self.drive(connection, graceful, &activity, &first_head)
                     .await;
@@ -157,9 +160,9 @@ impl ConnectionTask {
             // Boxed: the rarer protocol's state does not size every
             // HTTP/1 connection's task.
             Protocol::Http2 => {
-                let connection = self.builder.http2.serve_connection(io, service);
+                let mut connection = Box::pin(self.builder.http2.serve_connection(io, service));
                 let graceful = http2::Connection::graceful_shutdown;
-                Box::pin(self.drive(connection, graceful, &activity, &first_head)).await;
+                Box::pin(self.drive(connection.as_mut(), graceful, &activity, &first_head)).await;
             }
         }
     }
@@ -168,15 +171,14 @@ impl ConnectionTask {
     /// hyper's `graceful_shutdown` of its kind) on shutdown and when idle,
     /// and dropping it when its first head is late.
     async fn drive<C>(
-        mut self,
-        connection: C,
+        &mut self,
+        mut connection: Pin<&mut C>,
         graceful: fn(Pin<&mut C>),
         activity: &Activity,
         first_head: &AtomicBool,
     ) where
         C: Future<Output = Result<(), hyper::Error>>,
     {
-        let mut connection = pin!(connection);
         let mut idle = pin!(idle_for(activity, self.idle_timeout));
         let mut head_due = pin!(tokio::time::sleep_until(self.head_deadline));
         let mut awaiting_head = true;
