@@ -822,6 +822,16 @@ async fn absolute_form_targets_and_foreign_hosts_route_on_the_path_only() {
             .expect("answered");
         assert_eq!(statuses(&answer), vec![400], "{head}");
     }
+    // A CONNECT with an origin-form target parses; it is still no tunnel
+    // request an upstream gets to answer.
+    for target in ["/public/y", "http://gw.test/public/y"] {
+        let head =
+            format!("CONNECT {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n");
+        let r = raw_request(gw.addr(), &head, b"").await;
+        assert_eq!(r.status, 405, "{head}");
+        let v: Value = serde_json::from_slice(&r.body).expect("JSON");
+        assert_eq!(v["error"]["reason"], "METHOD_NOT_ALLOWED", "{head}");
+    }
     assert_eq!(upstream.count(), before);
 }
 

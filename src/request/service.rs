@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
@@ -164,6 +164,13 @@ async fn handle_inner(
             request_id: ctx.request_id().clone(),
         };
         return api::serve(endpoint, request, api_ctx).await;
+    }
+
+    // No tunnels: the gateway is no forward proxy, and an upstream that
+    // answered a CONNECT (hyper takes one with an origin-form target too)
+    // would carry bytes nobody authenticated.
+    if request.method() == Method::CONNECT {
+        return Err(GatewayError::MethodNotAllowed);
     }
 
     // Routes are chosen by the host the upstream is told about
