@@ -27,21 +27,26 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 
-/// Headers that belong to one connection and never cross a proxy (RFC 9110
-/// 7.6.1), besides those named by `Connection`. `HTTP2-Settings` belongs to
-/// an `h2c` upgrade of one connection (RFC 7540 section 3.2.1), which the
-/// gateway never performs.
-/// Compared as text (header names are lower case): a length differs
-/// before any byte is read.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "proxy-connection",
-    "http2-settings",
-];
+/// Whether `name` belongs to one connection and never crosses a proxy (RFC
+/// 9110 7.6.1), besides those named by `Connection`: `Connection`,
+/// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, every `Proxy-*`
+/// (`Proxy-Connection` among them), `Upgrade`, and `HTTP2-Settings`, which
+/// belongs to an `h2c` upgrade of one connection (RFC 7540 section 3.2.1)
+/// that the gateway never performs. A match compiles to a switch on the
+/// length: one comparison at most for the usual field.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings"
+    ) || name.starts_with("proxy-")
+}
 
 /// The one protocol the gateway tunnels after a 101.
 const WEBSOCKET: &str = "websocket";
@@ -107,12 +112,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
     // One pass over the names instead of a hash lookup per hop-by-hop name;
     // most requests carry none (then `Connection` is absent too, so nothing
     // is collected), and responses usually just `Connection`.
-    let hop_by_hop = |name: &&HeaderName| {
-        let name = name.as_str();
-        HOP_BY_HOP.contains(&name) || name.starts_with("proxy-") || name == "upgrade"
-    };
-    if headers.keys().any(|name| hop_by_hop(&name)) {
-        let mut doomed: Vec<HeaderName> = headers.keys().filter(hop_by_hop).cloned().collect();
+    // Collecting nothing allocates nothing.
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    if !doomed.is_empty() {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -567,6 +573,27 @@ pub fn set_client_cert_subject(headers: &mut HeaderMap, subject: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_names() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "proxy-connection",
+            "http2-settings",
+            "proxy-authorization",
+            "proxy-x",
+            "upgrade",
+        ] {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["content-length", "host", "tea", "trailers", "x-connection"] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+    }
     use crate::auth::AuthMethod;
     use std::sync::Arc;
 
