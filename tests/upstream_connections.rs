@@ -10,7 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,14 +77,7 @@ impl RawUpstream {
 
     /// Waits until `ended` reaches `n`; whether it did within `within`.
     async fn ended_reaches(&self, n: usize, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.ended() >= n {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.ended() >= n
+        poll_until(within, || async { self.ended() >= n }).await
     }
 }
 

@@ -132,9 +132,9 @@ impl Connections {
         let authority = upstream
             .authority()
             .ok_or_else(|| UpstreamError::Connect("the upstream URI has no authority".into()))?;
-        let upstream_index = self.idle.index_of(https, authority);
+        let (upstream_index, mut taken) = self.idle.checkout(https, authority);
         loop {
-            let (mut sender, reused) = match self.idle.take(upstream_index) {
+            let (mut sender, reused) = match taken {
                 Some(sender) => (sender, true),
                 // Boxed: a connection's setup (the TLS stream among it)
                 // would otherwise size every request's future, which hyper
@@ -142,6 +142,7 @@ impl Connections {
                 None => (Box::pin(self.connect(upstream)).await?, false),
             };
             if reused && sender.ready().await.is_err() {
+                taken = self.idle.take(upstream_index);
                 continue;
             }
             match sender.try_send_request(request).await {
@@ -159,7 +160,10 @@ impl Connections {
                 Err(mut failed) => match failed.take_message() {
                     // An idle connection the upstream closed as the
                     // request came: it never left, so it may go again.
-                    Some(unsent) if reused => request = unsent,
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        taken = self.idle.take(upstream_index);
+                    }
                     _ => return Err(UpstreamError::Request(failed.into_error())),
                 },
             }
@@ -198,30 +202,41 @@ impl IdlePool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The index of `https`, `authority`'s idle list, added if new.
-    fn index_of(&self, https: bool, authority: &Authority) -> usize {
+    /// The index of `https`, `authority`'s idle list (added if new) and
+    /// its newest usable sender, under one lock.
+    fn checkout(&self, https: bool, authority: &Authority) -> (usize, Option<Sender>) {
         let mut state = self.lock();
-        if let Some(index) = state
+        let index = match state
             .upstreams
             .iter()
             .position(|idle| idle.https == https && idle.authority == *authority)
         {
-            return index;
-        }
-        state.upstreams.push(IdleUpstream {
-            https,
-            authority: authority.clone(),
-            senders: VecDeque::new(),
-        });
-        state.upstreams.len() - 1
+            Some(index) => index,
+            None => {
+                state.upstreams.push(IdleUpstream {
+                    https,
+                    authority: authority.clone(),
+                    senders: VecDeque::new(),
+                });
+                state.upstreams.len() - 1
+            }
+        };
+        let sender = self.newest_usable(&mut state.upstreams[index].senders);
+        (index, sender)
     }
 
     /// The newest idle sender of an upstream that is not closed and has
     /// not been idle too long.
     fn take(&self, upstream: usize) -> Option<Sender> {
-        let now = Instant::now();
         let mut state = self.lock();
         let senders = &mut state.upstreams.get_mut(upstream)?.senders;
+        self.newest_usable(senders)
+    }
+
+    /// Pops senders newest first, dropping the closed and expired ones on
+    /// the way, until a usable one.
+    fn newest_usable(&self, senders: &mut VecDeque<IdleSender>) -> Option<Sender> {
+        let now = Instant::now();
         while let Some(idle) = senders.pop_back() {
             if !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout {
                 return Some(idle.sender);

@@ -30,7 +30,7 @@ use crate::client::{Activity, ActivityIo, ClientInfo, ConnectionSlot, idle_for};
 use crate::config::{Limits, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::proxy::assertion::Assertions;
-use crate::proxy::connections::{Connections, UpstreamError};
+use crate::proxy::connections::{Connections, LeasedBody, UpstreamError};
 use crate::routes::{PrefixRewrite, Route};
 use crate::telemetry::RequestTrace;
 use crate::tls::{self, TlsError};
@@ -188,22 +188,17 @@ impl Forwarder {
             request_id,
         )?;
 
-        let traced = trace.as_deref_mut().map(|trace| {
-            trace.attempt(
-                &mut parts.headers,
-                &parts.method,
+        let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
+        let mut attempt = self
+            .attempt(
+                parts,
+                body,
                 upstream,
-                parts.uri.path(),
+                route.timeout,
+                trace.as_deref_mut(),
                 0,
             )
-        });
-        let (body, fault) = CappedBody::new(incoming, self.max_body_bytes);
-        let outbound = Request::from_parts(parts, body);
-        let mut attempt =
-            tokio::time::timeout(route.timeout, self.client().send(upstream, outbound)).await;
-        if let (Some(trace), Some(traced)) = (trace.as_deref_mut(), traced) {
-            trace.attempt_ended(traced, attempt_result(&attempt));
-        }
+            .await;
         if let (Some(pool), Some(picked)) = (&route.pool, member) {
             let failed = !matches!(attempt, Ok(Ok(_))) && fault.get().is_none();
             if failed {
@@ -234,22 +229,9 @@ impl Forwarder {
                     &client,
                     request_id,
                 )?;
-                let traced = trace.as_deref_mut().map(|trace| {
-                    trace.attempt(
-                        &mut head.headers,
-                        &head.method,
-                        upstream,
-                        head.uri.path(),
-                        1,
-                    )
-                });
-                let outbound = Request::from_parts(head, CappedBody::empty());
-                attempt =
-                    tokio::time::timeout(route.timeout, self.client().send(upstream, outbound))
-                        .await;
-                if let (Some(trace), Some(traced)) = (trace, traced) {
-                    trace.attempt_ended(traced, attempt_result(&attempt));
-                }
+                attempt = self
+                    .attempt(head, CappedBody::empty(), upstream, route.timeout, trace, 1)
+                    .await;
                 if matches!(attempt, Ok(Ok(_))) {
                     pool.succeeded(worker, other);
                 } else {
@@ -308,7 +290,40 @@ impl Forwarder {
     }
 }
 
+/// What one attempt at an upstream came to: the response, the upstream's
+/// failure, or the route's timeout.
+type Attempted = Result<Result<Response<LeasedBody>, UpstreamError>, tokio::time::error::Elapsed>;
+
 impl Forwarder {
+    /// Sends a rewritten head and `body` to `upstream` within `timeout`;
+    /// with `trace`, as a span of its own (`resend`: attempts before it)
+    /// whose `traceparent` the upstream receives.
+    async fn attempt(
+        &self,
+        mut head: Parts,
+        body: CappedBody,
+        upstream: &Uri,
+        timeout: Duration,
+        mut trace: Option<&mut RequestTrace>,
+        resend: u32,
+    ) -> Attempted {
+        let traced = trace.as_deref_mut().map(|trace| {
+            trace.attempt(
+                &mut head.headers,
+                &head.method,
+                upstream,
+                head.uri.path(),
+                resend,
+            )
+        });
+        let outbound = Request::from_parts(head, body);
+        let attempt = tokio::time::timeout(timeout, self.client().send(upstream, outbound)).await;
+        if let (Some(trace), Some(traced)) = (trace, traced) {
+            trace.attempt_ended(traced, attempt_result(&attempt));
+        }
+        attempt
+    }
+
     /// The head `upstream` receives: rewritten ([`rewrite_head`], every
     /// credential source stripped) and, with `[assertion]`, the signed
     /// identity assertion for it.
@@ -401,9 +416,7 @@ pub fn rewrite_head(
 
 /// An upstream attempt's result for its span: the response status, or
 /// the semantic conventions' `error.type`.
-fn attempt_result<T>(
-    attempt: &Result<Result<Response<T>, UpstreamError>, tokio::time::error::Elapsed>,
-) -> Result<StatusCode, &'static str> {
+fn attempt_result(attempt: &Attempted) -> Result<StatusCode, &'static str> {
     match attempt {
         Ok(Ok(response)) => Ok(response.status()),
         Ok(Err(err)) if err.is_connect() => Err("connect"),
