@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -91,13 +91,27 @@ impl ClientInfo {
 /// [`idle_for`] samples it a few times per timeout instead.
 pub(crate) struct Activity {
     moves: AtomicU64,
+    /// Set while the connection is being parked (`connection::park`): the
+    /// socket outlives the hyper connection that asks to shut it down.
+    parking: AtomicBool,
 }
 
 impl Activity {
     pub(crate) fn new() -> Self {
         Activity {
             moves: AtomicU64::new(0),
+            parking: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the connection is being parked.
+    pub(crate) fn parking(&self) -> bool {
+        self.parking.load(Ordering::Relaxed)
+    }
+
+    /// Starts or stops parking.
+    pub(crate) fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
     }
 
     fn touch(&self) {
@@ -106,7 +120,7 @@ impl Activity {
         self.moves.store(moves.wrapping_add(1), Ordering::Relaxed);
     }
 
-    fn moves(&self) -> u64 {
+    pub(crate) fn moves(&self) -> u64 {
         self.moves.load(Ordering::Relaxed)
     }
 }
@@ -134,7 +148,8 @@ pub(crate) async fn idle_for(activity: &Activity, timeout: Duration) {
     }
 }
 
-/// A stream that records activity, for the idle timeout.
+/// A stream that records activity, for the idle timeout; while its
+/// connection is being parked, shutting it down does nothing.
 pub(crate) struct ActivityIo<S> {
     inner: S,
     activity: Arc<Activity>,
@@ -195,6 +210,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.parking() {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -18,24 +18,6 @@ use tokio_rustls::TlsConnector;
 /// header_read_timeout in these tests, in seconds.
 const HEAD_TIMEOUT: u64 = 1;
 
-/// Waits until the peer closes `stream` (end of stream or an error);
-/// how long that took, or `None` if it is still open after `within`.
-async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    let mut chunk = [0u8; 1024];
-    tokio::time::timeout(within, async {
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .ok()
-    .map(|()| started.elapsed())
-}
-
 /// A gateway with a plain and a TLS listener, `max_connections` slots,
 /// a one-second head deadline and the default 60 s idle timeout; and the
 /// CA that signed its certificate.

@@ -92,27 +92,10 @@ impl Drop for RawUpstream {
 /// been idle for `close_idle_after`.
 async fn serve_connection(mut stream: TcpStream, close_idle_after: Option<Duration>) {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     loop {
-        let head_end = loop {
-            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-            let read = stream.read(&mut chunk);
-            let n = match close_idle_after {
-                Some(idle) if buf.is_empty() => match tokio::time::timeout(idle, read).await {
-                    Ok(read) => read,
-                    Err(_) => return,
-                },
-                _ => read.await,
-            };
-            match n {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let Some(head) = read_request_head(&mut stream, &mut buf, close_idle_after).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        buf.drain(..head_end);
         let mut words = head.split(' ');
         let method = words.next().unwrap_or_default().to_string();
         let target = words.next().unwrap_or_default().to_string();
@@ -145,24 +128,8 @@ async fn serve_connection(mut stream: TcpStream, close_idle_after: Option<Durati
                 return;
             }
             "/upgrade" => {
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                          Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n",
-                    )
-                    .await;
-                // Not HTTP any more: whatever comes is echoed, as a tunnel's
-                // other end would answer it.
-                loop {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if stream.write_all(&chunk[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
+                upgrade_and_echo(&mut stream).await;
+                return;
             }
             "/close" => {
                 let _ = stream
@@ -176,11 +143,7 @@ async fn serve_connection(mut stream: TcpStream, close_idle_after: Option<Durati
                 if path == "/wait" {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
-                    path.len()
-                );
-                stream.write_all(response.as_bytes()).await
+                answer_with_path(&mut stream, &path).await
             }
         };
         if written.is_err() {

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod listen;
+pub mod park;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod serve;

@@ -8,6 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// What the client speaks.
@@ -52,33 +53,38 @@ pub async fn sniff<S: AsyncRead + Unpin>(mut stream: S) -> io::Result<(Protocol,
             break Protocol::Http1;
         }
     };
-    Ok((protocol, Rewound::new(stream, first, filled)))
+    let mut rewound = Rewound::untouched(stream);
+    rewound.replay(Bytes::copy_from_slice(&first[..filled]));
+    Ok((protocol, rewound))
 }
 
-/// A stream whose first bytes were already read; they come again first.
+/// A stream some of whose bytes were already read (to tell the protocol,
+/// or by a hyper connection that was parked); they come again first.
 pub struct Rewound<S> {
     inner: S,
-    first: [u8; H2_PREFACE.len()],
-    /// `first[start..end]` is still to be read.
-    start: u8,
-    end: u8,
+    /// Still to be read before `inner`.
+    replay: Bytes,
 }
 
 impl<S> Rewound<S> {
-    /// `inner` after `first[..len]` was read from it.
-    pub fn new(inner: S, first: [u8; H2_PREFACE.len()], len: usize) -> Self {
+    /// `inner` with nothing to read again.
+    pub fn untouched(inner: S) -> Self {
         Rewound {
             inner,
-            first,
-            start: 0,
-            // At most 24: fits.
-            end: u8::try_from(len.min(H2_PREFACE.len())).unwrap_or(0),
+            replay: Bytes::new(),
         }
     }
 
-    /// `inner` with nothing read from it yet.
-    pub fn untouched(inner: S) -> Self {
-        Rewound::new(inner, [0; H2_PREFACE.len()], 0)
+    /// Reads `bytes` before anything still to be read.
+    pub fn replay(&mut self, bytes: Bytes) {
+        if self.replay.is_empty() {
+            self.replay = bytes;
+        } else {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.replay.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.replay);
+            self.replay = joined.freeze();
+        }
     }
 }
 
@@ -88,19 +94,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.start < self.end {
-            let (start, end) = (usize::from(self.start), usize::from(self.end));
-            let n = buf.remaining().min(end - start);
-            buf.put_slice(&self.first[start..start + n]);
-            // n <= 24.
-            self.start += u8::try_from(n).unwrap_or(0);
-            // And what has arrived after them, in the same read: hyper
-            // sizes its read buffer for a whole head, and a first read of
-            // only the replayed bytes makes it double that buffer (8 to
-            // 16 KiB, kept for the connection's life) for the next read.
-            // Pending or an error here surfaces on the next read.
-            if self.start == self.end && buf.remaining() > 0 {
-                let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.replay.is_empty() {
+            let n = buf.remaining().min(self.replay.len());
+            buf.put_slice(&self.replay[..n]);
+            self.replay.advance(n);
+            if self.replay.is_empty() {
+                // Let go of the allocation the bytes came in.
+                self.replay = Bytes::new();
+                // And what has arrived after them, in the same read: hyper
+                // sizes its read buffer for a whole head, and a first read
+                // of only the replayed bytes makes it double that buffer
+                // (8 to 16 KiB, kept for the connection's life) for the
+                // next read. Pending or an error here surfaces on the next
+                // read.
+                if buf.remaining() > 0 {
+                    let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+                }
             }
             return Poll::Ready(Ok(()));
         }
@@ -208,5 +217,19 @@ mod tests {
         client.write_all(&head[30..]).await.unwrap();
         let n = rewound.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], &head[30..]);
+    }
+
+    #[tokio::test]
+    async fn bytes_given_back_are_read_before_those_not_yet_read() {
+        let (mut client, server) = tokio::io::duplex(256);
+        client.write_all(b"rest").await.unwrap();
+        drop(client);
+        let mut rewound = Rewound::untouched(server);
+        rewound.replay(Bytes::from_static(b"second "));
+        // Given back later, read first: what hyper had read before.
+        rewound.replay(Bytes::from_static(b"first "));
+        let mut all = Vec::new();
+        rewound.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"first second rest");
     }
 }

@@ -23,6 +23,15 @@ impl RawResponse {
 /// Sends `head` (must end with an empty line) plus `body` and reads one response.
 pub async fn raw_request(addr: SocketAddr, head: &str, body: &[u8]) -> RawResponse {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
+    raw_exchange(&mut stream, head, body).await
+}
+
+/// Sends `head` plus `body` on an open connection and reads one response
+/// (one at a time: bytes after it are not kept).
+pub async fn raw_exchange<S>(stream: &mut S, head: &str, body: &[u8]) -> RawResponse
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream.write_all(head.as_bytes()).await.expect("write head");
     stream.write_all(body).await.expect("write body");
     let mut buf = Vec::new();
@@ -126,6 +135,86 @@ pub async fn raw_upgrade(addr: SocketAddr, head: &str) -> (u16, Vec<(String, Str
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     (status, headers, stream)
+}
+
+/// A raw upstream's side: reads one request head from `stream` (the bytes
+/// after it stay in `buf`). `None` when the peer closes first, or when
+/// `idle` passes with no byte of a new head.
+pub async fn read_request_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    idle: Option<Duration>,
+) -> Option<String> {
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(pos) = find(buf, b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let read = stream.read(&mut chunk);
+        let n = match idle {
+            Some(idle) if buf.is_empty() => tokio::time::timeout(idle, read).await.ok()?,
+            _ => read.await,
+        };
+        match n {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end);
+    Some(head)
+}
+
+/// A raw upstream's side: 200 with `path` as the body.
+pub async fn answer_with_path(stream: &mut TcpStream, path: &str) -> std::io::Result<()> {
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+        path.len()
+    );
+    stream.write_all(response.as_bytes()).await
+}
+
+/// A raw upstream's side: answers 101 to WebSocket, then echoes every byte
+/// (as a tunnel's other end would answer it) until the peer closes.
+pub async fn upgrade_and_echo(stream: &mut TcpStream) {
+    let _ = stream
+        .write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n",
+        )
+        .await;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the peer closes `stream` (end of stream or an error);
+/// how long that took, or `None` if it is still open after `within`.
+pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
