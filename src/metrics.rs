@@ -78,7 +78,10 @@ impl EncodeMetric for SharedHistogram {
 /// hand-written map did); this sharded map with foldhash takes about 340.
 /// The label sets come from the config and the code (routes, outcomes,
 /// error reasons), never from a client, so a fast hash is safe.
-struct CounterFamily<S>(Arc<DashMap<S, AtomicU64, foldhash::fast::RandomState>>);
+/// Each counter is shared (an `Arc`), so a caller on the hot path can keep
+/// its own handle and count without looking the labels up
+/// ([`Metrics::ratelimit_counter`]).
+struct CounterFamily<S>(Arc<DashMap<S, Arc<AtomicU64>, foldhash::fast::RandomState>>);
 
 impl<S> std::fmt::Debug for CounterFamily<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,6 +117,22 @@ impl<S: Eq + Hash> CounterFamily<S> {
 
     fn inc(&self, labels: S) {
         self.add(labels, 1);
+    }
+
+    /// The counter of `labels`, created at 0 if it is new.
+    fn counter(&self, labels: S) -> LabeledCounter {
+        LabeledCounter(self.0.entry(labels).or_default().clone())
+    }
+}
+
+/// One labelled counter of a family, held to count without a lookup.
+#[derive(Debug, Clone)]
+pub struct LabeledCounter(Arc<AtomicU64>);
+
+impl LabeledCounter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -409,12 +428,13 @@ impl Metrics {
         self.logins.inc(LoginLabels { kind, result });
     }
 
-    /// A rate-limit check of `rule` ended with `result`.
-    pub fn ratelimit(&self, rule: &Arc<str>, result: &'static str) {
-        self.ratelimits.inc(RateLimitLabels {
+    /// The counter of rate-limit checks of `rule` that ended with
+    /// `result`; the rule keeps it, so a check counts without a lookup.
+    pub fn ratelimit_counter(&self, rule: &Arc<str>, result: &'static str) -> LabeledCounter {
+        self.ratelimits.counter(RateLimitLabels {
             rule: rule.clone(),
             result,
-        });
+        })
     }
 
     /// An access key was created.

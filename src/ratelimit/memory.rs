@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
 use super::{Decision, Subject};
@@ -19,8 +19,17 @@ use crate::scope::KeyRateLimit;
 /// How often idle subjects (buckets full again) are dropped.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-type Limiter =
-    RateLimiter<Subject, DefaultKeyedStateStore<Subject>, DefaultClock, StateInformationMiddleware>;
+/// Subjects are hashed with foldhash's quality variant, randomly seeded per
+/// limiter: about a third of SipHash's cost per check, and still seeded
+/// against chosen collisions (names and addresses are the client's choice).
+type Hasher = foldhash::quality::RandomState;
+
+type Limiter = RateLimiter<
+    Subject,
+    DashMapStateStore<Subject, Hasher>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
 
 /// One rule's buckets.
 pub struct MemoryBuckets {
@@ -47,7 +56,12 @@ impl MemoryBuckets {
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
         let buckets = Arc::new(MemoryBuckets {
-            limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            limiter: RateLimiter::dashmap_with_clock_and_hasher(
+                quota,
+                DefaultClock::default(),
+                Hasher::default(),
+            )
+            .with_middleware::<StateInformationMiddleware>(),
             period,
             burst: burst.get(),
         });

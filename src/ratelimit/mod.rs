@@ -14,7 +14,7 @@ pub mod memory;
 pub mod redis;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
@@ -26,7 +26,7 @@ use crate::config::ratelimit::{
     LimitBy, OnStoreError, RateLimitConfig, RateLimitRule, RateLimitStore,
 };
 use crate::error::{GatewayError, RATELIMIT, RATELIMIT_POLICY};
-use crate::metrics::Metrics;
+use crate::metrics::{LabeledCounter, Metrics};
 use crate::routes::{other_readings, prefix_matches_folded};
 use crate::scope::KeyRateLimit;
 use crate::text::push_decimal;
@@ -90,6 +90,29 @@ struct Rule {
     policy: HeaderValue,
     /// The rule's buckets when the store is memory.
     memory: Option<Arc<MemoryBuckets>>,
+    checks: CheckCounters,
+}
+
+/// A budget's `authgate_ratelimit_checks_total` counters by result, each
+/// looked up at its first use (a series appears once it counts) and kept,
+/// so a check counts without a label lookup.
+#[derive(Default)]
+struct CheckCounters {
+    allowed: OnceLock<LabeledCounter>,
+    limited: OnceLock<LabeledCounter>,
+    store_error: OnceLock<LabeledCounter>,
+}
+
+impl CheckCounters {
+    fn inc(&self, metrics: &Metrics, name: &Arc<str>, result: &'static str) {
+        let cell = match result {
+            "allowed" => &self.allowed,
+            "limited" => &self.limited,
+            _ => &self.store_error,
+        };
+        cell.get_or_init(|| metrics.ratelimit_counter(name, result))
+            .inc();
+    }
 }
 
 /// The name of an access key's own budget: `details.limited_by`, its
@@ -107,6 +130,7 @@ pub struct RateLimits {
     keys: Option<Arc<KeyBuckets>>,
     /// [`KEY_BUDGET`], shared (the error and the metrics take an `Arc`).
     key_budget: Arc<str>,
+    key_checks: CheckCounters,
     on_store_error: OnStoreError,
     metrics: Arc<Metrics>,
 }
@@ -118,6 +142,14 @@ enum Budget {
     Rule(usize),
     /// The access key's own.
     Key(KeyRateLimit),
+}
+
+/// The access key's own budget, when `identity` is a key that has one.
+fn key_draw(identity: &Identity) -> Option<(Budget, Subject)> {
+    let (Some(id), Some(limit)) = (identity.key_id, identity.rate_limit) else {
+        return None;
+    };
+    Some((Budget::Key(limit), Subject::Key(id)))
 }
 
 /// What the rules that applied said about an allowed request.
@@ -173,6 +205,10 @@ fn policy_item(rule: &RateLimitRule) -> Vec<u8> {
     push_policy_item(&mut item, &rule.name, rule.rate, rule.burst);
     item
 }
+
+/// Bytes of a `RateLimit` item besides its name and numbers: the quotes,
+/// `;r=` and `;t=`.
+const STATE_ITEM_PUNCTUATION: usize = 2 + 3 + 3;
 
 /// A header value from bytes built here (names are `[a-z0-9_-]`, the
 /// rest digits and punctuation: always valid).
@@ -238,6 +274,7 @@ impl RateLimits {
                     policy: header_value(policy_item(rule)),
                     config: rule.clone(),
                     memory,
+                    checks: CheckCounters::default(),
                 }
             })
             .collect();
@@ -246,6 +283,7 @@ impl RateLimits {
             redis,
             keys,
             key_budget: Arc::from(KEY_BUDGET),
+            key_checks: CheckCounters::default(),
             on_store_error: config.on_store_error,
             metrics,
         }
@@ -258,16 +296,75 @@ impl RateLimits {
     /// answers 429 `RATE_LIMITED` (budgets after it do not count the
     /// request). While the Redis store cannot be reached,
     /// `on_store_error` decides: allow (the budget is skipped) or deny
-    /// (503).
+    /// (503). [`Self::check_now`] answers the same without a future when
+    /// the store is memory.
     pub async fn check(
         &self,
         identity: Option<&Identity>,
         client: IpAddr,
         path: &str,
     ) -> Result<RateLimitAnswer, GatewayError> {
+        let mut draws = Vec::new();
+        self.each_draw(identity, client, path, |budget, subject| {
+            draws.push((budget, subject));
+            Ok(())
+        })?;
         let mut answer = RateLimitAnswer::default();
-        if let Some(identity) = identity {
-            self.count_key(&mut answer, identity).await?;
+        for (budget, subject) in draws {
+            let decision = self.decide(budget, &subject).await;
+            self.count(&mut answer, budget, decision)?;
+        }
+        self.finish(&mut answer);
+        Ok(answer)
+    }
+
+    /// [`Self::check`] at once when the store is memory (a bucket there is
+    /// one compare and swap, and a request's future need not hold a
+    /// check's); `None` when it is Redis.
+    pub fn check_now(
+        &self,
+        identity: Option<&Identity>,
+        client: IpAddr,
+        path: &str,
+    ) -> Option<Result<RateLimitAnswer, GatewayError>> {
+        // Memory: every budget's buckets are here.
+        self.keys.as_ref()?;
+        let mut answer = RateLimitAnswer::default();
+        let counted = self.each_draw(identity, client, path, |budget, subject| {
+            let decision = self.decide_now(budget, &subject).ok_or(());
+            self.count(&mut answer, budget, decision)
+        });
+        if let Err(err) = counted {
+            return Some(Err(err));
+        }
+        self.finish(&mut answer);
+        Some(Ok(answer))
+    }
+
+    /// Counts a request of an access key that has a budget of its own
+    /// against that budget alone: for the gateway's own endpoints, where
+    /// the caller is known only inside the handler and rules do not apply.
+    /// Nothing for other identities.
+    pub async fn check_key(&self, identity: &Identity) -> Result<(), GatewayError> {
+        let Some((budget, subject)) = key_draw(identity) else {
+            return Ok(());
+        };
+        let decision = self.decide(budget, &subject).await;
+        self.count(&mut RateLimitAnswer::default(), budget, decision)
+    }
+
+    /// Calls `draw` with each budget a request draws on, in order, and the
+    /// subject whose bucket it takes from: the access key's own, then every
+    /// rule that applies. Stops at `draw`'s first error.
+    fn each_draw(
+        &self,
+        identity: Option<&Identity>,
+        client: IpAddr,
+        path: &str,
+        mut draw: impl FnMut(Budget, Subject) -> Result<(), GatewayError>,
+    ) -> Result<(), GatewayError> {
+        if let Some((budget, subject)) = identity.and_then(key_draw) {
+            draw(budget, subject)?;
         }
         for (index, rule) in self.rules.iter().enumerate() {
             let config = &rule.config;
@@ -276,72 +373,62 @@ impl RateLimits {
             {
                 continue;
             }
-            let subject = match config.by {
-                LimitBy::User => match identity {
-                    Some(identity) => Subject::User {
-                        provider: identity.provider().clone(),
-                        user: identity.user().clone(),
-                    },
-                    None => continue,
+            let subject = match (config.by, identity) {
+                (LimitBy::User, Some(identity)) => Subject::User {
+                    provider: identity.provider().clone(),
+                    user: identity.user().clone(),
                 },
-                LimitBy::Key => match identity.and_then(|identity| identity.key_id) {
-                    Some(id) => Subject::Key(id),
-                    None => continue,
-                },
-                LimitBy::Address => Subject::Address(address_block(client)),
+                (
+                    LimitBy::Key,
+                    Some(Identity {
+                        key_id: Some(id), ..
+                    }),
+                ) => Subject::Key(*id),
+                (LimitBy::Address, _) => Subject::Address(address_block(client)),
+                (LimitBy::User | LimitBy::Key, _) => continue,
             };
-            let decision = match (&rule.memory, &self.redis) {
-                (Some(memory), _) => Ok(memory.check(&subject)),
-                (None, Some(redis)) => {
-                    redis
-                        .check(&config.name, config.rate, config.burst, &subject)
-                        .await
-                }
-                (None, None) => Err(()),
-            };
-            self.count(&mut answer, Budget::Rule(index), &config.name, decision)?;
+            draw(Budget::Rule(index), subject)?;
         }
+        Ok(())
+    }
+
+    /// One budget's decision for `subject` when its buckets are in memory;
+    /// `None` when they are in Redis.
+    fn decide_now(&self, budget: Budget, subject: &Subject) -> Option<Decision> {
+        match (budget, subject) {
+            (Budget::Rule(index), _) => {
+                Some(self.rules.get(index)?.memory.as_ref()?.check(subject))
+            }
+            (Budget::Key(limit), Subject::Key(id)) => Some(self.keys.as_ref()?.check(*id, limit)),
+            (Budget::Key(_), _) => None,
+        }
+    }
+
+    /// One budget's decision for `subject`, from whichever store holds it.
+    async fn decide(&self, budget: Budget, subject: &Subject) -> Result<Decision, ()> {
+        if let Some(decision) = self.decide_now(budget, subject) {
+            return Ok(decision);
+        }
+        let (name, rate, burst) = match budget {
+            Budget::Rule(index) => {
+                let config = &self.rules.get(index).ok_or(())?.config;
+                (&*config.name, config.rate, config.burst)
+            }
+            Budget::Key(limit) => (KEY_BUDGET_REDIS_NAME, limit.rate, limit.burst),
+        };
+        let redis = self.redis.as_ref().ok_or(())?;
+        // Boxed: the Redis round trip's state does not size the future
+        // of every request that awaits a check.
+        Box::pin(redis.check(name, rate, burst, subject)).await
+    }
+
+    /// The RateLimit headers of the budgets that counted the request.
+    fn finish(&self, answer: &mut RateLimitAnswer) {
         if !answer.counted.is_empty() {
             let (policy, state) = self.header_values(&answer.counted);
             answer.policy = Some(policy);
             answer.state = Some(state);
         }
-        Ok(answer)
-    }
-
-    /// Counts a request of an access key that has a budget of its own
-    /// against that budget alone: for the gateway's own endpoints, where
-    /// the caller is known only inside the handler and rules do not apply.
-    /// Nothing for other identities.
-    pub async fn check_key(&self, identity: &Identity) -> Result<(), GatewayError> {
-        self.count_key(&mut RateLimitAnswer::default(), identity)
-            .await
-    }
-
-    /// The access key's own budget, when `identity` is a key that has one.
-    async fn count_key(
-        &self,
-        answer: &mut RateLimitAnswer,
-        identity: &Identity,
-    ) -> Result<(), GatewayError> {
-        let (Some(id), Some(limit)) = (identity.key_id, identity.rate_limit) else {
-            return Ok(());
-        };
-        let decision = match (&self.keys, &self.redis) {
-            (Some(keys), _) => Ok(keys.check(id, limit)),
-            (None, Some(redis)) => {
-                redis
-                    .check(
-                        KEY_BUDGET_REDIS_NAME,
-                        limit.rate,
-                        limit.burst,
-                        &Subject::Key(id),
-                    )
-                    .await
-            }
-            (None, None) => Err(()),
-        };
-        self.count(answer, Budget::Key(limit), &self.key_budget, decision)
     }
 
     /// Books one budget's decision into `answer`; the 429 (or 503) when it
@@ -350,16 +437,22 @@ impl RateLimits {
         &self,
         answer: &mut RateLimitAnswer,
         budget: Budget,
-        name: &Arc<str>,
         decision: Result<Decision, ()>,
     ) -> Result<(), GatewayError> {
+        let (name, checks) = match budget {
+            Budget::Rule(index) => {
+                let rule = &self.rules[index];
+                (&rule.config.name, &rule.checks)
+            }
+            Budget::Key(_) => (&self.key_budget, &self.key_checks),
+        };
         match decision {
             Ok(Decision::Allowed { remaining, reset }) => {
-                self.metrics.ratelimit(name, "allowed");
+                checks.inc(&self.metrics, name, "allowed");
                 answer.counted.push((budget, remaining, reset));
             }
             Ok(Decision::Limited { retry_after, reset }) => {
-                self.metrics.ratelimit(name, "limited");
+                checks.inc(&self.metrics, name, "limited");
                 answer.counted.push((budget, 0, reset));
                 let (policy, state) = self.header_values(&answer.counted);
                 return Err(GatewayError::RateLimited {
@@ -370,7 +463,7 @@ impl RateLimits {
                 });
             }
             Err(()) => {
-                self.metrics.ratelimit(name, "store_error");
+                checks.inc(&self.metrics, name, "store_error");
                 if self.on_store_error == OnStoreError::Deny {
                     return Err(GatewayError::RateLimitUnavailable);
                 }
@@ -404,23 +497,39 @@ impl RateLimits {
                 header_value(policy)
             }
         };
-        let mut state = Vec::with_capacity(32 * counted.len());
+        // `"name";r=REMAINING;t=SECONDS` items, with no formatting
+        // machinery, into a buffer of the exact size: the value then takes
+        // it as it is (one allocation, no copy).
+        let mut digits = itoa::Buffer::new();
+        let mut exact = 2 * counted.len().saturating_sub(1);
+        for (budget, remaining, reset) in counted {
+            exact += self.budget_name(*budget).len() + STATE_ITEM_PUNCTUATION;
+            exact += digits.format(*remaining).len();
+            exact += digits.format(ceil_secs(*reset)).len();
+        }
+        let mut state = Vec::with_capacity(exact);
         for (n, (budget, remaining, reset)) in counted.iter().enumerate() {
             if n > 0 {
                 state.extend_from_slice(b", ");
             }
-            let name = match budget {
-                Budget::Rule(index) => &*self.rules[*index].config.name,
-                Budget::Key(_) => KEY_BUDGET,
-            };
             state.push(b'"');
-            state.extend_from_slice(name.as_bytes());
+            state.extend_from_slice(self.budget_name(*budget).as_bytes());
             state.extend_from_slice(b"\";r=");
-            push_decimal(&mut state, *remaining);
+            state.extend_from_slice(digits.format(*remaining).as_bytes());
             state.extend_from_slice(b";t=");
-            push_decimal(&mut state, ceil_secs(*reset));
+            state.extend_from_slice(digits.format(ceil_secs(*reset)).as_bytes());
         }
-        (policy, header_value(state))
+        debug_assert_eq!(state.len(), exact, "the RateLimit value's size");
+        let state = header_value(state);
+        (policy, state)
+    }
+
+    /// A budget's name in the RateLimit headers.
+    fn budget_name(&self, budget: Budget) -> &str {
+        match budget {
+            Budget::Rule(index) => &self.rules[index].config.name,
+            Budget::Key(_) => KEY_BUDGET,
+        }
     }
 
     /// Whether a request by `identity` may meet a budget: a rule is
