@@ -52,6 +52,7 @@ fn main() {
         let facts = KeyFacts {
             key_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | i as u128),
             roles: owner.roles.clone(),
+            roles_value: owner.roles_value.clone(),
             owner,
             expires_at: i64::MAX,
             scope: None,

@@ -24,6 +24,20 @@ pub fn valid_role(role: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// A name (user, provider) as an `X-Auth-*` header value, made once where
+/// the name is cached and shared by every request that forwards it.
+/// `None` when it cannot be one: names are held to header-safe characters
+/// when they are made, and a value that still fails is left out.
+pub fn header_value(name: &str) -> Option<http::HeaderValue> {
+    http::HeaderValue::from_str(name).ok()
+}
+
+/// Roles as one `X-Auth-Roles` value, comma-separated (see
+/// [`header_value`]).
+pub fn roles_header_value(roles: &[String]) -> Option<http::HeaderValue> {
+    header_value(&roles.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,6 +118,48 @@ pub struct Identity {
     pub scope: Option<Arc<KeyScope>>,
     /// An access key's own budget; `None`: none (JWTs never have one).
     pub rate_limit: Option<KeyRateLimit>,
+    /// The `X-Auth-*` values, made where the identity's parts are cached.
+    /// Behind an `Arc`: an identity travels inside every request's future,
+    /// and four values inline would make each move of it 160 bytes longer.
+    pub values: Arc<IdentityValues>,
+}
+
+/// An identity's `X-Auth-User`, `X-Auth-Provider`, `X-Auth-Roles` and
+/// `X-Auth-Key-Id` values. Made once where a token, a user or a key is
+/// cached (`names::header_value`) and cloned (a reference count) into each
+/// request's identity; `None` where a value cannot be a header (left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityValues {
+    /// `X-Auth-User`.
+    pub user: Option<http::HeaderValue>,
+    /// `X-Auth-Provider`.
+    pub provider: Option<http::HeaderValue>,
+    /// `X-Auth-Roles`.
+    pub roles: Option<http::HeaderValue>,
+    /// `X-Auth-Key-Id`.
+    pub key_id: Option<http::HeaderValue>,
+}
+
+impl IdentityValues {
+    /// The values of an identity whose parts are not cached (an external
+    /// provider's token) or made up (tests).
+    pub fn of(user: &str, provider: &str, roles: &[String], key_id: Option<uuid::Uuid>) -> Self {
+        IdentityValues {
+            user: crate::names::header_value(user),
+            provider: crate::names::header_value(provider),
+            roles: crate::names::roles_header_value(roles),
+            key_id: key_id.and_then(key_id_value),
+        }
+    }
+}
+
+/// An access key's id as its `X-Auth-Key-Id` value.
+pub fn key_id_value(key_id: uuid::Uuid) -> Option<http::HeaderValue> {
+    crate::names::header_value(
+        key_id
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    )
 }
 
 impl Identity {
@@ -399,6 +441,12 @@ impl Authenticator {
             token: Some((claims.jti.clone(), claims.exp)),
             scope: None,
             rate_limit: None,
+            values: Arc::new(IdentityValues {
+                user: verified.user_value.clone(),
+                provider: facts.provider_value,
+                roles: verified.roles_value.clone(),
+                key_id: None,
+            }),
         })
     }
 
@@ -439,11 +487,18 @@ impl Authenticator {
         if self.user_facts(&claims.subject).await?.is_some() {
             return Err(GatewayError::AccountConflict);
         }
+        let values = Arc::new(IdentityValues::of(
+            &claims.subject,
+            provider.name(),
+            &claims.roles,
+            None,
+        ));
         Ok(Identity {
             principal: Principal::External {
                 provider: provider.name().clone(),
                 subject: Arc::from(claims.subject),
             },
+            values,
             roles: Arc::from(claims.roles),
             method: AuthMethod::Jwt,
             key_id: None,
@@ -472,6 +527,12 @@ impl Authenticator {
             principal: Principal::Store(StoreUser {
                 name: facts.owner.username.clone(),
                 provider: facts.owner.provider.clone(),
+            }),
+            values: Arc::new(IdentityValues {
+                user: facts.owner.username_value.clone(),
+                provider: facts.owner.provider_value.clone(),
+                roles: facts.roles_value,
+                key_id: key_id_value(facts.key_id),
             }),
             roles: facts.roles,
             method: AuthMethod::AccessKey,
@@ -525,11 +586,16 @@ impl Authenticator {
                         grant.provider.as_deref().unwrap_or(LOCAL_PROVIDER),
                         grant.roles,
                     );
-                    let roles = match grant.scope.roles {
-                        None => owner.roles.clone(),
-                        Some(_) => Arc::from(grant.scope.effective_roles(&owner.roles)),
+                    let (roles, roles_value) = match grant.scope.roles {
+                        None => (owner.roles.clone(), owner.roles_value.clone()),
+                        Some(_) => {
+                            let roles = grant.scope.effective_roles(&owner.roles);
+                            let value = crate::names::roles_header_value(&roles);
+                            (Arc::from(roles), value)
+                        }
                     };
                     KeyFacts {
+                        roles_value,
                         key_id: grant.key_id,
                         owner,
                         expires_at: grant.expires_at,
@@ -591,6 +657,7 @@ mod tests {
             token: None,
             scope: None,
             rate_limit: None,
+            values: Arc::default(),
         }
     }
 

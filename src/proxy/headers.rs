@@ -286,30 +286,25 @@ fn folded_starts_with(name: &[u8], ours: &[u8]) -> bool {
 
 /// Sets the identity headers for an authenticated caller.
 pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
-    // Usernames, roles and key ids are validated to header-safe characters
-    // when they are created; a value that still fails is left out.
-    if let Ok(user) = HeaderValue::from_str(identity.user()) {
-        headers.insert(X_AUTH_USER.clone(), user);
+    // The values were made where the identity's parts are cached; one that
+    // could not be a header value is left out.
+    let values = &identity.values;
+    if let Some(user) = &values.user {
+        headers.insert(X_AUTH_USER.clone(), user.clone());
     }
     // The subject alone is ambiguous across providers; the pair is the caller.
-    if let Ok(provider) = HeaderValue::from_str(identity.provider()) {
-        headers.insert(X_AUTH_PROVIDER.clone(), provider);
+    if let Some(provider) = &values.provider {
+        headers.insert(X_AUTH_PROVIDER.clone(), provider.clone());
     }
-    if let Ok(roles) = HeaderValue::from_str(&identity.roles.join(",")) {
-        headers.insert(X_AUTH_ROLES.clone(), roles);
+    if let Some(roles) = &values.roles {
+        headers.insert(X_AUTH_ROLES.clone(), roles.clone());
     }
     headers.insert(
         X_AUTH_METHOD.clone(),
         HeaderValue::from_static(identity.method.as_str()),
     );
-    if let Some(key_id) = identity.key_id
-        && let Ok(value) = HeaderValue::from_str(
-            key_id
-                .hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer()),
-        )
-    {
-        headers.insert(X_AUTH_KEY_ID.clone(), value);
+    if let Some(key_id) = &values.key_id {
+        headers.insert(X_AUTH_KEY_ID.clone(), key_id.clone());
     }
 }
 
@@ -945,6 +940,14 @@ mod tests {
             token: None,
             scope: None,
             rate_limit: None,
+            values: Arc::new(crate::auth::IdentityValues::of(
+                "alice",
+                "corp",
+                &["a".to_owned(), "b".to_owned()],
+                Some(uuid::Uuid::from_u128(
+                    0x0190_0000_0000_7000_8000_0000_0000_002a,
+                )),
+            )),
         };
         set_identity_headers(&mut h, &identity);
         assert_eq!(h["x-auth-user"], "alice");
@@ -962,6 +965,12 @@ mod tests {
             roles: Arc::from(Vec::<String>::new()),
             method: AuthMethod::Jwt,
             key_id: None,
+            values: Arc::new(crate::auth::IdentityValues::of(
+                "bob",
+                "idp.example",
+                &[],
+                None,
+            )),
             ..identity
         };
         set_identity_headers(&mut h, &no_roles);

@@ -661,6 +661,7 @@ mod tests {
             token: None,
             scope: None,
             rate_limit: limit,
+            values: Arc::default(),
         }
     }
 

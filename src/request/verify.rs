@@ -413,6 +413,12 @@ mod tests {
             token: None,
             scope: None,
             rate_limit: None,
+            values: std::sync::Arc::new(crate::auth::IdentityValues::of(
+                "alice",
+                "local",
+                &["dev".to_owned(), "ops".to_owned()],
+                Some(uuid::Uuid::nil()),
+            )),
         };
         let allowed = decision(Some(&identity));
         let h = allowed.headers();

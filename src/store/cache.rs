@@ -37,14 +37,22 @@ pub struct UserFacts {
     pub generation: i64,
     /// `local` or the user's `[[oidc]]` provider.
     pub provider: Arc<str>,
+    /// `provider` as the `X-Auth-Provider` value.
+    pub provider_value: Option<http::HeaderValue>,
 }
 
 impl UserFacts {
     /// The facts of a user as stored.
     pub fn of(user: &crate::store::User) -> UserFacts {
+        UserFacts::new(user.generation, user.provider_name())
+    }
+
+    /// A user's facts: its credential generation and provider.
+    pub fn new(generation: i64, provider: &str) -> UserFacts {
         UserFacts {
-            generation: user.generation,
-            provider: Arc::from(user.provider_name()),
+            generation,
+            provider: Arc::from(provider),
+            provider_value: crate::names::header_value(provider),
         }
     }
 }
@@ -66,6 +74,10 @@ pub struct KeyFacts {
     /// The key's own budget; `None`: none. Cached with the rest, so the
     /// per-key limit needs no store read per request.
     pub rate_limit: Option<KeyRateLimit>,
+    /// `roles` as the `X-Auth-Roles` value: the owner's, shared, unless
+    /// the key has roles of its own. (The key id's value is made per
+    /// request: 36 bytes more for every cached key is not worth it.)
+    pub roles_value: Option<http::HeaderValue>,
 }
 
 /// Who owns an access key. One per user in the cache, however many of the
@@ -78,6 +90,12 @@ pub struct KeyOwner {
     pub provider: Arc<str>,
     /// The user's roles.
     pub roles: Arc<[String]>,
+    /// `username` as the `X-Auth-User` value.
+    pub username_value: Option<http::HeaderValue>,
+    /// `provider` as the `X-Auth-Provider` value.
+    pub provider_value: Option<http::HeaderValue>,
+    /// `roles` as the `X-Auth-Roles` value (a key without roles of its own).
+    pub roles_value: Option<http::HeaderValue>,
 }
 
 /// A cache answer.
@@ -261,6 +279,9 @@ impl CredentialCache {
         let owner = Arc::new(KeyOwner {
             username: Arc::from(username),
             provider: Arc::from(provider),
+            username_value: crate::names::header_value(username),
+            provider_value: crate::names::header_value(provider),
+            roles_value: crate::names::roles_header_value(&roles),
             roles: Arc::from(roles),
         });
         if self.owners.len() >= self.max_owners {
@@ -408,10 +429,7 @@ mod tests {
     }
 
     fn facts_of_generation(generation: i64) -> UserFacts {
-        UserFacts {
-            generation,
-            provider: Arc::from("local"),
-        }
+        UserFacts::new(generation, "local")
     }
 
     fn facts(user: &str) -> KeyFacts {
@@ -421,11 +439,15 @@ mod tests {
                 username: Arc::from(user),
                 provider: Arc::from("local"),
                 roles: Arc::from(vec![]),
+                username_value: None,
+                provider_value: None,
+                roles_value: None,
             }),
             expires_at: 0,
             roles: Arc::from(vec![]),
             scope: None,
             rate_limit: None,
+            roles_value: None,
         }
     }
 

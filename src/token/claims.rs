@@ -42,6 +42,10 @@ pub struct VerifiedToken {
     pub user: Arc<str>,
     /// `roles`, shared.
     pub roles: Arc<[String]>,
+    /// `sub` as the `X-Auth-User` value.
+    pub user_value: Option<http::HeaderValue>,
+    /// `roles` as the `X-Auth-Roles` value.
+    pub roles_value: Option<http::HeaderValue>,
 }
 
 impl VerifiedToken {
@@ -49,6 +53,8 @@ impl VerifiedToken {
         VerifiedToken {
             user: Arc::from(claims.sub.as_str()),
             roles: Arc::from(claims.roles.as_slice()),
+            user_value: crate::names::header_value(&claims.sub),
+            roles_value: crate::names::roles_header_value(&claims.roles),
             claims,
         }
     }
