@@ -12,7 +12,7 @@ use std::sync::Arc;
 use authgate::api::Endpoint;
 use authgate::auth::extract::{Sources, extract, strip_credential_query};
 use authgate::logging::redact::redact_target;
-use authgate::auth::{AuthMethod, Identity, Principal};
+use authgate::auth::{AuthMethod, Identity, IdentityValues, Principal};
 use authgate::client::ClientInfo;
 use authgate::proxy::rewrite_head;
 use authgate::routes::{check_path, prefix_matches};
@@ -67,6 +67,12 @@ fuzz_target!(|data: &[u8]| {
         token: None,
         scope: None,
         rate_limit: None,
+        values: Arc::new(IdentityValues::of(
+            "fuzz",
+            "fuzz-idp",
+            &["a".to_owned()],
+            None,
+        )),
     });
     let client = ClientInfo::new(
         "192.0.2.1:4000".parse().unwrap(),
