@@ -206,10 +206,6 @@ fn policy_item(rule: &RateLimitRule) -> Vec<u8> {
     item
 }
 
-/// Bytes of a `RateLimit` item besides its name and numbers: the quotes,
-/// `;r=` and `;t=`.
-const STATE_ITEM_PUNCTUATION: usize = 2 + 3 + 3;
-
 /// A header value from bytes built here (names are `[a-z0-9_-]`, the
 /// rest digits and punctuation: always valid).
 fn header_value(bytes: Vec<u8>) -> HeaderValue {
@@ -497,39 +493,23 @@ impl RateLimits {
                 header_value(policy)
             }
         };
-        // `"name";r=REMAINING;t=SECONDS` items, with no formatting
-        // machinery, into a buffer of the exact size: the value then takes
-        // it as it is (one allocation, no copy).
-        let mut digits = itoa::Buffer::new();
-        let mut exact = 2 * counted.len().saturating_sub(1);
-        for (budget, remaining, reset) in counted {
-            exact += self.budget_name(*budget).len() + STATE_ITEM_PUNCTUATION;
-            exact += digits.format(*remaining).len();
-            exact += digits.format(ceil_secs(*reset)).len();
-        }
-        let mut state = Vec::with_capacity(exact);
+        let mut state = Vec::with_capacity(32 * counted.len());
         for (n, (budget, remaining, reset)) in counted.iter().enumerate() {
             if n > 0 {
                 state.extend_from_slice(b", ");
             }
+            let name = match budget {
+                Budget::Rule(index) => &*self.rules[*index].config.name,
+                Budget::Key(_) => KEY_BUDGET,
+            };
             state.push(b'"');
-            state.extend_from_slice(self.budget_name(*budget).as_bytes());
+            state.extend_from_slice(name.as_bytes());
             state.extend_from_slice(b"\";r=");
-            state.extend_from_slice(digits.format(*remaining).as_bytes());
+            push_decimal(&mut state, *remaining);
             state.extend_from_slice(b";t=");
-            state.extend_from_slice(digits.format(ceil_secs(*reset)).as_bytes());
+            push_decimal(&mut state, ceil_secs(*reset));
         }
-        debug_assert_eq!(state.len(), exact, "the RateLimit value's size");
-        let state = header_value(state);
-        (policy, state)
-    }
-
-    /// A budget's name in the RateLimit headers.
-    fn budget_name(&self, budget: Budget) -> &str {
-        match budget {
-            Budget::Rule(index) => &self.rules[index].config.name,
-            Budget::Key(_) => KEY_BUDGET,
-        }
+        (policy, header_value(state))
     }
 
     /// Whether a request by `identity` may meet a budget: a rule is
