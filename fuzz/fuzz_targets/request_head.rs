@@ -71,7 +71,6 @@ fuzz_target!(|data: &[u8]| {
             "fuzz",
             "fuzz-idp",
             &["a".to_owned()],
-            None,
         )),
     });
     let client = ClientInfo::new(

@@ -124,8 +124,8 @@ pub struct Identity {
     pub values: Arc<IdentityValues>,
 }
 
-/// An identity's `X-Auth-User`, `X-Auth-Provider`, `X-Auth-Roles` and
-/// `X-Auth-Key-Id` values. Made once where a token, a user or a key is
+/// An identity's `X-Auth-User`, `X-Auth-Provider` and `X-Auth-Roles`
+/// values (`X-Auth-Key-Id` is formatted from `Identity::key_id`). Made once where a token, a user or a key is
 /// cached (`names::header_value`) and cloned (a reference count) into each
 /// request's identity; `None` where a value cannot be a header (left out).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -136,30 +136,18 @@ pub struct IdentityValues {
     pub provider: Option<http::HeaderValue>,
     /// `X-Auth-Roles`.
     pub roles: Option<http::HeaderValue>,
-    /// `X-Auth-Key-Id`.
-    pub key_id: Option<http::HeaderValue>,
 }
 
 impl IdentityValues {
     /// The values of an identity whose parts are not cached (an external
     /// provider's token) or made up (tests).
-    pub fn of(user: &str, provider: &str, roles: &[String], key_id: Option<uuid::Uuid>) -> Self {
+    pub fn of(user: &str, provider: &str, roles: &[String]) -> Self {
         IdentityValues {
             user: crate::names::header_value(user),
             provider: crate::names::header_value(provider),
             roles: crate::names::roles_header_value(roles),
-            key_id: key_id.and_then(key_id_value),
         }
     }
-}
-
-/// An access key's id as its `X-Auth-Key-Id` value.
-pub fn key_id_value(key_id: uuid::Uuid) -> Option<http::HeaderValue> {
-    crate::names::header_value(
-        key_id
-            .hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer()),
-    )
 }
 
 impl Identity {
@@ -445,7 +433,6 @@ impl Authenticator {
                 user: verified.user_value.clone(),
                 provider: facts.provider_value,
                 roles: verified.roles_value.clone(),
-                key_id: None,
             }),
         })
     }
@@ -491,7 +478,6 @@ impl Authenticator {
             &claims.subject,
             provider.name(),
             &claims.roles,
-            None,
         ));
         Ok(Identity {
             principal: Principal::External {
@@ -532,7 +518,6 @@ impl Authenticator {
                 user: facts.owner.username_value.clone(),
                 provider: facts.owner.provider_value.clone(),
                 roles: facts.roles_value,
-                key_id: key_id_value(facts.key_id),
             }),
             roles: facts.roles,
             method: AuthMethod::AccessKey,

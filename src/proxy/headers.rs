@@ -303,8 +303,14 @@ pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
         X_AUTH_METHOD.clone(),
         HeaderValue::from_static(identity.method.as_str()),
     );
-    if let Some(key_id) = &values.key_id {
-        headers.insert(X_AUTH_KEY_ID.clone(), key_id.clone());
+    if let Some(key_id) = identity.key_id
+        && let Ok(value) = HeaderValue::from_str(
+            key_id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        )
+    {
+        headers.insert(X_AUTH_KEY_ID.clone(), value);
     }
 }
 
@@ -944,9 +950,6 @@ mod tests {
                 "alice",
                 "corp",
                 &["a".to_owned(), "b".to_owned()],
-                Some(uuid::Uuid::from_u128(
-                    0x0190_0000_0000_7000_8000_0000_0000_002a,
-                )),
             )),
         };
         set_identity_headers(&mut h, &identity);
@@ -965,12 +968,7 @@ mod tests {
             roles: Arc::from(Vec::<String>::new()),
             method: AuthMethod::Jwt,
             key_id: None,
-            values: Arc::new(crate::auth::IdentityValues::of(
-                "bob",
-                "idp.example",
-                &[],
-                None,
-            )),
+            values: Arc::new(crate::auth::IdentityValues::of("bob", "idp.example", &[])),
             ..identity
         };
         set_identity_headers(&mut h, &no_roles);

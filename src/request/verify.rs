@@ -417,7 +417,6 @@ mod tests {
                 "alice",
                 "local",
                 &["dev".to_owned(), "ops".to_owned()],
-                Some(uuid::Uuid::nil()),
             )),
         };
         let allowed = decision(Some(&identity));

@@ -75,7 +75,7 @@ pub struct KeyFacts {
     /// per-key limit needs no store read per request.
     pub rate_limit: Option<KeyRateLimit>,
     /// `roles` as the `X-Auth-Roles` value: the owner's, shared, unless
-    /// the key has roles of its own. (The key id's value is made per
+    /// the key has roles of its own. (The key id's value is formatted per
     /// request: 36 bytes more for every cached key is not worth it.)
     pub roles_value: Option<http::HeaderValue>,
 }
