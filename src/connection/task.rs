@@ -169,7 +169,7 @@ impl ConnectionTask {
                             graceful,
                             &activity,
                             &state,
-                            park_from,
+                            Some(park_from),
                         )
                         .await;
                     activity.set_parking(false);
@@ -182,7 +182,7 @@ impl ConnectionTask {
                     if !clean {
                         // hyper closed for a reason of its own and skipped
                         // the shutdown while parking: do it as it would.
-                        let _ = tokio::time::timeout(SHUTDOWN_WRITE, stream.shutdown()).await;
+                        shut_down(&mut stream).await;
                         return;
                     }
                     let unparsed = parts.read_buf;
@@ -207,8 +207,7 @@ impl ConnectionTask {
             Protocol::Http2 => {
                 let mut connection = Box::pin(self.builder.http2.serve_connection(io, service));
                 let graceful = http2::Connection::graceful_shutdown;
-                Box::pin(self.drive(connection.as_mut(), graceful, &activity, &state, u64::MAX))
-                    .await;
+                Box::pin(self.drive(connection.as_mut(), graceful, &activity, &state, None)).await;
             }
         }
     }
@@ -239,22 +238,23 @@ impl ConnectionTask {
             _ = tokio::time::sleep(quiet_left) => debug!("closing idle connection"),
             _ = stopped(&mut self.stop) => {}
         }
-        let _ = tokio::time::timeout(SHUTDOWN_WRITE, stream.shutdown()).await;
+        shut_down(stream).await;
         false
     }
 
     /// Runs `connection` to its end, asking it to finish (`graceful`:
     /// hyper's `graceful_shutdown` of its kind) on shutdown and when idle,
-    /// and dropping it when its first head is late. Once `park_from`
-    /// requests have started, a connection quiet for [`PARK_AFTER`] with
-    /// none in flight is asked to finish so that it can park.
+    /// and dropping it when its first head is late. With `park_from`, once
+    /// that many requests have started, a connection quiet for
+    /// [`PARK_AFTER`] with none in flight is asked to finish so that it
+    /// can park; without (HTTP/2), no park timer runs.
     async fn drive<C>(
         &mut self,
         mut connection: Pin<&mut C>,
         graceful: fn(Pin<&mut C>),
         activity: &Activity,
         state: &ConnectionState,
-        park_from: u64,
+        park_from: Option<u64>,
     ) -> Ended
     where
         C: Future<Output = Result<(), hyper::Error>>,
@@ -308,8 +308,8 @@ impl ConnectionTask {
                 // Conditions on the shared state are checked here, not in
                 // the branch's guard: a guard is read only when the select
                 // starts, and the service changes that state meanwhile.
-                _ = quiet.as_mut(), if !closing && parking.is_none() => {
-                    if state.started() < park_from || state.in_flight() {
+                _ = quiet.as_mut(), if park_from.is_some() && !closing && parking.is_none() => {
+                    if park_from.is_some_and(|from| state.started() < from) || state.in_flight() {
                         // No request yet (a head still arriving), or a slow
                         // or paused answer: asking hyper to finish now would
                         // close the connection after it.
@@ -323,6 +323,12 @@ impl ConnectionTask {
             }
         }
     }
+}
+
+/// Shuts down a socket the task took back from hyper, as hyper would have,
+/// for at most [`SHUTDOWN_WRITE`].
+async fn shut_down<S: AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = tokio::time::timeout(SHUTDOWN_WRITE, stream.shutdown()).await;
 }
 
 /// How [`ConnectionTask::drive`] left a connection.
