@@ -292,14 +292,16 @@ impl RateLimits {
     /// answers 429 `RATE_LIMITED` (budgets after it do not count the
     /// request). While the Redis store cannot be reached,
     /// `on_store_error` decides: allow (the budget is skipped) or deny
-    /// (503). [`Self::check_now`] answers the same without a future when
-    /// the store is memory.
+    /// (503). The memory store answers on the first poll.
     pub async fn check(
         &self,
         identity: Option<&Identity>,
         client: IpAddr,
         path: &str,
     ) -> Result<RateLimitAnswer, GatewayError> {
+        if let Some(answer) = self.check_now(identity, client, path) {
+            return answer;
+        }
         let mut draws = Vec::new();
         self.each_draw(identity, client, path, |budget, subject| {
             draws.push((budget, subject));
@@ -315,9 +317,8 @@ impl RateLimits {
     }
 
     /// [`Self::check`] at once when the store is memory (a bucket there is
-    /// one compare and swap, and a request's future need not hold a
-    /// check's); `None` when it is Redis.
-    pub fn check_now(
+    /// one compare and swap); `None` when it is Redis.
+    fn check_now(
         &self,
         identity: Option<&Identity>,
         client: IpAddr,

@@ -133,12 +133,10 @@ pub async fn judge<'g>(
         }
     }
     if gateway.ratelimits.may_apply(permit.identity()) {
-        let (limits, identity) = (&gateway.ratelimits, permit.identity());
-        let answer = match limits.check_now(identity, request.client_ip, path) {
-            Some(answer) => answer,
-            None => limits.check(identity, request.client_ip, path).await,
-        };
-        ctx.rate_limits(answer?);
+        let limits = gateway
+            .ratelimits
+            .check(permit.identity(), request.client_ip, path);
+        ctx.rate_limits(limits.await?);
     }
     Ok(permit)
 }

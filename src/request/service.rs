@@ -152,12 +152,10 @@ async fn handle_inner(
                 Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Reserved
             )
         {
-            let (limits, client_ip) = (&gateway.ratelimits, ctx.client_ip());
-            let answer = match limits.check_now(None, client_ip, path.as_str()) {
-                Some(answer) => answer,
-                None => limits.check(None, client_ip, path.as_str()).await,
-            };
-            ctx.rate_limits(answer?);
+            let limits = gateway
+                .ratelimits
+                .check(None, ctx.client_ip(), path.as_str());
+            ctx.rate_limits(limits.await?);
         }
         let api_ctx = api::Context {
             gateway,
