@@ -183,12 +183,21 @@ pub async fn upgrade_and_echo(stream: &mut TcpStream) {
               Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n",
         )
         .await;
+    echo_until_closed(stream).await;
+}
+
+/// Writes back every byte read from `io` until the peer closes it: the far
+/// end of an upgraded (tunnelled) connection.
+pub async fn echo_until_closed<S>(io: &mut S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut chunk = [0u8; 4096];
     loop {
-        match stream.read(&mut chunk).await {
+        match io.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if stream.write_all(&chunk[..n]).await.is_err() {
+                if io.write_all(&chunk[..n]).await.is_err() {
                     return;
                 }
             }

@@ -338,18 +338,7 @@ fn upstream_upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let mut io = TokioIo::new(upgraded);
-        let mut buf = [0u8; 4096];
-        loop {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if io.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        echo_until_closed(&mut TokioIo::new(upgraded)).await;
     });
     Response::builder()
         .status(101)
